@@ -1,0 +1,115 @@
+"""
+Guest memory and I/O access over QEMU's qtest protocol.
+
+Debian's QEMU has no ``-accel qtest``, so :class:`qemu.machine.QEMUQtestMachine`
+cannot start it; the qtest *protocol* still works beside TCG with
+``-qtest unix:path=SOCK``.  :class:`QtestLink` listens on that socket before
+QEMU starts, accepts QEMU's connection after ``launch()`` and wraps it in
+``qemu.machine.qtest.QEMUQtestProtocol`` (given the connected socket, so no
+listening socket is left behind).
+
+Every command's answer is checked: qtest answers ``OK [value]`` or ``FAIL``,
+and a FAIL becomes :class:`QtestError` with the command that caused it.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from typing import Optional
+
+from qemu.machine.qtest import QEMUQtestProtocol
+
+__all__ = ["QtestError", "QtestLink"]
+
+
+class QtestError(Exception):
+    """A qtest command failed or QEMU did not answer it in time."""
+
+
+class QtestLink:
+    """The test's end of one VM's qtest socket.
+
+    :param path: socket path, short (UNIX paths are limited to 108 bytes).
+    :param timeout: bound on QEMU's connection and on every answer.
+    """
+
+    def __init__(self, path: str, timeout: float = 30.0):
+        self.path = path
+        self.timeout = timeout
+        self._listen: Optional[socket.socket] = socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listen.bind(path)
+        self._listen.listen(1)
+        self._proto: Optional[QEMUQtestProtocol] = None
+
+    @property
+    def qemu_args(self) -> list:
+        """The arguments that make QEMU connect here."""
+        # -qtest-log: QEMU would otherwise echo every command into its log.
+        return ["-qtest", f"unix:{self.path}", "-qtest-log", "/dev/null"]
+
+    def accept(self) -> None:
+        """Accept QEMU's connection (call after ``launch()``)."""
+        assert self._listen is not None
+        self._listen.settimeout(self.timeout)
+        try:
+            conn, _ = self._listen.accept()
+        except socket.timeout:
+            raise QtestError(f"QEMU did not connect to the qtest socket "
+                             f"{self.path} within {self.timeout}s") from None
+        finally:
+            self._listen.close()
+            self._listen = None
+        conn.settimeout(self.timeout)
+        self._proto = QEMUQtestProtocol(sock=conn)
+        self._proto.connect()
+
+    def cmd(self, line: str) -> str:
+        """Send one command; return what follows ``OK``."""
+        if self._proto is None:
+            raise QtestError(f"qtest not connected (command: {line})")
+        try:
+            answer = self._proto.cmd(line).strip()
+        except (socket.timeout, OSError) as exc:
+            raise QtestError(f"qtest '{line}': {exc}") from None
+        if not answer.startswith("OK"):
+            raise QtestError(f"qtest '{line}' answered {answer!r}")
+        return answer[2:].strip()
+
+    # memory
+    def read(self, addr: int, size: int) -> int:
+        """readb/readw/readl/readq by ``size`` in bytes."""
+        op = {1: "readb", 2: "readw", 4: "readl", 8: "readq"}[size]
+        return int(self.cmd(f"{op} 0x{addr:x}"), 16)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        op = {1: "writeb", 2: "writew", 4: "writel", 8: "writeq"}[size]
+        self.cmd(f"{op} 0x{addr:x} 0x{value:x}")
+
+    def memread(self, addr: int, length: int) -> bytes:
+        """Read guest memory through QEMU (``b64read``)."""
+        return base64.b64decode(self.cmd(f"b64read 0x{addr:x} 0x{length:x}"))
+
+    def memwrite(self, addr: int, data: bytes) -> None:
+        """Write guest memory through QEMU (``b64write``)."""
+        enc = base64.b64encode(data).decode()
+        self.cmd(f"b64write 0x{addr:x} 0x{len(data):x} {enc}")
+
+    def memset(self, addr: int, length: int, value: int = 0) -> None:
+        self.cmd(f"memset 0x{addr:x} 0x{length:x} 0x{value:x}")
+
+    # port I/O
+    def inl(self, port: int) -> int:
+        return int(self.cmd(f"inl 0x{port:x}"), 16)
+
+    def outl(self, port: int, value: int) -> None:
+        self.cmd(f"outl 0x{port:x} 0x{value:x}")
+
+    def close(self) -> None:
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        if self._proto is not None:
+            self._proto.close()
+            self._proto = None

@@ -1,0 +1,262 @@
+"""
+A minimal virtio-pci (modern) driver that runs in the test, over qtest.
+
+vhost-user starts only when the guest driver sets DRIVER_OK.  Rather than
+wait for firmware (SeaBIOS + iPXE take ~2 s, and their timing is not ours),
+the test plays the guest driver, like QEMU's libqos: it finds the function in
+PCI config space, programs the modern BAR, walks the virtio vendor
+capabilities, negotiates features, lays out split virtqueues in guest RAM and
+sets DRIVER_OK.  With a firmware that only halts, launch to rings-started
+takes tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .qtest import QtestLink
+
+__all__ = ["VirtioPciError", "PciFunction", "VirtioPciDevice", "VirtQueue",
+           "GuestAllocator", "find_function", "VIRTIO_VENDOR",
+           "modern_device_id"]
+
+VIRTIO_VENDOR = 0x1AF4
+_CFG_ADDR, _CFG_DATA = 0xCF8, 0xCFC
+_PCI_COMMAND, _PCI_STATUS, _PCI_CAP_PTR = 0x04, 0x06, 0x34
+_CAP_VENDOR = 0x09
+# virtio_pci_cap cfg_type
+_COMMON, _NOTIFY, _ISR, _DEVICE = 1, 2, 3, 4
+# device status bits
+ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, FAILED = 1, 2, 4, 8, 0x80
+VIRTIO_F_VERSION_1 = 1 << 32
+
+
+def modern_device_id(virtio_type: int) -> int:
+    """PCI device id of a modern-only virtio device (net=1, blk=2, ...)."""
+    return 0x1040 + virtio_type
+
+
+class VirtioPciError(Exception):
+    """The device did not behave as a virtio-pci device must."""
+
+
+class GuestAllocator:
+    """Bump allocator for driver structures in a window of guest RAM."""
+
+    def __init__(self, start: int, end: int):
+        self.next = start
+        self.end = end
+
+    def alloc(self, size: int, align: int = 4096) -> int:
+        addr = (self.next + align - 1) & ~(align - 1)
+        if addr + size > self.end:
+            raise VirtioPciError(
+                f"guest allocator window exhausted at 0x{addr:x}")
+        self.next = addr + size
+        return addr
+
+
+@dataclass
+class PciFunction:
+    """One PCI function on bus 0, reached through port 0xCF8/0xCFC."""
+
+    qtest: QtestLink
+    devfn: int
+
+    def _addr(self, reg: int) -> int:
+        return 0x80000000 | (self.devfn << 8) | (reg & 0xFC)
+
+    def read32(self, reg: int) -> int:
+        self.qtest.outl(_CFG_ADDR, self._addr(reg))
+        return self.qtest.inl(_CFG_DATA)
+
+    def read(self, reg: int, size: int) -> int:
+        value = self.read32(reg & ~3) >> (8 * (reg & 3))
+        return value & ((1 << (8 * size)) - 1)
+
+    def write32(self, reg: int, value: int) -> None:
+        self.qtest.outl(_CFG_ADDR, self._addr(reg))
+        self.qtest.outl(_CFG_DATA, value)
+
+    def write16(self, reg: int, value: int) -> None:
+        old = self.read32(reg & ~3)
+        shift = 8 * (reg & 2)
+        self.write32(reg & ~3, (old & ~(0xFFFF << shift)) | (value << shift))
+
+    @property
+    def ids(self) -> tuple:
+        word = self.read32(0)
+        return word & 0xFFFF, word >> 16
+
+
+def find_function(qtest: QtestLink, vendor: int, device: int) -> PciFunction:
+    """The first function on bus 0 with these ids.
+
+    :raise VirtioPciError: none found (lists what was found instead).
+    """
+    seen = []
+    for slot in range(32):
+        func = PciFunction(qtest, slot << 3)
+        ven, dev = func.ids
+        if ven == 0xFFFF:
+            continue
+        if (ven, dev) == (vendor, device):
+            return func
+        seen.append(f"{slot:02x}.0={ven:04x}:{dev:04x}")
+    raise VirtioPciError(f"no PCI function {vendor:04x}:{device:04x} on bus "
+                         f"0; found {', '.join(seen)}")
+
+
+@dataclass
+class VirtQueue:
+    """A split virtqueue laid out in guest memory by the test driver."""
+
+    index: int
+    size: int
+    desc: int
+    avail: int
+    used: int
+    notify_addr: int
+
+
+class VirtioPciDevice:
+    """Bring a modern virtio-pci device up from the test.
+
+    :param qtest: the VM's qtest link.
+    :param func: the PCI function.
+    :param bar_addr: guest-physical address to give the modern BAR (must be
+        in the PCI hole, clear of RAM).
+    """
+
+    def __init__(self, qtest: QtestLink, func: PciFunction,
+                 bar_addr: int = 0xFE000000):
+        self.qtest = qtest
+        self.func = func
+        self.bar_addr = bar_addr
+        self.caps: Dict[int, tuple] = {}
+        self.notify_mult = 0
+        self.queues: List[VirtQueue] = []
+        self.features = 0
+
+    # --- configuration space ---------------------------------------------
+    def _walk_caps(self) -> None:
+        if not self.func.read(_PCI_STATUS, 2) & 0x10:
+            raise VirtioPciError("device has no PCI capability list")
+        ptr = self.func.read(_PCI_CAP_PTR, 1) & 0xFC
+        hops = 0
+        while ptr and hops < 48:
+            cap_id = self.func.read(ptr, 1)
+            nxt = self.func.read(ptr + 1, 1) & 0xFC
+            if cap_id == _CAP_VENDOR:
+                cfg_type = self.func.read(ptr + 3, 1)
+                bar = self.func.read(ptr + 4, 1)
+                offset = self.func.read32(ptr + 8)
+                length = self.func.read32(ptr + 12)
+                if cfg_type not in self.caps:
+                    self.caps[cfg_type] = (bar, offset, length)
+                if cfg_type == _NOTIFY:
+                    self.notify_mult = self.func.read32(ptr + 16)
+            ptr, hops = nxt, hops + 1
+        for need in (_COMMON, _NOTIFY, _ISR, _DEVICE):
+            if need not in self.caps:
+                raise VirtioPciError(f"virtio capability type {need} missing "
+                                     f"(found {sorted(self.caps)})")
+
+    def _map_bar(self) -> None:
+        bar = self.caps[_COMMON][0]
+        reg = 0x10 + 4 * bar
+        low = self.func.read32(reg)
+        self.func.write32(reg, self.bar_addr & 0xFFFFFFF0)
+        if low & 0x6 == 0x4:  # 64-bit BAR: clear the high half
+            self.func.write32(reg + 4, 0)
+        cmd = self.func.read(_PCI_COMMAND, 2)
+        self.func.write16(_PCI_COMMAND, cmd | 0x6)  # memory + bus master
+
+    def _cap_addr(self, cfg_type: int) -> int:
+        bar, offset, _ = self.caps[cfg_type]
+        if bar != self.caps[_COMMON][0]:
+            raise VirtioPciError("virtio capabilities in different BARs are "
+                                 "not supported by this driver")
+        return self.bar_addr + offset
+
+    # --- common configuration --------------------------------------------
+    def _common(self, off: int, size: int, value: Optional[int] = None) -> int:
+        addr = self._cap_addr(_COMMON) + off
+        if value is None:
+            return self.qtest.read(addr, size)
+        self.qtest.write(addr, size, value)
+        return value
+
+    @property
+    def status(self) -> int:
+        return self._common(20, 1)
+
+    def set_status(self, value: int) -> None:
+        self._common(20, 1, value)
+
+    def device_features(self) -> int:
+        self._common(0, 4, 0)
+        low = self._common(4, 4)
+        self._common(0, 4, 1)
+        return low | (self._common(4, 4) << 32)
+
+    def config_read(self, offset: int, size: int) -> int:
+        """Read the device-specific configuration space."""
+        return self.qtest.read(self._cap_addr(_DEVICE) + offset, size)
+
+    def setup(self, alloc: GuestAllocator, want_features: int = 0,
+              queues: Optional[int] = None, queue_size: int = 256) -> None:
+        """Reset, negotiate, lay out ``queues`` rings and set DRIVER_OK.
+
+        :param want_features: features to accept on top of VERSION_1, if
+            the device offers them.
+        :param queues: how many queues to set up (default: all).
+        """
+        self._walk_caps()
+        self._map_bar()
+        self.set_status(0)
+        self.set_status(ACKNOWLEDGE)
+        self.set_status(ACKNOWLEDGE | DRIVER)
+        offered = self.device_features()
+        if not offered & VIRTIO_F_VERSION_1:
+            raise VirtioPciError(f"device does not offer VERSION_1 "
+                                 f"(features 0x{offered:x})")
+        self.features = offered & (want_features | VIRTIO_F_VERSION_1)
+        for sel in (0, 1):
+            self._common(8, 4, sel)
+            self._common(12, 4, (self.features >> (32 * sel)) & 0xFFFFFFFF)
+        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)
+        if not self.status & FEATURES_OK:
+            raise VirtioPciError("device refused FEATURES_OK for features "
+                                 f"0x{self.features:x}")
+        total = self._common(18, 2)
+        count = total if queues is None else min(queues, total)
+        for index in range(count):
+            self._setup_queue(index, alloc, queue_size)
+        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+
+    def _setup_queue(self, index: int, alloc: GuestAllocator,
+                     queue_size: int) -> None:
+        self._common(22, 2, index)
+        size = min(self._common(24, 2), queue_size)
+        if size == 0:
+            raise VirtioPciError(f"queue {index} has size 0")
+        self._common(24, 2, size)
+        desc = alloc.alloc(16 * size)
+        avail = alloc.alloc(6 + 2 * size, 2)
+        used = alloc.alloc(6 + 8 * size, 4)
+        for addr, length in ((desc, 16 * size), (avail, 6 + 2 * size),
+                             (used, 6 + 8 * size)):
+            self.qtest.memset(addr, length, 0)
+        for off, addr in ((32, desc), (40, avail), (48, used)):
+            self._common(off, 4, addr & 0xFFFFFFFF)
+            self._common(off + 4, 4, addr >> 32)
+        notify_off = self._common(30, 2)
+        self._common(28, 2, 1)  # queue_enable
+        notify = self._cap_addr(_NOTIFY) + notify_off * self.notify_mult
+        self.queues.append(VirtQueue(index, size, desc, avail, used, notify))
+
+    def reset(self) -> None:
+        self.set_status(0)
+

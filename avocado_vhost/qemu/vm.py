@@ -1,0 +1,207 @@
+"""
+A QEMU VM with a vhost-user device, described as data and launched with
+``qemu.machine.QEMUMachine``.
+
+:class:`VMSpec` says what the VM is (memory backend and size, vhost-user
+socket and mode, device, queues, firmware, incoming migration) and builds the
+command line; :class:`VhostVM` launches it, connects qtest, drives the device
+to DRIVER_OK and shuts it down.  QEMU is started under
+``setpriv --pdeathsig KILL`` so that it dies with the test process even when
+that process is killed (QEMUMachine has no kill-on-exit of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from qemu.machine import QEMUMachine
+
+from .qtest import QtestLink
+from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
+                         find_function, modern_device_id)
+
+__all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES",
+           "hugetlbfs_mounted", "halting_bios"]
+
+#: memory backend name -> QEMU object type
+MEM_BACKENDS = {
+    "memfd": "memory-backend-memfd",
+    "memfile": "memory-backend-file",
+    "hugetlbfs": "memory-backend-file",
+    "shm": "memory-backend-shm",
+}
+
+#: device -> virtio device type (for the modern PCI device id)
+DEVICE_TYPES = {
+    "virtio-net-pci": 1,
+    "vhost-user-blk-pci": 2,
+    "vhost-user-gpio-pci": 41,
+    "vhost-user-scmi-pci": 32,
+}
+
+
+def hugetlbfs_mounted(path: str) -> bool:
+    """Whether ``path`` is (inside) a hugetlbfs mount, from /proc/mounts."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            parts = line.split()
+            mnt = parts[1]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and \
+                    len(mnt) > len(best):
+                best, fstype = mnt, parts[2]
+    return fstype == "hugetlbfs"
+
+
+def halting_bios(directory: str) -> str:
+    """Write a 64 KiB BIOS image whose reset vector halts forever.
+
+    The CPU starts at 0xFFFF0 (offset 0xFFF0 of the image): ``hlt; jmp $-1``.
+    Nothing then touches the devices; the test drives them over qtest.
+    """
+    image = bytearray(b"\xff" * 0x10000)
+    image[0xFFF0:0xFFF3] = b"\xf4\xeb\xfd"
+    path = os.path.join(directory, "halt.bin")
+    with open(path, "wb") as out:
+        out.write(image)
+    return path
+
+
+@dataclass
+class VMSpec:
+    """What one VM is; :meth:`args` turns it into a QEMU command line.
+
+    :param vhost_socket: path of the vhost-user UNIX socket.
+    :param vhost_server: QEMU listens (``server=on``) and the back-end
+        connects; otherwise the back-end listens and QEMU connects.
+    :param reconnect: client-mode reconnect delay in seconds (``reconnect=``)
+        or, with ``reconnect_ms``, in milliseconds.
+    :param firmware: boot SeaBIOS + iPXE (realism) instead of the halting
+        BIOS at ``bios``.
+    """
+
+    name: str
+    binary: str
+    workdir: str
+    vhost_socket: str
+    accel: str = "tcg"
+    mem_backend: str = "memfd"
+    mem_mb: int = 256
+    mem_path: Optional[str] = None
+    vhost_server: bool = False
+    reconnect: Optional[int] = None
+    reconnect_ms: bool = False
+    queues: int = 1
+    device: str = "virtio-net-pci"
+    device_opts: List[str] = field(default_factory=list)
+    firmware: bool = False
+    bios: Optional[str] = None
+    incoming: Optional[str] = None
+    extra: List[str] = field(default_factory=list)
+
+    def memory_args(self) -> List[str]:
+        qom = MEM_BACKENDS[self.mem_backend]
+        opts = [qom, "id=mem0", f"size={self.mem_mb}M", "share=on"]
+        if self.mem_backend in ("memfile", "hugetlbfs"):
+            opts.append(f"mem-path={self.mem_path or self.workdir}")
+        return ["-m", f"{self.mem_mb}M", "-object", ",".join(opts),
+                "-machine", "pc,memory-backend=mem0"]
+
+    def chardev_args(self) -> List[str]:
+        opts = ["socket", "id=vu0", f"path={self.vhost_socket}"]
+        if self.vhost_server:
+            opts += ["server=on", "wait=off"]
+        if self.reconnect is not None:
+            opts.append(f"reconnect-ms={self.reconnect}" if self.reconnect_ms
+                        else f"reconnect={self.reconnect}")
+        return ["-chardev", ",".join(opts)]
+
+    def device_args(self) -> List[str]:
+        rom = [] if self.firmware else ["romfile="]
+        if self.device == "virtio-net-pci":
+            net = ["vhost-user", "id=net0", "chardev=vu0", "vhostforce=on"]
+            dev = ["virtio-net-pci", "netdev=net0"]
+            if not self.firmware:
+                dev.append("disable-legacy=on")
+            if self.queues > 1:
+                net.append(f"queues={self.queues}")
+                dev += ["mq=on", f"vectors={2 * self.queues + 2}"]
+            return ["-netdev", ",".join(net),
+                    "-device", ",".join(dev + rom + self.device_opts)]
+        dev = [self.device, "chardev=vu0"]
+        return ["-device", ",".join(dev + rom + self.device_opts)]
+
+    def args(self) -> List[str]:
+        out = ["-nodefaults", "-accel", self.accel]
+        if not self.firmware:
+            out += ["-bios", self.bios or halting_bios(self.workdir)]
+        out += self.memory_args() + self.chardev_args() + self.device_args()
+        if self.incoming:
+            out += ["-incoming", self.incoming]
+        return out + self.extra
+
+
+class VhostVM:
+    """A launched (or launchable) VM: QEMUMachine + qtest + test driver.
+
+    :param spec: the VM description.
+    :param log_dir: where QEMU's output goes (``<name>.log``).
+    :param qtest: connect a qtest socket (needed to drive the device).
+    """
+
+    def __init__(self, spec: VMSpec, log_dir: str, qtest: bool = True):
+        self.spec = spec
+        self.qtest: Optional[QtestLink] = (
+            QtestLink(os.path.join(spec.workdir, f"{spec.name}.qt"))
+            if qtest else None)
+        wrapper = ([shutil.which("setpriv") or "setpriv", "--pdeathsig",
+                    "KILL", "--"])
+        self.machine = QEMUMachine(
+            spec.binary, args=spec.args() + (
+                self.qtest.qemu_args if self.qtest else []),
+            wrapper=wrapper, name=spec.name, base_temp_dir=spec.workdir,
+            log_dir=log_dir)
+        self.device: Optional[VirtioPciDevice] = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def launch(self) -> None:
+        self.machine.launch()
+        if self.qtest is not None:
+            self.qtest.accept()
+
+    def drive_device(self, features: int = 0, queues: Optional[int] = None,
+                     queue_size: int = 256,
+                     window: tuple = (0x400000, 0x800000)) -> VirtioPciDevice:
+        """Bring the vhost-user device to DRIVER_OK from the test.
+
+        :param window: guest RAM where the driver lays out its rings.
+        """
+        assert self.qtest is not None, "driving the device needs qtest"
+        vtype = DEVICE_TYPES[self.spec.device]
+        func = find_function(self.qtest, VIRTIO_VENDOR, modern_device_id(vtype))
+        self.device = VirtioPciDevice(self.qtest, func)
+        self.device.setup(GuestAllocator(*window), features, queues,
+                          queue_size)
+        return self.device
+
+    def qmp(self, cmd: str, **args: object) -> object:
+        """Run a QMP command and return its result (raises on error)."""
+        return self.machine.cmd(cmd, **args)
+
+    def shutdown(self) -> None:
+        """Stop QEMU (quit, then kill) and close the qtest link."""
+        try:
+            if self.machine.is_running():
+                self.machine.shutdown(timeout=10)
+            else:
+                self.machine.shutdown()
+        finally:
+            if self.qtest is not None:
+                self.qtest.close()

@@ -1,0 +1,46 @@
+"""
+A vhost-user back-end for tests, in pure Python.
+
+vhost-user moves the data path of a virtio device out of QEMU into another
+process, the *back-end*.  The *front-end* (QEMU) talks to it over a UNIX
+socket: it negotiates virtio and protocol features, hands over guest memory
+as file descriptors with their guest-physical and QEMU-virtual addresses
+(SET_MEM_TABLE), describes each virtqueue (SET_VRING_NUM/ADDR/BASE), passes
+eventfds for notifications (SET_VRING_KICK/CALL/ERR) and, for live
+migration, a shared dirty-page bitmap (SET_LOG_BASE) in which the back-end
+marks every guest page it writes.  A ring runs from its kick fd until
+GET_VRING_BASE stops it and returns the position the next owner resumes
+from.
+
+Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
+
+``message``      wire format: request numbers, flags, feature bits, payloads
+``connection``   transport: UNIX socket, SCM_RIGHTS fds, framing
+``memory``       mapped guest memory and the dirty log
+``state``        device and ring state as the spec defines it
+``conformance``  rules the front-end must follow
+``trace``        the decoded record of a session
+``backend``      the thread that ties them together, with waits and faults
+``error``        the exception hierarchy
+
+The spec's terms are used throughout: front-end and back-end.
+"""
+
+from .backend import (NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig,
+                      Fault, VhostUserBackend)
+from .error import (BackendFailure, ConnectionClosed, FdCountError,
+                    MalformedMessage, ProtocolError, UnknownRequest,
+                    VhostUserError, WaitTimeout)
+from .memory import DirtyLog, GuestMemory
+from .message import (BackendRequest, MemoryRegion, ProtocolFeature, Request,
+                      VirtioFeature)
+from .trace import Trace, TraceEntry
+
+__all__ = [
+    "VhostUserBackend", "BackendConfig", "Fault", "NET_FEATURES",
+    "NET_PROTOCOL_FEATURES", "Request", "BackendRequest", "VirtioFeature",
+    "ProtocolFeature", "MemoryRegion", "GuestMemory", "DirtyLog", "Trace",
+    "TraceEntry", "VhostUserError", "ProtocolError", "MalformedMessage",
+    "UnknownRequest", "FdCountError", "ConnectionClosed", "WaitTimeout",
+    "BackendFailure",
+]

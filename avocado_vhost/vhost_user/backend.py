@@ -1,0 +1,901 @@
+"""
+A vhost-user back-end that runs as a thread inside a test.
+
+The thread owns one socket at a time (accepted in listen mode, or handed
+over by :meth:`VhostUserBackend.connect` in connect mode) and answers every
+front-end request of the spec: each request is decoded
+(:mod:`.message`), checked for conformance (:mod:`.conformance`), applied to
+the device state (:mod:`.state`), answered, and recorded in the trace
+(:mod:`.trace`).  The test thread never touches the socket; it reads the
+state and blocks on conditions with :meth:`VhostUserBackend.wait_for` and its
+named variants, each bounded and each reporting what it saw on timeout.
+
+What goes wrong goes into the record, never into a silent thread death:
+
+* malformed input (bad header, size, fd count, unmappable region) is an
+  *error*: the offending fds are closed and the connection is kept when the
+  framing is intact, dropped when it is not or when the front-end would be
+  left waiting for an answer that cannot be given;
+* a request that is legal but not implemented here is *refused*: with a
+  non-zero REPLY_ACK when the front-end asked for an ack, otherwise by
+  closing the connection, as the spec allows;
+* the front-end breaking a rule is a *violation*;
+* a bug in this code is an *error* too, with its traceback.
+
+:meth:`VhostUserBackend.check` raises :class:`.BackendFailure` with the trace
+around the first error, and the Avocado harness calls it after every test.
+
+Faults are scripted with :class:`Fault`: drop the connection at the Nth
+message or at a named request, answer with other bytes, or hold an answer
+until the test releases it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .connection import Connection, Listener, close_fds
+from .conformance import check as conformance_check
+from .error import (BackendFailure, ConnectionClosed, FdCountError,
+                    MalformedMessage, ProtocolError, UnknownRequest,
+                    WaitTimeout)
+from .memory import DirtyLog
+from .message import (FLAG_REPLY, VERSION, VRING_F_LOG,
+                      VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace, Empty,
+                      Header, InflightDescription, LogDescription,
+                      MemoryTable, Payload, ProtocolFeature, Request,
+                      SingleRegion, U64, VirtioFeature, VringAddr, VringState,
+                      decode_payload, encode, fd_rule, feature_names)
+from .state import DeviceState, Vring
+
+__all__ = ["BackendConfig", "Fault", "VhostUserBackend", "RingEvent",
+           "REPLY_BODY", "NET_FEATURES", "NET_PROTOCOL_FEATURES"]
+
+#: Requests that are always answered with a reply body.
+REPLY_BODY = frozenset({
+    Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+    Request.GET_VRING_BASE, Request.GET_QUEUE_NUM, Request.GET_CONFIG,
+    Request.GET_MAX_MEM_SLOTS, Request.GET_INFLIGHT_FD,
+    Request.POSTCOPY_ADVISE, Request.POSTCOPY_END, Request.GET_STATUS,
+    Request.GET_SHARED_OBJECT, Request.IOTLB_MSG,
+    Request.SET_DEVICE_STATE_FD, Request.CHECK_DEVICE_STATE,
+})
+
+#: What a virtio-net back-end offers by default: enough for QEMU to start
+#: the device and to migrate it (LOG_ALL + LOG_SHMFD).
+NET_FEATURES = (VirtioFeature.VERSION_1 | VirtioFeature.LOG_ALL
+                | VirtioFeature.PROTOCOL_FEATURES
+                | VirtioFeature.NOTIFY_ON_EMPTY)
+NET_PROTOCOL_FEATURES = (ProtocolFeature.LOG_SHMFD | ProtocolFeature.MQ
+                         | ProtocolFeature.REPLY_ACK)
+
+RingEvent = Callable[["VhostUserBackend", Vring, str], None]
+
+
+@dataclass
+class BackendConfig:
+    """What the back-end offers; a test may change it between connections.
+
+    :param features: virtio feature bits returned by GET_FEATURES.
+    :param protocol_features: returned by GET_PROTOCOL_FEATURES.
+    :param queue_num: GET_QUEUE_NUM answer (queue *pairs* for net).
+    :param max_rings: highest ring index + 1 accepted (0: no check).
+    :param max_mem_slots: GET_MAX_MEM_SLOTS answer.
+    :param config: device config space served by GET/SET_CONFIG.
+    :param message_timeout: bound on the arrival of a started message.
+    """
+
+    features: int = int(NET_FEATURES)
+    protocol_features: int = int(NET_PROTOCOL_FEATURES)
+    queue_num: int = 1
+    max_rings: int = 0
+    max_mem_slots: int = 32
+    config: bytes = b""
+    message_timeout: float = 5.0
+
+
+@dataclass
+class Fault:
+    """A scripted deviation from correct behaviour.
+
+    :param action: ``"disconnect"`` (before handling the message),
+        ``"disconnect-after"`` (after answering it), ``"reply"`` (send
+        ``reply_bytes(message)`` instead of the right answer) or ``"hold"``
+        (do not answer until ``release`` is set, or ``hold_timeout``).
+    :param request: match this request ...
+    :param nth: ... or the Nth message (1-based) of a connection ...
+    :param match: ... or any message for which this returns True.
+    :param connection: only on this connection number (1-based).
+    :param times: how many times the fault fires (0 = every time).
+    """
+
+    action: str
+    request: Optional[Request] = None
+    nth: Optional[int] = None
+    match: Optional[Callable[[Request, Payload], bool]] = None
+    connection: Optional[int] = None
+    times: int = 1
+    reply_bytes: Optional[Callable[[Request, Payload], bytes]] = None
+    release: threading.Event = field(default_factory=threading.Event)
+    hold_timeout: float = 30.0
+    fired: int = 0
+
+    def matches(self, conn: int, msgno: int, req: Request,
+                payload: Payload) -> bool:
+        if self.times and self.fired >= self.times:
+            return False
+        if self.connection is not None and conn != self.connection:
+            return False
+        if self.request is not None and req != self.request:
+            return False
+        if self.nth is not None and msgno != self.nth:
+            return False
+        if self.match is not None and not self.match(req, payload):
+            return False
+        return True
+
+
+class _Refused(Exception):
+    """Raised by a handler for a legal request this back-end does not do."""
+
+
+class _Disconnect(Exception):
+    """Internal: drop the current connection."""
+
+
+class VhostUserBackend:
+    """The back-end thread and everything it recorded.
+
+    :param name: used in the trace and in error messages (``src``, ``dst``).
+    :param config: what to offer; ``BackendConfig()`` suits virtio-net.
+    """
+
+    def __init__(self, name: str = "backend",
+                 config: Optional[BackendConfig] = None):
+        from .trace import Trace  # local: keeps the import graph a tree
+        self.name = name
+        self.config = config or BackendConfig()
+        self.trace = Trace(name)
+        self.state = DeviceState()
+        self.errors: List[str] = []
+        self.violations: List[str] = []
+        self.refused: List[str] = []
+        self.faults: List[Fault] = []
+        self.ring_listeners: List[RingEvent] = []
+        #: Answer GET_VRING_BASE with this instead of the ring's position
+        #: (a broken back-end, for negative controls).
+        self.vring_base_override: Optional[int] = None
+        self.connections = 0
+        self.connected = False
+        self.messages = 0
+        self._cond = threading.Condition(threading.RLock())
+        self._listener: Optional[Listener] = None
+        self._conn: Optional[Connection] = None
+        self._pending: List[Connection] = []
+        self._drop_requested = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._handlers: Dict[Request, Callable[[Header, Payload, List[int]],
+                                               Optional[Payload]]] = {
+            Request.GET_FEATURES: self._get_features,
+            Request.SET_FEATURES: self._set_features,
+            Request.GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            Request.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            Request.SET_OWNER: self._set_owner,
+            Request.RESET_OWNER: self._reset_owner,
+            Request.SET_MEM_TABLE: self._set_mem_table,
+            Request.ADD_MEM_REG: self._add_mem_reg,
+            Request.REM_MEM_REG: self._rem_mem_reg,
+            Request.GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
+            Request.SET_LOG_BASE: self._set_log_base,
+            Request.SET_LOG_FD: self._set_log_fd,
+            Request.SET_VRING_NUM: self._set_vring_num,
+            Request.SET_VRING_ADDR: self._set_vring_addr,
+            Request.SET_VRING_BASE: self._set_vring_base,
+            Request.GET_VRING_BASE: self._get_vring_base,
+            Request.SET_VRING_KICK: self._set_vring_kick,
+            Request.SET_VRING_CALL: self._set_vring_call,
+            Request.SET_VRING_ERR: self._set_vring_err,
+            Request.SET_VRING_ENABLE: self._set_vring_enable,
+            Request.VRING_KICK: self._vring_kick,
+            Request.SET_VRING_ENDIAN: self._set_vring_endian,
+            Request.GET_QUEUE_NUM: self._get_queue_num,
+            Request.SEND_RARP: self._send_rarp,
+            Request.NET_SET_MTU: self._net_set_mtu,
+            Request.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+            Request.IOTLB_MSG: self._iotlb_msg,
+            Request.GET_CONFIG: self._get_config,
+            Request.SET_CONFIG: self._set_config,
+            Request.GET_INFLIGHT_FD: self._get_inflight_fd,
+            Request.SET_INFLIGHT_FD: self._set_inflight_fd,
+            Request.RESET_DEVICE: self._reset_device,
+            Request.SET_STATUS: self._set_status,
+            Request.GET_STATUS: self._get_status,
+        }
+
+    # --- lifecycle ------------------------------------------------------
+    def listen(self, path: str) -> None:
+        """Bind ``path`` now (before QEMU starts); accept from the thread."""
+        self._listener = Listener(path)
+
+    def connect(self, path: str) -> None:
+        """Connect to QEMU's ``server=on`` socket and serve it.
+
+        May be called again after a disconnect to reconnect.
+        """
+        from .connection import connect
+        conn = connect(path, self.config.message_timeout)
+        with self._cond:
+            self._pending.append(conn)
+        self._wake()
+
+    def start(self) -> "VhostUserBackend":
+        self._thread = threading.Thread(target=self._run,
+                                        name=f"vhost-user-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and release every fd, mapping and socket.
+
+        Works while QEMU waits for an answer: the socket is closed and QEMU
+        sees the back-end disconnect.
+        """
+        with self._cond:
+            self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._record_error(f"back-end thread did not stop within "
+                                   f"{timeout}s")
+        self._close_connection("back-end stopped")
+        with self._cond:
+            pending, self._pending = self._pending, []
+        for conn in pending:
+            conn.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> "VhostUserBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def disconnect(self) -> None:
+        """Drop the current connection from the back-end's side."""
+        with self._cond:
+            self._drop_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # --- the thread -----------------------------------------------------
+    def _run(self) -> None:
+        poller = select.poll()
+        registered: Dict[int, int] = {}
+        try:
+            while True:
+                with self._cond:
+                    if self._stopping:
+                        return
+                    if self._drop_requested:
+                        self._drop_requested = False
+                        if self._conn is not None:
+                            self._close_connection("dropped by the test")
+                    if self._conn is None and self._pending:
+                        self._open(self._pending.pop(0))
+                    watch = {self._wake_r: select.POLLIN}
+                    if self._conn is not None:
+                        watch[self._conn.fileno()] = select.POLLIN
+                    elif self._listener is not None:
+                        watch[self._listener.fileno()] = select.POLLIN
+                for fd in set(registered) - set(watch):
+                    poller.unregister(fd)
+                    del registered[fd]
+                for fd, mask in watch.items():
+                    if fd not in registered:
+                        poller.register(fd, mask)
+                        registered[fd] = mask
+                for fd, _ in poller.poll():
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    elif (self._listener is not None and self._conn is None
+                          and fd == self._listener.fileno()):
+                        conn = self._listener.accept(
+                            self.config.message_timeout)
+                        with self._cond:
+                            self._open(conn)
+                    elif self._conn is not None and fd == self._conn.fileno():
+                        self._serve_one()
+        except BaseException:  # a bug here must reach the test
+            self._record_error("back-end thread crashed:\n"
+                               + traceback.format_exc())
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _open(self, conn: Connection) -> None:
+        self.connections += 1
+        self.connected = True
+        self.messages = 0
+        self.state = DeviceState(
+            offered_features=self.config.features,
+            offered_protocol_features=self.config.protocol_features,
+            config=bytearray(self.config.config))
+        self._conn = conn
+        self.trace.add(self.connections, "event", "CONNECTED")
+        self._cond.notify_all()
+
+    def _close_connection(self, why: str) -> None:
+        with self._cond:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            conn.close()
+            for ring in self.state.vrings.values():
+                if ring.started:
+                    self._ring_stopped(ring, why="disconnect")
+            self.state.close()
+            self.connected = False
+            self.trace.add(self.connections, "event", "DISCONNECTED", detail=why)
+            self._cond.notify_all()
+
+    # --- one message ----------------------------------------------------
+    def _serve_one(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            header, raw, fds = conn.recv()
+        except ConnectionClosed as exc:
+            if exc.partial:
+                self._record_error(f"{exc} (message cut short)")
+            self._close_connection(str(exc))
+            return
+        except MalformedMessage as exc:
+            # Framing is lost (oversized or truncated): nothing after this
+            # can be trusted, so the connection goes.
+            self._record_error(str(exc))
+            self._close_connection(f"malformed message: {exc}")
+            return
+        with self._cond:
+            self.messages += 1
+            msgno = self.messages
+            try:
+                self._dispatch(conn, header, raw, fds, msgno)
+            except _Disconnect as exc:
+                self._close_connection(str(exc))
+            except ConnectionClosed as exc:
+                self._close_connection(str(exc))
+            self._cond.notify_all()
+
+    def _dispatch(self, conn: Connection, header: Header, raw: bytes,
+                  fds: List[int], msgno: int) -> None:
+        cid = self.connections
+        try:
+            req, payload = self._decode(header, raw, fds)
+        except ProtocolError as exc:
+            close_fds(fds)
+            self.trace.add(cid, "rx", _request_name(header.request),
+                           header.flags, header.size, len(fds),
+                           f"raw={raw[:64].hex()}")
+            self._record_error(f"message {msgno}: {exc}")
+            self._after_bad_message(conn, header, exc)
+            return
+        self.trace.add(cid, "rx", req.name, header.flags, header.size,
+                       len(fds), _describe(payload))
+        for violation in conformance_check(req, payload, header, self.state,
+                                           self.config.max_rings):
+            self._record_violation(f"message {msgno} {req.name}: {violation}")
+
+        fault = self._fault_for(cid, msgno, req, payload)
+        if fault is not None and fault.action == "disconnect":
+            close_fds(fds)
+            raise _Disconnect(f"fault: disconnect at message {msgno} "
+                              f"({req.name})")
+        if fault is not None and fault.action == "hold":
+            self._cond.release()
+            try:
+                released = fault.release.wait(fault.hold_timeout)
+            finally:
+                self._cond.acquire()
+            if not released:
+                self.trace.add(cid, "event", "HOLD-TIMEOUT",
+                               detail=f"{req.name} held {fault.hold_timeout}s")
+
+        try:
+            reply = self._handlers.get(req, self._refuse)(header, payload,
+                                                          fds)
+            status = 0
+        except _Refused as exc:
+            self._record_refusal(cid, req, str(exc))
+            if header.need_reply and self.state.protocol_negotiated(
+                    ProtocolFeature.REPLY_ACK):
+                self._send(conn, req, U64(1), flags_extra=0)
+                return
+            raise _Disconnect(f"refused {req.name}: {exc}")
+        except ProtocolError as exc:
+            self._record_error(f"message {msgno} {req.name}: {exc}")
+            status, reply = 1, None
+            if req in REPLY_BODY and not header.need_reply:
+                raise _Disconnect(f"cannot answer {req.name}: {exc}")
+
+        if fault is not None and fault.action == "reply":
+            assert fault.reply_bytes is not None
+            data = fault.reply_bytes(req, payload)
+            conn.send(data)
+            self.trace.add(cid, "tx", req.name, 0, len(data), 0,
+                           f"fault reply {data.hex()}")
+        elif reply is not None:
+            self._send(conn, req, reply)
+        elif header.need_reply and self.state.protocol_negotiated(
+                ProtocolFeature.REPLY_ACK):
+            self._send(conn, req, U64(status))
+        if fault is not None and fault.action == "disconnect-after":
+            raise _Disconnect(f"fault: disconnect after message {msgno} "
+                              f"({req.name})")
+
+    def _decode(self, header: Header, raw: bytes, fds: List[int]):
+        if header.version != VERSION:
+            raise MalformedMessage(
+                f"bad version bits in flags 0x{header.flags:x} "
+                f"(expected {VERSION})")
+        if header.is_reply:
+            raise MalformedMessage(
+                f"REPLY flag set on a request (flags 0x{header.flags:x})")
+        req, payload = decode_payload(header.request, raw)
+        rule = fd_rule(req, payload)
+        if len(fds) not in rule.allowed:
+            raise FdCountError(
+                f"{req.name} carries {len(fds)} fds, expected "
+                f"{' or '.join(map(str, rule.allowed))}")
+        if len(fds) in rule.tolerated:
+            close_fds(fds)
+            fds.clear()
+        return req, payload
+
+    def _after_bad_message(self, conn: Connection, header: Header,
+                           exc: ProtocolError) -> None:
+        if isinstance(exc, UnknownRequest):
+            raise _Disconnect(f"unknown request {header.request}")
+        try:
+            req = Request(header.request)
+        except ValueError:
+            raise _Disconnect(str(exc)) from None
+        if header.need_reply and self.state.protocol_negotiated(
+                ProtocolFeature.REPLY_ACK):
+            self._send(conn, req, U64(1))
+        elif req in REPLY_BODY:
+            raise _Disconnect(f"cannot answer malformed {req.name}")
+
+    def _send(self, conn: Connection, req: Request, payload: Payload,
+              fds: Sequence[int] = (), flags_extra: int = 0) -> None:
+        data = encode(req, payload, VERSION | FLAG_REPLY | flags_extra)
+        conn.send(data, fds)
+        self.trace.add(self.connections, "tx", req.name,
+                       VERSION | FLAG_REPLY, len(data) - 12, len(fds),
+                       _describe(payload))
+
+    def _fault_for(self, cid: int, msgno: int, req: Request,
+                   payload: Payload) -> Optional[Fault]:
+        for fault in self.faults:
+            if fault.matches(cid, msgno, req, payload):
+                fault.fired += 1
+                self.trace.add(cid, "event", "FAULT",
+                               detail=f"{fault.action} at message {msgno} "
+                                      f"{req.name}")
+                return fault
+        return None
+
+    # --- records --------------------------------------------------------
+    def _record_error(self, text: str) -> None:
+        with self._cond:
+            self.errors.append(text)
+            self.trace.add(self.connections, "error", detail=text)
+            self._cond.notify_all()
+
+    def _record_violation(self, text: str) -> None:
+        self.violations.append(text)
+        self.trace.add(self.connections, "violation", detail=text)
+
+    def _record_refusal(self, cid: int, req: Request, why: str) -> None:
+        self.refused.append(f"{req.name}: {why}")
+        self.trace.add(cid, "refused", req.name, detail=why)
+
+    # --- ring state -----------------------------------------------------
+    def _ring_started(self, ring: Vring) -> None:
+        if ring.started:
+            return
+        ring.started = True
+        ring.starts += 1
+        self.trace.add(self.connections, "event", "RING-STARTED",
+                       detail=ring.describe())
+        self._notify_ring(ring, "started")
+
+    def _ring_stopped(self, ring: Vring, why: str = "GET_VRING_BASE") -> None:
+        if not ring.started:
+            return
+        ring.started = False
+        ring.stops += 1
+        self.trace.add(self.connections, "event", "RING-STOPPED",
+                       detail=f"{ring.describe()} ({why})")
+        self._notify_ring(ring, "stopped")
+
+    def _notify_ring(self, ring: Vring, event: str) -> None:
+        for listener in list(self.ring_listeners):
+            try:
+                listener(self, ring, event)
+            except Exception:  # a listener's bug must not kill the thread
+                self._record_error("ring listener failed:\n"
+                                   + traceback.format_exc())
+
+    # --- handlers -------------------------------------------------------
+    # Each takes (header, payload, fds) and returns a reply payload or None.
+    # Fds handed to a handler are owned by it (stored or closed).
+
+    def _refuse(self, header: Header, payload: Payload, fds: List[int]):
+        close_fds(fds)
+        raise _Refused("not implemented by this back-end")
+
+    def _get_features(self, header, payload, fds):
+        self.state.get_features_seen = True
+        return U64(self.state.offered_features)
+
+    def _set_features(self, header, payload, fds):
+        old = self.state.acked_features
+        self.state.acked_features = payload.value
+        if not payload.value & VirtioFeature.PROTOCOL_FEATURES:
+            # Spec: without protocol features every ring is enabled at once.
+            for ring in self.state.vrings.values():
+                ring.enabled = True
+        if old is not None and (old ^ payload.value) & VirtioFeature.LOG_ALL:
+            self.trace.add(self.connections, "event", "LOG-ALL",
+                           detail="on" if payload.value
+                           & VirtioFeature.LOG_ALL else "off")
+        return None
+
+    def _get_protocol_features(self, header, payload, fds):
+        return U64(self.state.offered_protocol_features)
+
+    def _set_protocol_features(self, header, payload, fds):
+        value = payload.value
+        self.state.acked_protocol_features = value
+        need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
+        if value & ProtocolFeature.INBAND_NOTIFICATIONS and value & need != need:
+            raise _Disconnect("INBAND_NOTIFICATIONS without BACKEND_REQ and "
+                              "REPLY_ACK: the spec says to close")
+        return None
+
+    def _set_owner(self, header, payload, fds):
+        self.state.owner = True
+        return None
+
+    def _reset_owner(self, header, payload, fds):
+        self._reset_rings()
+        self.state.owner = False
+        return None
+
+    def _reset_rings(self) -> None:
+        for ring in self.state.vrings.values():
+            self._ring_stopped(ring, why="reset")
+            ring.close_fds()
+        self.state.vrings.clear()
+
+    def _set_mem_table(self, header, payload: MemoryTable, fds):
+        mem = self.state.memory
+        mem.clear()
+        self.state.mem_table_count += 1
+        for i, (region, fd) in enumerate(zip(payload.regions, fds)):
+            try:
+                mem.add(region, fd)
+            except MalformedMessage:
+                close_fds(fds[i + 1:])
+                mem.clear()
+                raise
+        return None
+
+    def _add_mem_reg(self, header, payload: SingleRegion, fds):
+        if len(self.state.memory) >= self.config.max_mem_slots:
+            close_fds(fds)
+            raise MalformedMessage(
+                f"ADD_MEM_REG beyond the {self.config.max_mem_slots} slots "
+                "offered")
+        self.state.memory.add(payload.region, fds[0])
+        self.state.mem_table_count += 1
+        return None
+
+    def _rem_mem_reg(self, header, payload: SingleRegion, fds):
+        close_fds(fds)
+        if not self.state.memory.remove(payload.region):
+            raise MalformedMessage(
+                f"REM_MEM_REG of a region not mapped: {payload.region}")
+        return None
+
+    def _get_max_mem_slots(self, header, payload, fds):
+        return U64(self.config.max_mem_slots)
+
+    def _set_log_base(self, header, payload: LogDescription, fds):
+        if not fds:
+            raise MalformedMessage("SET_LOG_BASE without a log fd "
+                                   "(LOG_SHMFD needs one)")
+        if self.state.log is not None:
+            self.state.log.close()
+            self.state.log = None
+        self.state.log = DirtyLog(fds[0], payload.size, payload.offset)
+        self.trace.add(self.connections, "event", "LOG-BASE",
+                       detail=f"{payload.size} bytes at offset "
+                              f"{payload.offset}")
+        # QEMU blocks until this reply when LOG_SHMFD is negotiated.
+        return U64(0)
+
+    def _set_log_fd(self, header, payload, fds):
+        close_fds([self.state.log_fd] if self.state.log_fd is not None else [])
+        self.state.log_fd = fds[0]
+        return None
+
+    def _set_vring_num(self, header, payload: VringState, fds):
+        self.state.vring(payload.index).num = payload.num
+        return None
+
+    def _set_vring_addr(self, header, payload: VringAddr, fds):
+        self.state.vring(payload.index).addr = payload
+        return None
+
+    def _set_vring_base(self, header, payload: VringState, fds):
+        self.state.vring(payload.index).base = payload.num
+        return None
+
+    def _get_vring_base(self, header, payload: VringState, fds):
+        ring = self.state.vring(payload.index)
+        self._ring_stopped(ring)
+        close_fds([ring.kick_fd] if ring.kick_fd is not None else [])
+        ring.kick_fd = None
+        base = (ring.base if self.vring_base_override is None
+                else self.vring_base_override)
+        return VringState(payload.index, base)
+
+    def _ring_fd(self, payload: U64, fds: List[int], attr: str) -> Vring:
+        ring = self.state.vring(payload.value & VRING_IDX_MASK)
+        old = getattr(ring, attr)
+        if old is not None:
+            close_fds([old])
+        setattr(ring, attr, fds[0] if fds else None)
+        return ring
+
+    def _set_vring_kick(self, header, payload: U64, fds):
+        ring = self._ring_fd(payload, fds, "kick_fd")
+        ring.polling = bool(payload.value & VRING_NOFD_FLAG)
+        self._ring_started(ring)
+        return None
+
+    def _set_vring_call(self, header, payload: U64, fds):
+        self._ring_fd(payload, fds, "call_fd")
+        return None
+
+    def _set_vring_err(self, header, payload: U64, fds):
+        self._ring_fd(payload, fds, "err_fd")
+        return None
+
+    def _set_vring_enable(self, header, payload: VringState, fds):
+        ring = self.state.vring(payload.index)
+        ring.enabled = bool(payload.num)
+        self._notify_ring(ring, "enabled" if ring.enabled else "disabled")
+        return None
+
+    def _vring_kick(self, header, payload: VringState, fds):
+        self._ring_started(self.state.vring(payload.index))
+        return None
+
+    def _set_vring_endian(self, header, payload: VringState, fds):
+        self.state.vring(payload.index).big_endian = bool(payload.num)
+        return None
+
+    def _get_queue_num(self, header, payload, fds):
+        return U64(self.config.queue_num)
+
+    def _send_rarp(self, header, payload: U64, fds):
+        self.state.rarp.append(payload.value)
+        return None
+
+    def _net_set_mtu(self, header, payload: U64, fds):
+        self.state.mtu = payload.value
+        return None
+
+    def _set_backend_req_fd(self, header, payload, fds):
+        close_fds([self.state.backend_req_fd]
+                  if self.state.backend_req_fd is not None else [])
+        self.state.backend_req_fd = fds[0]
+        return None
+
+    def _iotlb_msg(self, header, payload, fds):
+        self.state.iotlb.append(payload)
+        return U64(0)
+
+    def _get_config(self, header, payload: ConfigSpace, fds):
+        cfg = self.state.config
+        if payload.offset + payload.size > len(cfg):
+            # Spec: a reply of size 0 (no config) reports the error.
+            self._record_error(
+                f"GET_CONFIG {payload.offset}+{payload.size} beyond the "
+                f"{len(cfg)}-byte config space")
+            return ConfigSpace(payload.offset, 0, payload.flags)
+        data = bytes(cfg[payload.offset:payload.offset + payload.size])
+        return ConfigSpace(payload.offset, payload.size, payload.flags, data)
+
+    def _set_config(self, header, payload: ConfigSpace, fds):
+        end = payload.offset + payload.size
+        if end > len(self.state.config):
+            raise MalformedMessage(f"SET_CONFIG {payload.offset}+"
+                                   f"{payload.size} beyond the config space")
+        self.state.config[payload.offset:end] = payload.data
+        return None
+
+    def _get_inflight_fd(self, header, payload: InflightDescription, fds):
+        # Answering needs a shared buffer sized per the spec's inflight
+        # layout; this back-end does not track inflight I/O.
+        raise _Refused("inflight I/O tracking is not implemented")
+
+    def _set_inflight_fd(self, header, payload, fds):
+        close_fds([self.state.inflight_fd]
+                  if self.state.inflight_fd is not None else [])
+        self.state.inflight_fd = fds[0]
+        return None
+
+    def _reset_device(self, header, payload, fds):
+        self._reset_rings()
+        self.state.acked_features = None
+        self.state.status = 0
+        return None
+
+    def _set_status(self, header, payload: U64, fds):
+        self.state.status = payload.value
+        return None
+
+    def _get_status(self, header, payload, fds):
+        return U64(self.state.status)
+
+    # --- what tests use -------------------------------------------------
+    def wait_for(self, predicate: Callable[[], bool], what: str,
+                 timeout: float = 10.0) -> None:
+        """Block until ``predicate()`` holds (evaluated under the lock).
+
+        :raise WaitTimeout: after ``timeout`` seconds, naming ``what`` and
+            the state seen.
+        :raise BackendFailure: the back-end recorded an error meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            errors_before = len(self.errors)
+            while not predicate():
+                if len(self.errors) > errors_before:
+                    raise BackendFailure(self._failure_text(
+                        f"while waiting for {what}"))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(
+                        f"[{self.name}] timed out after {timeout}s waiting "
+                        f"for {what}; seen instead: {self.describe()}\n"
+                        f"last messages:\n{self.trace.tail(15)}")
+                self._cond.wait(left)
+
+    def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: self.connections >= count and self.connected,
+                      f"connection #{count}", timeout)
+
+    def wait_disconnected(self, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: not self.connected, "the connection to close",
+                      timeout)
+
+    def wait_mem_table(self, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: len(self.state.memory) > 0,
+                      "a memory table", timeout)
+
+    def wait_rings_started(self, count: int, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: len(self.state.started_rings()) >= count,
+                      f"{count} started rings", timeout)
+
+    def wait_log_base(self, timeout: float = 10.0) -> None:
+        self.wait_for(lambda: self.state.log is not None,
+                      "SET_LOG_BASE", timeout)
+
+    def wait_request(self, request: Request, count: int = 1,
+                     timeout: float = 10.0) -> None:
+        self.wait_for(
+            lambda: len(self.trace.select("rx", request.name)) >= count,
+            f"{count} x {request.name}", timeout)
+
+    def describe(self) -> str:
+        """One paragraph of state, for timeouts and failures."""
+        with self._cond:
+            s = self.state
+            rings = "; ".join(r.describe() for r in sorted(
+                s.vrings.values(), key=lambda r: r.index)) or "no rings"
+            acked = ("none" if s.acked_features is None else
+                     feature_names(s.acked_features, VirtioFeature))
+            return (f"connections={self.connections} "
+                    f"connected={self.connected} messages={self.messages} "
+                    f"features acked={acked} "
+                    f"memory regions={len(s.memory)} "
+                    f"log={'yes' if s.log else 'no'} {rings}; "
+                    f"errors={len(self.errors)} "
+                    f"violations={len(self.violations)}")
+
+    def _failure_text(self, context: str) -> str:
+        return (f"[{self.name}] back-end errors {context}:\n  - "
+                + "\n  - ".join(self.errors)
+                + f"\ntrace (last 30):\n{self.trace.tail(30)}")
+
+    def check(self, allow_violations: bool = False) -> None:
+        """Raise :class:`BackendFailure` if anything went wrong.
+
+        :param allow_violations: do not fail on conformance violations (a
+            scenario that provokes them checks them itself).
+        """
+        with self._cond:
+            if self.errors:
+                raise BackendFailure(self._failure_text("recorded"))
+            if self.violations and not allow_violations:
+                raise BackendFailure(
+                    f"[{self.name}] conformance violations:\n  - "
+                    + "\n  - ".join(self.violations)
+                    + f"\ntrace (last 30):\n{self.trace.tail(30)}")
+
+    def lock(self) -> threading.RLock:
+        """The lock that guards the state (hold it to read a consistent
+        snapshot while the thread runs)."""
+        return self._cond  # type: ignore[return-value]
+
+    def mark_dirty(self, gpa: int, length: int = 1) -> None:
+        """Set the dirty-log bits of ``[gpa, gpa+length)``."""
+        with self._cond:
+            if self.state.log is None:
+                raise BackendFailure(f"[{self.name}] no dirty log to mark: "
+                                     "SET_LOG_BASE not received")
+            self.state.log.mark(gpa, length)
+
+    def used_ring_logged(self, index: int) -> bool:
+        """Whether ring ``index`` asked for used-ring logging (F_LOG)."""
+        ring = self.state.vrings.get(index)
+        return bool(ring and ring.addr and ring.addr.flags & VRING_F_LOG)
+
+
+def _request_name(number: int) -> str:
+    try:
+        return Request(number).name
+    except ValueError:
+        return f"UNKNOWN({number})"
+
+
+def _describe(payload: Optional[Payload]) -> str:
+    if payload is None or isinstance(payload, Empty):
+        return ""
+    if isinstance(payload, MemoryTable):
+        return "; ".join(str(r) for r in payload.regions)
+    if isinstance(payload, U64):
+        return f"0x{payload.value:x}"
+    text = repr(payload)
+    return text if len(text) < 200 else text[:200] + "..."
+

@@ -1,0 +1,259 @@
+"""
+Conformance rules: the front-end's conduct judged against the vhost-user spec.
+
+Each rule looks at one decoded request and the device state *before* the
+request is applied, and returns a description of the violation or ``None``.
+The back-end records every violation with the message that caused it; tests
+assert that a trace has none (or exactly those a scenario provokes).
+
+Rules only flag what the spec forbids, not what QEMU happens to do
+differently from other front-ends: QEMU sends GET_FEATURES, protocol
+feature negotiation, GET_QUEUE_NUM and GET_MAX_MEM_SLOTS before SET_OWNER;
+it sends SET_VRING_ADDR to a running ring to switch used-ring logging on;
+and with multiqueue net it repeats feature negotiation per queue pair.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+from .message import (MAX_MEM_REGIONS, VRING_IDX_MASK, Header, MemoryTable,
+                      Payload, ProtocolFeature, Request, U64, VirtioFeature,
+                      VringAddr, VringState, LogDescription, feature_names)
+from .state import DeviceState
+
+__all__ = ["Rule", "RULES", "REQUIRED_PROTOCOL_FEATURE", "check"]
+
+Rule = Callable[[Request, Payload, Header, DeviceState], Optional[str]]
+
+#: A request is only legal once this protocol feature is negotiated
+#: (spec: the feature's own section and the request's description).
+REQUIRED_PROTOCOL_FEATURE: Dict[Request, ProtocolFeature] = {
+    Request.GET_QUEUE_NUM: ProtocolFeature.MQ,
+    Request.SEND_RARP: ProtocolFeature.RARP,
+    Request.NET_SET_MTU: ProtocolFeature.NET_MTU,
+    Request.SET_BACKEND_REQ_FD: ProtocolFeature.BACKEND_REQ,
+    Request.SET_VRING_ENDIAN: ProtocolFeature.CROSS_ENDIAN,
+    Request.GET_CONFIG: ProtocolFeature.CONFIG,
+    Request.SET_CONFIG: ProtocolFeature.CONFIG,
+    Request.CREATE_CRYPTO_SESSION: ProtocolFeature.CRYPTO_SESSION,
+    Request.CLOSE_CRYPTO_SESSION: ProtocolFeature.CRYPTO_SESSION,
+    Request.POSTCOPY_ADVISE: ProtocolFeature.PAGEFAULT,
+    Request.POSTCOPY_LISTEN: ProtocolFeature.PAGEFAULT,
+    Request.POSTCOPY_END: ProtocolFeature.PAGEFAULT,
+    Request.GET_INFLIGHT_FD: ProtocolFeature.INFLIGHT_SHMFD,
+    Request.SET_INFLIGHT_FD: ProtocolFeature.INFLIGHT_SHMFD,
+    Request.RESET_DEVICE: ProtocolFeature.RESET_DEVICE,
+    Request.VRING_KICK: ProtocolFeature.INBAND_NOTIFICATIONS,
+    Request.GET_MAX_MEM_SLOTS: ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    Request.ADD_MEM_REG: ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    Request.REM_MEM_REG: ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    Request.SET_STATUS: ProtocolFeature.STATUS,
+    Request.GET_STATUS: ProtocolFeature.STATUS,
+    Request.GET_SHARED_OBJECT: ProtocolFeature.SHARED_OBJECT,
+    Request.SET_DEVICE_STATE_FD: ProtocolFeature.DEVICE_STATE,
+    Request.CHECK_DEVICE_STATE: ProtocolFeature.DEVICE_STATE,
+    Request.SET_LOG_BASE: ProtocolFeature.LOG_SHMFD,
+}
+
+_RING_REQUESTS = {
+    Request.SET_VRING_NUM, Request.SET_VRING_ADDR, Request.SET_VRING_BASE,
+    Request.GET_VRING_BASE, Request.SET_VRING_KICK, Request.SET_VRING_CALL,
+    Request.SET_VRING_ERR, Request.SET_VRING_ENABLE, Request.VRING_KICK,
+    Request.SET_VRING_ENDIAN,
+}
+
+
+def _ring_index(req: Request, payload: Payload) -> Optional[int]:
+    if isinstance(payload, (VringState, VringAddr)):
+        return payload.index
+    if isinstance(payload, U64) and req in _RING_REQUESTS:
+        return payload.value & VRING_IDX_MASK
+    return None
+
+
+def protocol_feature_gate(req: Request, payload: Payload, header: Header,
+                          state: DeviceState) -> Optional[str]:
+    """A gated request arrives without its protocol feature negotiated."""
+    need = REQUIRED_PROTOCOL_FEATURE.get(req)
+    if need is not None and not state.protocol_negotiated(need):
+        return (f"{req.name} requires protocol feature {need.name}, which is "
+                f"not negotiated (acked: "
+                f"{feature_names(state.acked_protocol_features or 0, ProtocolFeature)})")
+    return None
+
+
+def protocol_features_offered(req: Request, payload: Payload, header: Header,
+                              state: DeviceState) -> Optional[str]:
+    """GET/SET_PROTOCOL_FEATURES and SET_VRING_ENABLE need
+    VHOST_USER_F_PROTOCOL_FEATURES offered by the back-end."""
+    if req in (Request.GET_PROTOCOL_FEATURES, Request.SET_PROTOCOL_FEATURES,
+               Request.SET_VRING_ENABLE):
+        if not state.offered_features & VirtioFeature.PROTOCOL_FEATURES:
+            return (f"{req.name} although the back-end did not offer "
+                    "VHOST_USER_F_PROTOCOL_FEATURES")
+        if not state.get_features_seen:
+            return f"{req.name} before GET_FEATURES"
+    return None
+
+
+def features_subset(req: Request, payload: Payload, header: Header,
+                    state: DeviceState) -> Optional[str]:
+    """The front-end may only ack features the back-end offered."""
+    if req is Request.SET_FEATURES and isinstance(payload, U64):
+        extra = payload.value & ~state.offered_features
+        if extra:
+            return ("SET_FEATURES acks features not offered: "
+                    + feature_names(extra, VirtioFeature))
+    if req is Request.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
+        extra = payload.value & ~state.offered_protocol_features
+        if extra:
+            return ("SET_PROTOCOL_FEATURES acks features not offered: "
+                    + feature_names(extra, ProtocolFeature))
+    return None
+
+
+def inband_needs_channel(req: Request, payload: Payload, header: Header,
+                         state: DeviceState) -> Optional[str]:
+    """INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK is an error
+    (spec: "In-band notifications")."""
+    if req is Request.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
+        value = payload.value
+        if value & ProtocolFeature.INBAND_NOTIFICATIONS:
+            need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
+            if value & need != need:
+                return ("INBAND_NOTIFICATIONS negotiated without BACKEND_REQ "
+                        "and REPLY_ACK")
+    return None
+
+
+def iotlb_needs_platform(req: Request, payload: Payload, header: Header,
+                         state: DeviceState) -> Optional[str]:
+    if req is Request.IOTLB_MSG and not state.feature_acked(
+            VirtioFeature.ACCESS_PLATFORM):
+        return "IOTLB_MSG without VIRTIO_F_IOMMU_PLATFORM negotiated"
+    return None
+
+
+def need_reply_needs_ack(req: Request, payload: Payload, header: Header,
+                         state: DeviceState) -> Optional[str]:
+    """NEED_REPLY is only defined once REPLY_ACK is negotiated."""
+    if header.need_reply and not state.protocol_negotiated(
+            ProtocolFeature.REPLY_ACK) and req not in (
+                Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+                Request.SET_PROTOCOL_FEATURES):
+        return f"{req.name} sets NEED_REPLY but REPLY_ACK is not negotiated"
+    return None
+
+
+def ring_index_valid(req: Request, payload: Payload, header: Header,
+                     state: DeviceState, max_rings: int = 0
+                     ) -> Optional[str]:
+    index = _ring_index(req, payload)
+    if index is not None and max_rings and index >= max_rings:
+        return f"{req.name} for ring {index}, but the device has {max_rings}"
+    return None
+
+
+def reserved_num_zero(req: Request, payload: Payload, header: Header,
+                      state: DeviceState) -> Optional[str]:
+    """GET_VRING_BASE and VRING_KICK: ``num`` is reserved, must be 0."""
+    if req in (Request.GET_VRING_BASE, Request.VRING_KICK) and isinstance(
+            payload, VringState) and payload.num != 0:
+        return f"{req.name} with reserved num={payload.num} (must be 0)"
+    return None
+
+
+def ring_size_valid(req: Request, payload: Payload, header: Header,
+                    state: DeviceState) -> Optional[str]:
+    """Queue sizes: 1..32768; a power of 2 for split rings."""
+    if req is Request.SET_VRING_NUM and isinstance(payload, VringState):
+        num = payload.num
+        packed = state.feature_acked(VirtioFeature.RING_PACKED)
+        if not 0 < num <= 32768 or (not packed and num & (num - 1)):
+            return f"SET_VRING_NUM {num} for ring {payload.index} is invalid"
+    return None
+
+
+def no_reconfig_while_started(req: Request, payload: Payload, header: Header,
+                              state: DeviceState) -> Optional[str]:
+    """Size, base and endianness may only change while the ring is stopped."""
+    if req in (Request.SET_VRING_NUM, Request.SET_VRING_BASE,
+               Request.SET_VRING_ENDIAN) and isinstance(payload, VringState):
+        ring = state.vrings.get(payload.index)
+        if ring is not None and ring.started:
+            return f"{req.name} for ring {payload.index} while it is started"
+    return None
+
+
+def ring_addr_mapped(req: Request, payload: Payload, header: Header,
+                     state: DeviceState) -> Optional[str]:
+    """Ring addresses must lie in the memory table (unless an IOMMU is on)."""
+    if req is Request.SET_VRING_ADDR and isinstance(payload, VringAddr):
+        if state.feature_acked(VirtioFeature.ACCESS_PLATFORM):
+            return None
+        if not len(state.memory):
+            return (f"SET_VRING_ADDR for ring {payload.index} before any "
+                    "memory table")
+        for name in ("desc", "used", "avail"):
+            addr = getattr(payload, name)
+            try:
+                state.memory.uva_to_gpa(addr)
+            except LookupError:
+                return (f"SET_VRING_ADDR ring {payload.index}: {name} "
+                        f"address 0x{addr:x} is not in the memory table")
+    return None
+
+
+def mem_regions_disjoint(req: Request, payload: Payload, header: Header,
+                         state: DeviceState) -> Optional[str]:
+    if req is Request.SET_MEM_TABLE and isinstance(payload, MemoryTable):
+        regions = sorted(payload.regions, key=lambda r: r.guest_addr)
+        for a, b in zip(regions, regions[1:]):
+            if a.guest_addr + a.size > b.guest_addr:
+                return f"memory regions overlap: {a} and {b}"
+        if len(regions) > MAX_MEM_REGIONS:
+            return f"{len(regions)} memory regions"
+    return None
+
+
+def log_covers_memory(req: Request, payload: Payload, header: Header,
+                      state: DeviceState) -> Optional[str]:
+    """The dirty log must have a bit for every guest page in the table."""
+    if req is Request.SET_LOG_BASE and isinstance(payload, LogDescription):
+        top = max((g + s for g, s in state.memory.ram_ranges()), default=0)
+        pages = payload.size * 8
+        if top and pages * 4096 < top:
+            return (f"dirty log of {payload.size} bytes covers "
+                    f"{pages * 4096:#x} bytes of guest memory, the table "
+                    f"reaches {top:#x}")
+    return None
+
+
+def postcopy_order(req: Request, payload: Payload, header: Header,
+                   state: DeviceState) -> Optional[str]:
+    """POSTCOPY_ADVISE -> POSTCOPY_LISTEN -> POSTCOPY_END."""
+    order = {Request.POSTCOPY_LISTEN: "advised",
+             Request.POSTCOPY_END: "listening"}
+    if req in order and state.postcopy != order[req]:
+        return f"{req.name} in postcopy state '{state.postcopy}'"
+    return None
+
+
+RULES: List[Rule] = [
+    protocol_features_offered, protocol_feature_gate, features_subset,
+    inband_needs_channel, iotlb_needs_platform, need_reply_needs_ack,
+    reserved_num_zero, ring_size_valid, no_reconfig_while_started,
+    ring_addr_mapped, mem_regions_disjoint, log_covers_memory, postcopy_order,
+]
+
+
+def check(req: Request, payload: Payload, header: Header, state: DeviceState,
+          max_rings: int = 0) -> List[str]:
+    """Every violation one request commits."""
+    found = [msg for rule in RULES
+             if (msg := rule(req, payload, header, state)) is not None]
+    ring = ring_index_valid(req, payload, header, state, max_rings)
+    if ring:
+        found.append(ring)
+    return found

@@ -1,0 +1,220 @@
+"""
+vhost-user transport: a UNIX stream socket that carries messages and fds.
+
+QEMU sends each message with one ``sendmsg()``, its fds attached as
+SCM_RIGHTS to the first byte, but the kernel may deliver it in pieces: this
+module reassembles header and payload, gathers the fds from every piece, and
+never hands out a message whose framing it could not verify.  Any fd it
+received but cannot give to a caller (truncated control data, an error mid
+message) is closed here, so a malformed message cannot leak descriptors.
+
+Two ways to meet QEMU:
+
+* :class:`Listener` -- listen mode: the back-end owns the socket path and
+  QEMU's chardev connects (QEMU is the client).  The listener must exist
+  before QEMU is launched, because QEMU blocks at start-up until accepted.
+* :func:`connect` -- connect mode: QEMU's chardev is ``server=on`` and the
+  back-end connects to it.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import select
+import socket
+from typing import List, Sequence, Tuple
+
+from .error import ConnectionClosed, MalformedMessage
+from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
+
+__all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
+           "MAX_FDS"]
+
+#: Most fds one message may bring (SET_MEM_TABLE: 8); room for a few more so
+#: that an excess is detected and closed instead of truncated by the kernel.
+MAX_FDS = 16
+_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close fds, ignoring those already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _fds_from_ancdata(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
+    fds: List[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[:len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+class Connection:
+    """One connected vhost-user socket.
+
+    :param sock: a connected ``AF_UNIX`` stream socket; owned from now on.
+    :param message_timeout: bound, in seconds, on reading the rest of a
+        message once its first byte has arrived; a peer that stalls longer
+        is reported as sending a truncated message.
+    """
+
+    def __init__(self, sock: socket.socket, message_timeout: float = 5.0):
+        self.sock = sock
+        self.message_timeout = message_timeout
+        self.sock.settimeout(None)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def _recv_exact(self, want: int, fds: List[int],
+                    first: bool) -> bytes:
+        """Read exactly ``want`` bytes, collecting fds from each piece."""
+        chunks = []
+        got = 0
+        while got < want:
+            if not first or got:
+                ready, _, _ = select.select([self.sock], [], [],
+                                            self.message_timeout)
+                if not ready:
+                    raise MalformedMessage(
+                        f"truncated message: {got} of {want} bytes arrived, "
+                        f"then nothing for {self.message_timeout}s")
+            try:
+                data, ancdata, flags, _ = self.sock.recvmsg(
+                    want - got, _CMSG_SPACE)
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise ConnectionClosed(f"connection reset: {exc}",
+                                       partial=bool(got or not first))
+            fds.extend(_fds_from_ancdata(ancdata))
+            if flags & socket.MSG_CTRUNC:
+                raise MalformedMessage(
+                    f"more than {MAX_FDS} fds attached to one message")
+            if not data:
+                raise ConnectionClosed(
+                    "peer closed the connection" + (
+                        f" after {got} of {want} bytes" if got or not first
+                        else ""),
+                    partial=bool(got or not first))
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+    def recv(self) -> Tuple[Header, bytes, List[int]]:
+        """Receive one message: header, raw payload and the fds it carried.
+
+        Blocks until the first byte arrives (callers poll first), then for at
+        most ``message_timeout`` per piece.
+
+        :raise ConnectionClosed: EOF, possibly in the middle of a message.
+        :raise MalformedMessage: truncated, oversized or too many fds; the
+            fds received so far are closed and the exception's ``fds`` is [].
+        """
+        fds: List[int] = []
+        try:
+            header = decode_header(self._recv_exact(HEADER_SIZE, fds, True))
+            if header.size > MAX_PAYLOAD:
+                # Framing cannot be trusted any more: the caller disconnects.
+                raise MalformedMessage(
+                    f"payload size {header.size} exceeds the maximum "
+                    f"{MAX_PAYLOAD} (request {header.request})")
+            payload = (self._recv_exact(header.size, fds, False)
+                       if header.size else b"")
+        except BaseException:
+            close_fds(fds)
+            raise
+        return header, payload, fds
+
+    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Send one whole message, with ``fds`` as SCM_RIGHTS.
+
+        :raise ConnectionClosed: the peer is gone.
+        """
+        anc = []
+        if fds:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    array.array("i", fds).tobytes())]
+        try:
+            sent = self.sock.sendmsg([data], anc)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionClosed(f"peer gone while sending: {exc}")
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                raise ConnectionClosed(f"peer gone while sending: {exc}")
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Listener:
+    """A listening socket at ``path`` for QEMU's client-mode chardev.
+
+    The socket is bound at construction so that QEMU, launched right after,
+    finds it.  ``close()`` unlinks the path.
+    """
+
+    def __init__(self, path: str):
+        if len(path.encode()) >= 108:
+            raise ValueError(
+                f"UNIX socket path is {len(path.encode())} bytes, the limit "
+                f"is 107: {path}")
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(path)
+            self.sock.listen(1)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self, message_timeout: float = 5.0) -> Connection:
+        """Accept one connection (call when ``fileno()`` polls readable)."""
+        conn, _ = self.sock.accept()
+        return Connection(conn, message_timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def connect(path: str, message_timeout: float = 5.0) -> Connection:
+    """Connect to QEMU's ``server=on`` chardev at ``path``.
+
+    :raise ConnectionRefusedError, FileNotFoundError: nobody listens there.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return Connection(sock, message_timeout)
+
+
+def socketpair(message_timeout: float = 5.0
+               ) -> Tuple[Connection, socket.socket]:
+    """A back-end :class:`Connection` and the raw front-end socket facing it
+    (for unit tests that play the front-end themselves)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return Connection(a, message_timeout), b
+

@@ -1,0 +1,218 @@
+"""
+Guest memory as the back-end sees it: mapped regions and the dirty log.
+
+SET_MEM_TABLE (or ADD_MEM_REG) hands the back-end one fd per guest RAM
+region together with three coordinates: the guest-physical address, QEMU's
+own virtual address of the region (ring addresses arrive in that space), and
+the offset of the region inside the fd.  :class:`GuestMemory` maps each fd
+and translates either kind of address to the local mapping; nothing assumes
+one region at guest address 0 (with ROM holes QEMU sends three).
+
+:class:`DirtyLog` is the shared bitmap of SET_LOG_BASE: one bit per 4 KiB
+guest page, which QEMU reads to resend pages that the back-end wrote while
+migration runs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from typing import Iterator, List, Tuple
+
+from .error import MalformedMessage
+from .message import VHOST_LOG_PAGE, MemoryRegion
+
+__all__ = ["MappedRegion", "GuestMemory", "DirtyLog", "AddressError"]
+
+_PAGE = mmap.PAGESIZE
+
+
+class AddressError(LookupError):
+    """An address (or range) that no mapped region covers."""
+
+
+class MappedRegion:
+    """One region mapped from its fd; owns the fd and the mapping.
+
+    :raise MalformedMessage: the fd cannot be mapped as described.
+    """
+
+    def __init__(self, desc: MemoryRegion, fd: int):
+        self.desc = desc
+        self.fd = fd
+        start = desc.mmap_offset - desc.mmap_offset % _PAGE
+        self._skew = desc.mmap_offset - start
+        if desc.size == 0:
+            raise MalformedMessage(f"memory region of size 0 ({desc})")
+        try:
+            self.map = mmap.mmap(fd, desc.size + self._skew, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE,
+                                 offset=start)
+        except (OSError, ValueError, OverflowError) as exc:
+            raise MalformedMessage(
+                f"cannot map memory region {desc} from fd {fd}: {exc}"
+            ) from None
+
+    def contains_gpa(self, gpa: int, length: int = 1) -> bool:
+        d = self.desc
+        return d.guest_addr <= gpa and gpa + length <= d.guest_addr + d.size
+
+    def contains_uva(self, uva: int, length: int = 1) -> bool:
+        d = self.desc
+        return d.user_addr <= uva and uva + length <= d.user_addr + d.size
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+class GuestMemory:
+    """The set of mapped regions of one connection; thread-safe."""
+
+    def __init__(self) -> None:
+        self._regions: List[MappedRegion] = []
+        self._lock = threading.Lock()
+
+    @property
+    def regions(self) -> List[MemoryRegion]:
+        with self._lock:
+            return [r.desc for r in self._regions]
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def add(self, desc: MemoryRegion, fd: int) -> None:
+        """Map and add one region; on failure the fd is closed."""
+        try:
+            region = MappedRegion(desc, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            self._regions.append(region)
+
+    def remove(self, desc: MemoryRegion) -> bool:
+        """Unmap the region matching guest address, user address and size
+        (the spec ignores the mmap offset); False if none matches."""
+        with self._lock:
+            for region in self._regions:
+                d = region.desc
+                if (d.guest_addr, d.user_addr, d.size) == (
+                        desc.guest_addr, desc.user_addr, desc.size):
+                    self._regions.remove(region)
+                    region.close()
+                    return True
+        return False
+
+    def clear(self) -> None:
+        """Unmap every region and close every fd."""
+        with self._lock:
+            regions, self._regions = self._regions, []
+        for region in regions:
+            region.close()
+
+    def _find(self, addr: int, length: int, by_uva: bool
+              ) -> Tuple[MappedRegion, int]:
+        with self._lock:
+            for region in self._regions:
+                d = region.desc
+                if by_uva and region.contains_uva(addr, length):
+                    return region, addr - d.user_addr + region._skew
+                if not by_uva and region.contains_gpa(addr, length):
+                    return region, addr - d.guest_addr + region._skew
+        kind = "user address" if by_uva else "guest address"
+        raise AddressError(
+            f"{kind} 0x{addr:x}+0x{length:x} is not inside one mapped region"
+            f" (regions: {', '.join(str(r) for r in self.regions) or 'none'})")
+
+    def uva_to_gpa(self, uva: int) -> int:
+        """Translate QEMU's virtual address (ring addresses) to a guest one."""
+        region, off = self._find(uva, 1, by_uva=True)
+        return region.desc.guest_addr + off - region._skew
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Read guest memory at a guest-physical address."""
+        region, off = self._find(gpa, length, by_uva=False)
+        return region.map[off:off + length]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest memory at a guest-physical address."""
+        region, off = self._find(gpa, len(data), by_uva=False)
+        region.map[off:off + len(data)] = data
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A zero-copy view; release it before the memory table changes."""
+        region, off = self._find(gpa, length, by_uva=False)
+        return memoryview(region.map)[off:off + length]
+
+    def ram_ranges(self) -> Iterator[Tuple[int, int]]:
+        """``(guest address, size)`` of every region, lowest first."""
+        for d in sorted(self.regions, key=lambda r: r.guest_addr):
+            yield d.guest_addr, d.size
+
+
+class DirtyLog:
+    """The dirty-page bitmap shared with QEMU through SET_LOG_BASE.
+
+    Bit ``n`` of the bitmap stands for guest page ``n`` (4 KiB).  QEMU reads
+    it by atomically swapping words with 0; a plain byte-wise OR here can at
+    worst re-set a bit that QEMU has just consumed, which makes QEMU send a
+    page once more, never once less.
+    """
+
+    def __init__(self, fd: int, size: int, offset: int):
+        self.size = size
+        self.offset = offset
+        self.fd = fd
+        start = offset - offset % _PAGE
+        self._skew = offset - start
+        try:
+            self.map = mmap.mmap(fd, size + self._skew, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE,
+                                 offset=start)
+        except (OSError, ValueError, OverflowError) as exc:
+            os.close(fd)
+            raise MalformedMessage(
+                f"cannot map dirty log of {size} bytes at offset {offset}: "
+                f"{exc}") from None
+        self._lock = threading.Lock()
+
+    @property
+    def pages(self) -> int:
+        """How many guest pages the log can describe."""
+        return self.size * 8
+
+    def mark(self, gpa: int, length: int = 1) -> None:
+        """Mark every page touched by ``[gpa, gpa+length)`` dirty.
+
+        :raise AddressError: the range is beyond what the log covers.
+        """
+        first = gpa // VHOST_LOG_PAGE
+        last = (gpa + max(length, 1) - 1) // VHOST_LOG_PAGE
+        if last >= self.pages:
+            raise AddressError(
+                f"page {last} (gpa 0x{gpa:x}) beyond the dirty log's "
+                f"{self.pages} pages")
+        with self._lock:
+            for page in range(first, last + 1):
+                pos = self._skew + page // 8
+                self.map[pos] = self.map[pos] | (1 << (page % 8))
+
+    def is_dirty(self, gpa: int) -> bool:
+        page = gpa // VHOST_LOG_PAGE
+        return bool(self.map[self._skew + page // 8] & (1 << (page % 8)))
+
+    def dirty_pages(self) -> List[int]:
+        """Numbers of the pages whose bit is set now."""
+        data = self.map[self._skew:self._skew + self.size]
+        out = []
+        for i, byte in enumerate(data):
+            if byte:
+                out.extend(i * 8 + b for b in range(8) if byte & (1 << b))
+        return out
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+

@@ -1,0 +1,126 @@
+"""
+Device and ring state of a vhost-user back-end, as the spec defines it.
+
+A ring has two independent properties ("Ring states" in the spec):
+
+* *started* / *stopped* -- a ring starts when its kick fd is set (the
+  back-end begins to watch it) or on an in-band VRING_KICK, and stops on
+  GET_VRING_BASE.  A stopped ring must not be touched.
+* *enabled* / *disabled* -- toggled by SET_VRING_ENABLE; a started but
+  disabled ring is processed without side effects.
+
+Every ring begins stopped and disabled.  When SET_FEATURES arrives without
+VHOST_USER_F_PROTOCOL_FEATURES, every ring is enabled at once.
+
+This module only holds state; :mod:`.backend` changes it and
+:mod:`.conformance` judges requests against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .connection import close_fds
+from .memory import DirtyLog, GuestMemory
+from .message import VirtioFeature, VringAddr
+
+__all__ = ["Vring", "DeviceState"]
+
+
+@dataclass
+class Vring:
+    """One virtqueue as the back-end knows it."""
+
+    index: int
+    num: int = 0
+    #: Next available-ring index the back-end will process (split), or the
+    #: packed 32-bit encoding (avail idx|wrap<<15|used idx<<16|wrap<<31).
+    base: int = 0
+    addr: Optional[VringAddr] = None
+    kick_fd: Optional[int] = None
+    call_fd: Optional[int] = None
+    err_fd: Optional[int] = None
+    #: Set when SET_VRING_KICK carried the no-fd flag: the ring is polled.
+    polling: bool = False
+    enabled: bool = False
+    started: bool = False
+    big_endian: Optional[bool] = None
+    #: How many times this ring was started and stopped on the connection.
+    starts: int = 0
+    stops: int = 0
+
+    def close_fds(self) -> None:
+        close_fds([fd for fd in (self.kick_fd, self.call_fd, self.err_fd)
+                   if fd is not None])
+        self.kick_fd = self.call_fd = self.err_fd = None
+
+    def describe(self) -> str:
+        return (f"ring {self.index}: {'started' if self.started else 'stopped'}"
+                f", {'enabled' if self.enabled else 'disabled'}, num={self.num}"
+                f", base={self.base}")
+
+
+@dataclass
+class DeviceState:
+    """Everything one connection negotiated and handed over.
+
+    A new connection starts from a fresh instance: vhost-user has no state
+    that survives a reconnect except what the front-end sends again.
+    """
+
+    offered_features: int = 0
+    offered_protocol_features: int = 0
+    #: None until SET_FEATURES / SET_PROTOCOL_FEATURES arrive.
+    acked_features: Optional[int] = None
+    acked_protocol_features: Optional[int] = None
+    get_features_seen: bool = False
+    owner: bool = False
+    memory: GuestMemory = field(default_factory=GuestMemory)
+    mem_table_count: int = 0
+    log: Optional[DirtyLog] = None
+    log_fd: Optional[int] = None
+    vrings: Dict[int, Vring] = field(default_factory=dict)
+    status: int = 0
+    config: bytearray = field(default_factory=bytearray)
+    backend_req_fd: Optional[int] = None
+    inflight_fd: Optional[int] = None
+    iotlb: List[object] = field(default_factory=list)
+    postcopy: str = "none"  # none -> advised -> listening -> ended
+    mtu: Optional[int] = None
+    rarp: List[int] = field(default_factory=list)
+
+    def protocol_negotiated(self, bit: int) -> bool:
+        """Whether protocol feature ``bit`` (a mask) is in force."""
+        return bool(self.acked_protocol_features is not None
+                    and self.acked_protocol_features & bit)
+
+    def feature_acked(self, bit: int) -> bool:
+        return bool(self.acked_features is not None
+                    and self.acked_features & bit)
+
+    def vring(self, index: int) -> Vring:
+        if index not in self.vrings:
+            ring = Vring(index)
+            # Without protocol features, rings are born enabled (spec).
+            if (self.acked_features is not None and not
+                    self.acked_features & VirtioFeature.PROTOCOL_FEATURES):
+                ring.enabled = True
+            self.vrings[index] = ring
+        return self.vrings[index]
+
+    def started_rings(self) -> List[int]:
+        return sorted(i for i, r in self.vrings.items() if r.started)
+
+    def close(self) -> None:
+        """Release every fd and mapping of the connection."""
+        for ring in self.vrings.values():
+            ring.close_fds()
+            ring.started = False
+        self.memory.clear()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        close_fds([fd for fd in (self.log_fd, self.backend_req_fd,
+                                 self.inflight_fd) if fd is not None])
+        self.log_fd = self.backend_req_fd = self.inflight_fd = None

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of everything the avocado-vhost suite needs on a
+# Debian 12 machine (run as root, or with sudo available for apt-get):
+#
+#   * a QEMU to test: $QEMU_TEST_QEMU_BINARY when set, otherwise Debian's
+#     qemu-system-x86 (installed with apt-get when missing);
+#   * a virtualenv in .venv with this package, avocado and qemu.qmp from PyPI;
+#   * qemu.machine, which is not on PyPI: taken from $QEMU_SRC/python when
+#     QEMU_SRC names a QEMU checkout, otherwise from the python/ folder of
+#     QEMU's Debian source package (fetched with a private apt state, so the
+#     system's apt configuration is left untouched).  Only qemu/machine is
+#     installed, so PyPI's qemu.qmp is never shadowed.
+#
+# A second run finds everything in place and only re-checks it.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv="$here/.venv"
+cache="$venv/cache"
+# QEMU source series whose python/qemu/machine works with PyPI's qemu.qmp
+# (7.2's does not: it passes 'args=' to qemu.qmp's cmd()).
+qemu_src_suite="${QEMU_SRC_SUITE:-trixie}"
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@";
+    elif command -v sudo >/dev/null; then sudo "$@";
+    else die "need root (or sudo) to run: $*"; fi
+}
+
+apt_updated=
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq \
+            || die "apt-get update failed: no network to Debian's package registry?"
+        apt_updated=1
+    fi
+    say "installing Debian packages: $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+        || die "apt-get install $* failed"
+}
+
+# --- system packages -------------------------------------------------------
+need=()
+command -v xz >/dev/null || need+=(xz-utils)
+command -v setpriv >/dev/null || need+=(util-linux)
+python=/usr/bin/python3
+[ -x "$python" ] || { need+=(python3); }
+if [ -x "$python" ] && ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+    need+=(python3-venv)
+fi
+if [ -n "${QEMU_TEST_QEMU_BINARY:-}" ]; then
+    say "QEMU under test: $QEMU_TEST_QEMU_BINARY (from QEMU_TEST_QEMU_BINARY)"
+elif ! command -v qemu-system-x86_64 >/dev/null; then
+    need+=(qemu-system-x86)
+fi
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+[ -x "$python" ] || python=$(command -v python3)
+
+# --- virtualenv --------------------------------------------------------------
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating virtualenv $venv"
+    "$python" -m venv "$venv" || die "could not create a virtualenv with $python"
+fi
+stamp="$venv/.installed-$(cat "$here/setup.py" | sha1sum | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+    say "installing the package and its dependencies from PyPI"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here" \
+        || die "pip install failed: no network to PyPI?"
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+fi
+
+# --- qemu.machine from QEMU's own source ------------------------------------
+# It lives in its own folder, added to sys.path by a .pth file; qemu is a
+# namespace package, so qemu.machine (here) and qemu.qmp (PyPI) combine.
+mdir="$venv/qemu-machine"
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p "$mdir/qemu"
+if [ -n "${QEMU_SRC:-}" ]; then
+    [ -f "$QEMU_SRC/python/qemu/machine/machine.py" ] \
+        || die "QEMU_SRC=$QEMU_SRC has no python/qemu/machine/machine.py"
+    want="$(cd "$QEMU_SRC/python/qemu/machine" && pwd)"
+    if [ "$(readlink "$mdir/qemu/machine" 2>/dev/null)" != "$want" ]; then
+        say "using qemu.machine from $want"
+        rm -rf "$mdir/qemu/machine"
+        ln -s "$want" "$mdir/qemu/machine"
+    fi
+elif [ ! -f "$mdir/qemu/machine/machine.py" ] || [ -L "$mdir/qemu/machine" ]; then
+    rm -rf "$mdir/qemu/machine"
+    say "fetching QEMU's Debian source package ($qemu_src_suite) for qemu.machine"
+    apt_dir="$cache/apt"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/parts" "$cache/src"
+    # Reuse the mirror this machine's apt already uses, with another suite.
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+             /etc/apt/sources.list.d/*.list 2>/dev/null \
+             | sed -nE '/security/d; s/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
+             | head -n1 || true)
+    [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt to fetch QEMU's source from"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $qemu_src_suite main" > "$apt_dir/sources.list"
+    aptopts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list"
+             -o "Dir::Etc::SourceParts=$apt_dir/parts"
+             -o "Dir::State::Lists=$apt_dir/lists" -qq)
+    apt-get "${aptopts[@]}" update \
+        || die "cannot reach $mirror to fetch QEMU's source package (no network?); or set QEMU_SRC=<qemu checkout>"
+    (cd "$cache/src" && apt-get "${aptopts[@]}" source --download-only qemu >/dev/null 2>&1) \
+        || die "apt-get source qemu failed; set QEMU_SRC=<qemu checkout> instead"
+    tarball=$(ls "$cache"/src/qemu_*.orig.tar.* | head -n1)
+    tmp=$(mktemp -d "$cache/x.XXXXXX")
+    tar -xf "$tarball" -C "$tmp" --wildcards '*/python/qemu/machine/*' \
+        || die "could not extract python/qemu/machine from $tarball"
+    mv "$tmp"/*/python/qemu/machine "$mdir/qemu/machine"
+    rm -rf "$tmp" "$cache/src"
+    say "qemu.machine installed from $(basename "$tarball")"
+fi
+echo "$mdir" > "$site/qemu-machine.pth"
+
+"$venv/bin/python" - <<'PY' || die "qemu.machine/qemu.qmp not importable; rerun ./setup.sh, or set QEMU_SRC=<qemu checkout>"
+import qemu.machine, qemu.qmp
+PY
+
+# --- the QEMU under test -----------------------------------------------------
+"$venv/bin/python" -m avocado_vhost.qemu.binary --check \
+    || die "the QEMU binary cannot be used (see above)"
+say "ready: run tests with $venv/bin/avocado run tests/functional"
