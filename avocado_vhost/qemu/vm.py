@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from qemu.machine import QEMUMachine
 
+from .launcher import call_in_launcher
 from .qtest import QtestLink
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          find_function, modern_device_id)
@@ -172,7 +173,7 @@ class VhostVM:
         return self.spec.name
 
     def launch(self) -> None:
-        self.machine.launch()
+        call_in_launcher(self.machine.launch)
         if self.qtest is not None:
             self.qtest.accept()
 
@@ -198,10 +199,7 @@ class VhostVM:
     def shutdown(self) -> None:
         """Stop QEMU (quit, then kill) and close the qtest link."""
         try:
-            if self.machine.is_running():
-                self.machine.shutdown(timeout=10)
-            else:
-                self.machine.shutdown()
+            self.machine.shutdown(timeout=10)
         finally:
             if self.qtest is not None:
                 self.qtest.close()

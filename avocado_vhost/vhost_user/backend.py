@@ -123,6 +123,8 @@ class Fault:
     times: int = 1
     reply_bytes: Optional[Callable[[Request, Payload], bytes]] = None
     release: threading.Event = field(default_factory=threading.Event)
+    #: Set when a ``hold`` fault starts holding (the test may act then).
+    reached: threading.Event = field(default_factory=threading.Event)
     hold_timeout: float = 30.0
     fired: int = 0
 
@@ -224,6 +226,13 @@ class VhostUserBackend:
     def listen(self, path: str) -> None:
         """Bind ``path`` now (before QEMU starts); accept from the thread."""
         self._listener = Listener(path)
+
+    @property
+    def listener_path(self) -> str:
+        """The socket path this back-end listens on."""
+        if self._listener is None:
+            raise RuntimeError(f"back-end {self.name} is not listening")
+        return self._listener.path
 
     def connect(self, path: str) -> None:
         """Connect to QEMU's ``server=on`` socket and serve it.
@@ -417,6 +426,7 @@ class VhostUserBackend:
             raise _Disconnect(f"fault: disconnect at message {msgno} "
                               f"({req.name})")
         if fault is not None and fault.action == "hold":
+            fault.reached.set()
             self._cond.release()
             try:
                 released = fault.release.wait(fault.hold_timeout)
@@ -670,12 +680,12 @@ class VhostUserBackend:
 
     def _get_vring_base(self, header, payload: VringState, fds):
         ring = self.state.vring(payload.index)
+        ring.reported_base = (ring.base if self.vring_base_override is None
+                              else self.vring_base_override)
         self._ring_stopped(ring)
         close_fds([ring.kick_fd] if ring.kick_fd is not None else [])
         ring.kick_fd = None
-        base = (ring.base if self.vring_base_override is None
-                else self.vring_base_override)
-        return VringState(payload.index, base)
+        return VringState(payload.index, ring.reported_base)
 
     def _ring_fd(self, payload: U64, fds: List[int], attr: str) -> Vring:
         ring = self.state.vring(payload.value & VRING_IDX_MASK)

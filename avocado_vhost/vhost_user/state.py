@@ -37,6 +37,8 @@ class Vring:
     #: Next available-ring index the back-end will process (split), or the
     #: packed 32-bit encoding (avail idx|wrap<<15|used idx<<16|wrap<<31).
     base: int = 0
+    #: What GET_VRING_BASE last answered (the next owner resumes there).
+    reported_base: Optional[int] = None
     addr: Optional[VringAddr] = None
     kick_fd: Optional[int] = None
     call_fd: Optional[int] = None

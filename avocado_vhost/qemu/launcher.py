@@ -1,0 +1,57 @@
+"""
+Start QEMU processes from one long-lived thread, so they die with the test.
+
+QEMU runs under ``setpriv --pdeathsig KILL``: the kernel kills it when its
+parent goes away.  "Parent" means the *thread* that forked it, and Avocado
+runs ``setUp``, the test method and ``tearDown`` each in a short-lived
+thread of its own, so a VM launched from the test method would be killed as
+soon as the method returns.  Every launch is therefore handed to one daemon
+thread that lives as long as the test process: QEMU then outlives the
+methods but not the process, not even when the process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Callable, Optional, TypeVar
+
+__all__ = ["call_in_launcher"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_queue: "queue.Queue[tuple]" = queue.Queue()
+_thread: Optional[threading.Thread] = None
+
+
+def _serve() -> None:
+    # qemu.qmp's synchronous wrapper binds to the event loop current where
+    # it is created; give this thread one of its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    while True:
+        func, future = _queue.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(func())
+        except BaseException as exc:  # handed to the caller
+            future.set_exception(exc)
+
+
+def call_in_launcher(func: Callable[[], T]) -> T:
+    """Run ``func`` in the launcher thread and return (or raise) its result.
+
+    ``func`` must bound its own waits (QEMUMachine.launch does).
+    """
+    global _thread
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_serve, name="qemu-launcher",
+                                       daemon=True)
+            _thread.start()
+    future: "Future[T]" = Future()
+    _queue.put((func, future))
+    return future.result()

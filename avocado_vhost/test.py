@@ -1,0 +1,192 @@
+"""
+Avocado base class for vhost-user tests.
+
+:class:`VhostUserTest` gives a test method what the seed test set up by hand:
+the QEMU under test (``-p qemu_bin=``, ``QEMU_TEST_QEMU_BINARY``, or the one
+``setup.sh`` installed), an accelerator (``-p accel=``; qtest when the binary
+has it, otherwise TCG; KVM only on request and when usable), a private short
+temp directory for sockets and memory files, and factories for back-ends and
+VMs that are torn down whatever happens.  Each VM's QEMU output
+(``<vm>.log``) and each back-end's decoded trace (``<backend>.trace``) land
+in the test's log directory.
+
+Test parameters (``-p key=value`` or yaml-to-mux variants):
+
+``qemu_bin``        QEMU binary to test
+``accel``           tcg, kvm or qtest
+``membackend``      memfd (default), memfile, hugetlbfs, shm
+``hugetlbfs_path``  hugetlbfs mount for ``membackend=hugetlbfs``
+``mem_mb``          guest RAM in MiB (default 256)
+``timeout_scale``   multiply every wait (slow CI machines)
+
+This module imports ``avocado``; keep it out of ``avocado_vhost/__init__``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from typing import List, Optional
+
+from avocado import Test
+
+from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
+from .qemu.vm import MEM_BACKENDS, VMSpec, VhostVM, hugetlbfs_mounted
+from .vhost_user import BackendConfig, VhostUserBackend
+
+__all__ = ["VhostUserTest"]
+
+#: Sockets live below this directory: short enough for 108-byte UNIX paths.
+SOCKET_BASE = "/tmp"
+
+
+class VhostUserTest(Test):
+    """Base class: QEMU, accelerator, temp dir, back-ends and VMs."""
+
+    qemu_bin: str
+    caps: Capabilities
+    accel: str
+    workdir_short: str
+
+    def setUp(self) -> None:
+        self._stack = ExitStack()
+        self.backends: List[VhostUserBackend] = []
+        self.vms: List[VhostVM] = []
+        try:
+            self.qemu_bin = find_binary(self.params.get("qemu_bin",
+                                                        default=None))
+            self.caps = probe(self.qemu_bin)
+        except QemuBinaryError as exc:
+            self.error(str(exc))
+        self.log.info("QEMU under test: %s (%s)", self.qemu_bin,
+                      self.caps.version)
+        self.accel = self._choose_accel()
+        self.timeout_scale = float(self.params.get("timeout_scale",
+                                                   default=1.0))
+        self.workdir_short = tempfile.mkdtemp(prefix="avh-", dir=SOCKET_BASE)
+        self._stack.callback(shutil.rmtree, self.workdir_short,
+                             ignore_errors=True)
+
+    def tearDown(self) -> None:
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            stack.close()
+
+    # --- requirements -----------------------------------------------------
+    def _choose_accel(self) -> str:
+        wanted = self.params.get("accel", default=None)
+        if wanted is None:
+            return "qtest" if self.caps.has_accel("qtest") else "tcg"
+        if not self.caps.has_accel(wanted):
+            self.cancel(f"accelerator '{wanted}' is not in {self.qemu_bin} "
+                        f"(it has: {', '.join(sorted(self.caps.accels))})")
+        if wanted == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            self.cancel("accel=kvm asked for, but /dev/kvm is not usable")
+        return wanted
+
+    def require_device(self, name: str) -> None:
+        """Cancel unless the QEMU under test has device ``name``."""
+        if not self.caps.has_device(name):
+            self.cancel(f"{self.qemu_bin} has no device '{name}'")
+
+    def require_membackend(self, backend: str) -> Optional[str]:
+        """Cancel unless memory backend ``backend`` can be used here.
+
+        :return: the memory path (hugetlbfs mount) when one is needed.
+        """
+        if backend not in MEM_BACKENDS:
+            self.error(f"unknown membackend '{backend}' (known: "
+                       f"{', '.join(MEM_BACKENDS)})")
+        qom = MEM_BACKENDS[backend]
+        if not self.caps.has_object(qom):
+            self.cancel(f"{self.qemu_bin} has no '{qom}' (membackend="
+                        f"{backend})")
+        if backend == "hugetlbfs":
+            path = self.params.get("hugetlbfs_path", default=None)
+            if not path:
+                self.cancel("membackend=hugetlbfs needs -p hugetlbfs_path=")
+            if not os.path.isdir(path) or not hugetlbfs_mounted(path):
+                self.cancel(f"hugetlbfs_path={path} is not a hugetlbfs mount")
+            return path
+        return None
+
+    def scaled(self, seconds: float) -> float:
+        """A wait bound, scaled by ``-p timeout_scale=``."""
+        return seconds * self.timeout_scale
+
+    # --- factories ----------------------------------------------------------
+    def make_backend(self, name: str, config: Optional[BackendConfig] = None,
+                     listen: bool = True) -> VhostUserBackend:
+        """A started back-end thread; listens at ``<tmp>/<name>.sock``.
+
+        Stopped, and its trace written to ``<logdir>/<name>.trace``, at
+        tear-down.
+        """
+        backend = VhostUserBackend(name, config)
+        if listen:
+            backend.listen(self.socket_path(name))
+        backend.start()
+        self.backends.append(backend)
+
+        def _finish() -> None:
+            backend.stop()
+            backend.trace.write(os.path.join(self.logdir, f"{name}.trace"))
+        self._stack.callback(_finish)
+        return backend
+
+    def socket_path(self, name: str) -> str:
+        return os.path.join(self.workdir_short, f"{name}.sock")
+
+    def make_vm(self, name: str, vhost_socket: str, **spec: object
+                ) -> VhostVM:
+        """A VM (not launched yet) whose vhost-user chardev uses
+        ``vhost_socket``; shut down at tear-down.
+
+        Memory backend and size default to the test parameters.
+        """
+        membackend = str(spec.pop("mem_backend", self.params.get(
+            "membackend", default="memfd")))
+        mem_path = self.require_membackend(membackend)
+        spec.setdefault("mem_mb", int(self.params.get("mem_mb", default=256)))
+        vm_spec = VMSpec(name=name, binary=self.qemu_bin,
+                         workdir=self.workdir_short,
+                         vhost_socket=vhost_socket, accel=self.accel,
+                         mem_backend=membackend, mem_path=mem_path,
+                         reconnect_ms=self.caps.reconnect_ms,
+                         **spec)  # type: ignore[arg-type]
+        vm = VhostVM(vm_spec, self.logdir)
+        self.vms.append(vm)
+        self._stack.callback(vm.shutdown)
+        return vm
+
+    def start_vm(self, vm: VhostVM, backend: VhostUserBackend,
+                 rings: int = 2, **drive: object) -> None:
+        """Launch ``vm``, drive its device to DRIVER_OK and wait until the
+        back-end has ``rings`` rings started."""
+        vm.launch()
+        queues = drive.pop("queues", rings)
+        vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+        backend.wait_rings_started(rings, timeout=self.scaled(10))
+
+    def dump_guest_memory(self, vm: VhostVM, gpa: int, size: int) -> str:
+        """QEMU's view of ``[gpa, gpa+size)`` in a file (QMP ``pmemsave``).
+
+        Dumps go to a private directory on /dev/shm (tmpfs) when there is
+        one, removed at tear-down.
+        """
+        if not hasattr(self, "_dumpdir"):
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self._dumpdir = tempfile.mkdtemp(prefix="avh-dump-", dir=base)
+            self._stack.callback(shutil.rmtree, self._dumpdir,
+                                 ignore_errors=True)
+        path = os.path.join(self._dumpdir, f"{vm.name}-{gpa:x}.bin")
+        vm.qmp("pmemsave", val=gpa, size=size, filename=path)
+        return path
+
+    def check_backends(self, *backends: VhostUserBackend,
+                       allow_violations: bool = False) -> None:
+        """Fail on any error or conformance violation a back-end recorded."""
+        for backend in backends or tuple(self.backends):
+            backend.check(allow_violations=allow_violations)

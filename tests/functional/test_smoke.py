@@ -1,0 +1,33 @@
+"""Start-up against the QEMU under test: negotiation, memory table, rings."""
+
+from avocado_vhost.test import VhostUserTest
+from avocado_vhost.vhost_user import Request
+
+
+class StartUp(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,smoke
+    """
+
+    def test_startup_sequence(self):
+        """QEMU negotiates, sends its memory table and starts both rings,
+        and breaks no rule of the spec while doing so."""
+        backend = self.make_backend("backend")
+        vm = self.make_vm("vm", backend.listener_path)
+        self.start_vm(vm, backend, rings=2)
+        received = backend.trace.received()
+        self.log.info("start-up sequence: %s", " ".join(received))
+        for request in (Request.GET_FEATURES, Request.SET_OWNER,
+                        Request.SET_FEATURES, Request.SET_MEM_TABLE,
+                        Request.SET_VRING_NUM, Request.SET_VRING_ADDR,
+                        Request.SET_VRING_BASE, Request.SET_VRING_KICK,
+                        Request.SET_VRING_CALL):
+            self.assertIn(request.name, received)
+        # Memory before rings: a ring address is only meaningful once the
+        # table that translates it has arrived.
+        self.assertLess(received.index("SET_MEM_TABLE"),
+                        received.index("SET_VRING_ADDR"))
+        self.assertEqual(backend.state.started_rings(), [0, 1])
+        self.assertGreater(len(backend.state.memory), 0)
+        self.check_backends(backend)
