@@ -240,7 +240,13 @@ class VhostUserBackend:
         May be called again after a disconnect to reconnect.
         """
         from .connection import connect
-        conn = connect(path, self.config.message_timeout)
+        self.adopt(connect(path, self.config.message_timeout))
+
+    def adopt(self, conn: Connection) -> None:
+        """Serve an already connected socket (unit tests, socketpairs).
+
+        Served once the current connection, if any, has ended.
+        """
         with self._cond:
             self._pending.append(conn)
         self._wake()
@@ -260,6 +266,8 @@ class VhostUserBackend:
         """
         with self._cond:
             self._stopping = True
+            for fault in self.faults:  # a held answer must not delay this
+                fault.release.set()
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -377,6 +385,7 @@ class VhostUserBackend:
     def _serve_one(self) -> None:
         conn = self._conn
         assert conn is not None
+        conn.message_timeout = self.config.message_timeout
         try:
             header, raw, fds = conn.recv()
         except ConnectionClosed as exc:
@@ -435,6 +444,10 @@ class VhostUserBackend:
             if not released:
                 self.trace.add(cid, "event", "HOLD-TIMEOUT",
                                detail=f"{req.name} held {fault.hold_timeout}s")
+            if self._stopping:
+                close_fds(fds)
+                raise _Disconnect(f"back-end stopped while holding the "
+                                  f"answer to {req.name}")
 
         try:
             reply = self._handlers.get(req, self._refuse)(header, payload,
@@ -456,9 +469,9 @@ class VhostUserBackend:
         if fault is not None and fault.action == "reply":
             assert fault.reply_bytes is not None
             data = fault.reply_bytes(req, payload)
-            conn.send(data)
             self.trace.add(cid, "tx", req.name, 0, len(data), 0,
                            f"fault reply {data.hex()}")
+            conn.send(data)
         elif reply is not None:
             self._send(conn, req, reply)
         elif header.need_reply and self.state.protocol_negotiated(
@@ -504,10 +517,11 @@ class VhostUserBackend:
     def _send(self, conn: Connection, req: Request, payload: Payload,
               fds: Sequence[int] = (), flags_extra: int = 0) -> None:
         data = encode(req, payload, VERSION | FLAG_REPLY | flags_extra)
-        conn.send(data, fds)
+        # Traced first: once sent, the peer (and the test) may act on it.
         self.trace.add(self.connections, "tx", req.name,
                        VERSION | FLAG_REPLY, len(data) - 12, len(fds),
                        _describe(payload))
+        conn.send(data, fds)
 
     def _fault_for(self, cid: int, msgno: int, req: Request,
                    payload: Payload) -> Optional[Fault]:

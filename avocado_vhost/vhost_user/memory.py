@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from typing import Iterator, List, Tuple
 
@@ -32,6 +33,26 @@ class AddressError(LookupError):
     """An address (or range) that no mapped region covers."""
 
 
+def _check_extent(fd: int, end: int, what: str) -> None:
+    """Refuse a mapping that would reach past the end of its file.
+
+    mmap() itself accepts it, but the first access beyond the end raises
+    SIGBUS and kills the whole test process.
+    """
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        raise MalformedMessage(f"{what}: fd {fd} is unusable: {exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise MalformedMessage(
+            f"{what}: fd {fd} is not a file that can be mapped "
+            f"(mode 0o{info.st_mode:o})")
+    if info.st_size < end:
+        raise MalformedMessage(
+            f"{what}: needs {end} bytes of its file, the file has "
+            f"{info.st_size}")
+
+
 class MappedRegion:
     """One region mapped from its fd; owns the fd and the mapping.
 
@@ -45,6 +66,7 @@ class MappedRegion:
         self._skew = desc.mmap_offset - start
         if desc.size == 0:
             raise MalformedMessage(f"memory region of size 0 ({desc})")
+        _check_extent(fd, desc.mmap_offset + desc.size, f"region {desc}")
         try:
             self.map = mmap.mmap(fd, desc.size + self._skew, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,
@@ -167,6 +189,13 @@ class DirtyLog:
         self.fd = fd
         start = offset - offset % _PAGE
         self._skew = offset - start
+        try:
+            if size == 0:
+                raise MalformedMessage("dirty log of size 0")
+            _check_extent(fd, offset + size, "dirty log")
+        except MalformedMessage:
+            os.close(fd)
+            raise
         try:
             self.map = mmap.mmap(fd, size + self._skew, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,

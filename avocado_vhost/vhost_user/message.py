@@ -175,10 +175,8 @@ def feature_names(value: int, flags: type) -> str:
     names = []
     for bit in range(64):
         if value & (1 << bit):
-            try:
-                names.append(flags(1 << bit).name)
-            except ValueError:
-                names.append(f"bit{bit}")
+            member = flags._value2member_map_.get(1 << bit)
+            names.append(member.name if member is not None else f"bit{bit}")
     return "|".join(names) or "0"
 
 

@@ -1,0 +1,545 @@
+"""The back-end thread against a front-end written in the test.
+
+Every request type, every reply, the fd rules, malformed input, conformance
+violations, faults and waits -- over a real socketpair with real SCM_RIGHTS
+fds and real memfd mappings.  Every test also checks (in tearDown) that no
+fd was leaked.
+"""
+
+import os
+import struct
+import threading
+import unittest
+
+from avocado_vhost.vhost_user import (BackendFailure, Fault, Request,
+                                      WaitTimeout)
+from avocado_vhost.vhost_user.message import (
+    FLAG_REPLY, HEADER, VERSION, ConfigSpace, IotlbMsg, InflightDescription,
+    LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, SingleRegion,
+    U64, VirtioFeature, VringAddr, VringState, encode)
+
+from helpers import ALL_PROTOCOL, BackendTestCase, memfd
+
+UVA = 0x7F0000000000
+
+
+class Negotiation(BackendTestCase):
+
+    def test_get_features_reply(self):
+        request, flags, payload = self.fe.call(Request.GET_FEATURES)
+        self.assertEqual(request, Request.GET_FEATURES)
+        self.assertEqual(flags, VERSION | FLAG_REPLY)
+        self.assertEqual(U64.unpack(payload).value,
+                         self.backend.config.features)
+
+    def test_protocol_features_and_owner(self):
+        self.negotiate()
+        state = self.backend.state
+        self.assertTrue(state.owner)
+        self.assertEqual(state.acked_protocol_features, int(ALL_PROTOCOL))
+        self.check_clean()
+
+    def test_get_queue_num_and_max_mem_slots(self):
+        self.negotiate()
+        _, _, payload = self.fe.call(Request.GET_QUEUE_NUM)
+        self.assertEqual(U64.unpack(payload).value, 1)
+        _, _, payload = self.fe.call(Request.GET_MAX_MEM_SLOTS)
+        self.assertEqual(U64.unpack(payload).value, 32)
+        self.check_clean()
+
+    def test_reply_ack(self):
+        self.negotiate()
+        _, flags, payload = self.fe.call(Request.SET_OWNER, need_reply=True)
+        self.assertEqual(flags, VERSION | FLAG_REPLY)
+        self.assertEqual(U64.unpack(payload).value, 0)
+
+    def test_no_protocol_features_enables_rings(self):
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_FEATURES, U64(int(VirtioFeature.VERSION_1)))
+        self.fe.send(Request.SET_VRING_NUM, VringState(0, 256))
+        self.sync()
+        self.assertTrue(self.backend.state.vrings[0].enabled)
+
+    def check_clean(self):
+        self.backend.check()
+
+
+class Memory(BackendTestCase):
+
+    def test_mem_table_maps_and_translates(self):
+        self.negotiate()
+        fds = [memfd(1 << 20), memfd(2 << 20)]
+        os.pwrite(fds[1], b"hello", 0x1234)
+        table = MemoryTable((MemoryRegion(0, 1 << 20, UVA, 0),
+                             MemoryRegion(0x200000, 2 << 20, UVA + 0x400000,
+                                          0)))
+        self.fe.send(Request.SET_MEM_TABLE, table, fds=fds)
+        for fd in fds:
+            os.close(fd)
+        self.sync()
+        mem = self.backend.state.memory
+        self.assertEqual(len(mem), 2)
+        self.assertEqual(mem.read(0x201234, 5), b"hello")
+        self.assertEqual(mem.uva_to_gpa(UVA + 0x400010), 0x200010)
+        with self.assertRaises(LookupError):
+            mem.read(0x100000, 16)  # the hole between the regions
+        self.backend.check()
+
+    def test_mmap_offset_is_honoured(self):
+        self.negotiate()
+        fd = memfd(3 << 20)
+        os.pwrite(fd, b"offset!", 0x101000)
+        self.fe.send(Request.SET_MEM_TABLE, MemoryTable(
+            (MemoryRegion(0x100000, 2 << 20, UVA, 0x100000),)), fds=[fd])
+        os.close(fd)
+        self.sync()
+        self.assertEqual(self.backend.state.memory.read(0x101000, 7),
+                         b"offset!")
+
+    def test_add_and_remove_region(self):
+        self.negotiate()
+        fd = memfd(1 << 20)
+        region = MemoryRegion(0x100000, 1 << 20, UVA, 0)
+        _, _, reply = self.fe.call(Request.ADD_MEM_REG, SingleRegion(region),
+                                   fds=[fd], need_reply=True)
+        os.close(fd)
+        self.assertEqual(U64.unpack(reply).value, 0)
+        self.assertEqual(len(self.backend.state.memory), 1)
+        _, _, reply = self.fe.call(Request.REM_MEM_REG, SingleRegion(region),
+                                   need_reply=True)
+        self.assertEqual(U64.unpack(reply).value, 0)
+        self.assertEqual(len(self.backend.state.memory), 0)
+        self.backend.check()
+
+    def test_rem_mem_reg_with_tolerated_fd(self):
+        self.negotiate()
+        fd = memfd(1 << 20)
+        region = MemoryRegion(0, 1 << 20, UVA, 0)
+        self.fe.call(Request.ADD_MEM_REG, SingleRegion(region), fds=[fd],
+                     need_reply=True)
+        self.fe.call(Request.REM_MEM_REG, SingleRegion(region), fds=[fd],
+                     need_reply=True)
+        os.close(fd)
+        self.backend.check()
+
+    def test_log_base_and_mark(self):
+        self.negotiate()
+        self.mem_table(size=1 << 20)
+        log_fd = memfd(4096, "log")
+        _, _, reply = self.fe.call(Request.SET_LOG_BASE,
+                                   LogDescription(32, 0), fds=[log_fd])
+        self.assertEqual(U64.unpack(reply).value, 0)
+        self.backend.mark_dirty(0x5000, 0x2000)
+        bits = os.pread(log_fd, 4, 0)
+        os.close(log_fd)
+        self.assertEqual(bits[0], 0b01100000)
+        self.assertEqual(self.backend.state.log.dirty_pages(), [5, 6])
+        self.backend.check()
+
+    def test_log_fd(self):
+        self.negotiate()
+        efd = os.eventfd(0)
+        self.fe.send(Request.SET_LOG_FD, fds=[efd])
+        os.close(efd)
+        self.sync()
+        self.assertIsNotNone(self.backend.state.log_fd)
+
+
+class Rings(BackendTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.negotiate()
+        self.mem_table(size=1 << 20)
+
+    def start_ring(self, index, base=0):
+        fe = self.fe
+        fe.send(Request.SET_VRING_NUM, VringState(index, 256))
+        fe.send(Request.SET_VRING_BASE, VringState(index, base))
+        fe.send(Request.SET_VRING_ADDR, VringAddr(index, 0, UVA, UVA + 0x2000,
+                                                  UVA + 0x1000, 0))
+        for req in (Request.SET_VRING_KICK, Request.SET_VRING_CALL,
+                    Request.SET_VRING_ERR):
+            efd = os.eventfd(0)
+            fe.send(req, U64(index), fds=[efd])
+            os.close(efd)
+        fe.send(Request.SET_VRING_ENABLE, VringState(index, 1))
+        self.sync()
+
+    def test_ring_lifecycle_and_base(self):
+        self.start_ring(0, base=7)
+        ring = self.backend.state.vrings[0]
+        self.assertTrue(ring.started and ring.enabled)
+        self.assertEqual((ring.num, ring.base), (256, 7))
+        _, _, reply = self.fe.call(Request.GET_VRING_BASE, VringState(0, 0))
+        self.assertEqual(VringState.unpack(reply), VringState(0, 7))
+        self.assertFalse(ring.started)
+        self.backend.check()
+
+    def test_wait_rings_started(self):
+        self.start_ring(0)
+        self.start_ring(1)
+        self.backend.wait_rings_started(2, timeout=1)
+
+    def test_nofd_kick_means_polling(self):
+        self.fe.send(Request.SET_VRING_KICK, U64(0x100 | 2))
+        self.sync()
+        self.assertTrue(self.backend.state.vrings[2].polling)
+        self.assertTrue(self.backend.state.vrings[2].started)
+
+    def test_inband_kick_starts_ring(self):
+        self.fe.send(Request.VRING_KICK, VringState(3, 0))
+        self.sync()
+        self.assertTrue(self.backend.state.vrings[3].started)
+
+    def test_endian_and_disable(self):
+        self.fe.send(Request.SET_VRING_ENDIAN, VringState(0, 1))
+        self.fe.send(Request.SET_VRING_ENABLE, VringState(0, 0))
+        self.sync()
+        ring = self.backend.state.vrings[0]
+        self.assertTrue(ring.big_endian)
+        self.assertFalse(ring.enabled)
+
+    def test_reset_device(self):
+        self.start_ring(0)
+        self.fe.send(Request.RESET_DEVICE)
+        self.sync()
+        self.assertEqual(self.backend.state.vrings, {})
+        self.backend.check()
+
+    def test_reset_owner(self):
+        self.start_ring(0)
+        self.fe.send(Request.RESET_OWNER)
+        self.sync()
+        self.assertFalse(self.backend.state.owner)
+
+    def test_ring_listener_sees_events(self):
+        seen = []
+        self.backend.ring_listeners.append(
+            lambda be, ring, event: seen.append((ring.index, event)))
+        self.start_ring(1)
+        self.fe.call(Request.GET_VRING_BASE, VringState(1, 0))
+        self.assertIn((1, "started"), seen)
+        self.assertIn((1, "stopped"), seen)
+
+
+class DeviceRequests(BackendTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.negotiate()
+
+    def test_config_get_and_set(self):
+        _, _, reply = self.fe.call(Request.GET_CONFIG, ConfigSpace(
+            4, 4, 0, bytes(4)))
+        self.assertEqual(ConfigSpace.unpack(reply).data, bytes([4, 5, 6, 7]))
+        self.fe.send(Request.SET_CONFIG, ConfigSpace(0, 2, 0, b"\xaa\xbb"))
+        _, _, reply = self.fe.call(Request.GET_CONFIG, ConfigSpace(
+            0, 3, 0, bytes(3)))
+        self.assertEqual(ConfigSpace.unpack(reply).data, b"\xaa\xbb\x02")
+        self.backend.check()
+
+    def test_config_beyond_space_answers_size_zero(self):
+        _, _, reply = self.fe.call(Request.GET_CONFIG, ConfigSpace(
+            60, 8, 0, bytes(8)))
+        self.assertEqual(len(reply), 12)  # header only: the spec's error
+        self.assertTrue(self.backend.errors)
+        self.backend.errors.clear()
+
+    def test_status(self):
+        self.fe.send(Request.SET_STATUS, U64(0xF))
+        _, _, reply = self.fe.call(Request.GET_STATUS)
+        self.assertEqual(U64.unpack(reply).value, 0xF)
+
+    def test_rarp_mtu_backend_req_inflight(self):
+        self.fe.send(Request.SEND_RARP, U64(0x525400123456))
+        self.fe.send(Request.NET_SET_MTU, U64(1500))
+        a, b = os.pipe()
+        self.fe.send(Request.SET_BACKEND_REQ_FD, fds=[a])
+        self.fe.send(Request.SET_INFLIGHT_FD,
+                     InflightDescription(4096, 0, 2, 256), fds=[b])
+        os.close(a)
+        os.close(b)
+        self.sync()
+        state = self.backend.state
+        self.assertEqual(state.rarp, [0x525400123456])
+        self.assertEqual(state.mtu, 1500)
+        self.assertIsNotNone(state.backend_req_fd)
+        self.assertIsNotNone(state.inflight_fd)
+        self.backend.check()
+
+    def test_get_inflight_fd_is_refused_with_nack(self):
+        _, _, reply = self.fe.call(Request.GET_INFLIGHT_FD,
+                                   InflightDescription(0, 0, 2, 256),
+                                   need_reply=True)
+        self.assertNotEqual(U64.unpack(reply).value, 0)
+        self.assertEqual(len(self.backend.refused), 1)
+
+    def test_unimplemented_request_without_ack_closes(self):
+        a, b = os.pipe()
+        self.fe.send(Request.GPU_SET_SOCKET, fds=[a])
+        os.close(a)
+        os.close(b)
+        self.assertTrue(self.fe.closed_by_peer())
+        self.assertIn("GPU_SET_SOCKET", self.backend.refused[0])
+
+    def test_iotlb_is_acked(self):
+        self.fe.send(Request.SET_FEATURES, U64(int(
+            VirtioFeature.VERSION_1 | VirtioFeature.ACCESS_PLATFORM
+            | VirtioFeature.PROTOCOL_FEATURES)))
+        # ACCESS_PLATFORM is not offered by default: a violation, but the
+        # message itself is answered.
+        _, _, reply = self.fe.call(Request.IOTLB_MSG,
+                                   IotlbMsg(0x1000, 0x1000, UVA, 3, 2))
+        self.assertEqual(U64.unpack(reply).value, 0)
+        self.assertTrue(any("not offered" in v
+                            for v in self.backend.violations))
+
+
+class BadInput(BackendTestCase):
+    """Each malformed message: an error recorded, fds closed, no crash."""
+
+    def expect_error(self, text):
+        self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
+        self.assertRegex(self.backend.errors[0], text)
+        with self.assertRaises(BackendFailure):
+            self.backend.check()
+        self.backend.errors.clear()
+
+    def test_bad_version(self):
+        self.fe.send_raw(HEADER.pack(Request.GET_FEATURES, 0x2, 0))
+        self.expect_error("bad version")
+        self.assertTrue(self.fe.closed_by_peer())  # a GET cannot be answered
+
+    def test_reply_flag_on_request(self):
+        self.fe.send_raw(HEADER.pack(Request.SET_OWNER, 0x5, 0))
+        self.expect_error("REPLY flag")
+        self.sync()  # framing intact: the connection goes on
+
+    def test_wrong_size(self):
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 4) + bytes(4))
+        self.expect_error("payload of 4 bytes, expected 8")
+        self.sync()
+
+    def test_oversized_closes(self):
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 1 << 20))
+        self.expect_error("exceeds the maximum")
+        self.assertTrue(self.fe.closed_by_peer())
+
+    def test_unknown_request_closes(self):
+        self.fe.send_raw(HEADER.pack(99, 1, 0))
+        self.expect_error("unknown request number 99")
+        self.assertTrue(self.fe.closed_by_peer())
+
+    def test_wrong_fd_count_closes_the_fds(self):
+        efd = os.eventfd(0)
+        self.fe.send(Request.SET_OWNER, fds=[efd, efd])
+        os.close(efd)
+        self.expect_error("carries 2 fds, expected 0")
+        self.sync()
+
+    def test_missing_fd(self):
+        self.fe.send(Request.SET_VRING_KICK, U64(0))
+        self.expect_error("carries 0 fds, expected 1")
+
+    def test_too_many_regions(self):
+        data = struct.pack("=II", 9, 0) + bytes(32 * 9)
+        self.fe.send_raw(HEADER.pack(Request.SET_MEM_TABLE, 1, len(data))
+                         + data)
+        self.expect_error("payload of 296 bytes")
+
+    def test_region_beyond_file(self):
+        self.negotiate()
+        fd = memfd(4096)
+        self.fe.send(Request.SET_MEM_TABLE, MemoryTable(
+            (MemoryRegion(0, 1 << 20, UVA, 0),)), fds=[fd])
+        os.close(fd)
+        self.expect_error("needs 1048576 bytes of its file")
+        self.assertEqual(len(self.backend.state.memory), 0)
+
+    def test_unmappable_region(self):
+        self.negotiate()
+        a, b = os.pipe()
+        self.fe.send(Request.SET_MEM_TABLE, MemoryTable(
+            (MemoryRegion(0, 4096, UVA, 0),)), fds=[a])
+        os.close(a)
+        os.close(b)
+        self.expect_error("not a file that can be mapped")
+
+    def test_malformed_with_reply_ack_gets_nack(self):
+        self.negotiate()
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 0x9, 4) + bytes(4))
+        _, _, reply = self.fe.recv()
+        self.assertEqual(U64.unpack(reply).value, 1)
+        self.expect_error("expected 8")
+
+    def test_peer_disconnects_mid_message(self):
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 8) + b"\x01")
+        self.fe.close()
+        self.expect_error("cut short")
+        self.backend.wait_disconnected(2)
+
+    def test_partial_message_times_out(self):
+        self.backend.config.message_timeout = 0.2
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 8)[:5])
+        self.expect_error("truncated message")
+
+
+class Conformance(BackendTestCase):
+
+    def test_clean_sequence_has_no_violation(self):
+        self.negotiate()
+        self.mem_table()
+        self.assertEqual(self.backend.violations, [])
+
+    def violation(self, text):
+        self.sync()
+        self.assertTrue(any(text in v for v in self.backend.violations),
+                        self.backend.violations)
+        with self.assertRaises(BackendFailure):
+            self.backend.check()
+        self.backend.check(allow_violations=True)
+
+    def test_unoffered_feature(self):
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_FEATURES, U64(1 << 40))
+        self.violation("acks features not offered: bit40")
+
+    def test_gated_request(self):
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_PROTOCOL_FEATURES, U64(0))
+        self.fe.call(Request.GET_QUEUE_NUM)
+        self.violation("GET_QUEUE_NUM requires protocol feature MQ")
+
+    def test_ring_index_out_of_range(self):
+        self.negotiate()
+        self.fe.send(Request.SET_VRING_NUM, VringState(8, 256))
+        self.violation("ring 8, but the device has 8")
+
+    def test_reserved_num(self):
+        self.negotiate()
+        self.fe.call(Request.GET_VRING_BASE, VringState(0, 5))
+        self.violation("reserved num=5")
+
+    def test_bad_ring_size(self):
+        self.negotiate()
+        self.fe.send(Request.SET_VRING_NUM, VringState(0, 100))
+        self.violation("SET_VRING_NUM 100")
+
+    def test_ring_addr_outside_memory(self):
+        self.negotiate()
+        self.mem_table()
+        self.fe.send(Request.SET_VRING_ADDR, VringAddr(0, 0, 0x1000, 0x2000,
+                                                       0x3000, 0))
+        self.violation("not in the memory table")
+
+    def test_reconfigure_started_ring(self):
+        self.negotiate()
+        self.fe.send(Request.SET_VRING_KICK, U64(0x100))
+        self.fe.send(Request.SET_VRING_NUM, VringState(0, 256))
+        self.violation("while it is started")
+
+    def test_inband_without_channel_closes(self):
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_PROTOCOL_FEATURES, U64(int(
+            ProtocolFeature.INBAND_NOTIFICATIONS)))
+        self.assertTrue(self.fe.closed_by_peer())
+        self.assertTrue(any("INBAND" in v for v in self.backend.violations))
+        self.backend.violations.clear()
+
+    def test_postcopy_order(self):
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_PROTOCOL_FEATURES, U64(int(
+            ProtocolFeature.PAGEFAULT)))
+        self.fe.send(Request.POSTCOPY_LISTEN)
+        self.assertTrue(self.fe.closed_by_peer())  # refused: not done here
+        self.assertTrue(any("postcopy state 'none'" in v
+                            for v in self.backend.violations))
+        self.backend.violations.clear()
+
+
+class FaultsAndWaits(BackendTestCase):
+
+    def test_disconnect_at_request(self):
+        self.backend.faults.append(Fault("disconnect",
+                                         request=Request.SET_OWNER))
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_OWNER)
+        self.assertTrue(self.fe.closed_by_peer())
+        self.backend.wait_disconnected(2)
+
+    def test_disconnect_at_nth_message(self):
+        self.backend.faults.append(Fault("disconnect", nth=3))
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.GET_FEATURES)
+        self.assertTrue(self.fe.closed_by_peer())
+
+    def test_wrong_reply(self):
+        self.backend.faults.append(Fault(
+            "reply", request=Request.GET_FEATURES,
+            reply_bytes=lambda req, p: encode(req, U64(0), 0x5)))
+        _, _, payload = self.fe.call(Request.GET_FEATURES)
+        self.assertEqual(U64.unpack(payload).value, 0)
+
+    def test_hold_and_release(self):
+        hold = Fault("hold", request=Request.GET_FEATURES)
+        self.backend.faults.append(hold)
+        self.fe.send(Request.GET_FEATURES)
+        self.assertTrue(hold.reached.wait(2))
+        self.assertFalse(self.fe.closed_by_peer(timeout=0.05))
+        hold.release.set()
+        self.fe.recv()
+
+    def test_stop_while_front_end_waits(self):
+        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=60)
+        self.backend.faults.append(hold)
+        self.fe.send(Request.GET_FEATURES)
+        self.assertTrue(hold.reached.wait(2))
+        stopper = threading.Thread(target=self.backend.stop)
+        stopper.start()
+        stopper.join(5)  # far less than the 60 s hold
+        self.assertFalse(stopper.is_alive())
+        self.assertTrue(self.fe.closed_by_peer())
+
+    def test_wait_timeout_says_what_it_saw(self):
+        with self.assertRaises(WaitTimeout) as ctx:
+            self.backend.wait_rings_started(2, timeout=0.1)
+        text = str(ctx.exception)
+        self.assertIn("2 started rings", text)
+        self.assertIn("connections=1", text)
+        self.assertIn("CONNECTED", text)
+
+    def test_wait_fails_fast_on_error(self):
+        waiter_error = []
+
+        def wait():
+            try:
+                self.backend.wait_rings_started(1, timeout=10)
+            except BackendFailure as exc:
+                waiter_error.append(exc)
+        thread = threading.Thread(target=wait)
+        thread.start()
+        self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 3) + bytes(3))
+        thread.join(5)
+        self.assertTrue(waiter_error)
+        self.assertIn("expected 8", str(waiter_error[0]))
+        self.backend.errors.clear()
+
+    def test_trace_records_both_directions(self):
+        self.fe.call(Request.GET_FEATURES)
+        kinds = [(e.kind, e.request) for e in self.backend.trace.entries]
+        self.assertIn(("rx", "GET_FEATURES"), kinds)
+        self.assertIn(("tx", "GET_FEATURES"), kinds)
+
+    def test_reconnect_gets_fresh_state(self):
+        self.negotiate()
+        self.fe.close()
+        self.backend.wait_disconnected(2)
+        self.fe = self.connect()
+        self.backend.wait_connected(2, timeout=2)
+        self.assertFalse(self.backend.state.owner)
+
+
+if __name__ == "__main__":
+    unittest.main()
