@@ -36,13 +36,6 @@ class Migrate(VhostUserTest):
     :avocado: tags=arch:x86_64,vhost-user,migration
     """
 
-    def setUp(self):
-        super().setUp()
-        if self.accel == "qtest":
-            # The rest of migration works with qtest, but keep the guest
-            # clock semantics of the seed.
-            self.accel = "tcg"
-
     def test_migrate(self):
         src_be = self.make_backend("src")
         dst_be = self.make_backend("dst")
