@@ -310,7 +310,7 @@ class VhostUserBackend:
     # --- the thread -----------------------------------------------------
     def _run(self) -> None:
         poller = select.poll()
-        registered: Dict[int, int] = {}
+        registered: List[int] = []
         try:
             while True:
                 with self._cond:
@@ -322,18 +322,17 @@ class VhostUserBackend:
                             self._close_connection("dropped by the test")
                     if self._conn is None and self._pending:
                         self._open(self._pending.pop(0))
-                    watch = {self._wake_r: select.POLLIN}
+                    watch = [self._wake_r]
                     if self._conn is not None:
-                        watch[self._conn.fileno()] = select.POLLIN
+                        watch.append(self._conn.fileno())
                     elif self._listener is not None:
-                        watch[self._listener.fileno()] = select.POLLIN
-                for fd in set(registered) - set(watch):
-                    poller.unregister(fd)
-                    del registered[fd]
-                for fd, mask in watch.items():
-                    if fd not in registered:
-                        poller.register(fd, mask)
-                        registered[fd] = mask
+                        watch.append(self._listener.fileno())
+                if watch != registered:
+                    for fd in registered:
+                        poller.unregister(fd)
+                    for fd in watch:
+                        poller.register(fd, select.POLLIN)
+                    registered = watch
                 for fd, _ in poller.poll():
                     if fd == self._wake_r:
                         try:
@@ -424,7 +423,7 @@ class VhostUserBackend:
             self._after_bad_message(conn, header, exc)
             return
         self.trace.add(cid, "rx", req.name, header.flags, header.size,
-                       len(fds), _describe(payload))
+                       len(fds), payload)
         for violation in conformance_check(req, payload, header, self.state,
                                            self.config.max_rings):
             self._record_violation(f"message {msgno} {req.name}: {violation}")
@@ -520,7 +519,7 @@ class VhostUserBackend:
         # Traced first: once sent, the peer (and the test) may act on it.
         self.trace.add(self.connections, "tx", req.name,
                        VERSION | FLAG_REPLY, len(data) - 12, len(fds),
-                       _describe(payload))
+                       payload)
         conn.send(data, fds)
 
     def _fault_for(self, cid: int, msgno: int, req: Request,
@@ -911,15 +910,3 @@ def _request_name(number: int) -> str:
         return Request(number).name
     except ValueError:
         return f"UNKNOWN({number})"
-
-
-def _describe(payload: Optional[Payload]) -> str:
-    if payload is None or isinstance(payload, Empty):
-        return ""
-    if isinstance(payload, MemoryTable):
-        return "; ".join(str(r) for r in payload.regions)
-    if isinstance(payload, U64):
-        return f"0x{payload.value:x}"
-    text = repr(payload)
-    return text if len(text) < 200 else text[:200] + "..."
-

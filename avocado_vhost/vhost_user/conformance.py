@@ -15,14 +15,15 @@ and with multiqueue net it repeats feature negotiation per queue pair.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, FrozenSet, List, Optional
 
-from .message import (MAX_MEM_REGIONS, VRING_IDX_MASK, Header, MemoryTable,
+from .message import (FLAG_NEED_REPLY, MAX_MEM_REGIONS, VRING_IDX_MASK, Header, MemoryTable,
                       Payload, ProtocolFeature, Request, U64, VirtioFeature,
                       VringAddr, VringState, LogDescription, feature_names)
 from .state import DeviceState
 
-__all__ = ["Rule", "RULES", "REQUIRED_PROTOCOL_FEATURE", "check"]
+__all__ = ["Rule", "RULES", "RULE_SCOPE", "REQUIRED_PROTOCOL_FEATURE",
+           "check"]
 
 Rule = Callable[[Request, Payload, Header, DeviceState], Optional[str]]
 
@@ -240,20 +241,51 @@ def postcopy_order(req: Request, payload: Payload, header: Header,
     return None
 
 
-RULES: List[Rule] = [
-    protocol_features_offered, protocol_feature_gate, features_subset,
-    inband_needs_channel, iotlb_needs_platform, need_reply_needs_ack,
-    reserved_num_zero, ring_size_valid, no_reconfig_while_started,
-    ring_addr_mapped, mem_regions_disjoint, log_covers_memory, postcopy_order,
-]
+#: Every rule, with the requests it concerns (it is only run for those).
+RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
+    protocol_features_offered: frozenset({
+        Request.GET_PROTOCOL_FEATURES, Request.SET_PROTOCOL_FEATURES,
+        Request.SET_VRING_ENABLE}),
+    protocol_feature_gate: frozenset(REQUIRED_PROTOCOL_FEATURE),
+    features_subset: frozenset({Request.SET_FEATURES,
+                                Request.SET_PROTOCOL_FEATURES}),
+    inband_needs_channel: frozenset({Request.SET_PROTOCOL_FEATURES}),
+    iotlb_needs_platform: frozenset({Request.IOTLB_MSG}),
+    reserved_num_zero: frozenset({Request.GET_VRING_BASE,
+                                  Request.VRING_KICK}),
+    ring_size_valid: frozenset({Request.SET_VRING_NUM}),
+    no_reconfig_while_started: frozenset({
+        Request.SET_VRING_NUM, Request.SET_VRING_BASE,
+        Request.SET_VRING_ENDIAN}),
+    ring_addr_mapped: frozenset({Request.SET_VRING_ADDR}),
+    mem_regions_disjoint: frozenset({Request.SET_MEM_TABLE}),
+    log_covers_memory: frozenset({Request.SET_LOG_BASE}),
+    postcopy_order: frozenset({Request.POSTCOPY_LISTEN,
+                               Request.POSTCOPY_END}),
+}
+RULES: List[Rule] = list(RULE_SCOPE) + [need_reply_needs_ack]
+
+# Rules per request, computed once: the back-end checks every message, so
+# this is on its hot path.
+_BY_REQUEST: Dict[Request, List[Rule]] = {
+    req: [rule for rule, scope in RULE_SCOPE.items() if req in scope]
+    for req in Request}
 
 
 def check(req: Request, payload: Payload, header: Header, state: DeviceState,
           max_rings: int = 0) -> List[str]:
     """Every violation one request commits."""
-    found = [msg for rule in RULES
-             if (msg := rule(req, payload, header, state)) is not None]
-    ring = ring_index_valid(req, payload, header, state, max_rings)
-    if ring:
-        found.append(ring)
+    found = []
+    for rule in _BY_REQUEST[req]:
+        msg = rule(req, payload, header, state)
+        if msg is not None:
+            found.append(msg)
+    if header.flags & FLAG_NEED_REPLY:
+        msg = need_reply_needs_ack(req, payload, header, state)
+        if msg is not None:
+            found.append(msg)
+    if max_rings and req in _RING_REQUESTS:
+        msg = ring_index_valid(req, payload, header, state, max_rings)
+        if msg is not None:
+            found.append(msg)
     return found

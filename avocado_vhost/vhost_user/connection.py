@@ -36,6 +36,7 @@ __all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
 #: that an excess is detected and closed instead of truncated by the kernel.
 MAX_FDS = 16
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: checked per message
 
 
 def close_fds(fds: Sequence[int]) -> None:
@@ -98,7 +99,7 @@ class Connection:
                 raise ConnectionClosed(f"connection reset: {exc}",
                                        partial=bool(got or not first))
             fds.extend(_fds_from_ancdata(ancdata))
-            if flags & socket.MSG_CTRUNC:
+            if flags & _MSG_CTRUNC:
                 raise MalformedMessage(
                     f"more than {MAX_FDS} fds attached to one message")
             if not data:
@@ -107,6 +108,8 @@ class Connection:
                         f" after {got} of {want} bytes" if got or not first
                         else ""),
                     partial=bool(got or not first))
+            if not got and len(data) == want:
+                return data
             chunks.append(data)
             got += len(data)
         return b"".join(chunks)

@@ -628,17 +628,17 @@ def fd_rule(request: Request, payload: Payload) -> FdRule:
     return rule(payload) if callable(rule) else rule
 
 
+_REQUESTS = {int(r): r for r in Request if r is not Request.NONE}
+
+
 def decode_payload(request: int, data: bytes) -> Tuple[Request, Payload]:
     """Decode a front-end request's payload, checking its size.
 
     :raise UnknownRequest: ``request`` is not a front-end request number.
     :raise MalformedMessage: the size does not fit the request's payload.
     """
-    try:
-        req = Request(request)
-    except ValueError:
-        raise UnknownRequest(request) from None
-    if req is Request.NONE:
+    req = _REQUESTS.get(request)
+    if req is None:
         raise UnknownRequest(request)
     ptype = PAYLOAD_TYPES[req]
     if len(data) not in ptype.sizes():

@@ -94,12 +94,12 @@ class DeviceState:
 
     def protocol_negotiated(self, bit: int) -> bool:
         """Whether protocol feature ``bit`` (a mask) is in force."""
-        return bool(self.acked_protocol_features is not None
-                    and self.acked_protocol_features & bit)
+        acked = self.acked_protocol_features
+        return acked is not None and bool(acked & int(bit))
 
     def feature_acked(self, bit: int) -> bool:
-        return bool(self.acked_features is not None
-                    and self.acked_features & bit)
+        acked = self.acked_features
+        return acked is not None and bool(acked & int(bit))
 
     def vring(self, index: int) -> Vring:
         if index not in self.vrings:

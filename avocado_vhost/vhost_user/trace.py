@@ -17,27 +17,54 @@ can be understood without a rerun.
 
 from __future__ import annotations
 
-import threading
+import itertools
 import time
-from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
-__all__ = ["TraceEntry", "Trace"]
+__all__ = ["TraceEntry", "Trace", "describe_payload"]
 
 
-@dataclass(frozen=True)
+def describe_payload(payload: object) -> str:
+    """Short text for a decoded payload (memory tables one region each)."""
+    from .message import Empty, MemoryTable, U64
+    if payload is None or isinstance(payload, Empty):
+        return ""
+    if isinstance(payload, MemoryTable):
+        return "; ".join(str(r) for r in payload.regions)
+    if isinstance(payload, U64):
+        return f"0x{payload.value:x}"
+    text = repr(payload)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
 class TraceEntry:
-    """One line of the trace."""
+    """One line of the trace.
 
-    seq: int
-    time: float
-    conn: int
-    kind: str
-    request: str = ""
-    flags: int = 0
-    size: int = 0
-    nfds: int = 0
-    detail: str = ""
+    ``detail`` may be given as a payload object: it is only turned into
+    text when read, which keeps tracing off the back-end's hot path.
+    """
+
+    __slots__ = ("seq", "time", "conn", "kind", "request", "flags", "size",
+                 "nfds", "_detail")
+
+    def __init__(self, seq: int, time: float, conn: int, kind: str,
+                 request: str = "", flags: int = 0, size: int = 0,
+                 nfds: int = 0, detail: object = ""):
+        self.seq = seq
+        self.time = time
+        self.conn = conn
+        self.kind = kind
+        self.request = request
+        self.flags = flags
+        self.size = size
+        self.nfds = nfds
+        self._detail = detail
+
+    @property
+    def detail(self) -> str:
+        if not isinstance(self._detail, str):
+            self._detail = describe_payload(self._detail)
+        return self._detail
 
     def __str__(self) -> str:
         arrow = {"rx": "<-", "tx": "->"}.get(self.kind, "!!" if self.kind in (
@@ -55,21 +82,21 @@ class Trace:
     def __init__(self, name: str = "backend"):
         self.name = name
         self._entries: List[TraceEntry] = []
-        self._lock = threading.Lock()
+        self._seq = itertools.count()
         self._t0 = time.monotonic()
 
     def add(self, conn: int, kind: str, request: str = "", flags: int = 0,
-            size: int = 0, nfds: int = 0, detail: str = "") -> TraceEntry:
-        with self._lock:
-            entry = TraceEntry(len(self._entries), time.monotonic() - self._t0,
-                               conn, kind, request, flags, size, nfds, detail)
-            self._entries.append(entry)
+            size: int = 0, nfds: int = 0, detail: object = "") -> TraceEntry:
+        # next() on a count and list.append are atomic under the GIL: no
+        # lock on the back-end's hot path, and sequence numbers stay unique.
+        entry = TraceEntry(next(self._seq), time.monotonic() - self._t0,
+                           conn, kind, request, flags, size, nfds, detail)
+        self._entries.append(entry)
         return entry
 
     @property
     def entries(self) -> List[TraceEntry]:
-        with self._lock:
-            return list(self._entries)
+        return sorted(self._entries, key=lambda e: e.seq)
 
     def select(self, kind: Optional[str] = None,
                request: Optional[str] = None,
