@@ -156,7 +156,9 @@ class VhostUserTest(Test):
                          mem_backend=membackend, mem_path=mem_path,
                          reconnect_ms=self.caps.reconnect_ms,
                          **spec)  # type: ignore[arg-type]
-        vm = VhostVM(vm_spec, self.logdir)
+        # The firmware drives the device itself; qtest is for the test's
+        # own driver.
+        vm = VhostVM(vm_spec, self.logdir, qtest=not vm_spec.firmware)
         self.vms.append(vm)
         self._stack.callback(vm.shutdown)
         return vm

@@ -84,13 +84,16 @@ class Migrate(VhostUserTest):
         page_a = dst.qtest.memread(PAGE_A, 4096)
         page_b = dst.qtest.memread(PAGE_B, 4096)
         self.log.info("destination: A=%02x.. B=%02x..", page_a[0], page_b[0])
-        self.assertEqual(page_a, bytes([NEW]) * 4096,
-                         "a page written and logged by the source back-end "
-                         "did not reach the destination")
-        self.assertEqual(page_b, bytes([OLD]) * 4096,
-                         "negative control: the unlogged page was resent, so "
-                         "this test could not tell a broken log from a "
-                         "working one")
+        self.assertTrue(page_a == bytes([NEW]) * 4096,
+                        f"page 0x{PAGE_A:x}, written and logged by the source "
+                        f"back-end, reads {page_a[:8].hex()}.. on the "
+                        f"destination instead of {NEW:02x}..: the dirty log "
+                        "was not honoured")
+        self.assertTrue(page_b == bytes([OLD]) * 4096,
+                        f"negative control: page 0x{PAGE_B:x}, written but not "
+                        f"logged, reads {page_b[:8].hex()}.. on the "
+                        "destination; it should have stayed stale, so this "
+                        "test cannot tell a working log from a broken one")
         # The destination back-end maps the destination's memory.
         self.assertEqual(dst_be.state.memory.read(PAGE_A, 4096), page_a)
 

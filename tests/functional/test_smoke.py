@@ -31,3 +31,16 @@ class StartUp(VhostUserTest):
         self.assertEqual(backend.state.started_rings(), [0, 1])
         self.assertGreater(len(backend.state.memory), 0)
         self.check_backends(backend)
+
+    def test_firmware(self):
+        """Realism check: SeaBIOS and iPXE, not the test, drive the NIC.
+
+        :avocado: tags=firmware
+        """
+        backend = self.make_backend("backend")
+        vm = self.make_vm("vm", backend.listener_path, firmware=True)
+        vm.launch()
+        # iPXE probes the NIC about 2 s after launch under TCG.
+        backend.wait_rings_started(2, timeout=self.scaled(60))
+        self.assertIn("SET_MEM_TABLE", backend.trace.received())
+        self.check_backends(backend)

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""
+Time from QEMUMachine.launch() to all rings started, for one VM.
+
+Two ways to bring the vhost-user device up, measured in the same run:
+
+* ``driver``: a halting BIOS, the test drives virtio-pci over qtest (what the
+  suite does);
+* ``firmware`` (the baseline): SeaBIOS and iPXE boot and probe the NIC.
+
+Prints the median of each and their ratio.
+
+    .venv/bin/python scripts/bench_startup.py [--runs N] [--qemu-bin PATH]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from avocado_vhost.qemu.binary import find_binary  # noqa: E402
+from avocado_vhost.qemu.vm import VMSpec, VhostVM  # noqa: E402
+from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
+
+
+def one_start(binary: str, firmware: bool) -> float:
+    workdir = tempfile.mkdtemp(prefix="avh-", dir="/tmp")
+    backend = VhostUserBackend("bench")
+    vm = None
+    try:
+        sock = os.path.join(workdir, "vu.sock")
+        backend.listen(sock)
+        backend.start()
+        vm = VhostVM(VMSpec("bench", binary, workdir, sock, accel="tcg",
+                            firmware=firmware), workdir,
+                     qtest=not firmware)
+        start = time.monotonic()
+        vm.launch()
+        if not firmware:
+            vm.drive_device(queues=2)
+        backend.wait_rings_started(2, timeout=60)
+        return time.monotonic() - start
+    finally:
+        if vm is not None:
+            vm.shutdown()
+        backend.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--firmware-runs", type=int, default=3)
+    parser.add_argument("--qemu-bin", default=None)
+    args = parser.parse_args()
+    binary = find_binary(args.qemu_bin)
+    driver = [one_start(binary, False) for _ in range(args.runs)]
+    firmware = [one_start(binary, True) for _ in range(args.firmware_runs)]
+    d, f = statistics.median(driver), statistics.median(firmware)
+    print(f"launch -> 2 rings started, test drives the device: "
+          f"median {d * 1000:7.1f} ms of {args.runs} "
+          f"(min {min(driver) * 1000:.1f}, max {max(driver) * 1000:.1f})")
+    print(f"launch -> 2 rings started, SeaBIOS + iPXE (baseline): "
+          f"median {f * 1000:7.1f} ms of {args.firmware_runs}")
+    print(f"ratio (baseline / driver): {f / d:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
