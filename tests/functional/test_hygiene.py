@@ -1,0 +1,102 @@
+"""
+Process hygiene: nothing of the suite outlives a test.
+
+QEMUMachine has no kill-on-exit, and an Avocado test runs in a process of
+its own that a timeout may kill.  These tests kill and fail tests on purpose
+and look for what they leave behind.
+"""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+from avocado_vhost.test import VhostUserTest
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from avocado_vhost.qemu.vm import VMSpec, VhostVM
+    from avocado_vhost.vhost_user import VhostUserBackend
+    workdir = sys.argv[1]
+    backend = VhostUserBackend("child")
+    backend.listen(os.path.join(workdir, "vu.sock"))
+    backend.start()
+    vm = VhostVM(VMSpec("child", sys.argv[2], workdir,
+                        os.path.join(workdir, "vu.sock")), workdir)
+    vm.launch()
+    print(vm.machine.get_pid(), flush=True)
+    sys.stdin.read()  # until killed
+""")
+
+FAILING_TEST = textwrap.dedent('''
+    from avocado_vhost.test import VhostUserTest
+
+    class Failing(VhostUserTest):
+        """:avocado: enable"""
+
+        def test_fails_with_a_vm_running(self):
+            backend = self.make_backend("backend")
+            vm = self.make_vm("vm", backend.listener_path)
+            self.start_vm(vm, backend)
+            self.fail("deliberate failure with a VM running")
+''')
+
+
+def _pids_with(text):
+    out = subprocess.run(["pgrep", "-f", text], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+class Hygiene(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,hygiene
+    """
+
+    def test_qemu_dies_with_a_killed_test_process(self):
+        """SIGKILL the process that launched QEMU: QEMU must go too."""
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, self.workdir_short, self.qemu_bin],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._stack.callback(child.kill)
+        ready, _, _ = select.select([child.stdout], [], [], self.scaled(20))
+        self.assertTrue(ready, "the child never reported QEMU's pid")
+        qemu_pid = int(child.stdout.readline())
+        pidfd = os.pidfd_open(qemu_pid)
+        self._stack.callback(os.close, pidfd)
+        child.send_signal(signal.SIGKILL)
+        child.wait(self.scaled(10))
+        # The pidfd polls readable when QEMU has exited: no sleep loop.
+        ready, _, _ = select.select([pidfd], [], [], self.scaled(10))
+        if not ready:
+            os.kill(qemu_pid, signal.SIGKILL)
+            self.fail(f"QEMU (pid {qemu_pid}) outlived the killed test "
+                      "process")
+
+    def test_failing_test_leaves_nothing(self):
+        """A test that fails with a VM running: its tear-down cleans up."""
+        inner = os.path.join(self.workdir_short, "inner")
+        os.mkdir(inner)
+        test_file = os.path.join(inner, "test_failing.py")
+        with open(test_file, "w", encoding="utf-8") as out:
+            out.write(FAILING_TEST)
+        avocado = os.path.join(os.path.dirname(sys.executable), "avocado")
+        env = dict(os.environ, AVOCADO_VHOST_TMPDIR=inner)
+        result = subprocess.run(
+            [avocado, "run", "--job-results-dir",
+             os.path.join(self.logdir, "inner-job"), test_file,
+             "-p", f"qemu_bin={self.qemu_bin}"],
+            env=env, capture_output=True, text=True, timeout=120,
+            check=False)
+        self.log.info("inner job:\n%s", result.stdout)
+        self.assertNotEqual(result.returncode, 0, "the inner test passed")
+        self.assertIn("deliberate failure", result.stdout)
+        self.assertEqual(_pids_with(f"qemu-system.*{inner}"), [],
+                         "QEMU left running by a failed test")
+        leftovers = [name for name in os.listdir(inner)
+                     if name != "test_failing.py"
+                     and name != "__pycache__"]
+        self.assertEqual(leftovers, [], "files left by a failed test")
