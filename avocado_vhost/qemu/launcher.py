@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Optional, TypeVar
 
-__all__ = ["call_in_launcher"]
+__all__ = ["call_in_launcher", "submit_to_launcher"]
 
 T = TypeVar("T")
 
@@ -41,10 +41,11 @@ def _serve() -> None:
             future.set_exception(exc)
 
 
-def call_in_launcher(func: Callable[[], T]) -> T:
-    """Run ``func`` in the launcher thread and return (or raise) its result.
+def submit_to_launcher(func: Callable[[], T]) -> "Future[T]":
+    """Run ``func`` in the launcher thread; its result comes as a Future.
 
-    ``func`` must bound its own waits (QEMUMachine.launch does).
+    ``func`` must bound its own waits (QEMUMachine.launch does, with its
+    QMP timeout).
     """
     global _thread
     with _lock:
@@ -54,4 +55,9 @@ def call_in_launcher(func: Callable[[], T]) -> T:
             _thread.start()
     future: "Future[T]" = Future()
     _queue.put((func, future))
-    return future.result()
+    return future
+
+
+def call_in_launcher(func: Callable[[], T]) -> T:
+    """Run ``func`` in the launcher thread and return (or raise) its result."""
+    return submit_to_launcher(func).result()

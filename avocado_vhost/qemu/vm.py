@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+from concurrent import futures
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from qemu.machine import QEMUMachine
 
-from .launcher import call_in_launcher
+from .launcher import call_in_launcher, submit_to_launcher
 from .qtest import QtestLink
+from .watch import FolderWatch
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          find_function, modern_device_id)
 
@@ -115,7 +118,7 @@ class VMSpec:
     def chardev_args(self) -> List[str]:
         opts = ["socket", "id=vu0", f"path={self.vhost_socket}"]
         if self.vhost_server:
-            opts += ["server=on", "wait=off"]
+            opts.append("server=on")
         if self.reconnect is not None:
             opts.append(f"reconnect-ms={self.reconnect}" if self.reconnect_ms
                         else f"reconnect={self.reconnect}")
@@ -154,28 +157,82 @@ class VhostVM:
     :param qtest: connect a qtest socket (needed to drive the device).
     """
 
-    def __init__(self, spec: VMSpec, log_dir: str, qtest: bool = True):
+    def __init__(self, spec: VMSpec, log_dir: str, qtest: bool = True,
+                 qmp_timeout: float = 30.0):
         self.spec = spec
+        self.log_dir = log_dir
         self.qtest: Optional[QtestLink] = (
             QtestLink(os.path.join(spec.workdir, f"{spec.name}.qt"))
             if qtest else None)
         wrapper = ([shutil.which("setpriv") or "setpriv", "--pdeathsig",
                     "KILL", "--"])
+        # A monitor socket path (not a socketpair) bounds QMP's start-up
+        # with qmp_timer: a QEMU stuck before its monitor runs fails the
+        # launch instead of hanging it.
         self.machine = QEMUMachine(
             spec.binary, args=spec.args() + (
                 self.qtest.qemu_args if self.qtest else []),
             wrapper=wrapper, name=spec.name, base_temp_dir=spec.workdir,
-            log_dir=log_dir)
+            monitor_address=os.path.join(spec.workdir, f"{spec.name}.qmp"),
+            log_dir=log_dir, qmp_timer=qmp_timeout)
         self.device: Optional[VirtioPciDevice] = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def launch(self) -> None:
-        call_in_launcher(self.machine.launch)
+    def launch(self, connect: Optional[Callable[[str], None]] = None,
+               timeout: float = 30.0) -> None:
+        """Start QEMU; return once QMP (and qtest) are connected.
+
+        :param connect: for ``vhost_server``: called with the socket path
+            once QEMU listens on it.  QEMU's vhost-user netdev blocks its
+            start-up until a back-end connects (even with ``wait=off``), so
+            the back-end must connect while ``launch()`` is under way: QEMU
+            announces "waiting for connection" in its log, and that is
+            awaited with inotify, not by polling.
+        """
+        if connect is None:
+            call_in_launcher(self.machine.launch)
+        else:
+            self._launch_and_connect(connect, timeout)
         if self.qtest is not None:
             self.qtest.accept()
+
+    def _qemu_waits_for_backend(self) -> bool:
+        try:
+            with open(self.log_path, encoding="utf-8",
+                      errors="replace") as log:
+                return "waiting for connection on" in log.read()
+        except FileNotFoundError:
+            return False
+
+    def _launch_and_connect(self, connect: Callable[[str], None],
+                            timeout: float) -> None:
+        watch = FolderWatch([os.path.dirname(self.log_path)])
+        started = submit_to_launcher(self.machine.launch)
+        try:
+            if watch.wait(self._qemu_waits_for_backend,
+                          f"QEMU to listen on {self.spec.vhost_socket}",
+                          timeout, also=started):
+                connect(self.spec.vhost_socket)
+        except BaseException:
+            # QEMU would wait for the back-end forever: end it, so that
+            # launch() fails now rather than at its QMP timeout.
+            pid = self.machine.get_pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            watch.close()
+            # Nothing may touch the machine while launch() still runs.
+            futures.wait([started], timeout=timeout)
+        started.result()
+
+    @property
+    def log_path(self) -> str:
+        """QEMU's output (QEMUMachine writes ``<log_dir>/<name>.log``)."""
+        return os.path.join(self.log_dir, f"{self.spec.name}.log")
 
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,

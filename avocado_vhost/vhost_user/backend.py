@@ -173,7 +173,16 @@ class VhostUserBackend:
         #: Answer GET_VRING_BASE with this instead of the ring's position
         #: (a broken back-end, for negative controls).
         self.vring_base_override: Optional[int] = None
+        #: Called as ``on_connect(number, config)`` when connection
+        #: ``number`` (1-based) opens, before any message: a test may change
+        #: what this connection offers (e.g. no features at all).
+        self.on_connect: Optional[Callable[[int, BackendConfig], None]] = None
+        #: In connect mode: reconnect to this path as soon as a connection
+        #: ends (QEMU's ``server=on`` socket keeps listening), no delay.
+        self.reconnect_path: Optional[str] = None
         self.connections = 0
+        #: Why each connection ended, by connection number.
+        self.disconnect_reasons: Dict[int, str] = {}
         self.connected = False
         self.messages = 0
         self._cond = threading.Condition(threading.RLock())
@@ -358,6 +367,12 @@ class VhostUserBackend:
         self.connections += 1
         self.connected = True
         self.messages = 0
+        if self.on_connect is not None:
+            try:
+                self.on_connect(self.connections, self.config)
+            except Exception:
+                self._record_error("on_connect hook failed:\n"
+                                   + traceback.format_exc())
         self.state = DeviceState(
             offered_features=self.config.features,
             offered_protocol_features=self.config.protocol_features,
@@ -377,8 +392,20 @@ class VhostUserBackend:
                     self._ring_stopped(ring, why="disconnect")
             self.state.close()
             self.connected = False
+            self.disconnect_reasons[self.connections] = why
             self.trace.add(self.connections, "event", "DISCONNECTED", detail=why)
+            if self.reconnect_path is not None and not self._stopping:
+                self._reconnect(self.reconnect_path)
             self._cond.notify_all()
+
+    def _reconnect(self, path: str) -> None:
+        from .connection import connect
+        try:
+            self._pending.append(connect(path, self.config.message_timeout))
+        except OSError as exc:
+            # QEMU is gone (or not listening): nothing to retry against.
+            self.trace.add(self.connections, "event", "RECONNECT-FAILED",
+                           detail=f"{path}: {exc}")
 
     # --- one message ----------------------------------------------------
     def _serve_one(self) -> None:

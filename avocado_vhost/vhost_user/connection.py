@@ -221,3 +221,4 @@ def socketpair(message_timeout: float = 5.0
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return Connection(a, message_timeout), b
 
+

@@ -1,0 +1,97 @@
+"""
+The reconnect family: QEMU must renegotiate from scratch after the back-end
+goes away, whatever the moment.
+
+QEMU's C test (tests/qtest/vhost-user-test.c) sleeps a fixed second and waits
+on fixed 5 s timeouts here; these tests wait on events only -- the
+connection closing, the back-end reconnecting, the rings starting -- each
+bounded, each reporting what it saw when the bound is hit.
+
+QEMU's chardev is ``server=on``: the back-end connects, and reconnects the
+moment a connection ends (``reconnect_path``), so no delay is involved.
+"""
+
+from avocado_vhost.test import VhostUserTest
+from avocado_vhost.vhost_user import BackendConfig, Fault, Request
+
+DROPS = 5
+
+
+class Reconnect(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,reconnect
+    """
+
+    def start_server_vm(self, name="vm", faults=(), on_connect=None, **spec):
+        """QEMU listens; the back-end connects and keeps reconnecting.
+
+        Faults and the per-connection hook are in place before QEMU's first
+        message.
+        """
+        backend = self.make_backend("backend", listen=False)
+        backend.faults.extend(faults)
+        backend.on_connect = on_connect
+        path = self.socket_path("vhost")
+        vm = self.make_vm(name, path, vhost_server=True, **spec)
+        backend.reconnect_path = path
+        vm.launch(connect=backend.connect)
+        return vm, backend
+
+    def wait_restarted(self, backend, connection, rings=2):
+        """Connection ``connection`` is up and QEMU started every ring on
+        it again, from scratch: features, memory table, rings."""
+        backend.wait_connected(connection, timeout=self.scaled(10))
+        backend.wait_rings_started(rings, timeout=self.scaled(10))
+        received = backend.trace.received(conn=connection)
+        for request in ("GET_FEATURES", "SET_FEATURES", "SET_MEM_TABLE",
+                        "SET_VRING_KICK"):
+            self.assertIn(request, received,
+                          f"connection {connection} never saw {request}")
+
+    def test_reconnect(self):
+        """The back-end drops a running device several times; each time
+        QEMU renegotiates and restarts every ring."""
+        vm, backend = self.start_server_vm()
+        vm.drive_device(queues=2)
+        self.wait_restarted(backend, 1)
+        for drop in range(DROPS):
+            backend.disconnect()
+            self.wait_restarted(backend, drop + 2)
+        self.assertEqual(backend.connections, DROPS + 1)
+        self.check_backends(backend)
+
+    def test_connect_fail(self):
+        """The back-end drops the connection at the very first request."""
+        vm, backend = self.start_server_vm(
+            faults=[Fault("disconnect", nth=1, connection=1)])
+        vm.drive_device(queues=2)
+        self.wait_restarted(backend, 2)
+        first = backend.trace.received(conn=1)
+        self.assertEqual(first, ["GET_FEATURES"], "connection 1 should have "
+                         "ended at its first request")
+        self.check_backends(backend)
+
+    def test_flags_mismatch(self):
+        """Dropped after SET_FEATURES; then no features at all are offered,
+        which QEMU must refuse; then with the right features it starts."""
+        good = BackendConfig().features
+
+        def per_connection(number, config):
+            config.features = 0 if number == 2 else good
+        vm, backend = self.start_server_vm(
+            faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
+                          connection=1)],
+            on_connect=per_connection)
+        vm.drive_device(queues=2)
+        self.wait_restarted(backend, 3)
+        second = backend.trace.received(conn=2)
+        self.log.info("connection 2 (no features offered): %s", second)
+        self.assertNotIn("SET_MEM_TABLE", second,
+                         "QEMU used a back-end that offers no features")
+        self.assertIn("peer closed", backend.disconnect_reasons[2],
+                      "QEMU did not refuse the featureless back-end")
+        self.assertIn("fault", backend.disconnect_reasons[1])
+        self.assertEqual(backend.state.acked_features & good,
+                         backend.state.acked_features)
+        self.check_backends(backend)
