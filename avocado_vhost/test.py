@@ -28,13 +28,13 @@ import os
 import shutil
 import tempfile
 from contextlib import ExitStack
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from avocado import Test
 
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import MEM_BACKENDS, VMSpec, VhostVM, hugetlbfs_mounted
-from .vhost_user import BackendConfig, VhostUserBackend
+from .vhost_user import BackendConfig, Fault, VhostUserBackend
 
 __all__ = ["VhostUserTest"]
 
@@ -188,6 +188,23 @@ class VhostUserTest(Test):
         path = os.path.join(self._dumpdir, f"{vm.name}-{gpa:x}.bin")
         vm.qmp("pmemsave", val=gpa, size=size, filename=path)
         return path
+
+    def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",
+                           faults: Sequence[Fault] = (),
+                           on_connect: Optional[Callable] = None,
+                           **spec: object) -> Tuple[VhostVM, VhostUserBackend]:
+        """QEMU's chardev listens (``server=on``); the back-end connects as
+        soon as QEMU waits for it, and reconnects whenever a connection
+        ends.  Faults and the per-connection hook are in place before
+        QEMU's first message."""
+        backend = self.make_backend(backend_name, listen=False)
+        backend.faults.extend(faults)
+        backend.on_connect = on_connect
+        path = self.socket_path(f"{name}-vhost")
+        vm = self.make_vm(name, path, vhost_server=True, **spec)
+        backend.reconnect_path = path
+        vm.launch(connect=backend.connect, timeout=self.scaled(30))
+        return vm, backend
 
     def check_backends(self, *backends: VhostUserBackend,
                        allow_violations: bool = False) -> None:

@@ -23,21 +23,6 @@ class Reconnect(VhostUserTest):
     :avocado: tags=arch:x86_64,vhost-user,reconnect
     """
 
-    def start_server_vm(self, name="vm", faults=(), on_connect=None, **spec):
-        """QEMU listens; the back-end connects and keeps reconnecting.
-
-        Faults and the per-connection hook are in place before QEMU's first
-        message.
-        """
-        backend = self.make_backend("backend", listen=False)
-        backend.faults.extend(faults)
-        backend.on_connect = on_connect
-        path = self.socket_path("vhost")
-        vm = self.make_vm(name, path, vhost_server=True, **spec)
-        backend.reconnect_path = path
-        vm.launch(connect=backend.connect)
-        return vm, backend
-
     def wait_restarted(self, backend, connection, rings=2):
         """Connection ``connection`` is up and QEMU started every ring on
         it again, from scratch: features, memory table, rings."""
@@ -52,7 +37,7 @@ class Reconnect(VhostUserTest):
     def test_reconnect(self):
         """The back-end drops a running device several times; each time
         QEMU renegotiates and restarts every ring."""
-        vm, backend = self.start_server_vm()
+        vm, backend = self.launch_server_mode()
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 1)
         for drop in range(DROPS):
@@ -63,7 +48,7 @@ class Reconnect(VhostUserTest):
 
     def test_connect_fail(self):
         """The back-end drops the connection at the very first request."""
-        vm, backend = self.start_server_vm(
+        vm, backend = self.launch_server_mode(
             faults=[Fault("disconnect", nth=1, connection=1)])
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 2)
@@ -79,7 +64,7 @@ class Reconnect(VhostUserTest):
 
         def per_connection(number, config):
             config.features = 0 if number == 2 else good
-        vm, backend = self.start_server_vm(
+        vm, backend = self.launch_server_mode(
             faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
                           connection=1)],
             on_connect=per_connection)
