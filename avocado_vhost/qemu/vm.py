@@ -27,7 +27,7 @@ from .watch import FolderWatch
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          find_function, modern_device_id)
 
-__all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES",
+__all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
            "hugetlbfs_mounted", "halting_bios"]
 
 #: memory backend name -> QEMU object type
@@ -37,6 +37,11 @@ MEM_BACKENDS = {
     "hugetlbfs": "memory-backend-file",
     "shm": "memory-backend-shm",
 }
+
+#: Devices that are transitional (legacy + modern) unless told otherwise;
+#: modern-only ones refuse ``disable-legacy``.
+TRANSITIONAL = frozenset({"virtio-net-pci", "vhost-user-blk-pci",
+                          "vhost-user-scsi-pci"})
 
 #: device -> virtio device type (for the modern PCI device id)
 DEVICE_TYPES = {
@@ -137,6 +142,8 @@ class VMSpec:
             return ["-netdev", ",".join(net),
                     "-device", ",".join(dev + rom + self.device_opts)]
         dev = [self.device, "chardev=vu0"]
+        if not self.firmware and self.device in TRANSITIONAL:
+            dev.append("disable-legacy=on")  # the test driver is modern-only
         return ["-device", ",".join(dev + rom + self.device_opts)]
 
     def args(self) -> List[str]:
