@@ -80,3 +80,17 @@ class Reconnect(VhostUserTest):
         self.assertEqual(backend.state.acked_features & good,
                          backend.state.acked_features)
         self.check_backends(backend)
+
+    def test_reconnect_qemu_client(self):
+        """QEMU is the client and reconnects by itself after the back-end
+        drops it, with the shortest delay the QEMU under test accepts
+        (``reconnect-ms`` where probed, else ``reconnect=1`` second)."""
+        delay = 50 if self.caps.reconnect_ms else 1
+        backend = self.make_backend("backend")
+        vm = self.make_vm("vm", backend.listener_path, reconnect=delay)
+        self.start_vm(vm, backend, rings=2)
+        for drop in range(2):
+            backend.disconnect()
+            self.wait_restarted(backend, drop + 2)
+        self.check_backends(backend)
+
