@@ -35,9 +35,12 @@ from avocado import Test
 
 from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                        pattern)
+from .qemu.driver import DriverQueue
+from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import MEM_BACKENDS, VMSpec, VhostVM, hugetlbfs_mounted
 from .vhost_user import BackendConfig, Fault, VhostUserBackend
+from .vhost_user.net import NetDevice
 
 __all__ = ["VhostUserTest"]
 
@@ -123,13 +126,14 @@ class VhostUserTest(Test):
 
     # --- factories ----------------------------------------------------------
     def make_backend(self, name: str, config: Optional[BackendConfig] = None,
-                     listen: bool = True) -> VhostUserBackend:
+                     listen: bool = True,
+                     device: Optional[NetDevice] = None) -> VhostUserBackend:
         """A started back-end thread; listens at ``<tmp>/<name>.sock``.
 
         Stopped, and its trace written to ``<logdir>/<name>.trace``, at
         tear-down.
         """
-        backend = VhostUserBackend(name, config)
+        backend = VhostUserBackend(name, config, device)
         if listen:
             backend.listen(self.socket_path(name))
         backend.start()
@@ -269,6 +273,13 @@ class VhostUserTest(Test):
         backend.reconnect_path = path
         vm.launch(connect=backend.connect, timeout=self.scaled(30))
         return vm, backend
+
+    def net_queues(self, vm: VhostVM) -> List[DriverQueue]:
+        """Test-side drivers for every queue of ``vm``'s started device,
+        with buffers in guest RAM above the rings."""
+        assert vm.device is not None, "drive the device first"
+        alloc = GuestAllocator(0x800000, 0x4000000)
+        return [DriverQueue(vm.qtest, q, alloc) for q in vm.device.queues]
 
     def check_backends(self, *backends: VhostUserBackend,
                        allow_violations: bool = False) -> None:

@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from .connection import Connection, Listener, close_fds
 from .conformance import check as conformance_check
@@ -53,6 +53,9 @@ from .message import (FLAG_REPLY, VERSION, VRING_F_LOG,
                       SingleRegion, U64, VirtioFeature, VringAddr, VringState,
                       decode_payload, encode, fd_rule, feature_names)
 from .state import DeviceState, Vring
+
+if TYPE_CHECKING:
+    from .net import NetDevice
 
 __all__ = ["BackendConfig", "Fault", "VhostUserBackend", "RingEvent",
            "REPLY_BODY", "NET_FEATURES", "NET_PROTOCOL_FEATURES"]
@@ -159,7 +162,8 @@ class VhostUserBackend:
     """
 
     def __init__(self, name: str = "backend",
-                 config: Optional[BackendConfig] = None):
+                 config: Optional[BackendConfig] = None,
+                 device: Optional["NetDevice"] = None):
         from .trace import Trace  # local: keeps the import graph a tree
         self.name = name
         self.config = config or BackendConfig()
@@ -180,6 +184,11 @@ class VhostUserBackend:
         #: In connect mode: reconnect to this path as soon as a connection
         #: ends (QEMU's ``server=on`` socket keeps listening), no delay.
         self.reconnect_path: Optional[str] = None
+        #: The data path (None: rings are configured but never processed).
+        self.device = device
+        if device is not None:
+            device.attach(self)
+        self._work = False
         self.connections = 0
         #: Why each connection ended, by connection number.
         self.disconnect_reasons: Dict[int, str] = {}
@@ -331,9 +340,18 @@ class VhostUserBackend:
                             self._close_connection("dropped by the test")
                     if self._conn is None and self._pending:
                         self._open(self._pending.pop(0))
+                    if self._work and self.device is not None:
+                        self._work = False
+                        self.device.process_all()
                     watch = [self._wake_r]
+                    kicks: Dict[int, int] = {}
                     if self._conn is not None:
                         watch.append(self._conn.fileno())
+                        if self.device is not None:
+                            kicks = {r.kick_fd: r.index
+                                     for r in self.state.vrings.values()
+                                     if r.started and r.kick_fd is not None}
+                            watch.extend(kicks)
                     elif self._listener is not None:
                         watch.append(self._listener.fileno())
                 if watch != registered:
@@ -356,12 +374,33 @@ class VhostUserBackend:
                             self._open(conn)
                     elif self._conn is not None and fd == self._conn.fileno():
                         self._serve_one()
+                    elif fd in kicks:
+                        self._kicked(fd, kicks[fd])
         except BaseException:  # a bug here must reach the test
             self._record_error("back-end thread crashed:\n"
                                + traceback.format_exc())
         finally:
             with self._cond:
                 self._cond.notify_all()
+
+    def _kicked(self, fd: int, index: int) -> None:
+        try:
+            os.eventfd_read(fd)
+        except (BlockingIOError, OSError):
+            pass  # consumed already, or replaced by a newer kick fd
+        with self._cond:
+            ring = self.state.vrings.get(index)
+            if (self.device is not None and ring is not None
+                    and ring.started and ring.kick_fd == fd):
+                self.device.process(ring)
+            self._cond.notify_all()
+
+    def poke(self) -> None:
+        """Ask the thread to retry every started ring (the test put frames
+        on the wire, or raised a transmit budget)."""
+        with self._cond:
+            self._work = True
+        self._wake()
 
     def _open(self, conn: Connection) -> None:
         self.connections += 1
@@ -390,6 +429,8 @@ class VhostUserBackend:
             for ring in self.state.vrings.values():
                 if ring.started:
                     self._ring_stopped(ring, why="disconnect")
+            if self.device is not None:
+                self.device.reset()
             self.state.close()
             self.connected = False
             self.disconnect_reasons[self.connections] = why
@@ -584,12 +625,18 @@ class VhostUserBackend:
         self.trace.add(self.connections, "event", "RING-STARTED",
                        detail=ring.describe())
         self._notify_ring(ring, "started")
+        if self.device is not None:
+            if ring.kick_fd is not None:
+                os.set_blocking(ring.kick_fd, False)
+            self.device.ring_started(ring)
 
     def _ring_stopped(self, ring: Vring, why: str = "GET_VRING_BASE") -> None:
         if not ring.started:
             return
         ring.started = False
         ring.stops += 1
+        if self.device is not None:
+            self.device.ring_stopped(ring)
         self.trace.add(self.connections, "event", "RING-STOPPED",
                        detail=f"{ring.describe()} ({why})")
         self._notify_ring(ring, "stopped")
@@ -720,6 +767,8 @@ class VhostUserBackend:
 
     def _get_vring_base(self, header, payload: VringState, fds):
         ring = self.state.vring(payload.index)
+        if self.device is not None and ring.started:
+            self.device.ring_stopped(ring)  # the base is where it stopped
         ring.reported_base = (ring.base if self.vring_base_override is None
                               else self.vring_base_override)
         self._ring_stopped(ring)

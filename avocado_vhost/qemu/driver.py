@@ -1,0 +1,198 @@
+"""
+The guest side of split virtqueues, played by the test over qtest.
+
+:class:`DriverQueue` owns one queue that :class:`.VirtioPciDevice` laid out:
+it posts buffers (single, chained, or through an indirect table), makes
+them available, notifies the device through the virtio-pci notify area
+(which QEMU turns into the vhost-user kick eventfd), and reaps the used
+ring.  Its bookkeeping (next available index, last used index seen, which
+descriptors are in flight) is the driver's state: it stays with the test
+when the VM migrates, and the queue continues on the destination through
+:meth:`DriverQueue.move_to`, exactly as a guest driver would.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Tuple
+
+from .qtest import QtestLink
+from .virtio_pci import GuestAllocator, VirtQueue
+
+__all__ = ["DriverQueue", "NET_HDR"]
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+_DESC = struct.Struct("<QIHH")
+#: virtio_net_hdr_v1 (flags, gso_type, hdr_len, gso_size, csum_start,
+#: csum_offset, num_buffers) with everything 0 and num_buffers 1.
+NET_HDR = bytes(10) + b"\x01\x00"
+BUF = 2048
+
+
+class DriverQueue:
+    """One split virtqueue, driven from the test.
+
+    :param qtest: the VM's qtest link.
+    :param queue: the layout from :meth:`VirtioPciDevice.setup`.
+    :param alloc: guest RAM for buffers and indirect tables.
+    """
+
+    def __init__(self, qtest: QtestLink, queue: VirtQueue,
+                 alloc: GuestAllocator):
+        self.qtest = qtest
+        self.q = queue
+        self.size = queue.size
+        self.buffers = alloc.alloc(self.size * BUF)
+        self.indirect = alloc.alloc(self.size * 16 * 4)
+        self.free: List[int] = list(range(self.size))
+        self.next_avail = 0
+        self.last_used = 0
+        #: head descriptor -> descriptors it uses, for freeing on reap
+        self.inflight: Dict[int, List[int]] = {}
+        self.sent_heads: List[int] = []
+
+    def move_to(self, qtest: QtestLink) -> None:
+        """Continue on another VM (after migration): same guest memory."""
+        self.qtest = qtest
+
+    def _alloc(self, count: int) -> List[int]:
+        if len(self.free) < count:
+            raise RuntimeError(f"queue {self.q.index}: {count} descriptors "
+                               f"wanted, {len(self.free)} free")
+        return [self.free.pop(0) for _ in range(count)]
+
+    def _write_descs(self, descs: List[Tuple[int, int, int, int, int]]
+                     ) -> None:
+        for index, addr, length, flags, nxt in descs:
+            self.qtest.memwrite(self.q.desc + 16 * index,
+                                _DESC.pack(addr, length, flags, nxt))
+
+    def _make_available(self, heads: List[int], kick: bool) -> None:
+        for head in heads:
+            slot = self.q.avail + 4 + 2 * (self.next_avail % self.size)
+            self.qtest.write(slot, 2, head)
+            self.next_avail = (self.next_avail + 1) & 0xFFFF
+        # The index is published after the entries, as the spec requires.
+        self.qtest.write(self.q.avail + 2, 2, self.next_avail)
+        if kick:
+            self.kick()
+
+    def kick(self) -> None:
+        self.qtest.write(self.q.notify_addr, 2, self.q.index)
+
+    def post_out(self, payloads: List[bytes], layout: str = "single",
+                 kick: bool = True) -> List[int]:
+        """Make device-readable buffers available (transmit).
+
+        :param layout: ``single`` (one descriptor), ``chain`` (header and
+            data in two chained descriptors) or ``indirect``.
+        :return: the head descriptors.
+        """
+        heads = []
+        for payload in payloads:
+            if len(payload) > BUF:
+                raise ValueError(f"{len(payload)}-byte buffer > {BUF}")
+            if layout == "single":
+                (d,) = self._alloc(1)
+                addr = self.buffers + d * BUF
+                self.qtest.memwrite(addr, payload)
+                self._write_descs([(d, addr, len(payload), 0, 0)])
+                self.inflight[d] = [d]
+            elif layout == "chain":
+                d0, d1 = self._alloc(2)
+                a0, a1 = self.buffers + d0 * BUF, self.buffers + d1 * BUF
+                cut = min(len(NET_HDR), len(payload))
+                self.qtest.memwrite(a0, payload[:cut])
+                self.qtest.memwrite(a1, payload[cut:] or b"\0")
+                self._write_descs([(d0, a0, cut, VRING_DESC_F_NEXT, d1),
+                                   (d1, a1, len(payload) - cut, 0, 0)])
+                self.inflight[d0] = [d0, d1]
+                d = d0
+            elif layout == "indirect":
+                (d,) = self._alloc(1)
+                table = self.indirect + d * 64
+                addr = self.buffers + d * BUF
+                cut = min(len(NET_HDR), len(payload))
+                self.qtest.memwrite(addr, payload)
+                self.qtest.memwrite(table, _DESC.pack(
+                    addr, cut, VRING_DESC_F_NEXT, 1) + _DESC.pack(
+                    addr + cut, len(payload) - cut, 0, 0))
+                self._write_descs([(d, table, 32, VRING_DESC_F_INDIRECT, 0)])
+                self.inflight[d] = [d]
+            else:
+                raise ValueError(f"unknown layout {layout}")
+            heads.append(d)
+        self._make_available(heads, kick)
+        return heads
+
+    def post_chain(self, readable: List[bytes], writable: List[int],
+                   kick: bool = True) -> List[int]:
+        """One chain of device-readable parts then device-writable buffers
+        of the given lengths (control commands: header, data, ack).
+
+        :return: its descriptors, head first (buffer ``d`` is at
+            :meth:`buffer_addr`).
+        """
+        descs = self._alloc(len(readable) + len(writable))
+        entries = []
+        for i, d in enumerate(descs):
+            last = i == len(descs) - 1
+            nxt = 0 if last else descs[i + 1]
+            flags = 0 if last else VRING_DESC_F_NEXT
+            addr = self.buffers + d * BUF
+            if i < len(readable):
+                self.qtest.memwrite(addr, readable[i])
+                length = len(readable[i])
+            else:
+                length = writable[i - len(readable)]
+                flags |= VRING_DESC_F_WRITE
+            entries.append((d, addr, length, flags, nxt))
+        self._write_descs(entries)
+        self.inflight[descs[0]] = descs
+        self._make_available([descs[0]], kick)
+        return descs
+
+    def post_in(self, count: int, length: int = BUF,
+                kick: bool = True) -> List[int]:
+        """Make ``count`` device-writable buffers available (receive)."""
+        heads = self._alloc(count)
+        self._write_descs([(d, self.buffers + d * BUF, length,
+                            VRING_DESC_F_WRITE, 0) for d in heads])
+        for d in heads:
+            self.inflight[d] = [d]
+        self._make_available(heads, kick)
+        return heads
+
+    def used_idx(self) -> int:
+        return self.qtest.read(self.q.used + 2, 2)
+
+    def reap(self) -> List[Tuple[int, int]]:
+        """New used entries ``(head, length)``; their descriptors are free
+        again."""
+        idx = self.used_idx()
+        out = []
+        while self.last_used != idx:
+            slot = self.q.used + 4 + 8 * (self.last_used % self.size)
+            head, length = struct.unpack("<II", self.qtest.memread(slot, 8))
+            if head not in self.inflight:
+                raise AssertionError(
+                    f"queue {self.q.index}: used entry {self.last_used} "
+                    f"names descriptor {head}, which is not in flight "
+                    "(completed twice, or never posted)")
+            self.free.extend(self.inflight.pop(head))
+            out.append((head, length))
+            self.last_used = (self.last_used + 1) & 0xFFFF
+        return out
+
+    def buffer_addr(self, descriptor: int) -> int:
+        return self.buffers + descriptor * BUF
+
+    def read_buffer(self, head: int, length: int) -> bytes:
+        return self.qtest.memread(self.buffer_addr(head), length)
+
+    def outstanding(self) -> int:
+        return len(self.inflight)
+
+

@@ -1,0 +1,226 @@
+"""
+A virtio-net data path for the back-end: frames through real rings.
+
+Ring ``2q`` is queue pair ``q``'s receive queue, ring ``2q+1`` its transmit
+queue.  Transmitted frames go to a :class:`Port`'s ``sent`` list (with the
+back-end that took them); frames for the guest wait on the port's ``wire``
+until a started, enabled receive ring has a buffer for them.  Two back-ends
+may share one port, like two ends of a migration plugged into the same
+switch port: a frame is then delivered by whichever back-end owns the ring,
+exactly once.
+
+The ring states of the spec are followed: a stopped ring is never touched;
+a started but disabled ring is processed without side effects (transmitted
+frames are dropped, nothing is received).  While VHOST_F_LOG_ALL is on,
+every guest page the device writes is marked in the dirty log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Deque, Dict, List, Optional
+
+from .message import VRING_F_LOG, VirtioFeature
+from .virtq import RingError, SplitRing
+
+if TYPE_CHECKING:
+    from .backend import VhostUserBackend
+    from .state import Vring
+
+__all__ = ["Port", "SentFrame", "NetDevice", "NET_HDR_LEN"]
+
+#: virtio_net_hdr with num_buffers: the header size for VERSION_1 devices.
+NET_HDR_LEN = 12
+
+
+@dataclass
+class SentFrame:
+    """A frame the guest transmitted, and who took it off the ring."""
+
+    data: bytes
+    backend: str
+    ring: int
+
+
+@dataclass
+class Port:
+    """Where frames enter and leave; shareable between back-ends."""
+
+    wire: Deque[bytes] = field(default_factory=deque)
+    sent: List[SentFrame] = field(default_factory=list)
+    #: Frames written into guest receive buffers, per back-end name.
+    received: Dict[str, int] = field(default_factory=dict)
+    #: Frames a disabled transmit ring consumed without sending them.
+    dropped: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_sent(self, count: int, timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.sent) >= count,
+                                      timeout):
+                raise TimeoutError(
+                    f"waited {timeout}s for {count} transmitted frames, "
+                    f"got {len(self.sent)}")
+
+    def wait_dropped(self, count: int, timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.dropped >= count,
+                                      timeout):
+                raise TimeoutError(
+                    f"waited {timeout}s for {count} dropped frames, got "
+                    f"{self.dropped}")
+
+    def wait_received(self, count: int, timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(
+                    lambda: sum(self.received.values()) >= count, timeout):
+                raise TimeoutError(
+                    f"waited {timeout}s for {count} frames delivered to the "
+                    f"guest, got {self.received}; {len(self.wire)} still on "
+                    "the wire")
+
+
+class NetDevice:
+    """The data path of one back-end; runs in the back-end's thread.
+
+    :param port: where frames come from and go to.
+    """
+
+    def __init__(self, port: Optional[Port] = None):
+        self.port = port or Port()
+        self.backend: Optional["VhostUserBackend"] = None
+        self.rings: Dict[int, SplitRing] = {}
+        #: How many transmit chains may still be taken (None: no limit); a
+        #: test leaves some in the ring on purpose with it.
+        self.tx_budget: Optional[int] = None
+        #: Negative control: write guest memory without marking the log.
+        self.skip_logging = False
+        self.descriptors = 0
+
+    # --- called by the back-end (its lock held) --------------------------
+    def attach(self, backend: "VhostUserBackend") -> None:
+        self.backend = backend
+
+    def ring_started(self, ring: "Vring") -> None:
+        backend = self.backend
+        assert backend is not None
+        state = backend.state
+        if ring.addr is None:
+            backend._record_error(f"ring {ring.index} started without "
+                                  "SET_VRING_ADDR")
+            return
+        mem = state.memory
+        try:
+            desc, avail, used = (mem.uva_to_gpa(a) for a in (
+                ring.addr.desc, ring.addr.avail, ring.addr.used))
+        except LookupError as exc:
+            backend._record_error(f"ring {ring.index}: {exc}")
+            return
+        self.rings[ring.index] = SplitRing(
+            mem, ring.num, desc, avail, used, ring.base,
+            lambda gpa, data, is_used, r=ring: self._write(r, gpa, data,
+                                                           is_used),
+            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
+            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX))
+        self.process(ring)
+
+    def ring_stopped(self, ring: "Vring") -> None:
+        split = self.rings.pop(ring.index, None)
+        if split is not None:
+            ring.base = split.next_avail
+
+    def reset(self) -> None:
+        self.rings.clear()
+
+    def process(self, ring: "Vring") -> None:
+        """Handle a kick (or a start): move what can be moved."""
+        split = self.rings.get(ring.index)
+        if split is None or not ring.started:
+            return
+        try:
+            if ring.index % 2:
+                self._transmit(ring, split)
+            else:
+                self._receive(ring, split)
+        except (RingError, LookupError) as exc:
+            assert self.backend is not None
+            self.backend._record_error(f"ring {ring.index}: {exc}")
+        ring.base = split.next_avail
+        if split.should_notify() and ring.call_fd is not None:
+            os.eventfd_write(ring.call_fd, 1)
+
+    def process_all(self) -> None:
+        """Retry every started ring (new frames on the wire, more budget)."""
+        assert self.backend is not None
+        for index in list(self.rings):
+            ring = self.backend.state.vrings.get(index)
+            if ring is not None:
+                self.process(ring)
+
+    # --- the data path -----------------------------------------------------
+    def _transmit(self, ring: "Vring", split: SplitRing) -> None:
+        name = self.backend.name if self.backend else "?"
+        while self.tx_budget is None or self.tx_budget > 0:
+            chain = split.pop()
+            if chain is None:
+                return
+            if self.tx_budget is not None:
+                self.tx_budget -= 1
+            self.descriptors += chain.descriptors
+            frame = split.read(chain.readable)[NET_HDR_LEN:]
+            split.push(chain.head, 0)
+            with self.port.cond:
+                if ring.enabled:
+                    self.port.sent.append(SentFrame(frame, name, ring.index))
+                else:  # started but disabled: dropped, no side effect
+                    self.port.dropped += 1
+                self.port.cond.notify_all()
+
+    def _receive(self, ring: "Vring", split: SplitRing) -> None:
+        if not ring.enabled:
+            return
+        name = self.backend.name if self.backend else "?"
+        while True:
+            with self.port.cond:
+                if not self.port.wire:
+                    return
+                frame = self.port.wire[0]
+            chain = split.pop()
+            if chain is None:
+                return  # the frame waits for a buffer
+            self.descriptors += chain.descriptors
+            header = bytes(10) + (1).to_bytes(2, "little")  # num_buffers=1
+            data = header + frame
+            room = sum(n for _, n in chain.writable)
+            if room < len(data):
+                split.push(chain.head, 0)
+                self.backend._record_error(
+                    f"ring {ring.index}: receive buffer of {room} bytes for "
+                    f"a {len(data)}-byte frame")
+                continue
+            written = split.fill(chain.writable, data)
+            split.push(chain.head, written)
+            with self.port.cond:
+                self.port.wire.popleft()
+                self.port.received[name] = self.port.received.get(name, 0) + 1
+                self.port.cond.notify_all()
+
+    def _write(self, ring: "Vring", gpa: int, data: bytes,
+               is_used: bool) -> None:
+        backend = self.backend
+        assert backend is not None
+        state = backend.state
+        state.memory.write(gpa, data)
+        log = state.log
+        if (log is None or self.skip_logging
+                or not state.feature_acked(VirtioFeature.LOG_ALL)):
+            return
+        if not is_used:
+            log.mark(gpa, len(data))
+        elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
+            split = self.rings.get(ring.index)
+            base = split.used if split is not None else gpa
+            log.mark(ring.addr.log + (gpa - base), len(data))
