@@ -260,12 +260,15 @@ class VhostUserTest(Test):
     def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",
                            faults: Sequence[Fault] = (),
                            on_connect: Optional[Callable] = None,
+                           config: Optional[BackendConfig] = None,
+                           device: Optional[NetDevice] = None,
                            **spec: object) -> Tuple[VhostVM, VhostUserBackend]:
         """QEMU's chardev listens (``server=on``); the back-end connects as
         soon as QEMU waits for it, and reconnects whenever a connection
         ends.  Faults and the per-connection hook are in place before
         QEMU's first message."""
-        backend = self.make_backend(backend_name, listen=False)
+        backend = self.make_backend(backend_name, config, listen=False,
+                                    device=device)
         backend.faults.extend(faults)
         backend.on_connect = on_connect
         path = self.socket_path(f"{name}-vhost")
@@ -273,6 +276,28 @@ class VhostUserTest(Test):
         backend.reconnect_path = path
         vm.launch(connect=backend.connect, timeout=self.scaled(30))
         return vm, backend
+
+    def wait_migration(self, src: VhostVM, dst: VhostVM,
+                       timeout: float = 30.0) -> Optional[str]:
+        """Wait for the source's migration to end (``events`` capability
+        on) and for the destination to resume.
+
+        :return: None when it completed and the destination runs; else why
+            not, with the tail of the destination's QEMU output.
+        """
+        # The destination has the last word: it may refuse what the source
+        # sent successfully.  Both sides need the "events" capability.
+        event = dst.machine.events_wait(
+            [("RESUME", None),
+             ("MIGRATION", {"data": {"status": "failed"}})],
+            timeout=self.scaled(timeout))
+        if event and event["event"] == "RESUME":
+            return None
+        status = "failed on the destination"
+        dst.machine.wait(timeout=int(self.scaled(timeout)))
+        with open(dst.log_path, encoding="utf-8", errors="replace") as log:
+            tail = log.read().strip().splitlines()[-4:]
+        return f"migration {status}; destination QEMU: " + " | ".join(tail)
 
     def net_queues(self, vm: VhostVM) -> List[DriverQueue]:
         """Test-side drivers for every queue of ``vm``'s started device,

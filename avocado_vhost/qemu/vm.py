@@ -263,7 +263,12 @@ class VhostVM:
     def shutdown(self) -> None:
         """Stop QEMU (quit, then kill) and close the qtest link."""
         try:
-            self.machine.shutdown(timeout=10)
+            if self.machine.is_running():
+                self.machine.shutdown(timeout=10)
+            else:
+                # Exited by itself (a failed migration, a crash): collect
+                # it without asking a dead monitor to quit.
+                self.machine.wait(timeout=10)
         finally:
             if self.qtest is not None:
                 self.qtest.close()

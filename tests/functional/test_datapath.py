@@ -139,3 +139,64 @@ class Datapath(VhostUserTest):
                              {2 * pair + 1})
             self.receive(backend, port, rxq, frames(rng, 40, bytes([pair])))
         self.check_backends(backend)
+
+
+class ReconnectUnderTraffic(Datapath):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,datapath,reconnect
+    """
+
+    def test_reconnect_under_traffic(self):
+        """The back-end drops the connection with transmit work left in the
+        ring; after the reconnect, the ring continues from the position
+        QEMU hands over, and no frame is sent twice.
+
+        QEMU cannot ask a vanished back-end where it stopped.  It takes the
+        link down, and its own virtio-net code completes (drops) what is
+        still in the transmit ring; it then resumes the back-end at the
+        used index in guest memory.  So the right position is that used
+        index, and the pending frames come back to the guest, unsent.
+        """
+        port = Port()
+        device = NetDevice(port)
+        vm, backend = self.launch_server_mode(device=device,
+                                              config=datapath_config())
+        vm.drive_device(features=RING_INDIRECT_DESC, queues=2,
+                        queue_size=QUEUE_SIZE)
+        backend.wait_rings_started(2, timeout=self.scaled(10))
+        rxq, txq = self.net_queues(vm)
+        rng = random.Random(3)
+        self.transmit(port, txq, frames(rng, 30, b"A"), "single")
+        device.tx_budget = 5
+        pending = frames(rng, 12, b"B")
+        txq.post_out([NET_HDR + f for f in pending])
+        port.wait_sent(35, timeout=self.scaled(10))
+
+        backend.disconnect()
+        backend.wait_connected(2, timeout=self.scaled(10))
+        backend.wait_rings_started(2, timeout=self.scaled(10))
+        with backend.lock():
+            device.tx_budget = None
+        resumed = backend.state.vrings[1].base
+        used = txq.used_idx()
+        self.log.info("transmit ring resumed at %d; used index %d; "
+                      "%d of the %d pending frames were sent before the "
+                      "drop", resumed, used, len(port.sent) - 30,
+                      len(pending))
+        base_msg = next(e for e in reversed(backend.trace.select(
+            "rx", "SET_VRING_BASE", conn=2)) if "index=1," in e.detail)
+        self.assertIn(f"num={used})", base_msg.detail,
+                      "QEMU resumed the ring away from its used index")
+        completed = txq.reap()
+        self.assertEqual(len(completed), len(pending),
+                         "pending transmit buffers never came back")
+        sent = [s.data for s in port.sent]
+        for frame in pending:
+            self.assertLessEqual(sent.count(frame), 1,
+                                 f"frame {frame[:5]!r} sent twice across the "
+                                 "reconnect")
+        # Traffic goes on, exactly once, in both directions.
+        self.transmit(port, txq, frames(rng, 40, b"C"), "chain")
+        self.receive(backend, port, rxq, frames(rng, 20, b"D"))
+        self.check_backends(backend)

@@ -76,9 +76,8 @@ class Migrate(VhostUserTest):
         hold.release.set()
 
         src.machine.event_wait("STOP", timeout=self.scaled(30))
-        src.machine.event_wait("MIGRATION", timeout=self.scaled(30),
-                               match={"data": {"status": "completed"}})
-        dst.machine.event_wait("RESUME", timeout=self.scaled(30))
+        failure = self.wait_migration(src, dst)
+        self.assertIsNone(failure, failure)
         dst_be.wait_rings_started(2, timeout=self.scaled(10))
 
         page_a = dst.qtest.memread(PAGE_A, 4096)
