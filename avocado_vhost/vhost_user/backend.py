@@ -712,7 +712,12 @@ class VhostUserBackend:
                 close_fds(fds[i + 1:])
                 mem.clear()
                 raise
+        self._memory_changed()
         return None
+
+    def _memory_changed(self) -> None:
+        if self.device is not None:
+            self.device.memory_changed()
 
     def _add_mem_reg(self, header, payload: SingleRegion, fds):
         if len(self.state.memory) >= self.config.max_mem_slots:
@@ -722,6 +727,7 @@ class VhostUserBackend:
                 "offered")
         self.state.memory.add(payload.region, fds[0])
         self.state.mem_table_count += 1
+        self._memory_changed()
         return None
 
     def _rem_mem_reg(self, header, payload: SingleRegion, fds):
@@ -729,6 +735,7 @@ class VhostUserBackend:
         if not self.state.memory.remove(payload.region):
             raise MalformedMessage(
                 f"REM_MEM_REG of a region not mapped: {payload.region}")
+        self._memory_changed()
         return None
 
     def _get_max_mem_slots(self, header, payload, fds):

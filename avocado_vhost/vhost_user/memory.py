@@ -112,7 +112,7 @@ class GuestMemory:
             os.close(fd)
             raise
         with self._lock:
-            self._regions.append(region)
+            self._regions = self._regions + [region]
 
     def remove(self, desc: MemoryRegion) -> bool:
         """Unmap the region matching guest address, user address and size
@@ -122,7 +122,8 @@ class GuestMemory:
                 d = region.desc
                 if (d.guest_addr, d.user_addr, d.size) == (
                         desc.guest_addr, desc.user_addr, desc.size):
-                    self._regions.remove(region)
+                    self._regions = [r for r in self._regions
+                                     if r is not region]
                     region.close()
                     return True
         return False
@@ -136,17 +137,30 @@ class GuestMemory:
 
     def _find(self, addr: int, length: int, by_uva: bool
               ) -> Tuple[MappedRegion, int]:
-        with self._lock:
-            for region in self._regions:
-                d = region.desc
-                if by_uva and region.contains_uva(addr, length):
+        # The region list is replaced, never changed in place, so reading
+        # it needs no lock; this is on the data path's hot path.
+        for region in self._regions:
+            d = region.desc
+            if by_uva:
+                if d.user_addr <= addr and addr + length <= d.user_addr + d.size:
                     return region, addr - d.user_addr + region._skew
-                if not by_uva and region.contains_gpa(addr, length):
-                    return region, addr - d.guest_addr + region._skew
+            elif d.guest_addr <= addr and \
+                    addr + length <= d.guest_addr + d.size:
+                return region, addr - d.guest_addr + region._skew
         kind = "user address" if by_uva else "guest address"
         raise AddressError(
             f"{kind} 0x{addr:x}+0x{length:x} is not inside one mapped region"
             f" (regions: {', '.join(str(r) for r in self.regions) or 'none'})")
+
+    def locate(self, gpa: int, length: int) -> Tuple[mmap.mmap, int]:
+        """The mapping and offset that hold ``[gpa, gpa+length)``, for
+        ``struct.unpack_from``/``pack_into`` without copies.  Valid until
+        the memory table changes.
+
+        :raise AddressError: not inside one region.
+        """
+        region, off = self._find(gpa, length, by_uva=False)
+        return region.map, off
 
     def uva_to_gpa(self, uva: int) -> int:
         """Translate QEMU's virtual address (ring addresses) to a guest one."""

@@ -21,7 +21,7 @@ import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional
 
 from .message import VRING_F_LOG, VirtioFeature
 from .virtq import RingError, SplitRing
@@ -99,6 +99,7 @@ class NetDevice:
         #: Negative control: write guest memory without marking the log.
         self.skip_logging = False
         self.descriptors = 0
+        self._on_write: Dict[int, Callable[[int, int, bool], None]] = {}
 
     # --- called by the back-end (its lock held) --------------------------
     def attach(self, backend: "VhostUserBackend") -> None:
@@ -107,25 +108,44 @@ class NetDevice:
     def ring_started(self, ring: "Vring") -> None:
         backend = self.backend
         assert backend is not None
-        state = backend.state
         if ring.addr is None:
             backend._record_error(f"ring {ring.index} started without "
                                   "SET_VRING_ADDR")
             return
-        mem = state.memory
         try:
-            desc, avail, used = (mem.uva_to_gpa(a) for a in (
-                ring.addr.desc, ring.addr.avail, ring.addr.used))
-        except LookupError as exc:
+            self.rings[ring.index] = self._split(ring, ring.base, None)
+        except (LookupError, RingError) as exc:
             backend._record_error(f"ring {ring.index}: {exc}")
             return
-        self.rings[ring.index] = SplitRing(
-            mem, ring.num, desc, avail, used, ring.base,
-            lambda gpa, data, is_used, r=ring: self._write(r, gpa, data,
-                                                           is_used),
-            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
-            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX))
         self.process(ring)
+
+    def _split(self, ring: "Vring", next_avail: int,
+               used_idx: Optional[int]) -> SplitRing:
+        state = self.backend.state  # type: ignore[union-attr]
+        assert ring.addr is not None
+        desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
+            ring.addr.desc, ring.addr.avail, ring.addr.used))
+        self._on_write[ring.index] = (
+            lambda gpa, n, is_used, r=ring: self._logged(r, gpa, n, is_used))
+        return SplitRing(
+            state.memory, ring.num, desc, avail, used, next_avail, None,
+            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
+            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
+            used_idx=used_idx)
+
+    def memory_changed(self) -> None:
+        """The memory table changed under started rings: locate them again,
+        keeping their positions."""
+        assert self.backend is not None
+        for index, split in list(self.rings.items()):
+            ring = self.backend.state.vrings[index]
+            try:
+                self.rings[index] = self._split(ring, split.next_avail,
+                                                split.used_idx)
+            except (LookupError, RingError) as exc:
+                del self.rings[index]
+                self.backend._record_error(f"ring {index} after a memory "
+                                           f"table change: {exc}")
 
     def ring_stopped(self, ring: "Vring") -> None:
         split = self.rings.pop(ring.index, None)
@@ -140,6 +160,10 @@ class NetDevice:
         split = self.rings.get(ring.index)
         if split is None or not ring.started:
             return
+        # Logging cannot change during one call (the back-end's lock is
+        # held): decide once whether writes need reporting.
+        split.on_write = (self._on_write[ring.index]
+                          if self._logging() else None)
         try:
             if ring.index % 2:
                 self._transmit(ring, split)
@@ -163,21 +187,23 @@ class NetDevice:
     # --- the data path -----------------------------------------------------
     def _transmit(self, ring: "Vring", split: SplitRing) -> None:
         name = self.backend.name if self.backend else "?"
-        while self.tx_budget is None or self.tx_budget > 0:
-            chain = split.pop()
-            if chain is None:
-                return
+        taken: List[bytes] = []
+        try:
+            split.consume(taken, self.tx_budget, skip=NET_HDR_LEN)
+        finally:
+            # What was taken before a bad chain ended the batch is still
+            # accounted for (the exception propagates after this).
             if self.tx_budget is not None:
-                self.tx_budget -= 1
-            self.descriptors += chain.descriptors
-            frame = split.read(chain.readable)[NET_HDR_LEN:]
-            split.push(chain.head, 0)
-            with self.port.cond:
-                if ring.enabled:
-                    self.port.sent.append(SentFrame(frame, name, ring.index))
-                else:  # started but disabled: dropped, no side effect
-                    self.port.dropped += 1
-                self.port.cond.notify_all()
+                self.tx_budget -= len(taken)
+            self.descriptors += len(taken)
+            if taken:
+                with self.port.cond:  # once per batch, not per frame
+                    if ring.enabled:
+                        self.port.sent.extend(
+                            SentFrame(f, name, ring.index) for f in taken)
+                    else:  # started but disabled: dropped, no side effect
+                        self.port.dropped += len(taken)
+                    self.port.cond.notify_all()
 
     def _receive(self, ring: "Vring", split: SplitRing) -> None:
         if not ring.enabled:
@@ -208,19 +234,20 @@ class NetDevice:
                 self.port.received[name] = self.port.received.get(name, 0) + 1
                 self.port.cond.notify_all()
 
-    def _write(self, ring: "Vring", gpa: int, data: bytes,
-               is_used: bool) -> None:
-        backend = self.backend
-        assert backend is not None
-        state = backend.state
-        state.memory.write(gpa, data)
-        log = state.log
-        if (log is None or self.skip_logging
-                or not state.feature_acked(VirtioFeature.LOG_ALL)):
+    def _logging(self) -> bool:
+        state = self.backend.state  # type: ignore[union-attr]
+        return (state.log is not None and not self.skip_logging
+                and state.feature_acked(VirtioFeature.LOG_ALL))
+
+    def _logged(self, ring: "Vring", gpa: int, length: int,
+                is_used: bool) -> None:
+        """Mark what the device just wrote (logging is on)."""
+        log = self.backend.state.log  # type: ignore[union-attr]
+        if log is None:
             return
         if not is_used:
-            log.mark(gpa, len(data))
+            log.mark(gpa, length)
         elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
             split = self.rings.get(ring.index)
             base = split.used if split is not None else gpa
-            log.mark(ring.addr.log + (gpa - base), len(data))
+            log.mark(ring.addr.log + (gpa - base), length)

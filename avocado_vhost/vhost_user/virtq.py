@@ -10,15 +10,14 @@ Layout (virtio 1.x, "Split Virtqueues"), all little-endian:
 The back-end keeps its own position in the available ring (the *base*:
 what GET_VRING_BASE reports and SET_VRING_BASE restores) and reads the used
 index from guest memory when the ring starts, as the vhost-user spec says.
-Every write goes through :meth:`SplitRing.write_guest`, which also marks the
-dirty log while logging is on -- buffers always, the used ring at its log
-address only when the ring asked for it (VHOST_VRING_F_LOG).
+Every write is reported to ``on_write``, where the back-end marks the dirty
+log while logging is on -- buffers always, the used ring at its log address
+only when the ring asked for it (VHOST_VRING_F_LOG).
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 from .memory import GuestMemory
@@ -40,15 +39,18 @@ class RingError(Exception):
     out-of-range index, a buffer outside guest memory)."""
 
 
-@dataclass
 class Chain:
     """One descriptor chain taken from the available ring."""
 
-    head: int
-    #: ``(guest address, length)`` of the device-readable buffers, in order
-    readable: List[Tuple[int, int]]
-    #: ``(guest address, length)`` of the device-writable buffers
-    writable: List[Tuple[int, int]]
+    __slots__ = ("head", "readable", "writable")
+
+    def __init__(self, head: int, readable: List[Tuple[int, int]],
+                 writable: List[Tuple[int, int]]):
+        self.head = head
+        #: ``(guest address, length)`` of the device-readable buffers
+        self.readable = readable
+        #: ``(guest address, length)`` of the device-writable buffers
+        self.writable = writable
 
     @property
     def descriptors(self) -> int:
@@ -58,37 +60,48 @@ class Chain:
 class SplitRing:
     """A started split ring.
 
+    The three ring areas are located in the mapped memory once, at start
+    (and again if the memory table changes: build a new SplitRing);
+    everything is then read and written in place with ``struct``.
+
     :param memory: the connection's guest memory.
     :param num: ring size.
     :param desc, avail, used: guest-physical addresses of the three parts.
     :param next_avail: the ring's base (next available entry to process).
-    :param write_guest: ``(gpa, data, is_used_ring)`` -> None: how the
-        device writes guest memory (the back-end logs through it).
+    :param on_write: ``(gpa, length, is_used_ring)``, called after every
+        write to guest memory (the back-end marks the dirty log there).
     :param indirect: VIRTIO_F_INDIRECT_DESC negotiated.
     :param event_idx: VIRTIO_F_EVENT_IDX negotiated.
+    :param used_idx: where to put the next used entry; read from guest
+        memory when None (a ring that starts).
+    :raise LookupError: a ring area is not inside one mapped region.
     """
 
     def __init__(self, memory: GuestMemory, num: int, desc: int, avail: int,
                  used: int, next_avail: int,
-                 write_guest: Callable[[int, bytes, bool], None],
-                 indirect: bool = False, event_idx: bool = False):
+                 on_write: Optional[Callable[[int, int, bool], None]] = None,
+                 indirect: bool = False, event_idx: bool = False,
+                 used_idx: Optional[int] = None):
+        if num == 0 or num > 32768:
+            raise RingError(f"ring size {num}")
         self.memory = memory
         self.num = num
         self.desc = desc
         self.avail = avail
         self.used = used
         self.next_avail = next_avail & 0xFFFF
-        self.write_guest = write_guest
+        self.on_write = on_write
         self.indirect = indirect
         self.event_idx = event_idx
-        self.used_idx = self._u16(used + 2)
+        self._dmap, self._doff = memory.locate(desc, 16 * num)
+        self._amap, self._aoff = memory.locate(avail, 6 + 2 * num)
+        self._umap, self._uoff = memory.locate(used, 6 + 8 * num)
+        self.used_idx = (_U16.unpack_from(self._umap, self._uoff + 2)[0]
+                         if used_idx is None else used_idx)
         self._signalled_used = self.used_idx
 
-    def _u16(self, gpa: int) -> int:
-        return _U16.unpack(self.memory.read(gpa, 2))[0]
-
     def avail_idx(self) -> int:
-        return self._u16(self.avail + 2)
+        return _U16.unpack_from(self._amap, self._aoff + 2)[0]
 
     def pending(self) -> int:
         """Available entries not processed yet."""
@@ -98,42 +111,105 @@ class SplitRing:
         """Take the next available chain, or None when the ring is empty."""
         if self.avail_idx() == self.next_avail:
             return None
-        slot = self.avail + 4 + 2 * (self.next_avail % self.num)
-        head = self._u16(slot)
+        head = _U16.unpack_from(
+            self._amap, self._aoff + 4 + 2 * (self.next_avail % self.num))[0]
         chain = self._walk(head)
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return chain
+
+    def consume(self, out: List[bytes], limit: Optional[int] = None,
+                skip: int = 0) -> None:
+        """Take every chain available now (at most ``limit``), append its
+        device-readable bytes past the first ``skip`` to ``out``, and
+        complete it with length 0: what a transmit queue does.  ``out``
+        keeps what was taken even if a bad chain raises midway.
+
+        The loop is written out for the common one-descriptor chain (the
+        data path's hot spot); chains and indirect tables take the general
+        path.  The used index is published once, after the batch; the base
+        (``next_avail``) is exact even if a bad chain stops the batch.
+        """
+        amap, aoff, num = self._amap, self._aoff, self.num
+        dmap, doff = self._dmap, self._doff
+        umap, uoff = self._umap, self._uoff
+        locate, on_write = self.memory.locate, self.on_write
+        unpack_u16, unpack_desc = _U16.unpack_from, _DESC.unpack_from
+        pack_elem = _USED_ELEM.pack_into
+        count = (unpack_u16(amap, aoff + 2)[0] - self.next_avail) & 0xFFFF
+        if limit is not None:
+            count = min(count, limit)
+        used = self.used_idx
+        try:
+            for _ in range(count):
+                head = unpack_u16(amap, aoff + 4 + 2 * (self.next_avail
+                                                        % num))[0]
+                if head >= num:
+                    raise RingError(f"available ring names descriptor {head}"
+                                    f", ring size is {num}")
+                addr, length, flags, _ = unpack_desc(dmap, doff + 16 * head)
+                if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
+                            | VRING_DESC_F_WRITE):
+                    out.append(self.read(self._walk(head).readable)[skip:])
+                else:
+                    mapping, off = locate(addr, length)
+                    out.append(mapping[off + skip:off + length])
+                slot = 4 + 8 * (used % num)
+                pack_elem(umap, uoff + slot, head, 0)
+                if on_write is not None:
+                    on_write(self.used + slot, 8, True)
+                used = (used + 1) & 0xFFFF
+                self.next_avail = (self.next_avail + 1) & 0xFFFF
+        finally:
+            if used != self.used_idx:
+                self.used_idx = used
+                _U16.pack_into(umap, uoff + 2, used)
+                if on_write is not None:
+                    on_write(self.used + 2, 2, True)
 
     def _walk(self, head: int) -> Chain:
         if head >= self.num:
             raise RingError(f"available ring names descriptor {head}, ring "
                             f"size is {self.num}")
-        chain = Chain(head, [], [])
-        table, size, index = self.desc, self.num, head
+        addr, length, flags, nxt = _DESC.unpack_from(self._dmap,
+                                                     self._doff + 16 * head)
+        if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+            # The common case: one descriptor.
+            if flags & VRING_DESC_F_WRITE:
+                return Chain(head, [], [(addr, length)])
+            return Chain(head, [(addr, length)], [])
+        readable: List[Tuple[int, int]] = []
+        writable: List[Tuple[int, int]] = []
+        dmap, doff, size, index = self._dmap, self._doff, self.num, head
+        in_indirect = False
         seen = 0
         while True:
             seen += 1
             if seen > size:
                 raise RingError(f"descriptor chain from {head} loops")
-            addr, length, flags, nxt = _DESC.unpack(
-                self.memory.read(table + 16 * index, 16))
+            addr, length, flags, nxt = _DESC.unpack_from(dmap,
+                                                         doff + 16 * index)
             if flags & VRING_DESC_F_INDIRECT:
-                if not self.indirect or table != self.desc:
+                if not self.indirect or in_indirect:
                     raise RingError("indirect descriptor not allowed here")
                 if length % 16 or not length:
                     raise RingError(f"indirect table of {length} bytes")
-                table, size, index, seen = addr, length // 16, 0, 0
+                dmap, doff = self.memory.locate(addr, length)
+                size, index, seen, in_indirect = length // 16, 0, 0, True
                 continue
-            (chain.writable if flags & VRING_DESC_F_WRITE
-             else chain.readable).append((addr, length))
+            (writable if flags & VRING_DESC_F_WRITE else readable).append(
+                (addr, length))
             if not flags & VRING_DESC_F_NEXT:
-                return chain
+                return Chain(head, readable, writable)
             if nxt >= size:
                 raise RingError(f"descriptor {index} chains to {nxt}, "
                                 f"beyond {size}")
             index = nxt
 
     def read(self, buffers: List[Tuple[int, int]]) -> bytes:
+        if len(buffers) == 1:
+            addr, length = buffers[0]
+            mapping, off = self.memory.locate(addr, length)
+            return mapping[off:off + length]
         return b"".join(self.memory.read(a, n) for a, n in buffers)
 
     def fill(self, buffers: List[Tuple[int, int]], data: bytes) -> int:
@@ -143,16 +219,23 @@ class SplitRing:
             if pos >= len(data):
                 break
             part = data[pos:pos + length]
-            self.write_guest(addr, part, False)
+            mapping, off = self.memory.locate(addr, len(part))
+            mapping[off:off + len(part)] = part
+            if self.on_write is not None:
+                self.on_write(addr, len(part), False)
             pos += len(part)
         return pos
 
     def push(self, head: int, length: int) -> None:
-        """Return a chain to the driver through the used ring."""
-        slot = self.used + 4 + 8 * (self.used_idx % self.num)
-        self.write_guest(slot, _USED_ELEM.pack(head, length), True)
+        """Return a chain to the driver through the used ring: the entry
+        first, then the index that publishes it."""
+        slot = 4 + 8 * (self.used_idx % self.num)
+        _USED_ELEM.pack_into(self._umap, self._uoff + slot, head, length)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self.write_guest(self.used + 2, _U16.pack(self.used_idx), True)
+        _U16.pack_into(self._umap, self._uoff + 2, self.used_idx)
+        if self.on_write is not None:
+            self.on_write(self.used + slot, 8, True)
+            self.on_write(self.used + 2, 2, True)
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since
@@ -162,6 +245,8 @@ class SplitRing:
             return False
         self._signalled_used = new
         if self.event_idx:
-            event = self._u16(self.avail + 4 + 2 * self.num)
+            event = _U16.unpack_from(self._amap,
+                                     self._aoff + 4 + 2 * self.num)[0]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not self._u16(self.avail) & VRING_AVAIL_F_NO_INTERRUPT
+        return not _U16.unpack_from(self._amap, self._aoff)[0] \
+            & VRING_AVAIL_F_NO_INTERRUPT
