@@ -1,0 +1,175 @@
+"""The back-end's ring processing on shared memory, without QEMU: chains,
+indirect tables, wrap-around, bad chains, notification suppression, and the
+dirty log of buffer and used-ring writes."""
+
+import mmap
+import os
+import struct
+import unittest
+
+from avocado_vhost.vhost_user import VhostUserBackend
+from avocado_vhost.vhost_user.frontend import FrontEnd
+from avocado_vhost.vhost_user.message import (
+    LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, Request,
+    U64, VirtioFeature, VringAddr, VringState)
+from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
+
+from helpers import open_fds
+
+NUM = 8
+MEM = 1 << 20
+UVA = 0x7F0000000000
+RINGS = {0: (0x1000, 0x2000, 0x3000), 1: (0x4000, 0x5000, 0x6000)}
+BUFS = 0x10000
+HDR = bytes(NET_HDR_LEN)
+U16 = struct.Struct("<H")
+DESC = struct.Struct("<QIHH")
+
+
+class RingTest(unittest.TestCase):
+
+    def setUp(self):
+        self.fds_before = open_fds()
+        self.port = Port()
+        self.device = NetDevice(self.port)
+        self.backend = VhostUserBackend("unit", device=self.device).start()
+        self.fe, conn = FrontEnd.pair()
+        self.backend.adopt(conn)
+        self.memfd = os.memfd_create("guest")
+        os.ftruncate(self.memfd, MEM)
+        self.mem = mmap.mmap(self.memfd, MEM)
+        self.avail = {0: 0, 1: 0}
+        self.kicks = {}
+        fe = self.fe
+        fe.call(Request.GET_FEATURES)
+        fe.send(Request.SET_PROTOCOL_FEATURES, U64(int(
+            ProtocolFeature.LOG_SHMFD | ProtocolFeature.REPLY_ACK)))
+        fe.send(Request.SET_OWNER)
+        fe.send(Request.SET_FEATURES, U64(int(
+            VirtioFeature.VERSION_1 | VirtioFeature.PROTOCOL_FEATURES
+            | VirtioFeature.RING_INDIRECT_DESC)))
+        fe.send(Request.SET_MEM_TABLE, MemoryTable(
+            (MemoryRegion(0, MEM, UVA, 0),)), fds=[self.memfd])
+        for index, (desc, avail, used) in RINGS.items():
+            fe.send(Request.SET_VRING_NUM, VringState(index, NUM))
+            fe.send(Request.SET_VRING_BASE, VringState(index, 0))
+            fe.send(Request.SET_VRING_ADDR, VringAddr(
+                index, 1, UVA + desc, UVA + used, UVA + avail, used))
+            fe.send(Request.SET_VRING_ENABLE, VringState(index, 1))
+            self.kicks[index] = os.eventfd(0)
+            fe.send(Request.SET_VRING_KICK, U64(index),
+                    fds=[self.kicks[index]])
+        fe.call(Request.GET_FEATURES)
+        self.backend.wait_rings_started(2, timeout=2)
+
+    def tearDown(self):
+        self.fe.close()
+        self.backend.stop()
+        self.mem.close()
+        for fd in [self.memfd, *self.kicks.values()]:
+            os.close(fd)
+        self.assertEqual(open_fds() - self.fds_before, set())
+
+    def desc(self, ring, i, addr, length, flags=0, nxt=0):
+        DESC.pack_into(self.mem, RINGS[ring][0] + 16 * i, addr, length,
+                       flags, nxt)
+
+    def offer(self, ring, heads):
+        _, avail, _ = RINGS[ring]
+        for head in heads:
+            U16.pack_into(self.mem, avail + 4 + 2 * (self.avail[ring] % NUM),
+                          head)
+            self.avail[ring] = (self.avail[ring] + 1) & 0xFFFF
+        U16.pack_into(self.mem, avail + 2, self.avail[ring])
+        os.eventfd_write(self.kicks[ring], 1)
+
+    def used(self, ring):
+        return U16.unpack_from(self.mem, RINGS[ring][2] + 2)[0]
+
+    def test_tx_wraps_the_ring(self):
+        frames = [bytes([i]) * (60 + i) for i in range(3 * NUM)]
+        for batch in range(3):
+            heads = []
+            for i in range(NUM):
+                frame = frames[batch * NUM + i]
+                self.mem[BUFS + 2048 * i:BUFS + 2048 * i + len(frame) + 12] \
+                    = HDR + frame
+                self.desc(1, i, BUFS + 2048 * i, len(frame) + 12)
+                heads.append(i)
+            self.offer(1, heads)
+            self.port.wait_sent((batch + 1) * NUM, 2)
+        self.assertEqual([s.data for s in self.port.sent], frames)
+        self.assertEqual(self.used(1), 3 * NUM)
+        self.assertEqual(self.backend.state.vrings[1].base, 3 * NUM)
+
+    def test_chain_and_indirect(self):
+        self.mem[BUFS:BUFS + 12] = HDR
+        self.mem[BUFS + 100:BUFS + 104] = b"abcd"
+        self.desc(1, 0, BUFS, 12, 1, 1)           # NEXT -> 1
+        self.desc(1, 1, BUFS + 100, 4)
+        table = 0x8000
+        DESC.pack_into(self.mem, table, BUFS, 12, 1, 1)
+        DESC.pack_into(self.mem, table + 16, BUFS + 100, 4, 0, 0)
+        self.desc(1, 2, table, 32, 4)              # INDIRECT
+        self.offer(1, [0, 2])
+        self.port.wait_sent(2, 2)
+        self.assertEqual([s.data for s in self.port.sent], [b"abcd"] * 2)
+
+    def test_loop_is_an_error_not_a_hang(self):
+        self.desc(1, 0, BUFS, 12, 1, 1)
+        self.desc(1, 1, BUFS, 12, 1, 0)
+        self.offer(1, [0])
+        self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
+        self.assertIn("loops", self.backend.errors[0])
+        self.backend.errors.clear()
+
+    def test_rx_and_dirty_log(self):
+        log_fd = os.memfd_create("log")
+        os.ftruncate(log_fd, MEM // 4096 // 8)
+        self.fe.call(Request.SET_LOG_BASE, LogDescription(MEM // 4096 // 8, 0),
+                     fds=[log_fd])
+        self.fe.send(Request.SET_FEATURES, U64(int(
+            VirtioFeature.VERSION_1 | VirtioFeature.PROTOCOL_FEATURES
+            | VirtioFeature.LOG_ALL)))
+        self.fe.call(Request.GET_FEATURES)
+        for i in range(2):
+            self.desc(0, i, BUFS + 0x3000 * i, 2048, 2)   # WRITE
+        self.offer(0, [0, 1])
+        with self.port.cond:
+            self.port.wire.extend([b"x" * 100, b"y" * 200])
+        self.backend.poke()
+        self.port.wait_received(2, 2)
+        self.assertEqual(self.mem[BUFS + 12:BUFS + 112], b"x" * 100)
+        log = mmap.mmap(log_fd, MEM // 4096 // 8)
+        dirty = {i * 8 + b for i, byte in enumerate(log[:]) for b in range(8)
+                 if byte & (1 << b)}
+        log.close()
+        os.close(log_fd)
+        self.assertIn(BUFS // 4096, dirty)                # buffer 0
+        self.assertIn((BUFS + 0x3000) // 4096, dirty)     # buffer 1
+        self.assertIn(RINGS[0][2] // 4096, dirty)         # used ring, F_LOG
+        self.assertNotIn(RINGS[1][2] // 4096, dirty)      # untouched ring
+
+    def test_disabled_ring_drops(self):
+        self.fe.send(Request.SET_VRING_ENABLE, VringState(1, 0))
+        self.fe.call(Request.GET_FEATURES)
+        self.mem[BUFS:BUFS + 20] = HDR + b"gone!!!!"
+        self.desc(1, 0, BUFS, 20)
+        self.offer(1, [0])
+        self.port.wait_dropped(1, 2)
+        self.assertEqual(self.port.sent, [])
+        self.assertEqual(self.used(1), 1)
+
+    def test_stopped_ring_is_not_touched(self):
+        self.fe.call(Request.GET_VRING_BASE, VringState(1, 0))
+        self.mem[BUFS:BUFS + 20] = HDR + b"later..."
+        self.desc(1, 0, BUFS, 20)
+        self.offer(1, [0])
+        self.backend.poke()
+        self.fe.call(Request.GET_FEATURES)  # the poke has been served
+        self.assertEqual(self.used(1), 0)
+        self.assertEqual(self.port.sent, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
