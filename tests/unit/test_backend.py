@@ -543,3 +543,51 @@ class FaultsAndWaits(BackendTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Refusals(BackendTestCase):
+    """Every request this back-end does not implement is refused the way
+    the spec allows, and the refusal is on record."""
+
+    REFUSED = {
+        Request.CREATE_CRYPTO_SESSION: None,
+        Request.CLOSE_CRYPTO_SESSION: U64(1),
+        Request.POSTCOPY_ADVISE: None,
+        Request.POSTCOPY_LISTEN: None,
+        Request.POSTCOPY_END: None,
+        Request.GET_SHARED_OBJECT: None,
+        Request.CHECK_DEVICE_STATE: None,
+    }
+
+    def test_nack_with_reply_ack(self):
+        from avocado_vhost.vhost_user.message import Opaque, SharedObject
+        payloads = {Request.CREATE_CRYPTO_SESSION: Opaque(bytes(8)),
+                    Request.GET_SHARED_OBJECT: SharedObject(bytes(16))}
+        for request, payload in self.REFUSED.items():
+            with self.subTest(request=request.name):
+                # A refusal may close the connection: each on a new one.
+                count = self.backend.connections
+                self.fe.close()
+                self.fe = self.connect()
+                self.backend.wait_connected(count + 1, timeout=2)
+                self.negotiate()
+                _, _, reply = self.fe.call(
+                    request, payloads.get(request, payload), need_reply=True)
+                self.assertNotEqual(U64.unpack(reply).value, 0)
+                self.assertTrue(self.backend.refused[-1].startswith(
+                    request.name))
+        self.backend.violations.clear()  # their features are not negotiated
+
+    def test_device_state_fd_refused(self):
+        from avocado_vhost.vhost_user.message import DeviceStateParams
+        self.negotiate()
+        a, b = os.pipe()
+        self.fe.send(Request.SET_DEVICE_STATE_FD, DeviceStateParams(0, 0),
+                     fds=[a])
+        os.close(a)
+        os.close(b)
+        # It has a reply body: without REPLY_ACK-style nack semantics for
+        # it, the back-end closes the connection.
+        self.assertTrue(self.fe.closed_by_peer())
+        self.assertIn("SET_DEVICE_STATE_FD", self.backend.refused[-1])
+        self.backend.violations.clear()
