@@ -17,7 +17,8 @@ import shutil
 import signal
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+import re
+from typing import Callable, List, Optional, Tuple
 
 from qemu.machine import QEMUMachine
 
@@ -37,6 +38,9 @@ MEM_BACKENDS = {
     "hugetlbfs": "memory-backend-file",
     "shm": "memory-backend-shm",
 }
+
+_MTREE_RAM = re.compile(
+    r"^\s+([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, ram\): (\S+)")
 
 #: Devices that are transitional (legacy + modern) unless told otherwise;
 #: modern-only ones refuse ``disable-legacy``.
@@ -259,6 +263,31 @@ class VhostVM:
     def qmp(self, cmd: str, **args: object) -> object:
         """Run a QMP command and return its result (raises on error)."""
         return self.machine.cmd(cmd, **args)
+
+    def ram_ranges(self, memdev: str = "mem0") -> List[Tuple[int, int]]:
+        """``(guest address, size)`` of every range where the system
+        address space shows the RAM of ``memdev`` (``info mtree -f``).
+
+        This is QEMU's own view: ROM and option-ROM windows (0xC0000 to
+        0xFFFFF) hide the RAM beneath them.  The back-end's memory table may
+        cover those windows too (with huge pages QEMU sends one aligned
+        region), so a comparison with what QEMU shows must use these ranges.
+        """
+        out = self.machine.cmd("human-monitor-command",
+                               **{"command-line": "info mtree -f"})
+        ranges: List[Tuple[int, int]] = []
+        in_system = False
+        for line in str(out).splitlines():
+            if line.startswith("FlatView"):
+                in_system = False
+            elif line.strip() == 'AS "memory", root: system':
+                in_system = True
+            elif in_system:
+                match = _MTREE_RAM.match(line)
+                if match and match.group(3) == memdev:
+                    start, end = (int(match.group(i), 16) for i in (1, 2))
+                    ranges.append((start, end - start + 1))
+        return ranges
 
     def shutdown(self) -> None:
         """Stop QEMU (quit, then kill) and close the qtest link."""
