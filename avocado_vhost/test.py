@@ -38,16 +38,13 @@ from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
 from .qemu.driver import DriverQueue
 from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
-from .qemu.vm import MEM_BACKENDS, VMSpec, VhostVM, hugetlbfs_mounted
-from .vhost_user import BackendConfig, Fault, VhostUserBackend
+from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
+                      hugetlbfs_mounted)
+from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
 from .vhost_user.net import NetDevice
 
 __all__ = ["VhostUserTest"]
 
-#: Sockets live below this directory: short enough for 108-byte UNIX
-#: paths.  ``AVOCADO_VHOST_TMPDIR`` moves it (the suite's own hygiene test
-#: runs an inner job there).
-SOCKET_BASE = os.environ.get("AVOCADO_VHOST_TMPDIR", "/tmp")
 
 
 class VhostUserTest(Test):
@@ -73,7 +70,8 @@ class VhostUserTest(Test):
         self.accel = self._choose_accel()
         self.timeout_scale = float(self.params.get("timeout_scale",
                                                    default=1.0))
-        self.workdir_short = tempfile.mkdtemp(prefix="avh-", dir=SOCKET_BASE)
+        self.workdir_short = tempfile.mkdtemp(prefix="avh-",
+                                              dir=default_tmpdir())
         self._stack.callback(shutil.rmtree, self.workdir_short,
                              ignore_errors=True)
 
@@ -193,6 +191,7 @@ class VhostUserTest(Test):
         3. negative control: one byte changed behind the pattern's back is
            found, at its address (the comparison can fail).
         """
+        assert vm.qtest is not None, "read-guest-mem needs qtest"
         memory = backend.state.memory
         regions = list(memory.ram_ranges())
         self.log.info("back-end memory table: %s",
@@ -280,6 +279,26 @@ class VhostUserTest(Test):
         vm.launch(connect=backend.connect, timeout=self.scaled(30))
         return vm, backend
 
+    def migrate_holding_handoff(self, src: VhostVM, dst: VhostVM,
+                                src_backend: VhostUserBackend,
+                                uri: str) -> Fault:
+        """Start migrating ``src`` to ``dst``; the source back-end holds its
+        answer to the first GET_VRING_BASE.
+
+        When the returned fault's ``reached`` is set, QEMU has stopped the
+        VM, sent every page at least once, and waits for that answer: it
+        syncs the dirty log only after it.  The test acts (writes, logs or
+        not), then sets the fault's ``release``.
+        """
+        hold = Fault("hold", request=Request.GET_VRING_BASE,
+                     hold_timeout=self.scaled(30))
+        src_backend.faults.append(hold)
+        for vm in (src, dst):
+            vm.qmp("migrate-set-capabilities", capabilities=[
+                {"capability": "events", "state": True}])
+        src.qmp("migrate", uri=uri)
+        return hold
+
     def wait_migration(self, src: VhostVM, dst: VhostVM,
                        timeout: float = 30.0) -> Optional[str]:
         """Wait for the source's migration to end (``events`` capability
@@ -305,7 +324,8 @@ class VhostUserTest(Test):
     def net_queues(self, vm: VhostVM) -> List[DriverQueue]:
         """Test-side drivers for every queue of ``vm``'s started device,
         with buffers in guest RAM above the rings."""
-        assert vm.device is not None, "drive the device first"
+        assert vm.device is not None and vm.qtest is not None, \
+            "drive the device first"
         alloc = GuestAllocator(0x800000, 0x4000000)
         return [DriverQueue(vm.qtest, q, alloc) for q in vm.device.queues]
 

@@ -19,11 +19,9 @@ Medians of several runs, and the back-end's rate relative to the baseline.
 import argparse
 import mmap
 import os
-import shutil
 import statistics
 import struct
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -33,6 +31,9 @@ from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
 from avocado_vhost.vhost_user.message import (  # noqa: E402
     MemoryRegion, MemoryTable, ProtocolFeature, Request, U64, VirtioFeature,
     VringAddr, VringState)
+from avocado_vhost.qemu.driver import NET_HDR, DriverQueue  # noqa: E402
+from avocado_vhost.qemu.virtio_pci import GuestAllocator  # noqa: E402
+from avocado_vhost.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402
 
 NUM = 1024
@@ -125,22 +126,12 @@ def through_backend(batches: int) -> float:
 
 def through_qemu(frames: int) -> float:
     """Frames per second from the test-side driver through QEMU."""
-    from avocado_vhost.qemu.binary import find_binary
-    from avocado_vhost.qemu.driver import NET_HDR, DriverQueue
-    from avocado_vhost.qemu.virtio_pci import GuestAllocator
-    from avocado_vhost.qemu.vm import VMSpec, VhostVM
-    workdir = tempfile.mkdtemp(prefix="avh-", dir="/tmp")
     port = Port()
     backend = VhostUserBackend("bench", device=NetDevice(port))
-    vm = None
-    try:
-        sock = os.path.join(workdir, "vu.sock")
-        backend.listen(sock)
-        backend.start()
-        vm = VhostVM(VMSpec("bench", find_binary(), workdir, sock), workdir)
-        vm.launch()
+    with standalone_vm(backend) as vm:
         device = vm.drive_device(queues=2, queue_size=256)
         backend.wait_rings_started(2, timeout=10)
+        assert vm.qtest is not None
         txq = DriverQueue(vm.qtest, device.queues[1],
                           GuestAllocator(0x800000, 0x4000000))
         payload = NET_HDR + bytes(FRAME)
@@ -150,11 +141,6 @@ def through_qemu(frames: int) -> float:
             port.wait_sent(done + 128, timeout=30)
             txq.reap()
         return frames / (time.perf_counter() - start)
-    finally:
-        if vm is not None:
-            vm.shutdown()
-        backend.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> int:

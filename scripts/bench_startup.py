@@ -15,41 +15,27 @@ Prints the median of each and their ratio.
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from avocado_vhost.qemu.binary import find_binary  # noqa: E402
-from avocado_vhost.qemu.vm import VMSpec, VhostVM  # noqa: E402
+from avocado_vhost.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 
 
 def one_start(binary: str, firmware: bool) -> float:
-    workdir = tempfile.mkdtemp(prefix="avh-", dir="/tmp")
     backend = VhostUserBackend("bench")
-    vm = None
-    try:
-        sock = os.path.join(workdir, "vu.sock")
-        backend.listen(sock)
-        backend.start()
-        vm = VhostVM(VMSpec("bench", binary, workdir, sock, accel="tcg",
-                            firmware=firmware), workdir,
-                     qtest=not firmware)
+    with standalone_vm(backend, binary, accel="tcg", firmware=firmware,
+                       qtest=not firmware, launch=False) as vm:
         start = time.monotonic()
         vm.launch()
         if not firmware:
             vm.drive_device(queues=2)
         backend.wait_rings_started(2, timeout=60)
         return time.monotonic() - start
-    finally:
-        if vm is not None:
-            vm.shutdown()
-        backend.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> int:

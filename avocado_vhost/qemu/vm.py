@@ -29,6 +29,7 @@ from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          find_function, modern_device_id)
 
 __all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
+           "default_tmpdir",
            "hugetlbfs_mounted", "halting_bios"]
 
 #: memory backend name -> QEMU object type
@@ -54,6 +55,12 @@ DEVICE_TYPES = {
     "vhost-user-gpio-pci": 41,
     "vhost-user-scmi-pci": 32,
 }
+
+
+def default_tmpdir() -> str:
+    """Where private temp dirs (sockets, memory files) go: short enough for
+    108-byte UNIX socket paths.  ``AVOCADO_VHOST_TMPDIR`` moves it."""
+    return os.environ.get("AVOCADO_VHOST_TMPDIR", "/tmp")
 
 
 def hugetlbfs_mounted(path: str) -> bool:
@@ -262,7 +269,7 @@ class VhostVM:
 
     def qmp(self, cmd: str, **args: object) -> object:
         """Run a QMP command and return its result (raises on error)."""
-        return self.machine.cmd(cmd, **args)
+        return self.machine.cmd(cmd, args_dict=args)
 
     def ram_ranges(self, memdev: str = "mem0") -> List[Tuple[int, int]]:
         """``(guest address, size)`` of every range where the system
@@ -274,7 +281,7 @@ class VhostVM:
         region), so a comparison with what QEMU shows must use these ranges.
         """
         out = self.machine.cmd("human-monitor-command",
-                               **{"command-line": "info mtree -f"})
+                               args_dict={"command-line": "info mtree -f"})
         ranges: List[Tuple[int, int]] = []
         in_system = False
         for line in str(out).splitlines():

@@ -47,7 +47,7 @@ from .error import (BackendFailure, ConnectionClosed, FdCountError,
                     WaitTimeout)
 from .memory import DirtyLog
 from .message import (FLAG_REPLY, VERSION, VRING_F_LOG,
-                      VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace, Empty,
+                      VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       Header, InflightDescription, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
                       SingleRegion, U64, VirtioFeature, VringAddr, VringState,
@@ -202,8 +202,8 @@ class VhostUserBackend:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
-        self._handlers: Dict[Request, Callable[[Header, Payload, List[int]],
-                                               Optional[Payload]]] = {
+        # Each handler takes (header, its own payload type, fds).
+        self._handlers: Dict[Request, Callable[..., Optional[Payload]]] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
             Request.GET_PROTOCOL_FEATURES: self._get_protocol_features,

@@ -249,7 +249,7 @@ class DirtyLog:
     def dirty_pages(self) -> List[int]:
         """Numbers of the pages whose bit is set now."""
         data = self.map[self._skew:self._skew + self.size]
-        out = []
+        out: List[int] = []
         for i, byte in enumerate(data):
             if byte:
                 out.extend(i * 8 + b for b in range(8) if byte & (1 << b))

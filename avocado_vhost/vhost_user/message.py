@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 from .error import MalformedMessage, UnknownRequest
 
@@ -170,12 +170,12 @@ class ProtocolFeature(enum.IntFlag):
     DEVICE_STATE = 1 << 19
 
 
-def feature_names(value: int, flags: type) -> str:
+def feature_names(value: int, flags: Type[enum.IntFlag]) -> str:
     """Render a feature mask as ``NAME|NAME|bit40`` for traces and errors."""
     names = []
     for bit in range(64):
         if value & (1 << bit):
-            member = flags._value2member_map_.get(1 << bit)
+            member = flags._value2member_map_.get(1 << bit)  # type: ignore
             names.append(member.name if member is not None else f"bit{bit}")
     return "|".join(names) or "0"
 
@@ -536,7 +536,7 @@ Payload = Union[U64, VringState, VringAddr, MemoryTable, SingleRegion,
                 SharedObject, DeviceStateParams, Empty, Opaque]
 
 #: Request payload type of every front-end request.
-PAYLOAD_TYPES: Dict[Request, type] = {
+PAYLOAD_TYPES: Dict[Request, Any] = {
     Request.GET_FEATURES: Empty,
     Request.SET_FEATURES: U64,
     Request.SET_OWNER: Empty,

@@ -57,30 +57,30 @@ class Port:
     dropped: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def wait_sent(self, count: int, timeout: float) -> None:
+    def _wait(self, done: Callable[[], bool], what: str, timeout: float,
+              seen: Callable[[], object]) -> None:
         with self.cond:
-            if not self.cond.wait_for(lambda: len(self.sent) >= count,
-                                      timeout):
-                raise TimeoutError(
-                    f"waited {timeout}s for {count} transmitted frames, "
-                    f"got {len(self.sent)}")
+            if not self.cond.wait_for(done, timeout):
+                raise TimeoutError(f"waited {timeout}s for {what}, got "
+                                   f"{seen()}; {len(self.wire)} frames still "
+                                   "on the wire")
+
+    def wait_sent(self, count: int, timeout: float) -> None:
+        """Until ``count`` frames were transmitted in all."""
+        self._wait(lambda: len(self.sent) >= count,
+                   f"{count} transmitted frames", timeout,
+                   lambda: len(self.sent))
 
     def wait_dropped(self, count: int, timeout: float) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.dropped >= count,
-                                      timeout):
-                raise TimeoutError(
-                    f"waited {timeout}s for {count} dropped frames, got "
-                    f"{self.dropped}")
+        """Until disabled rings dropped ``count`` frames in all."""
+        self._wait(lambda: self.dropped >= count, f"{count} dropped frames",
+                   timeout, lambda: self.dropped)
 
     def wait_received(self, count: int, timeout: float) -> None:
-        with self.cond:
-            if not self.cond.wait_for(
-                    lambda: sum(self.received.values()) >= count, timeout):
-                raise TimeoutError(
-                    f"waited {timeout}s for {count} frames delivered to the "
-                    f"guest, got {self.received}; {len(self.wire)} still on "
-                    "the wire")
+        """Until ``count`` frames were written into guest buffers in all."""
+        self._wait(lambda: sum(self.received.values()) >= count,
+                   f"{count} frames delivered to the guest", timeout,
+                   lambda: dict(self.received))
 
 
 class NetDevice:
@@ -125,8 +125,10 @@ class NetDevice:
         assert ring.addr is not None
         desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
             ring.addr.desc, ring.addr.avail, ring.addr.used))
-        self._on_write[ring.index] = (
-            lambda gpa, n, is_used, r=ring: self._logged(r, gpa, n, is_used))
+        def on_write(gpa: int, length: int, is_used: bool,
+                     r: "Vring" = ring) -> None:
+            self._logged(r, gpa, length, is_used)
+        self._on_write[ring.index] = on_write
         return SplitRing(
             state.memory, ring.num, desc, avail, used, next_avail, None,
             indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
@@ -223,6 +225,7 @@ class NetDevice:
             room = sum(n for _, n in chain.writable)
             if room < len(data):
                 split.push(chain.head, 0)
+                assert self.backend is not None
                 self.backend._record_error(
                     f"ring {ring.index}: receive buffer of {room} bytes for "
                     f"a {len(data)}-byte frame")

@@ -16,18 +16,12 @@ import textwrap
 from avocado_vhost.test import VhostUserTest
 
 CHILD = textwrap.dedent("""
-    import os, sys
-    from avocado_vhost.qemu.vm import VMSpec, VhostVM
+    import sys
+    from avocado_vhost.standalone import standalone_vm
     from avocado_vhost.vhost_user import VhostUserBackend
-    workdir = sys.argv[1]
-    backend = VhostUserBackend("child")
-    backend.listen(os.path.join(workdir, "vu.sock"))
-    backend.start()
-    vm = VhostVM(VMSpec("child", sys.argv[2], workdir,
-                        os.path.join(workdir, "vu.sock")), workdir)
-    vm.launch()
-    print(vm.machine.get_pid(), flush=True)
-    sys.stdin.read()  # until killed
+    with standalone_vm(VhostUserBackend("child"), sys.argv[1]) as vm:
+        print(vm.machine.get_pid(), flush=True)
+        sys.stdin.read()  # until killed
 """)
 
 FAILING_TEST = textwrap.dedent('''
@@ -58,8 +52,11 @@ class Hygiene(VhostUserTest):
 
     def test_qemu_dies_with_a_killed_test_process(self):
         """SIGKILL the process that launched QEMU: QEMU must go too."""
+        # The child's temp dir goes below ours: a killed process cannot
+        # clean up, our tear-down does.
+        env = dict(os.environ, AVOCADO_VHOST_TMPDIR=self.workdir_short)
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, self.workdir_short, self.qemu_bin],
+            [sys.executable, "-c", CHILD, self.qemu_bin], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._stack.callback(child.kill)
         ready, _, _ = select.select([child.stdout], [], [], self.scaled(20))

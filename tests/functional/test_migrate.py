@@ -22,7 +22,6 @@ it shows that the check would fail if logging were broken.
 
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.test import VhostUserTest
-from avocado_vhost.vhost_user import Fault, Request
 
 PAGE_A = 0x100000  # written and logged: must arrive
 PAGE_B = 0x101000  # written, not logged: must stay stale (negative control)
@@ -48,13 +47,7 @@ class Migrate(VhostUserTest):
 
         for page in (PAGE_A, PAGE_B):
             src.qtest.memset(page, 4096, OLD)
-        hold = Fault("hold", request=Request.GET_VRING_BASE,
-                     hold_timeout=self.scaled(30))
-        src_be.faults.append(hold)
-        for vm in (src, dst):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True}])
-        src.qmp("migrate", uri=uri)
+        hold = self.migrate_holding_handoff(src, dst, src_be, uri)
 
         src_be.wait_log_base(timeout=self.scaled(10))
         log = src_be.state.log

@@ -24,8 +24,7 @@ from typing import List
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest
-from avocado_vhost.vhost_user import (BackendConfig, Fault, Request,
-                                      VirtioFeature)
+from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
 
 QUEUE_SIZE = 64
@@ -105,13 +104,7 @@ class MigrateUnderTraffic(VhostUserTest):
         # Migrate, holding the source's first GET_VRING_BASE answer.
         src_be.vring_base_override = src_base_override
         src_dev.skip_logging = src_skips_logging
-        hold = Fault("hold", request=Request.GET_VRING_BASE,
-                     hold_timeout=self.scaled(30))
-        src_be.faults.append(hold)
-        for vm in (src, dst):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True}])
-        src.qmp("migrate", uri=uri)
+        hold = self.migrate_holding_handoff(src, dst, src_be, uri)
         src_be.wait_for(lambda: src_be.state.feature_acked(
             VirtioFeature.LOG_ALL), "dirty logging on", self.scaled(10))
 
