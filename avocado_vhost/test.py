@@ -35,7 +35,7 @@ from avocado import Test
 
 from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                        pattern)
-from .qemu.driver import DriverQueue
+from .qemu.driver import DriverQueue, PackedDriverQueue
 from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
@@ -327,7 +327,8 @@ class VhostUserTest(Test):
         assert vm.device is not None and vm.qtest is not None, \
             "drive the device first"
         alloc = GuestAllocator(0x800000, 0x4000000)
-        return [DriverQueue(vm.qtest, q, alloc) for q in vm.device.queues]
+        kind = PackedDriverQueue if vm.device.packed else DriverQueue
+        return [kind(vm.qtest, q, alloc) for q in vm.device.queues]
 
     def check_backends(self, *backends: VhostUserBackend,
                        allow_violations: bool = False) -> None:

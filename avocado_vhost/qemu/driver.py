@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 from .qtest import QtestLink
 from .virtio_pci import GuestAllocator, VirtQueue
 
-__all__ = ["DriverQueue", "NET_HDR"]
+__all__ = ["DriverQueue", "PackedDriverQueue", "NET_HDR"]
 
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
@@ -196,3 +196,129 @@ class DriverQueue:
         return len(self.inflight)
 
 
+
+
+_PACKED_DESC = struct.Struct("<QIHH")
+PACKED_F_AVAIL = 1 << 7
+PACKED_F_USED = 1 << 15
+
+
+class PackedDriverQueue(DriverQueue):
+    """The same driver for a packed virtqueue.
+
+    The driver owns a position in the one descriptor ring and a wrap
+    counter; a buffer takes as many consecutive slots as it has
+    descriptors, and its id (here: the slot index of its buffer memory)
+    comes back in the used descriptor.  The head descriptor's flags are
+    written last, so the device never sees half a chain.
+    """
+
+    def __init__(self, qtest: QtestLink, queue: VirtQueue,
+                 alloc: GuestAllocator):
+        super().__init__(qtest, queue, alloc)
+        self.pos = 0
+        self.wrap = True
+        self.used_pos = 0
+        self.used_wrap = True
+        self.slots: Dict[int, int] = {}  # buffer id -> descriptors used
+
+    def _flags(self, wrap: bool) -> int:
+        return PACKED_F_AVAIL if wrap else PACKED_F_USED
+
+    def _post(self, parts: List[Tuple[int, int, int]], buf_id: int) -> None:
+        """Write one buffer's descriptors ``(addr, len, flags)`` at the
+        current position; publish the head last."""
+        entries = []
+        for addr, length, flags in parts:
+            entries.append((self.pos, addr, length,
+                            flags | self._flags(self.wrap)))
+            self.pos += 1
+            if self.pos == self.size:
+                self.pos, self.wrap = 0, not self.wrap
+        for slot, addr, length, flags in reversed(entries):
+            self.qtest.memwrite(self.q.desc + 16 * slot,
+                                _PACKED_DESC.pack(addr, length, buf_id,
+                                                  flags))
+        self.slots[buf_id] = len(parts)
+
+    def post_out(self, payloads: List[bytes], layout: str = "single",
+                 kick: bool = True) -> List[int]:
+        ids = []
+        for payload in payloads:
+            (d,) = self._alloc(1)
+            addr = self.buffers + d * BUF
+            self.qtest.memwrite(addr, payload)
+            cut = min(len(NET_HDR), len(payload))
+            if layout == "single":
+                self._post([(addr, len(payload), 0)], d)
+            elif layout == "chain":
+                self._post([(addr, cut, VRING_DESC_F_NEXT),
+                            (addr + cut, len(payload) - cut, 0)], d)
+            elif layout == "indirect":
+                table = self.indirect + d * 64
+                self.qtest.memwrite(table, _PACKED_DESC.pack(
+                    addr, cut, 0, 0) + _PACKED_DESC.pack(
+                    addr + cut, len(payload) - cut, 0, 0))
+                self._post([(table, 32, VRING_DESC_F_INDIRECT)], d)
+            else:
+                raise ValueError(f"unknown layout {layout}")
+            self.inflight[d] = [d]
+            ids.append(d)
+        if kick:
+            self.kick()
+        return ids
+
+    def post_in(self, count: int, length: int = BUF,
+                kick: bool = True) -> List[int]:
+        ids = self._alloc(count)
+        for d in ids:
+            self._post([(self.buffers + d * BUF, length,
+                         VRING_DESC_F_WRITE)], d)
+            self.inflight[d] = [d]
+        if kick:
+            self.kick()
+        return ids
+
+    def post_chain(self, readable: List[bytes], writable: List[int],
+                   kick: bool = True) -> List[int]:
+        descs = self._alloc(len(readable) + len(writable))
+        parts = []
+        for i, d in enumerate(descs):
+            addr = self.buffers + d * BUF
+            last = i == len(descs) - 1
+            flags = 0 if last else VRING_DESC_F_NEXT
+            if i < len(readable):
+                self.qtest.memwrite(addr, readable[i])
+                parts.append((addr, len(readable[i]), flags))
+            else:
+                parts.append((addr, writable[i - len(readable)],
+                              flags | VRING_DESC_F_WRITE))
+        self._post(parts, descs[0])
+        self.inflight[descs[0]] = descs
+        if kick:
+            self.kick()
+        return descs
+
+    def used_idx(self) -> int:
+        raise NotImplementedError("packed rings have no used index")
+
+    def reap(self) -> List[Tuple[int, int]]:
+        out = []
+        while True:
+            _, length, buf_id, flags = _PACKED_DESC.unpack(
+                self.qtest.memread(self.q.desc + 16 * self.used_pos, 16))
+            avail = bool(flags & PACKED_F_AVAIL)
+            used = bool(flags & PACKED_F_USED)
+            if not (avail == used == self.used_wrap):
+                return out
+            if buf_id not in self.inflight:
+                raise AssertionError(
+                    f"queue {self.q.index}: used descriptor at slot "
+                    f"{self.used_pos} names buffer {buf_id}, which is not in "
+                    "flight")
+            self.free.extend(self.inflight.pop(buf_id))
+            out.append((buf_id, length))
+            self.used_pos += self.slots.pop(buf_id)
+            if self.used_pos >= self.size:
+                self.used_pos -= self.size
+                self.used_wrap = not self.used_wrap

@@ -30,6 +30,7 @@ _COMMON, _NOTIFY, _ISR, _DEVICE = 1, 2, 3, 4
 # device status bits
 ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, FAILED = 1, 2, 4, 8, 0x80
 VIRTIO_F_VERSION_1 = 1 << 32
+VIRTIO_F_RING_PACKED = 1 << 34
 
 
 def modern_device_id(virtio_type: int) -> int:
@@ -205,6 +206,11 @@ class VirtioPciDevice:
         """Read the device-specific configuration space."""
         return self.qtest.read(self._cap_addr(_DEVICE) + offset, size)
 
+    @property
+    def packed(self) -> bool:
+        """Whether VIRTIO_F_RING_PACKED was negotiated."""
+        return bool(self.features & VIRTIO_F_RING_PACKED)
+
     def setup(self, alloc: GuestAllocator, want_features: int = 0,
               queues: Optional[int] = None, queue_size: int = 256) -> None:
         """Reset, negotiate, lay out ``queues`` rings and set DRIVER_OK.
@@ -244,10 +250,14 @@ class VirtioPciDevice:
             raise VirtioPciError(f"queue {index} has size 0")
         self._common(24, 2, size)
         desc = alloc.alloc(16 * size)
-        avail = alloc.alloc(6 + 2 * size, 2)
-        used = alloc.alloc(6 + 8 * size, 4)
-        for addr, length in ((desc, 16 * size), (avail, 6 + 2 * size),
-                             (used, 6 + 8 * size)):
+        if self.packed:  # driver and device event suppression areas
+            avail_len, used_len = 4, 4
+        else:
+            avail_len, used_len = 6 + 2 * size, 6 + 8 * size
+        avail = alloc.alloc(avail_len, 4)
+        used = alloc.alloc(used_len, 4)
+        for addr, length in ((desc, 16 * size), (avail, avail_len),
+                             (used, used_len)):
             self.qtest.memset(addr, length, 0)
         for off, addr in ((32, desc), (40, avail), (48, used)):
             self._common(off, 4, addr & 0xFFFFFFFF)

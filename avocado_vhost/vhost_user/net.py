@@ -21,10 +21,11 @@ import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional
+from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, Optional,
+                    Union)
 
 from .message import VRING_F_LOG, VirtioFeature
-from .virtq import RingError, SplitRing
+from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
     from .backend import VhostUserBackend
@@ -92,7 +93,7 @@ class NetDevice:
     def __init__(self, port: Optional[Port] = None):
         self.port = port or Port()
         self.backend: Optional["VhostUserBackend"] = None
-        self.rings: Dict[int, SplitRing] = {}
+        self.rings: Dict[int, Union[SplitRing, PackedRing]] = {}
         #: How many transmit chains may still be taken (None: no limit); a
         #: test leaves some in the ring on purpose with it.
         self.tx_budget: Optional[int] = None
@@ -120,7 +121,10 @@ class NetDevice:
         self.process(ring)
 
     def _split(self, ring: "Vring", next_avail: int,
-               used_idx: Optional[int]) -> SplitRing:
+               used_idx: Optional[int]) -> Union[SplitRing, PackedRing]:
+        """The ring object for ``ring``: split, or packed when
+        VIRTIO_F_RING_PACKED is negotiated (then ``next_avail`` is the
+        packed base)."""
         state = self.backend.state  # type: ignore[union-attr]
         assert ring.addr is not None
         desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
@@ -129,6 +133,13 @@ class NetDevice:
                      r: "Vring" = ring) -> None:
             self._logged(r, gpa, length, is_used)
         self._on_write[ring.index] = on_write
+        if state.feature_acked(VirtioFeature.RING_PACKED):
+            # vhost-user's "avail" and "used" are the driver and device
+            # event areas of a packed ring.
+            return PackedRing(
+                state.memory, ring.num, desc, avail, next_avail, None,
+                indirect=state.feature_acked(
+                    VirtioFeature.RING_INDIRECT_DESC))
         return SplitRing(
             state.memory, ring.num, desc, avail, used, next_avail, None,
             indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
@@ -142,8 +153,9 @@ class NetDevice:
         for index, split in list(self.rings.items()):
             ring = self.backend.state.vrings[index]
             try:
-                self.rings[index] = self._split(ring, split.next_avail,
-                                                split.used_idx)
+                self.rings[index] = self._split(
+                    ring, split.next_avail,
+                    split.used_idx if isinstance(split, SplitRing) else None)
             except (LookupError, RingError) as exc:
                 del self.rings[index]
                 self.backend._record_error(f"ring {index} after a memory "
@@ -187,7 +199,8 @@ class NetDevice:
                 self.process(ring)
 
     # --- the data path -----------------------------------------------------
-    def _transmit(self, ring: "Vring", split: SplitRing) -> None:
+    def _transmit(self, ring: "Vring",
+                  split: Union[SplitRing, PackedRing]) -> None:
         name = self.backend.name if self.backend else "?"
         taken: List[bytes] = []
         try:
@@ -207,7 +220,8 @@ class NetDevice:
                         self.port.dropped += len(taken)
                     self.port.cond.notify_all()
 
-    def _receive(self, ring: "Vring", split: SplitRing) -> None:
+    def _receive(self, ring: "Vring",
+                 split: Union[SplitRing, PackedRing]) -> None:
         if not ring.enabled:
             return
         name = self.backend.name if self.backend else "?"
@@ -216,22 +230,33 @@ class NetDevice:
                 if not self.port.wire:
                     return
                 frame = self.port.wire[0]
-            chain = split.pop()
-            if chain is None:
-                return  # the frame waits for a buffer
+            if isinstance(split, PackedRing):
+                item = split.pop()
+                if item is None:
+                    return  # the frame waits for a buffer
+                chain, buf_id, count = item
+
+                def complete(length: int) -> None:
+                    split.push(buf_id, length, count)
+            else:
+                chain = split.pop()
+                if chain is None:
+                    return  # the frame waits for a buffer
+
+                def complete(length: int) -> None:
+                    split.push(chain.head, length)
             self.descriptors += chain.descriptors
             header = bytes(10) + (1).to_bytes(2, "little")  # num_buffers=1
             data = header + frame
             room = sum(n for _, n in chain.writable)
             if room < len(data):
-                split.push(chain.head, 0)
+                complete(0)
                 assert self.backend is not None
                 self.backend._record_error(
                     f"ring {ring.index}: receive buffer of {room} bytes for "
                     f"a {len(data)}-byte frame")
                 continue
-            written = split.fill(chain.writable, data)
-            split.push(chain.head, written)
+            complete(split.fill(chain.writable, data))
             with self.port.cond:
                 self.port.wire.popleft()
                 self.port.received[name] = self.port.received.get(name, 0) + 1
@@ -248,9 +273,11 @@ class NetDevice:
         log = self.backend.state.log  # type: ignore[union-attr]
         if log is None:
             return
-        if not is_used:
+        split = self.rings.get(ring.index)
+        if not is_used or isinstance(split, PackedRing):
+            # Buffers; and a packed ring's used descriptors, which live in
+            # the descriptor ring, not at the used-ring log address.
             log.mark(gpa, length)
         elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
-            split = self.rings.get(ring.index)
             base = split.used if split is not None else gpa
             log.mark(ring.addr.log + (gpa - base), length)

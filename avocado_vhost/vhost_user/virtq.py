@@ -22,8 +22,8 @@ from typing import Callable, List, Optional, Tuple
 
 from .memory import GuestMemory
 
-__all__ = ["Chain", "SplitRing", "RingError", "VRING_DESC_F_NEXT",
-           "VRING_DESC_F_WRITE", "VRING_DESC_F_INDIRECT"]
+__all__ = ["Chain", "SplitRing", "PackedRing", "RingError", "packed_base",
+           "VRING_DESC_F_NEXT", "VRING_DESC_F_WRITE", "VRING_DESC_F_INDIRECT"]
 
 VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
@@ -250,3 +250,169 @@ class SplitRing:
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not _U16.unpack_from(self._amap, self._aoff)[0] \
             & VRING_AVAIL_F_NO_INTERRUPT
+
+
+VRING_PACKED_DESC_F_AVAIL = 1 << 7
+VRING_PACKED_DESC_F_USED = 1 << 15
+VRING_PACKED_EVENT_FLAG_DISABLE = 1
+
+
+def packed_base(avail: int, avail_wrap: bool, used: int,
+                used_wrap: bool) -> int:
+    """The vhost-user base of a packed ring: bits 0-14 next available
+    position, bit 15 its wrap counter, bits 16-30 next used position, bit 31
+    its wrap counter."""
+    return ((avail & 0x7FFF) | (int(avail_wrap) << 15)
+            | ((used & 0x7FFF) << 16) | (int(used_wrap) << 31))
+
+
+class PackedRing:
+    """A started packed virtqueue (virtio 1.1 "Packed Virtqueues").
+
+    One descriptor ring serves both directions: the driver marks a
+    descriptor available by setting its AVAIL flag to its wrap counter and
+    USED to the opposite; the device writes a used descriptor (buffer id,
+    length, AVAIL = USED = its own wrap counter) at its used position and
+    skips as many slots as the chain had descriptors.  Both positions and
+    both wrap counters are the ring's base, which vhost-user carries in one
+    32-bit number (:func:`packed_base`).
+
+    :param desc: guest address of the descriptor ring.
+    :param driver: guest address of the driver event suppression area.
+    :param base: the packed base from SET_VRING_BASE.
+    """
+
+    def __init__(self, memory: GuestMemory, num: int, desc: int,
+                 driver: int, base: int,
+                 on_write: Optional[Callable[[int, int, bool], None]] = None,
+                 indirect: bool = False):
+        if num == 0 or num > 32768:
+            raise RingError(f"ring size {num}")
+        self.memory = memory
+        self.num = num
+        self.desc = desc
+        self.on_write = on_write
+        self.indirect = indirect
+        self.avail_pos = base & 0x7FFF
+        self.avail_wrap = bool(base >> 15 & 1)
+        self.used_pos = base >> 16 & 0x7FFF
+        self.used_wrap = bool(base >> 31 & 1)
+        self._dmap, self._doff = memory.locate(desc, 16 * num)
+        self._emap, self._eoff = memory.locate(driver, 4)
+        self._pushed = False
+
+    @property
+    def base(self) -> int:
+        return packed_base(self.avail_pos, self.avail_wrap, self.used_pos,
+                           self.used_wrap)
+
+    @property
+    def next_avail(self) -> int:
+        """The base, as GET_VRING_BASE reports it (the name SplitRing
+        uses, so that devices treat both kinds alike)."""
+        return self.base
+
+    def _available(self, flags: int) -> bool:
+        avail = bool(flags & VRING_PACKED_DESC_F_AVAIL)
+        used = bool(flags & VRING_PACKED_DESC_F_USED)
+        return avail == self.avail_wrap and used != self.avail_wrap
+
+    def pop(self) -> Optional[Tuple[Chain, int, int]]:
+        """The next available buffer: ``(chain, buffer id, descriptors)``,
+        or None."""
+        addr, length, buf_id, flags = _PACKED_DESC.unpack_from(
+            self._dmap, self._doff + 16 * self.avail_pos)
+        if not self._available(flags):
+            return None
+        readable: List[Tuple[int, int]] = []
+        writable: List[Tuple[int, int]] = []
+        count = 0
+        while True:
+            count += 1
+            if count > self.num:
+                raise RingError("packed descriptor chain longer than the ring")
+            if flags & VRING_DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise RingError("indirect descriptor not negotiated")
+                for i in range(length // 16):
+                    # Indirect tables of packed rings use the packed layout
+                    # (id, flags) and are walked in order: no NEXT.
+                    a, n, _, f = _PACKED_DESC.unpack_from(
+                        *self._locate_desc(addr, length, i))
+                    (writable if f & VRING_DESC_F_WRITE
+                     else readable).append((a, n))
+            else:
+                (writable if flags & VRING_DESC_F_WRITE
+                 else readable).append((addr, length))
+            last_flags = flags
+            self.avail_pos += 1
+            if self.avail_pos >= self.num:
+                self.avail_pos = 0
+                self.avail_wrap = not self.avail_wrap
+            if not last_flags & VRING_DESC_F_NEXT:
+                return Chain(buf_id, readable, writable), buf_id, count
+            addr, length, buf_id, flags = _PACKED_DESC.unpack_from(
+                self._dmap, self._doff + 16 * self.avail_pos)
+
+    def _locate_desc(self, table: int, length: int, i: int):
+        mapping, off = self.memory.locate(table, length)
+        return mapping, off + 16 * i
+
+    def push(self, buf_id: int, length: int, count: int) -> None:
+        """Mark buffer ``buf_id`` used at the used position, then skip the
+        ``count`` slots its chain took."""
+        flags = (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED
+                 if self.used_wrap else 0)
+        off = self._doff + 16 * self.used_pos
+        # addr is ignored for used descriptors; id and len before flags,
+        # which publish the entry.
+        struct.pack_into("<IH", self._dmap, off + 8, length, buf_id)
+        struct.pack_into("<H", self._dmap, off + 14, flags)
+        if self.on_write is not None:
+            self.on_write(self.desc + 16 * self.used_pos + 8, 8, True)
+        self.used_pos += count
+        if self.used_pos >= self.num:
+            self.used_pos -= self.num
+            self.used_wrap = not self.used_wrap
+        self._pushed = True
+
+    def fill(self, buffers: List[Tuple[int, int]], data: bytes) -> int:
+        pos = 0
+        for addr, length in buffers:
+            if pos >= len(data):
+                break
+            part = data[pos:pos + length]
+            mapping, off = self.memory.locate(addr, len(part))
+            mapping[off:off + len(part)] = part
+            if self.on_write is not None:
+                self.on_write(addr, len(part), False)
+            pos += len(part)
+        return pos
+
+    def read(self, buffers: List[Tuple[int, int]]) -> bytes:
+        return b"".join(self.memory.read(a, n) for a, n in buffers)
+
+    def consume(self, out: List[bytes], limit: Optional[int] = None,
+                skip: int = 0) -> None:
+        """As :meth:`SplitRing.consume`: take, read past ``skip``, complete
+        with length 0."""
+        taken = 0
+        while limit is None or taken < limit:
+            item = self.pop()
+            if item is None:
+                return
+            chain, buf_id, count = item
+            out.append(self.read(chain.readable)[skip:])
+            self.push(buf_id, 0, count)
+            taken += 1
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants an interrupt (driver event flags)."""
+        if not self._pushed:
+            return False
+        self._pushed = False
+        flags = _U16.unpack_from(self._emap, self._eoff + 2)[0] & 3
+        return flags != VRING_PACKED_EVENT_FLAG_DISABLE
+
+
+_PACKED_DESC = struct.Struct("<QIHH")

@@ -16,8 +16,10 @@ from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest
 from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
+from avocado_vhost.vhost_user.virtq import packed_base
 
 RING_INDIRECT_DESC = 1 << 28
+RING_PACKED = 1 << 34
 QUEUE_SIZE = 64
 
 
@@ -108,6 +110,34 @@ class Datapath(VhostUserTest):
         self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
         self.assertEqual(backend.state.vrings[1].base,
                          (3 * (QUEUE_SIZE + 20)) & 0xFFFF)
+        self.check_backends(backend)
+
+    def test_tx_rx_packed(self):
+        """Packed virtqueues (``packed=on``; the back-end offers
+        VIRTIO_F_RING_PACKED): every layout, wrap-around both ways, and the
+        ring's packed base (positions and wrap counters) matches the
+        driver's."""
+        config = datapath_config()
+        config.features |= int(VirtioFeature.RING_PACKED)
+        port = Port()
+        backend = self.make_backend("backend", config, device=NetDevice(port))
+        vm = self.make_vm("vm", backend.listener_path,
+                          device_opts=["packed=on"])
+        vm.launch()
+        device = vm.drive_device(features=RING_INDIRECT_DESC | RING_PACKED,
+                                 queues=2, queue_size=QUEUE_SIZE)
+        self.assertTrue(device.packed, "packed rings not negotiated")
+        backend.wait_rings_started(2, timeout=self.scaled(10))
+        rxq, txq = self.net_queues(vm)
+        rng = random.Random(4)
+        for layout in ("single", "chain", "indirect"):
+            self.transmit(port, txq, frames(rng, QUEUE_SIZE + 20,
+                                            layout.encode()[:2]), layout)
+        self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
+        base = backend.state.vrings[1].base
+        self.assertEqual(base, packed_base(txq.pos, txq.wrap, txq.used_pos,
+                                           txq.used_wrap),
+                         f"transmit ring base 0x{base:x}")
         self.check_backends(backend)
 
     def set_queue_pairs(self, ctrlq, pairs):

@@ -26,8 +26,10 @@ from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest
 from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
+from avocado_vhost.vhost_user.virtq import packed_base
 
 QUEUE_SIZE = 64
+RING_PACKED = 1 << 34
 
 
 @dataclass
@@ -56,20 +58,27 @@ class MigrateUnderTraffic(VhostUserTest):
     :avocado: tags=arch:x86_64,vhost-user,migration,datapath
     """
 
-    def scenario(self, src_base_override=None, src_skips_logging=False):
+    def scenario(self, src_base_override=None, src_skips_logging=False,
+                 packed=False):
         rng = random.Random(7)
         port = Port()
         config = BackendConfig()
         config.features |= int(VirtioFeature.RING_INDIRECT_DESC)
+        spec = {}
+        if packed:
+            config.features |= int(VirtioFeature.RING_PACKED)
+            spec["device_opts"] = ["packed=on"]
         src_dev, dst_dev = NetDevice(port), NetDevice(port)
         src_be = self.make_backend("src", config, device=src_dev)
         dst_be = self.make_backend("dst", BackendConfig(
             features=config.features), device=dst_dev)
-        src = self.make_vm("src", src_be.listener_path)
+        src = self.make_vm("src", src_be.listener_path, **spec)
         uri = "unix:" + self.socket_path("migration")
-        dst = self.make_vm("dst", dst_be.listener_path, incoming=uri)
+        dst = self.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
         src.launch()
-        src.drive_device(queues=2, queue_size=QUEUE_SIZE)
+        device = src.drive_device(features=RING_PACKED if packed else 0,
+                                  queues=2, queue_size=QUEUE_SIZE)
+        self.assertEqual(device.packed, packed)
         src_be.wait_rings_started(2, timeout=self.scaled(10))
         dst.launch()
         rxq, txq = self.net_queues(src)
@@ -200,6 +209,17 @@ class MigrateUnderTraffic(VhostUserTest):
                          (27, 8 + 10))
         self.assertEqual((report.rx_by_source, report.rx_by_destination),
                          (30, 6))
+        self.check_backends(*backends)
+
+    def test_migrate_under_traffic_packed(self):
+        """The same with packed virtqueues: the base carries positions and
+        wrap counters."""
+        report, backends = self.scenario(packed=True)
+        self.assertEqual(report.problems, [])
+        self.assertEqual(report.resumed_tx_base,
+                         packed_base(27, True, 27, True))
+        self.assertEqual((report.tx_by_source, report.tx_by_destination),
+                         (27, 8 + 10))
         self.check_backends(*backends)
 
     def test_negative_control_base_zero(self):
