@@ -40,6 +40,7 @@ class RingTest(unittest.TestCase):
         self.mem = mmap.mmap(self.memfd, MEM)
         self.avail = {0: 0, 1: 0}
         self.kicks = {}
+        self.calls = {}
         fe = self.fe
         fe.call(Request.GET_FEATURES)
         fe.send(Request.SET_PROTOCOL_FEATURES, U64(int(
@@ -57,6 +58,9 @@ class RingTest(unittest.TestCase):
                 index, 1, UVA + desc, UVA + used, UVA + avail, used))
             fe.send(Request.SET_VRING_ENABLE, VringState(index, 1))
             self.kicks[index] = os.eventfd(0)
+            self.calls[index] = os.eventfd(0, os.EFD_NONBLOCK)
+            fe.send(Request.SET_VRING_CALL, U64(index),
+                    fds=[self.calls[index]])
             fe.send(Request.SET_VRING_KICK, U64(index),
                     fds=[self.kicks[index]])
         fe.call(Request.GET_FEATURES)
@@ -66,7 +70,7 @@ class RingTest(unittest.TestCase):
         self.fe.close()
         self.backend.stop()
         self.mem.close()
-        for fd in [self.memfd, *self.kicks.values()]:
+        for fd in [self.memfd, *self.kicks.values(), *self.calls.values()]:
             os.close(fd)
         self.assertEqual(open_fds() - self.fds_before, set())
 
@@ -101,6 +105,30 @@ class RingTest(unittest.TestCase):
         self.assertEqual([s.data for s in self.port.sent], frames)
         self.assertEqual(self.used(1), 3 * NUM)
         self.assertEqual(self.backend.state.vrings[1].base, 3 * NUM)
+
+    def interrupts(self, ring):
+        try:
+            return os.eventfd_read(self.calls[ring])
+        except BlockingIOError:
+            return 0
+
+    def send_one(self, slot, text=b"frame..."):
+        self.mem[BUFS:BUFS + 12 + len(text)] = HDR + text
+        self.desc(1, slot, BUFS, 12 + len(text))
+        self.offer(1, [slot])
+
+    def test_call_and_no_interrupt_flag(self):
+        """The device signals the call eventfd after completing, unless the
+        driver set VRING_AVAIL_F_NO_INTERRUPT."""
+        self.send_one(0)
+        self.port.wait_sent(1, 2)
+        self.assertEqual(self.interrupts(1), 1)
+        U16.pack_into(self.mem, RINGS[1][1], 1)  # avail->flags
+        self.send_one(1)
+        self.port.wait_sent(2, 2)
+        self.fe.call(Request.GET_FEATURES)
+        self.assertEqual(self.interrupts(1), 0, "interrupt despite "
+                         "VRING_AVAIL_F_NO_INTERRUPT")
 
     def test_chain_and_indirect(self):
         self.mem[BUFS:BUFS + 12] = HDR
@@ -173,3 +201,27 @@ class RingTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class EventIdxTest(unittest.TestCase):
+    """VIRTIO_F_EVENT_IDX: interrupt only when used_event is crossed."""
+
+    def test_used_event(self):
+        from avocado_vhost.vhost_user.memory import GuestMemory
+        from avocado_vhost.vhost_user.virtq import SplitRing
+        memory = GuestMemory()
+        fd = os.memfd_create("ring")
+        os.ftruncate(fd, MEM)
+        memory.add(MemoryRegion(0, MEM, UVA, 0), fd)
+        try:
+            ring = SplitRing(memory, NUM, 0x1000, 0x2000, 0x3000, 0,
+                             event_idx=True)
+            memory.write(0x2000 + 4 + 2 * NUM, U16.pack(2))  # used_event
+            ring.push(0, 0)
+            self.assertFalse(ring.should_notify())  # 1 does not pass 2
+            ring.push(1, 0)
+            ring.push(2, 0)
+            self.assertTrue(ring.should_notify())   # 1 -> 3 crosses 2
+            self.assertFalse(ring.should_notify())  # nothing new
+        finally:
+            memory.clear()
