@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import threading
 import time
 from concurrent.futures import Future
 from typing import Callable, Iterable, Optional
@@ -44,6 +45,8 @@ class FolderWatch:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._lock = threading.Lock()
+        self._closed = False
         try:
             for folder in set(folders):
                 mask = _IN_CREATE | _IN_MOVED_TO | _IN_MODIFY | _IN_CLOSE_WRITE
@@ -65,7 +68,7 @@ class FolderWatch:
         :raise TimeoutError: neither within ``timeout``; says ``what``.
         """
         if also is not None:
-            also.add_done_callback(lambda _: os.write(self._wake_w, b"x"))
+            also.add_done_callback(self._wake)
         deadline = time.monotonic() + timeout
         while not condition():
             if also is not None and also.done():
@@ -82,9 +85,18 @@ class FolderWatch:
                     pass
         return True
 
+    def _wake(self, _future: object) -> None:
+        # May run after close() (the Future completes later): never write
+        # to an fd number that may belong to someone else by then.
+        with self._lock:
+            if not self._closed:
+                os.write(self._wake_w, b"x")
+
     def close(self) -> None:
-        for fd in (self.fd, self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._lock:
+            self._closed = True
+            for fd in (self.fd, self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
