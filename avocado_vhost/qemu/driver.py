@@ -303,7 +303,7 @@ class PackedDriverQueue(DriverQueue):
         raise NotImplementedError("packed rings have no used index")
 
     def reap(self) -> List[Tuple[int, int]]:
-        out = []
+        out: List[Tuple[int, int]] = []
         while True:
             _, length, buf_id, flags = _PACKED_DESC.unpack(
                 self.qtest.memread(self.q.desc + 16 * self.used_pos, 16))

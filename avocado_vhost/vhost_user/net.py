@@ -239,12 +239,13 @@ class NetDevice:
                 def complete(length: int) -> None:
                     split.push(buf_id, length, count)
             else:
-                chain = split.pop()
-                if chain is None:
+                popped = split.pop()
+                if popped is None:
                     return  # the frame waits for a buffer
+                chain = popped
 
                 def complete(length: int) -> None:
-                    split.push(chain.head, length)
+                    split.push(popped.head, length)
             self.descriptors += chain.descriptors
             header = bytes(10) + (1).to_bytes(2, "little")  # num_buffers=1
             data = header + frame

@@ -57,7 +57,36 @@ class Chain:
         return len(self.readable) + len(self.writable)
 
 
-class SplitRing:
+class _Ring:
+    """What both ring layouts share: buffer access through the mapped
+    memory, and the write hook the back-end logs through."""
+
+    memory: GuestMemory
+    on_write: Optional[Callable[[int, int, bool], None]]
+
+    def read(self, buffers: List[Tuple[int, int]]) -> bytes:
+        if len(buffers) == 1:
+            addr, length = buffers[0]
+            mapping, off = self.memory.locate(addr, length)
+            return mapping[off:off + length]
+        return b"".join(self.memory.read(a, n) for a, n in buffers)
+
+    def fill(self, buffers: List[Tuple[int, int]], data: bytes) -> int:
+        """Write ``data`` across writable buffers; return bytes written."""
+        pos = 0
+        for addr, length in buffers:
+            if pos >= len(data):
+                break
+            part = data[pos:pos + length]
+            mapping, off = self.memory.locate(addr, len(part))
+            mapping[off:off + len(part)] = part
+            if self.on_write is not None:
+                self.on_write(addr, len(part), False)
+            pos += len(part)
+        return pos
+
+
+class SplitRing(_Ring):
     """A started split ring.
 
     The three ring areas are located in the mapped memory once, at start
@@ -205,27 +234,6 @@ class SplitRing:
                                 f"beyond {size}")
             index = nxt
 
-    def read(self, buffers: List[Tuple[int, int]]) -> bytes:
-        if len(buffers) == 1:
-            addr, length = buffers[0]
-            mapping, off = self.memory.locate(addr, length)
-            return mapping[off:off + length]
-        return b"".join(self.memory.read(a, n) for a, n in buffers)
-
-    def fill(self, buffers: List[Tuple[int, int]], data: bytes) -> int:
-        """Write ``data`` across writable buffers; return bytes written."""
-        pos = 0
-        for addr, length in buffers:
-            if pos >= len(data):
-                break
-            part = data[pos:pos + length]
-            mapping, off = self.memory.locate(addr, len(part))
-            mapping[off:off + len(part)] = part
-            if self.on_write is not None:
-                self.on_write(addr, len(part), False)
-            pos += len(part)
-        return pos
-
     def push(self, head: int, length: int) -> None:
         """Return a chain to the driver through the used ring: the entry
         first, then the index that publishes it."""
@@ -266,7 +274,7 @@ def packed_base(avail: int, avail_wrap: bool, used: int,
             | ((used & 0x7FFF) << 16) | (int(used_wrap) << 31))
 
 
-class PackedRing:
+class PackedRing(_Ring):
     """A started packed virtqueue (virtio 1.1 "Packed Virtqueues").
 
     One descriptor ring serves both directions: the driver marks a
@@ -375,22 +383,6 @@ class PackedRing:
             self.used_pos -= self.num
             self.used_wrap = not self.used_wrap
         self._pushed = True
-
-    def fill(self, buffers: List[Tuple[int, int]], data: bytes) -> int:
-        pos = 0
-        for addr, length in buffers:
-            if pos >= len(data):
-                break
-            part = data[pos:pos + length]
-            mapping, off = self.memory.locate(addr, len(part))
-            mapping[off:off + len(part)] = part
-            if self.on_write is not None:
-                self.on_write(addr, len(part), False)
-            pos += len(part)
-        return pos
-
-    def read(self, buffers: List[Tuple[int, int]]) -> bytes:
-        return b"".join(self.memory.read(a, n) for a, n in buffers)
 
     def consume(self, out: List[bytes], limit: Optional[int] = None,
                 skip: int = 0) -> None:
