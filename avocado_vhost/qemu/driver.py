@@ -51,7 +51,6 @@ class DriverQueue:
         self.last_used = 0
         #: head descriptor -> descriptors it uses, for freeing on reap
         self.inflight: Dict[int, List[int]] = {}
-        self.sent_heads: List[int] = []
 
     def move_to(self, qtest: QtestLink) -> None:
         """Continue on another VM (after migration): same guest memory."""
@@ -191,9 +190,6 @@ class DriverQueue:
 
     def read_buffer(self, head: int, length: int) -> bytes:
         return self.qtest.memread(self.buffer_addr(head), length)
-
-    def outstanding(self) -> int:
-        return len(self.inflight)
 
 
 

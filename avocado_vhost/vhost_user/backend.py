@@ -46,7 +46,7 @@ from .error import (BackendFailure, ConnectionClosed, FdCountError,
                     MalformedMessage, ProtocolError, UnknownRequest,
                     WaitTimeout)
 from .memory import DirtyLog
-from .message import (FLAG_REPLY, VERSION, VRING_F_LOG,
+from .message import (FLAG_REPLY, VERSION,
                       VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       Header, InflightDescription, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
@@ -704,7 +704,6 @@ class VhostUserBackend:
     def _set_mem_table(self, header, payload: MemoryTable, fds):
         mem = self.state.memory
         mem.clear()
-        self.state.mem_table_count += 1
         for i, (region, fd) in enumerate(zip(payload.regions, fds)):
             try:
                 mem.add(region, fd)
@@ -726,7 +725,6 @@ class VhostUserBackend:
                 f"ADD_MEM_REG beyond the {self.config.max_mem_slots} slots "
                 "offered")
         self.state.memory.add(payload.region, fds[0])
-        self.state.mem_table_count += 1
         self._memory_changed()
         return None
 
@@ -981,11 +979,6 @@ class VhostUserBackend:
                 raise BackendFailure(f"[{self.name}] no dirty log to mark: "
                                      "SET_LOG_BASE not received")
             self.state.log.mark(gpa, length)
-
-    def used_ring_logged(self, index: int) -> bool:
-        """Whether ring ``index`` asked for used-ring logging (F_LOG)."""
-        ring = self.state.vrings.get(index)
-        return bool(ring and ring.addr and ring.addr.flags & VRING_F_LOG)
 
 
 def _request_name(number: int) -> str:

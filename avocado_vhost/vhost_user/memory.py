@@ -177,11 +177,6 @@ class GuestMemory:
         region, off = self._find(gpa, len(data), by_uva=False)
         region.map[off:off + len(data)] = data
 
-    def view(self, gpa: int, length: int) -> memoryview:
-        """A zero-copy view; release it before the memory table changes."""
-        region, off = self._find(gpa, length, by_uva=False)
-        return memoryview(region.map)[off:off + length]
-
     def ram_ranges(self) -> Iterator[Tuple[int, int]]:
         """``(guest address, size)`` of every region, lowest first."""
         for d in sorted(self.regions, key=lambda r: r.guest_addr):

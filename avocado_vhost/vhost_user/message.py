@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 from .error import MalformedMessage, UnknownRequest
 
@@ -37,7 +37,7 @@ __all__ = [
     "Header", "VringState", "VringAddr", "MemoryRegion", "MemoryTable",
     "SingleRegion", "LogDescription", "IotlbMsg", "ConfigSpace",
     "InflightDescription", "SharedObject", "DeviceStateParams", "Payload",
-    "PAYLOAD_TYPES", "FD_RULES", "FdRule", "Message", "U64", "Empty",
+    "PAYLOAD_TYPES", "FD_RULES", "FdRule", "U64", "Empty",
     "Opaque", "fd_rule",
     "decode_header", "decode_payload", "encode", "feature_names",
 ]
@@ -655,25 +655,3 @@ def encode(request: int, payload: Optional[Payload] = None,
     """Build one message (header and payload) ready for the socket."""
     body = payload.pack() if payload is not None else b""
     return HEADER.pack(int(request), flags, len(body)) + body
-
-
-@dataclass
-class Message:
-    """A decoded message as the back-end saw or sent it."""
-
-    request: int
-    flags: int
-    payload: Optional[Payload]
-    fds: List[int] = field(default_factory=list)
-    raw: bytes = b""
-
-    @property
-    def name(self) -> str:
-        try:
-            return Request(self.request).name
-        except ValueError:
-            return f"UNKNOWN({self.request})"
-
-    @property
-    def need_reply(self) -> bool:
-        return bool(self.flags & FLAG_NEED_REPLY)

@@ -79,7 +79,6 @@ class DeviceState:
     get_features_seen: bool = False
     owner: bool = False
     memory: GuestMemory = field(default_factory=GuestMemory)
-    mem_table_count: int = 0
     log: Optional[DirtyLog] = None
     log_fd: Optional[int] = None
     vrings: Dict[int, Vring] = field(default_factory=dict)

@@ -132,10 +132,6 @@ class SplitRing(_Ring):
     def avail_idx(self) -> int:
         return _U16.unpack_from(self._amap, self._aoff + 2)[0]
 
-    def pending(self) -> int:
-        """Available entries not processed yet."""
-        return (self.avail_idx() - self.next_avail) & 0xFFFF
-
     def pop(self) -> Optional[Chain]:
         """Take the next available chain, or None when the ring is empty."""
         if self.avail_idx() == self.next_avail:
