@@ -629,6 +629,9 @@ def fd_rule(request: Request, payload: Payload) -> FdRule:
 
 
 _REQUESTS = {int(r): r for r in Request if r is not Request.NONE}
+# Allowed payload sizes per type, computed once (checked on every message).
+_SIZES = {ptype: frozenset(ptype.sizes())
+          for ptype in set(PAYLOAD_TYPES.values())}
 
 
 def decode_payload(request: int, data: bytes) -> Tuple[Request, Payload]:
@@ -641,7 +644,7 @@ def decode_payload(request: int, data: bytes) -> Tuple[Request, Payload]:
     if req is None:
         raise UnknownRequest(request)
     ptype = PAYLOAD_TYPES[req]
-    if len(data) not in ptype.sizes():
+    if len(data) not in _SIZES[ptype]:
         sizes = ptype.sizes()
         expect = (str(sizes[0]) if len(sizes) == 1
                   else f"one of {sizes[0]}..{sizes[-1]}")
