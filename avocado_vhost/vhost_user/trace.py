@@ -18,6 +18,7 @@ can be understood without a rerun.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Iterable, List, Optional
 
@@ -81,22 +82,34 @@ class Trace:
 
     def __init__(self, name: str = "backend"):
         self.name = name
+        # Raw tuples on the hot path (a tuple is much cheaper to make than
+        # an object); TraceEntry objects are built when the trace is read.
+        self._raw: List[tuple] = []
         self._entries: List[TraceEntry] = []
         self._seq = itertools.count()
         self._t0 = time.monotonic()
+        self._lock = threading.Lock()  # readers only
 
     def add(self, conn: int, kind: str, request: str = "", flags: int = 0,
-            size: int = 0, nfds: int = 0, detail: object = "") -> TraceEntry:
+            size: int = 0, nfds: int = 0, detail: object = "") -> None:
         # next() on a count and list.append are atomic under the GIL: no
-        # lock on the back-end's hot path, and sequence numbers stay unique.
-        entry = TraceEntry(next(self._seq), time.monotonic() - self._t0,
-                           conn, kind, request, flags, size, nfds, detail)
-        self._entries.append(entry)
-        return entry
+        # lock for the writers, and sequence numbers stay unique.
+        self._raw.append((next(self._seq), time.monotonic(), conn, kind,
+                          request, flags, size, nfds, detail))
 
     @property
     def entries(self) -> List[TraceEntry]:
-        return sorted(self._entries, key=lambda e: e.seq)
+        """Every entry so far, in sequence order."""
+        with self._lock:
+            done = len(self._entries)
+            fresh = self._raw[done:]
+            t0 = self._t0
+            self._entries.extend(
+                TraceEntry(seq, t - t0, *rest) for seq, t, *rest in fresh)
+            # Two threads may append out of sequence order: sort what changed.
+            if fresh:
+                self._entries.sort(key=lambda e: e.seq)
+            return list(self._entries)
 
     def select(self, kind: Optional[str] = None,
                request: Optional[str] = None,
