@@ -189,6 +189,7 @@ class VhostUserBackend:
         if device is not None:
             device.attach(self)
         self._work = False
+        self._waiters = 0
         self.connections = 0
         #: Why each connection ended, by connection number.
         self.disconnect_reasons: Dict[int, str] = {}
@@ -319,6 +320,15 @@ class VhostUserBackend:
             self._drop_requested = True
         self._wake()
 
+    def _notify(self) -> None:
+        """Wake the test's waits, if any (call with the lock held).
+
+        Condition.notify_all() is Python code that costs microseconds even
+        with nobody waiting; this runs for every message.
+        """
+        if self._waiters:
+            self._cond.notify_all()
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
@@ -381,7 +391,7 @@ class VhostUserBackend:
                                + traceback.format_exc())
         finally:
             with self._cond:
-                self._cond.notify_all()
+                self._notify()
 
     def _kicked(self, fd: int, index: int) -> None:
         try:
@@ -393,7 +403,7 @@ class VhostUserBackend:
             if (self.device is not None and ring is not None
                     and ring.started and ring.kick_fd == fd):
                 self.device.process(ring)
-            self._cond.notify_all()
+            self._notify()
 
     def poke(self) -> None:
         """Ask the thread to retry every started ring (the test put frames
@@ -418,7 +428,7 @@ class VhostUserBackend:
             config=bytearray(self.config.config))
         self._conn = conn
         self.trace.add(self.connections, "event", "CONNECTED")
-        self._cond.notify_all()
+        self._notify()
 
     def _close_connection(self, why: str) -> None:
         with self._cond:
@@ -437,7 +447,7 @@ class VhostUserBackend:
             self.trace.add(self.connections, "event", "DISCONNECTED", detail=why)
             if self.reconnect_path is not None and not self._stopping:
                 self._reconnect(self.reconnect_path)
-            self._cond.notify_all()
+            self._notify()
 
     def _reconnect(self, path: str) -> None:
         from .connection import connect
@@ -475,7 +485,7 @@ class VhostUserBackend:
                 self._close_connection(str(exc))
             except ConnectionClosed as exc:
                 self._close_connection(str(exc))
-            self._cond.notify_all()
+            self._notify()
 
     def _dispatch(self, conn: Connection, header: Header, raw: bytes,
                   fds: List[int], msgno: int) -> None:
@@ -606,7 +616,7 @@ class VhostUserBackend:
         with self._cond:
             self.errors.append(text)
             self.trace.add(self.connections, "error", detail=text)
-            self._cond.notify_all()
+            self._notify()
 
     def _record_violation(self, text: str) -> None:
         self.violations.append(text)
@@ -903,7 +913,11 @@ class VhostUserBackend:
                         f"[{self.name}] timed out after {timeout}s waiting "
                         f"for {what}; seen instead: {self.describe()}\n"
                         f"last messages:\n{self.trace.tail(15)}")
-                self._cond.wait(left)
+                self._waiters += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiters -= 1
 
     def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
         self.wait_for(lambda: self.connections >= count and self.connected,
