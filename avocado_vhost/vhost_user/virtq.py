@@ -61,8 +61,17 @@ class _Ring:
     """What both ring layouts share: buffer access through the mapped
     memory, and the write hook the back-end logs through."""
 
-    memory: GuestMemory
-    on_write: Optional[Callable[[int, int, bool], None]]
+    def __init__(self, memory: GuestMemory, num: int, desc: int,
+                 on_write: Optional[Callable[[int, int, bool], None]],
+                 indirect: bool):
+        if num == 0 or num > 32768:
+            raise RingError(f"ring size {num}")
+        self.memory = memory
+        self.num = num
+        self.desc = desc
+        self.on_write = on_write
+        self.indirect = indirect
+        self._dmap, self._doff = memory.locate(desc, 16 * num)
 
     def read(self, buffers: List[Tuple[int, int]]) -> bytes:
         if len(buffers) == 1:
@@ -111,18 +120,11 @@ class SplitRing(_Ring):
                  on_write: Optional[Callable[[int, int, bool], None]] = None,
                  indirect: bool = False, event_idx: bool = False,
                  used_idx: Optional[int] = None):
-        if num == 0 or num > 32768:
-            raise RingError(f"ring size {num}")
-        self.memory = memory
-        self.num = num
-        self.desc = desc
+        super().__init__(memory, num, desc, on_write, indirect)
         self.avail = avail
         self.used = used
         self.next_avail = next_avail & 0xFFFF
-        self.on_write = on_write
-        self.indirect = indirect
         self.event_idx = event_idx
-        self._dmap, self._doff = memory.locate(desc, 16 * num)
         self._amap, self._aoff = memory.locate(avail, 6 + 2 * num)
         self._umap, self._uoff = memory.locate(used, 6 + 8 * num)
         self.used_idx = (_U16.unpack_from(self._umap, self._uoff + 2)[0]
@@ -290,18 +292,11 @@ class PackedRing(_Ring):
                  driver: int, base: int,
                  on_write: Optional[Callable[[int, int, bool], None]] = None,
                  indirect: bool = False):
-        if num == 0 or num > 32768:
-            raise RingError(f"ring size {num}")
-        self.memory = memory
-        self.num = num
-        self.desc = desc
-        self.on_write = on_write
-        self.indirect = indirect
+        super().__init__(memory, num, desc, on_write, indirect)
         self.avail_pos = base & 0x7FFF
         self.avail_wrap = bool(base >> 15 & 1)
         self.used_pos = base >> 16 & 0x7FFF
         self.used_wrap = bool(base >> 31 & 1)
-        self._dmap, self._doff = memory.locate(desc, 16 * num)
         self._emap, self._eoff = memory.locate(driver, 4)
         self._pushed = False
 
