@@ -175,15 +175,18 @@ class DriverQueue:
         while self.last_used != idx:
             slot = self.q.used + 4 + 8 * (self.last_used % self.size)
             head, length = struct.unpack("<II", self.qtest.memread(slot, 8))
-            if head not in self.inflight:
-                raise AssertionError(
-                    f"queue {self.q.index}: used entry {self.last_used} "
-                    f"names descriptor {head}, which is not in flight "
-                    "(completed twice, or never posted)")
-            self.free.extend(self.inflight.pop(head))
+            self._complete(head, f"used entry {self.last_used}")
             out.append((head, length))
             self.last_used = (self.last_used + 1) & 0xFFFF
         return out
+
+    def _complete(self, head: int, where: str) -> None:
+        """Free what the device returned; it must have been in flight."""
+        if head not in self.inflight:
+            raise AssertionError(
+                f"queue {self.q.index}: {where} names buffer {head}, which "
+                "is not in flight (completed twice, or never posted)")
+        self.free.extend(self.inflight.pop(head))
 
     def buffer_addr(self, descriptor: int) -> int:
         return self.buffers + descriptor * BUF
@@ -307,12 +310,7 @@ class PackedDriverQueue(DriverQueue):
             used = bool(flags & PACKED_F_USED)
             if not (avail == used == self.used_wrap):
                 return out
-            if buf_id not in self.inflight:
-                raise AssertionError(
-                    f"queue {self.q.index}: used descriptor at slot "
-                    f"{self.used_pos} names buffer {buf_id}, which is not in "
-                    "flight")
-            self.free.extend(self.inflight.pop(buf_id))
+            self._complete(buf_id, f"used descriptor at slot {self.used_pos}")
             out.append((buf_id, length))
             self.used_pos += self.slots.pop(buf_id)
             if self.used_pos >= self.size:
