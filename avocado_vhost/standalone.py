@@ -15,7 +15,8 @@ import shutil
 import tempfile
 from typing import Iterator, Optional
 
-from .qemu.binary import find_binary
+from .qemu.binary import find_binary, probe
+from .qemu.platform import platform_for
 from .qemu.vm import VMSpec, VhostVM, default_tmpdir
 from .vhost_user import VhostUserBackend
 
@@ -38,7 +39,9 @@ def standalone_vm(backend: VhostUserBackend, qemu_bin: Optional[str] = None,
         sock = os.path.join(workdir, "vu.sock")
         backend.listen(sock)
         backend.start()
-        vm = VhostVM(VMSpec(name, find_binary(qemu_bin), workdir, sock,
+        binary = find_binary(qemu_bin)
+        spec.setdefault("platform", platform_for(probe(binary).arch))
+        vm = VhostVM(VMSpec(name, binary, workdir, sock,
                             **spec),  # type: ignore[arg-type]
                      workdir, qtest=qtest)
         if launch:

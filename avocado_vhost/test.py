@@ -36,6 +36,7 @@ from avocado import Test
 from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                        pattern)
 from .qemu.driver import DriverQueue, PackedDriverQueue
+from .qemu.platform import BUFFER_WINDOW, Platform, platform_for
 from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
@@ -65,9 +66,11 @@ class VhostUserTest(Test):
             self.caps = probe(self.qemu_bin)
         except QemuBinaryError as exc:
             self.error(str(exc))
-        self.log.info("QEMU under test: %s (%s)", self.qemu_bin,
-                      self.caps.version)
+        self.platform: Platform = platform_for(self.caps.arch)
         self.accel = self._choose_accel()
+        self.log.info("QEMU under test: %s (version %s, %s, accel %s)",
+                      self.qemu_bin, self.caps.version, self.caps.arch,
+                      self.accel)
         self.timeout_scale = float(self.params.get("timeout_scale",
                                                    default=1.0))
         self.workdir_short = tempfile.mkdtemp(prefix="avh-",
@@ -82,15 +85,26 @@ class VhostUserTest(Test):
 
     # --- requirements -----------------------------------------------------
     def _choose_accel(self) -> str:
+        """qtest where the binary has it (as upstream runs its own
+        vhost-user tests), else TCG; KVM only on request.  Availability was
+        probed by starting QEMU with each accelerator."""
         wanted = self.params.get("accel", default=None)
         if wanted is None:
             return "qtest" if self.caps.has_accel("qtest") else "tcg"
+        if wanted not in ("qtest", "tcg", "kvm"):
+            self.error(f"accel={wanted}: not an accelerator (valid: qtest, "
+                       "tcg, kvm)")
         if not self.caps.has_accel(wanted):
-            self.cancel(f"accelerator '{wanted}' is not in {self.qemu_bin} "
-                        f"(it has: {', '.join(sorted(self.caps.accels))})")
-        if wanted == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            self.cancel("accel=kvm asked for, but /dev/kvm is not usable")
-        return wanted
+            self.cancel(f"accelerator '{wanted}' does not start with "
+                        f"{self.qemu_bin}: {self.caps.accel_error(wanted)}")
+        return str(wanted)
+
+    def require_arch(self, *arches: str) -> None:
+        """Cancel unless the QEMU under test is a system emulator of one of
+        ``arches``."""
+        if self.caps.arch not in arches:
+            self.cancel(f"needs a {' or '.join(arches)} QEMU; "
+                        f"{self.qemu_bin} is {self.caps.arch}")
 
     def require_device(self, name: str) -> None:
         """Cancel unless the QEMU under test has device ``name``."""
@@ -157,11 +171,13 @@ class VhostUserTest(Test):
             "membackend", default="memfd")))
         mem_path = self.require_membackend(membackend)
         spec.setdefault("mem_mb", int(self.params.get("mem_mb", default=256)))
+        spec.setdefault("accel", self.accel)
         vm_spec = VMSpec(name=name, binary=self.qemu_bin,
                          workdir=self.workdir_short,
-                         vhost_socket=vhost_socket, accel=self.accel,
+                         vhost_socket=vhost_socket,
                          mem_backend=membackend, mem_path=mem_path,
                          reconnect_ms=self.caps.reconnect_ms,
+                         platform=self.platform,
                          **spec)  # type: ignore[arg-type]
         # The firmware drives the device itself; qtest is for the test's
         # own driver.
@@ -293,6 +309,8 @@ class VhostUserTest(Test):
         hold = Fault("hold", request=Request.GET_VRING_BASE,
                      hold_timeout=self.scaled(30))
         src_backend.faults.append(hold)
+        # A test that fails while QEMU waits must not wait out the hold.
+        self._stack.callback(hold.release.set)
         for vm in (src, dst):
             vm.qmp("migrate-set-capabilities", capabilities=[
                 {"capability": "events", "state": True}])
@@ -326,7 +344,7 @@ class VhostUserTest(Test):
         with buffers in guest RAM above the rings."""
         assert vm.device is not None and vm.qtest is not None, \
             "drive the device first"
-        alloc = GuestAllocator(0x800000, 0x4000000)
+        alloc = GuestAllocator(*vm.spec.platform.window(BUFFER_WINDOW))
         kind = PackedDriverQueue if vm.device.packed else DriverQueue
         return [kind(vm.qtest, q, alloc) for q in vm.device.queues]
 

@@ -32,6 +32,7 @@ from avocado_vhost.vhost_user.message import (  # noqa: E402
     MemoryRegion, MemoryTable, ProtocolFeature, Request, U64, VirtioFeature,
     VringAddr, VringState)
 from avocado_vhost.qemu.driver import NET_HDR, DriverQueue  # noqa: E402
+from avocado_vhost.qemu.platform import BUFFER_WINDOW  # noqa: E402
 from avocado_vhost.qemu.virtio_pci import GuestAllocator  # noqa: E402
 from avocado_vhost.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402
@@ -133,7 +134,8 @@ def through_qemu(frames: int) -> float:
         backend.wait_rings_started(2, timeout=10)
         assert vm.qtest is not None
         txq = DriverQueue(vm.qtest, device.queues[1],
-                          GuestAllocator(0x800000, 0x4000000))
+                          GuestAllocator(
+                              *vm.spec.platform.window(BUFFER_WINDOW)))
         payload = NET_HDR + bytes(FRAME)
         start = time.perf_counter()
         for done in range(0, frames, 128):

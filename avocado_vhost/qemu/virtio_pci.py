@@ -13,12 +13,14 @@ takes tens of milliseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
+from .platform import Platform
 from .qtest import QtestLink
 
 __all__ = ["VirtioPciError", "PciFunction", "VirtioPciDevice", "VirtQueue",
-           "GuestAllocator", "find_function", "VIRTIO_VENDOR",
+           "GuestAllocator", "find_function", "config_space",
+           "PortConfigSpace", "EcamConfigSpace", "VIRTIO_VENDOR",
            "modern_device_id"]
 
 VIRTIO_VENDOR = 0x1AF4
@@ -58,27 +60,80 @@ class GuestAllocator:
         return addr
 
 
+class PortConfigSpace:
+    """PCI configuration space through x86's ports 0xCF8 (address) and
+    0xCFC (data), bus 0."""
+
+    def __init__(self, qtest: QtestLink):
+        self.qtest = qtest
+
+    def read32(self, devfn: int, reg: int) -> int:
+        self.qtest.outl(_CFG_ADDR, 0x80000000 | (devfn << 8) | (reg & 0xFC))
+        return self.qtest.inl(_CFG_DATA)
+
+    def write32(self, devfn: int, reg: int, value: int) -> None:
+        self.qtest.outl(_CFG_ADDR, 0x80000000 | (devfn << 8) | (reg & 0xFC))
+        self.qtest.outl(_CFG_DATA, value)
+
+    def __str__(self) -> str:
+        return "ports 0xcf8/0xcfc"
+
+
+class EcamConfigSpace:
+    """PCI Express configuration space mapped in memory (ECAM), bus 0:
+    function ``devfn``'s 4 KiB start at ``base + devfn * 4096``."""
+
+    def __init__(self, qtest: QtestLink, base: int):
+        self.qtest = qtest
+        self.base = base
+
+    def read32(self, devfn: int, reg: int) -> int:
+        return self.qtest.read(self.base + (devfn << 12) + (reg & 0xFFC), 4)
+
+    def write32(self, devfn: int, reg: int, value: int) -> None:
+        self.qtest.write(self.base + (devfn << 12) + (reg & 0xFFC), 4, value)
+
+    def __str__(self) -> str:
+        return f"ECAM at 0x{self.base:x}"
+
+
+ConfigSpace = Union[PortConfigSpace, EcamConfigSpace]
+
+
+def config_space(qtest: QtestLink, platform: Platform) -> ConfigSpace:
+    """How this VM's PCI configuration space is reached.
+
+    On ``virt`` the ECAM window moves (high memory on or off), so each
+    candidate is probed for the host bridge at 00.0.
+    """
+    if not platform.ecam_bases:
+        return PortConfigSpace(qtest)
+    for base in platform.ecam_bases:
+        vendor = qtest.read(base, 4) & 0xFFFF
+        if vendor not in (0, 0xFFFF):
+            return EcamConfigSpace(qtest, base)
+    raise VirtioPciError(
+        "no PCI host bridge in any ECAM window of the "
+        f"{platform.machine} machine (tried "
+        f"{', '.join(hex(b) for b in platform.ecam_bases)})")
+
+
 @dataclass
 class PciFunction:
-    """One PCI function on bus 0, reached through port 0xCF8/0xCFC."""
+    """One PCI function on bus 0."""
 
-    qtest: QtestLink
+    space: ConfigSpace
     devfn: int
 
-    def _addr(self, reg: int) -> int:
-        return 0x80000000 | (self.devfn << 8) | (reg & 0xFC)
-
     def read32(self, reg: int) -> int:
-        self.qtest.outl(_CFG_ADDR, self._addr(reg))
-        return self.qtest.inl(_CFG_DATA)
+        return self.space.read32(self.devfn, reg)
 
     def read(self, reg: int, size: int) -> int:
         value = self.read32(reg & ~3) >> (8 * (reg & 3))
         return value & ((1 << (8 * size)) - 1)
 
     def write32(self, reg: int, value: int) -> None:
-        self.qtest.outl(_CFG_ADDR, self._addr(reg))
-        self.qtest.outl(_CFG_DATA, value)
+        self.space.write32(self.devfn, reg, value)
 
     def write16(self, reg: int, value: int) -> None:
         old = self.read32(reg & ~3)
@@ -86,27 +141,28 @@ class PciFunction:
         self.write32(reg & ~3, (old & ~(0xFFFF << shift)) | (value << shift))
 
     @property
-    def ids(self) -> tuple:
+    def ids(self) -> Tuple[int, int]:
         word = self.read32(0)
         return word & 0xFFFF, word >> 16
 
 
-def find_function(qtest: QtestLink, vendor: int, device: int) -> PciFunction:
+def find_function(space: ConfigSpace, vendor: int,
+                  device: int) -> PciFunction:
     """The first function on bus 0 with these ids.
 
     :raise VirtioPciError: none found (lists what was found instead).
     """
     seen = []
     for slot in range(32):
-        func = PciFunction(qtest, slot << 3)
+        func = PciFunction(space, slot << 3)
         ven, dev = func.ids
-        if ven == 0xFFFF:
+        if ven in (0xFFFF, 0):
             continue
         if (ven, dev) == (vendor, device):
             return func
         seen.append(f"{slot:02x}.0={ven:04x}:{dev:04x}")
     raise VirtioPciError(f"no PCI function {vendor:04x}:{device:04x} on bus "
-                         f"0; found {', '.join(seen)}")
+                         f"0 ({space}); found {', '.join(seen)}")
 
 
 @dataclass
@@ -126,12 +182,11 @@ class VirtioPciDevice:
 
     :param qtest: the VM's qtest link.
     :param func: the PCI function.
-    :param bar_addr: guest-physical address to give the modern BAR (must be
-        in the PCI hole, clear of RAM).
+    :param bar_addr: guest-physical address to give the modern BAR (in the
+        platform's MMIO window, clear of RAM: ``Platform.bar_base``).
     """
 
-    def __init__(self, qtest: QtestLink, func: PciFunction,
-                 bar_addr: int = 0xFE000000):
+    def __init__(self, qtest: QtestLink, func: PciFunction, bar_addr: int):
         self.qtest = qtest
         self.func = func
         self.bar_addr = bar_addr

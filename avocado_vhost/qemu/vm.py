@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 import re
 from typing import Callable, List, Optional, Tuple
 
-from qemu.machine import QEMUMachine
+from .machine import VhostMachine
 
 from .launcher import call_in_launcher, submit_to_launcher
 from .qtest import QtestLink
 from .watch import FolderWatch
+from .platform import PLATFORMS, RING_WINDOW, Platform
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
-                         find_function, modern_device_id)
+                         config_space, find_function, modern_device_id)
 
 __all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
            "default_tmpdir",
-           "hugetlbfs_mounted", "halting_bios"]
+           "hugetlbfs_mounted"]
 
 #: memory backend name -> QEMU object type
 MEM_BACKENDS = {
@@ -77,20 +78,6 @@ def hugetlbfs_mounted(path: str) -> bool:
     return fstype == "hugetlbfs"
 
 
-def halting_bios(directory: str) -> str:
-    """Write a 64 KiB BIOS image whose reset vector halts forever.
-
-    The CPU starts at 0xFFFF0 (offset 0xFFF0 of the image): ``hlt; jmp $-1``.
-    Nothing then touches the devices; the test drives them over qtest.
-    """
-    image = bytearray(b"\xff" * 0x10000)
-    image[0xFFF0:0xFFF3] = b"\xf4\xeb\xfd"
-    path = os.path.join(directory, "halt.bin")
-    with open(path, "wb") as out:
-        out.write(image)
-    return path
-
-
 @dataclass
 class VMSpec:
     """What one VM is; :meth:`args` turns it into a QEMU command line.
@@ -101,7 +88,8 @@ class VMSpec:
     :param reconnect: client-mode reconnect delay in seconds (``reconnect=``)
         or, with ``reconnect_ms``, in milliseconds.
     :param firmware: boot SeaBIOS + iPXE (realism) instead of the halting
-        BIOS at ``bios``.
+        BIOS at ``bios`` (x86_64 only).
+    :param platform: the target's facts (machine, RAM base, firmware).
     """
 
     name: str
@@ -122,14 +110,15 @@ class VMSpec:
     bios: Optional[str] = None
     incoming: Optional[str] = None
     extra: List[str] = field(default_factory=list)
+    platform: Platform = PLATFORMS["x86_64"]
 
     def memory_args(self) -> List[str]:
         qom = MEM_BACKENDS[self.mem_backend]
         opts = [qom, "id=mem0", f"size={self.mem_mb}M", "share=on"]
         if self.mem_backend in ("memfile", "hugetlbfs"):
             opts.append(f"mem-path={self.mem_path or self.workdir}")
-        return ["-m", f"{self.mem_mb}M", "-object", ",".join(opts),
-                "-machine", "pc,memory-backend=mem0"]
+        return (["-m", f"{self.mem_mb}M", "-object", ",".join(opts)]
+                + self.platform.machine_args("mem0"))
 
     def chardev_args(self) -> List[str]:
         opts = ["socket", "id=vu0", f"path={self.vhost_socket}"]
@@ -160,7 +149,8 @@ class VMSpec:
     def args(self) -> List[str]:
         out = ["-nodefaults", "-accel", self.accel]
         if not self.firmware:
-            out += ["-bios", self.bios or halting_bios(self.workdir)]
+            out += ["-bios",
+                    self.bios or self.platform.halting_firmware(self.workdir)]
         out += self.memory_args() + self.chardev_args() + self.device_args()
         if self.incoming:
             out += ["-incoming", self.incoming]
@@ -187,7 +177,7 @@ class VhostVM:
         # A monitor socket path (not a socketpair) bounds QMP's start-up
         # with qmp_timer: a QEMU stuck before its monitor runs fails the
         # launch instead of hanging it.
-        self.machine = QEMUMachine(
+        self.machine = VhostMachine(
             spec.binary, args=spec.args() + (
                 self.qtest.qemu_args if self.qtest else []),
             wrapper=wrapper, name=spec.name, base_temp_dir=spec.workdir,
@@ -254,17 +244,21 @@ class VhostVM:
 
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,
-                     window: tuple = (0x400000, 0x800000)) -> VirtioPciDevice:
+                     window: Tuple[int, int] = RING_WINDOW
+                     ) -> VirtioPciDevice:
         """Bring the vhost-user device to DRIVER_OK from the test.
 
-        :param window: guest RAM where the driver lays out its rings.
+        :param window: guest RAM (offsets from the RAM base) where the
+            driver lays out its rings.
         """
         assert self.qtest is not None, "driving the device needs qtest"
+        platform = self.spec.platform
         vtype = DEVICE_TYPES[self.spec.device]
-        func = find_function(self.qtest, VIRTIO_VENDOR, modern_device_id(vtype))
-        self.device = VirtioPciDevice(self.qtest, func)
-        self.device.setup(GuestAllocator(*window), features, queues,
-                          queue_size)
+        func = find_function(config_space(self.qtest, platform),
+                             VIRTIO_VENDOR, modern_device_id(vtype))
+        self.device = VirtioPciDevice(self.qtest, func, platform.bar_base)
+        self.device.setup(GuestAllocator(*platform.window(window)), features,
+                          queues, queue_size)
         return self.device
 
     def qmp(self, cmd: str, **args: object) -> object:

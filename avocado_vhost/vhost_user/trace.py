@@ -62,10 +62,16 @@ class TraceEntry:
         self._detail = detail
 
     @property
+    def payload(self) -> object:
+        """The decoded payload object of a message entry (``None`` for
+        other kinds, or once only its text is kept)."""
+        return None if isinstance(self._detail, str) else self._detail
+
+    @property
     def detail(self) -> str:
-        if not isinstance(self._detail, str):
-            self._detail = describe_payload(self._detail)
-        return self._detail
+        if isinstance(self._detail, str):
+            return self._detail
+        return describe_payload(self._detail)
 
     def __str__(self) -> str:
         arrow = {"rx": "<-", "tx": "->"}.get(self.kind, "!!" if self.kind in (
@@ -119,6 +125,11 @@ class Trace:
                 if (kind is None or e.kind == kind)
                 and (request is None or e.request == request)
                 and (conn is None or e.conn == conn)]
+
+    def payloads(self, request: str, conn: Optional[int] = None
+                 ) -> List[object]:
+        """Decoded payloads of every ``request`` received, in order."""
+        return [e.payload for e in self.select("rx", request, conn)]
 
     def received(self, conn: Optional[int] = None) -> List[str]:
         """Names of the requests received, in order."""

@@ -45,7 +45,7 @@ def datapath_config(pairs=1):
 class Datapath(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,datapath
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,datapath
     """
 
     def start(self, pairs=1, port=None):
@@ -174,7 +174,7 @@ class Datapath(VhostUserTest):
 class ReconnectUnderTraffic(Datapath):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,datapath,reconnect
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,datapath,reconnect
     """
 
     def test_reconnect_under_traffic(self):

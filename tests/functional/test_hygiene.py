@@ -47,7 +47,7 @@ def _pids_with(text):
 class Hygiene(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,hygiene
+    :avocado: tags=arch:x86_64,arch:aarch64,hygiene
     """
 
     def test_qemu_dies_with_a_killed_test_process(self):

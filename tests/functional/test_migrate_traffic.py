@@ -55,7 +55,7 @@ def make_frames(rng, count, tag):
 class MigrateUnderTraffic(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,migration,datapath
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,migration,datapath
     """
 
     def scenario(self, src_base_override=None, src_skips_logging=False,

@@ -21,7 +21,7 @@ ONCE = ("SET_OWNER", "SET_MEM_TABLE", "GET_QUEUE_NUM")
 class Multiqueue(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,multiqueue
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,multiqueue
     """
 
     def run_pairs(self, pairs):

@@ -14,7 +14,7 @@ from avocado_vhost.test import VhostUserTest
 class ReadGuestMem(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,read-guest-mem
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,read-guest-mem
     """
 
     def _read_guest_mem(self, membackend=None):

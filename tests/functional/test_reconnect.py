@@ -20,7 +20,7 @@ DROPS = 5
 class Reconnect(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,reconnect
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,reconnect
     """
 
     def wait_restarted(self, backend, connection, rings=2):

@@ -7,7 +7,7 @@ from avocado_vhost.vhost_user import Request
 class StartUp(VhostUserTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,smoke
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,smoke
     """
 
     def test_startup_sequence(self):
@@ -37,8 +37,12 @@ class StartUp(VhostUserTest):
 
         :avocado: tags=firmware
         """
+        self.require_arch("x86_64")  # SeaBIOS and iPXE are PC firmware
         backend = self.make_backend("backend")
-        vm = self.make_vm("vm", backend.listener_path, firmware=True)
+        # Firmware needs a running CPU: the qtest accelerator has none.
+        accel = "tcg" if self.accel == "qtest" else self.accel
+        vm = self.make_vm("vm", backend.listener_path, firmware=True,
+                          accel=accel)
         vm.launch()
         # iPXE probes the NIC about 2 s after launch under TCG.
         backend.wait_rings_started(2, timeout=self.scaled(60))
