@@ -20,13 +20,17 @@ from .qtest import QtestLink
 
 __all__ = ["VirtioPciError", "PciFunction", "VirtioPciDevice", "VirtQueue",
            "GuestAllocator", "find_function", "config_space",
-           "PortConfigSpace", "EcamConfigSpace", "VIRTIO_VENDOR",
+           "PortConfigSpace", "EcamConfigSpace", "MsixVector", "NO_VECTOR", "VIRTIO_VENDOR",
            "modern_device_id"]
 
 VIRTIO_VENDOR = 0x1AF4
 _CFG_ADDR, _CFG_DATA = 0xCF8, 0xCFC
 _PCI_COMMAND, _PCI_STATUS, _PCI_CAP_PTR = 0x04, 0x06, 0x34
-_CAP_VENDOR = 0x09
+_CAP_VENDOR, _CAP_MSIX = 0x09, 0x11
+#: virtio's "no MSI-X vector" (INTx and the ISR register are used instead)
+NO_VECTOR = 0xFFFF
+#: where the MSI-X table's BAR goes, past the modern BAR
+_MSIX_BAR_OFFSET = 0x100000
 # virtio_pci_cap cfg_type
 _COMMON, _NOTIFY, _ISR, _DEVICE = 1, 2, 3, 4
 # device status bits
@@ -165,6 +169,20 @@ def find_function(space: ConfigSpace, vendor: int,
                          f"0 ({space}); found {', '.join(seen)}")
 
 
+@dataclass(frozen=True)
+class MsixVector:
+    """One MSI-X table entry as the test driver programmed it.
+
+    The message address is ordinary guest RAM, as QEMU's libqos does: an
+    interrupt QEMU delivers on this vector is a 4-byte write of ``data``
+    there, which the test reads back (and clears).
+    """
+
+    index: int
+    addr: int
+    data: int
+
+
 @dataclass
 class VirtQueue:
     """A split virtqueue laid out in guest memory by the test driver."""
@@ -194,6 +212,9 @@ class VirtioPciDevice:
         self.notify_mult = 0
         self.queues: List[VirtQueue] = []
         self.features = 0
+        #: MSI-X vectors when enabled (vector 0: configuration, 1 + i: queue
+        #: i); empty when the device interrupts through INTx and the ISR.
+        self.vectors: List[MsixVector] = []
 
     # --- configuration space ---------------------------------------------
     def _walk_caps(self) -> None:
@@ -219,15 +240,83 @@ class VirtioPciDevice:
                 raise VirtioPciError(f"virtio capability type {need} missing "
                                      f"(found {sorted(self.caps)})")
 
-    def _map_bar(self) -> None:
-        bar = self.caps[_COMMON][0]
+    def _find_cap(self, cap_id: int) -> Optional[int]:
+        """Offset of the first standard capability ``cap_id``, if any."""
+        ptr = self.func.read(_PCI_CAP_PTR, 1) & 0xFC
+        hops = 0
+        while ptr and hops < 48:
+            if self.func.read(ptr, 1) == cap_id:
+                return ptr
+            ptr, hops = self.func.read(ptr + 1, 1) & 0xFC, hops + 1
+        return None
+
+    def _map_bar(self, bar: Optional[int] = None,
+                 addr: Optional[int] = None) -> None:
+        """Place a memory BAR (default: the modern virtio BAR) and enable
+        memory decoding and bus mastering."""
+        bar = self.caps[_COMMON][0] if bar is None else bar
+        addr = self.bar_addr if addr is None else addr
         reg = 0x10 + 4 * bar
         low = self.func.read32(reg)
-        self.func.write32(reg, self.bar_addr & 0xFFFFFFF0)
+        self.func.write32(reg, addr & 0xFFFFFFF0)
         if low & 0x6 == 0x4:  # 64-bit BAR: clear the high half
-            self.func.write32(reg + 4, 0)
+            self.func.write32(reg + 4, addr >> 32)
         cmd = self.func.read(_PCI_COMMAND, 2)
         self.func.write16(_PCI_COMMAND, cmd | 0x6)  # memory + bus master
+
+    def enable_msix(self, alloc: "GuestAllocator") -> List[MsixVector]:
+        """Enable MSI-X with every table entry unmasked, each writing its
+        own marker to its own word of guest RAM.
+
+        :raise VirtioPciError: the function has no MSI-X capability (QEMU's
+            ``vectors=0``).
+        """
+        cap = self._find_cap(_CAP_MSIX)
+        if cap is None:
+            raise VirtioPciError("the device has no MSI-X capability")
+        ctrl = self.func.read(cap + 2, 2)
+        count = (ctrl & 0x7FF) + 1
+        where = self.func.read32(cap + 4)
+        bar_addr = self.bar_addr + _MSIX_BAR_OFFSET
+        if where & 7 != self.caps[_COMMON][0]:
+            self._map_bar(where & 7, bar_addr)
+        else:
+            bar_addr = self.bar_addr
+        table = bar_addr + (where & ~7)
+        vectors = []
+        for index in range(count):
+            target = alloc.alloc(4, 4)
+            self.qtest.write(target, 4, 0)
+            vector = MsixVector(index, target, 0x5EC70000 | index)
+            entry = table + 16 * index
+            self.qtest.write(entry, 4, target & 0xFFFFFFFF)
+            self.qtest.write(entry + 4, 4, target >> 32)
+            self.qtest.write(entry + 8, 4, vector.data)
+            self.qtest.write(entry + 12, 4, 0)  # unmasked
+            vectors.append(vector)
+        # MSI-X enable (bit 15), function mask (bit 14) clear
+        old = self.func.read32(cap)
+        self.func.write32(cap, (old & ~(0x4000 << 16)) | (0x8000 << 16))
+        self.vectors = vectors
+        return vectors
+
+    def msix_fired(self, vector: MsixVector) -> bool:
+        """Whether QEMU delivered ``vector`` since the last call (its marker
+        is in guest RAM); the marker is cleared for the next one."""
+        if self.qtest.read(vector.addr, 4) != vector.data:
+            return False
+        self.qtest.write(vector.addr, 4, 0)
+        return True
+
+    def isr_status(self) -> int:
+        """Read (and so clear) the ISR status, as an INTx handler does:
+        bit 0 is a queue interrupt, bit 1 a configuration change."""
+        return self.qtest.read(self._cap_addr(_ISR), 1)
+
+    def queue_vector(self, index: int) -> Optional[MsixVector]:
+        """The MSI-X vector of queue ``index`` (None under INTx)."""
+        return self.vectors[1 + index] if len(self.vectors) > 1 + index \
+            else None
 
     def _cap_addr(self, cfg_type: int) -> int:
         bar, offset, _ = self.caps[cfg_type]
@@ -267,12 +356,16 @@ class VirtioPciDevice:
         return bool(self.features & VIRTIO_F_RING_PACKED)
 
     def setup(self, alloc: GuestAllocator, want_features: int = 0,
-              queues: Optional[int] = None, queue_size: int = 256) -> None:
+              queues: Optional[int] = None, queue_size: int = 256,
+              msix: bool = False) -> None:
         """Reset, negotiate, lay out ``queues`` rings and set DRIVER_OK.
 
         :param want_features: features to accept on top of VERSION_1, if
             the device offers them.
         :param queues: how many queues to set up (default: all).
+        :param msix: enable MSI-X (vector 0 for configuration changes,
+            vector 1 + i for queue i) before DRIVER_OK, as Linux does;
+            otherwise the device interrupts through INTx and the ISR.
         """
         self._walk_caps()
         self._map_bar()
@@ -291,6 +384,9 @@ class VirtioPciDevice:
         if not self.status & FEATURES_OK:
             raise VirtioPciError("device refused FEATURES_OK for features "
                                  f"0x{self.features:x}")
+        if msix:
+            self.enable_msix(alloc)
+            self._set_vector(16, 0, "configuration")
         total = self._common(18, 2)
         count = total if queues is None else min(queues, total)
         for index in range(count):
@@ -317,10 +413,21 @@ class VirtioPciDevice:
         for off, addr in ((32, desc), (40, avail), (48, used)):
             self._common(off, 4, addr & 0xFFFFFFFF)
             self._common(off + 4, 4, addr >> 32)
+        vector = self.queue_vector(index)
+        if vector is not None:
+            self._set_vector(26, vector.index, f"queue {index}")
         notify_off = self._common(30, 2)
         self._common(28, 2, 1)  # queue_enable
         notify = self._cap_addr(_NOTIFY) + notify_off * self.notify_mult
         self.queues.append(VirtQueue(index, size, desc, avail, used, notify))
+
+    def _set_vector(self, offset: int, vector: int, what: str) -> None:
+        """Write an MSI-X vector register and check that the device took it
+        (it reads back NO_VECTOR when it could not allocate it)."""
+        self._common(offset, 2, vector)
+        if self._common(offset, 2) != vector:
+            raise VirtioPciError(f"the device refused MSI-X vector {vector} "
+                                 f"for {what}")
 
     def reset(self) -> None:
         self.set_status(0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from concurrent import futures
 from dataclasses import dataclass, field
 import re
@@ -244,8 +245,8 @@ class VhostVM:
 
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,
-                     window: Tuple[int, int] = RING_WINDOW
-                     ) -> VirtioPciDevice:
+                     window: Tuple[int, int] = RING_WINDOW,
+                     msix: bool = False) -> VirtioPciDevice:
         """Bring the vhost-user device to DRIVER_OK from the test.
 
         :param window: guest RAM (offsets from the RAM base) where the
@@ -258,7 +259,7 @@ class VhostVM:
                              VIRTIO_VENDOR, modern_device_id(vtype))
         self.device = VirtioPciDevice(self.qtest, func, platform.bar_base)
         self.device.setup(GuestAllocator(*platform.window(window)), features,
-                          queues, queue_size)
+                          queues, queue_size, msix)
         return self.device
 
     def qmp(self, cmd: str, **args: object) -> object:
@@ -289,6 +290,16 @@ class VhostVM:
                     start, end = (int(match.group(i), 16) for i in (1, 2))
                     ranges.append((start, end - start + 1))
         return ranges
+
+    def wait_exit(self, timeout: float) -> Optional[int]:
+        """Wait up to ``timeout`` s for QEMU to end by itself (a link that
+        broke mid-answer means it is dying); its exit code (negative: the
+        signal), or None while it still runs."""
+        popen = self.machine._subp  # QEMUMachine has no bounded wait
+        try:
+            return popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def shutdown(self) -> None:
         """Stop QEMU (quit, then kill) and close the qtest link."""

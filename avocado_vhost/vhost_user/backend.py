@@ -986,6 +986,21 @@ class VhostUserBackend:
         snapshot while the thread runs)."""
         return self._cond  # type: ignore[return-value]
 
+    def signal_call(self, index: int) -> None:
+        """Signal ring ``index``'s call eventfd, as the device does when it
+        has used buffers: the front-end must turn it into a guest interrupt.
+
+        :raise BackendFailure: the ring has no call fd (no SET_VRING_CALL).
+        """
+        with self._cond:
+            ring = self.state.vrings.get(index)
+            if ring is None or ring.call_fd is None:
+                raise BackendFailure(f"[{self.name}] ring {index} has no call "
+                                     "eventfd to signal (no SET_VRING_CALL)")
+            os.eventfd_write(ring.call_fd, 1)
+            self.trace.add(self.connections, "event", "CALL",
+                           detail=f"ring {index} signalled by the test")
+
     def mark_dirty(self, gpa: int, length: int = 1) -> None:
         """Set the dirty-log bits of ``[gpa, gpa+length)``."""
         with self._cond:
