@@ -16,13 +16,15 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="$here/.venv"
-cache="$venv/cache"
-# QEMU source series whose python/qemu/machine works with PyPI's qemu.qmp
-# (7.2's does not: it passes 'args=' to qemu.qmp's cmd()).
-qemu_src_suite="${QEMU_SRC_SUITE:-trixie}"
+# Outside the clone, shared with scripts/build-qemu.
+src_cache="${AVOCADO_VHOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/avocado-vhost}/src"
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+# fetch_qemu_source; its suite (QEMU_SRC_SUITE, default trixie: QEMU 10.0)
+# is one whose python/qemu/machine works with PyPI's qemu.qmp (7.2's does
+# not: it passes 'args=' to qemu.qmp's cmd()).
+. "$here/scripts/qemu-source.sh"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@";
@@ -90,29 +92,14 @@ if [ -n "${QEMU_SRC:-}" ]; then
     fi
 elif [ ! -f "$mdir/qemu/machine/machine.py" ] || [ -L "$mdir/qemu/machine" ]; then
     rm -rf "$mdir/qemu/machine"
-    say "fetching QEMU's Debian source package ($qemu_src_suite) for qemu.machine"
-    apt_dir="$cache/apt"
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/parts" "$cache/src"
-    # Reuse the mirror this machine's apt already uses, with another suite.
-    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-             /etc/apt/sources.list.d/*.list 2>/dev/null \
-             | sed -nE '/security/d; s/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
-             | head -n1 || true)
-    [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt to fetch QEMU's source from"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $qemu_src_suite main" > "$apt_dir/sources.list"
-    aptopts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list"
-             -o "Dir::Etc::SourceParts=$apt_dir/parts"
-             -o "Dir::State::Lists=$apt_dir/lists" -qq)
-    apt-get "${aptopts[@]}" update \
-        || die "cannot reach $mirror to fetch QEMU's source package (no network?); or set QEMU_SRC=<qemu checkout>"
-    (cd "$cache/src" && apt-get "${aptopts[@]}" source --download-only qemu >/dev/null 2>&1) \
-        || die "apt-get source qemu failed; set QEMU_SRC=<qemu checkout> instead"
-    tarball=$(ls "$cache"/src/qemu_*.orig.tar.* | head -n1)
-    tmp=$(mktemp -d "$cache/x.XXXXXX")
+    # The same cache as scripts/build-qemu: the source is fetched once.
+    fetch_qemu_source "$src_cache"
+    tarball=$(ls "$src_cache"/qemu_*.orig.tar.* | head -n1)
+    tmp=$(mktemp -d "$venv/x.XXXXXX")
     tar -xf "$tarball" -C "$tmp" --wildcards '*/python/qemu/machine/*' \
         || die "could not extract python/qemu/machine from $tarball"
     mv "$tmp"/*/python/qemu/machine "$mdir/qemu/machine"
-    rm -rf "$tmp" "$cache/src"
+    rm -rf "$tmp"
     say "qemu.machine installed from $(basename "$tarball")"
 fi
 echo "$mdir" > "$site/qemu-machine.pth"

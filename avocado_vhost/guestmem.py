@@ -35,18 +35,25 @@ def _block(seed: int) -> bytes:
 
 
 def pattern(seed: int, gpa: int, length: int) -> bytes:
-    """The expected bytes of ``[gpa, gpa+length)`` for ``seed``."""
+    """The expected bytes of ``[gpa, gpa+length)`` for ``seed``.
+
+    The random block repeats every MiB; each page is stamped in place with
+    ``pack_into`` (one C call per page: building pages one by one in Python
+    made read-guest-mem three times slower than upstream's test).
+    """
     start = gpa - gpa % PAGE
     end = gpa + length
     block = _block(seed)
-    out = bytearray()
-    page = start
-    while page < end:
-        off = page % _BLOCK
-        chunk = bytearray(block[off:off + PAGE])
-        chunk[:_STAMP.size] = _STAMP.pack(b"AVH!", seed & 0xFFFFFFFF, page)
-        out += chunk
-        page += PAGE
+    out = bytearray(end - start + PAGE)
+    pos = 0
+    while start + pos < end:
+        off = (start + pos) % _BLOCK
+        n = min(_BLOCK - off, len(out) - pos)
+        out[pos:pos + n] = block[off:off + n]
+        pos += n
+    tag = seed & 0xFFFFFFFF
+    for page in range(start, end, PAGE):
+        _STAMP.pack_into(out, page - start, b"AVH!", tag, page)
     return bytes(out[gpa - start:gpa - start + length])
 
 
