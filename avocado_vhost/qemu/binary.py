@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 __all__ = ["QemuBinaryError", "Capabilities", "find_binary", "probe",
            "ENV_BINARY", "DEFAULT_NAME", "ARCHES"]
@@ -166,16 +166,14 @@ def _cache_file(path: str) -> str:
 def _load(cache: str) -> Optional[Capabilities]:
     try:
         with open(cache, encoding="utf-8") as src:
-            raw: Dict[str, object] = json.load(src)
+            raw: Dict[str, Any] = json.load(src)
         return Capabilities(
             path=str(raw["path"]), version=str(raw["version"]),
-            arch=str(raw["arch"]),
-            devices=frozenset(raw["devices"]),  # type: ignore[arg-type]
-            objects=frozenset(raw["objects"]),  # type: ignore[arg-type]
-            accels=frozenset(raw["accels"]),  # type: ignore[arg-type]
-            accel_errors=tuple(
-                (str(a), str(b))
-                for a, b in raw["accel_errors"]),  # type: ignore[attr-defined]
+            arch=str(raw["arch"]), devices=frozenset(raw["devices"]),
+            objects=frozenset(raw["objects"]),
+            accels=frozenset(raw["accels"]),
+            accel_errors=tuple((str(a), str(b))
+                               for a, b in raw["accel_errors"]),
             chardev_options=str(raw["chardev_options"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -208,7 +208,7 @@ class VirtioPciDevice:
         self.qtest = qtest
         self.func = func
         self.bar_addr = bar_addr
-        self.caps: Dict[int, tuple] = {}
+        self.caps: Dict[int, Tuple[int, int, int]] = {}
         self.notify_mult = 0
         self.queues: List[VirtQueue] = []
         self.features = 0
