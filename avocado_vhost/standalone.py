@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from typing import Iterator, Optional
 
 from .qemu.binary import find_binary, probe
 from .qemu.platform import platform_for
 from .qemu.vm import VMSpec, VhostVM, default_tmpdir
+from .tmpdirs import make_private_tmpdir
 from .vhost_user import VhostUserBackend
 
 __all__ = ["standalone_vm"]
@@ -33,7 +33,7 @@ def standalone_vm(backend: VhostUserBackend, qemu_bin: Optional[str] = None,
         e.g. to time it).
     :param spec: further :class:`VMSpec` fields (``firmware``, ``queues``).
     """
-    workdir = tempfile.mkdtemp(prefix="avh-", dir=default_tmpdir())
+    workdir = make_private_tmpdir(default_tmpdir())
     vm: Optional[VhostVM] = None
     try:
         sock = os.path.join(workdir, "vu.sock")

@@ -23,11 +23,22 @@ event listeners once negotiation is done, and logged.
 exit by itself, then fails with "Could not perform graceful shutdown".
 QEMU that has not answered QMP has nothing to save: it is killed at once,
 so the launch fails in milliseconds with QEMU's own output.
+
+**QEMU that exits at once** (a bad option, memory it cannot get) never
+connects to the QMP socket, and ``accept`` would wait for its whole
+timeout.  A watcher thread waits for QEMU's exit during the launch and, if
+it comes first, connects to the QMP socket itself and hangs up: the
+accept ends with an error at once, and the launch fails with QEMU's exit
+code and output.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
+import socket
+import threading
 import types
 from typing import Any, Dict, List
 
@@ -88,6 +99,36 @@ class VhostMachine(QEMUMachine):
             client.early_events = []  # type: ignore[attr-defined]
             client._negotiate = types.MethodType(  # type: ignore[method-assign]
                 _tolerant_negotiate, client)
+
+    def _post_launch(self) -> None:
+        popen, address = self._popen, self._monitor_address
+        if popen is None or not isinstance(address, str):
+            super()._post_launch()
+            return
+        pidfd = os.pidfd_open(popen.pid)  # readable once QEMU has exited
+        stop_r, stop_w = os.pipe()
+
+        def watch() -> None:
+            ready, _, _ = select.select([pidfd, stop_r], [], [])
+            if stop_r not in ready:
+                LOG.warning("%s: QEMU exited before its QMP connection "
+                            "came up; ending the wait for it", self._name)
+                with socket.socket(socket.AF_UNIX) as poke:
+                    try:
+                        poke.connect(address)
+                    except OSError:
+                        pass
+
+        watcher = threading.Thread(target=watch, name=f"{self._name}-exit",
+                                   daemon=True)
+        watcher.start()
+        try:
+            super()._post_launch()
+        finally:
+            os.write(stop_w, b"x")
+            watcher.join()
+            for fd in (pidfd, stop_r, stop_w):
+                os.close(fd)
 
     def _launch(self) -> None:
         try:

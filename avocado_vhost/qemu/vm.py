@@ -34,6 +34,8 @@ __all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
            "default_tmpdir",
            "hugetlbfs_mounted"]
 
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
 #: memory backend name -> QEMU object type
 MEM_BACKENDS = {
     "memfd": "memory-backend-memfd",
@@ -168,6 +170,7 @@ class VhostVM:
 
     def __init__(self, spec: VMSpec, log_dir: str, qtest: bool = True,
                  qmp_timeout: float = 30.0):
+        self._check_socket_paths(spec)
         self.spec = spec
         self.log_dir = log_dir
         self.qtest: Optional[QtestLink] = (
@@ -189,6 +192,22 @@ class VhostVM:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @staticmethod
+    def _check_socket_paths(spec: VMSpec) -> None:
+        """UNIX socket paths are limited to 107 bytes; QEMU would fail with
+        a less helpful message, or the bind would fail much later."""
+        paths = [spec.vhost_socket,
+                 os.path.join(spec.workdir, f"{spec.name}.qmp"),
+                 os.path.join(spec.workdir, f"{spec.name}.qt")]
+        if spec.incoming and spec.incoming.startswith("unix:"):
+            paths.append(spec.incoming[len("unix:"):])
+        for path in paths:
+            if len(path.encode()) > _SUN_PATH_MAX:
+                raise ValueError(
+                    f"UNIX socket path of {len(path.encode())} bytes is over "
+                    f"the {_SUN_PATH_MAX}-byte limit: {path} (set "
+                    "AVOCADO_VHOST_TMPDIR to a shorter directory)")
 
     def launch(self, connect: Optional[Callable[[str], None]] = None,
                timeout: float = 30.0) -> None:
@@ -212,7 +231,10 @@ class VhostVM:
         try:
             with open(self.log_path, encoding="utf-8",
                       errors="replace") as log:
-                return "waiting for connection on" in log.read()
+                # The line names the socket: output of another run in the
+                # same log dir cannot match.
+                return any("waiting for connection on" in line
+                           and self.spec.vhost_socket in line for line in log)
         except FileNotFoundError:
             return False
 

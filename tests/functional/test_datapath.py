@@ -13,7 +13,7 @@ import random
 import struct
 
 from avocado_vhost.qemu.driver import NET_HDR
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
 from avocado_vhost.vhost_user.virtq import packed_base
@@ -230,3 +230,7 @@ class ReconnectUnderTraffic(Datapath):
         self.transmit(port, txq, frames(rng, 40, b"C"), "chain")
         self.receive(backend, port, rxq, frames(rng, 20, b"D"))
         self.check_backends(backend)
+
+
+if __name__ == "__main__":
+    main()

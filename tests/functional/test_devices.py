@@ -10,7 +10,7 @@ from the back-end through QEMU.
 
 import struct
 
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature,
                                       VirtioFeature)
 
@@ -107,3 +107,7 @@ class Devices(VhostUserTest):
                                protocol_features=DEVICE_PROTOCOL,
                                max_rings=2)
         self.run_device("vhost-user-scmi-pci", config, rings=2)
+
+
+if __name__ == "__main__":
+    main()

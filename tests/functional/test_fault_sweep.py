@@ -22,7 +22,7 @@ logged and written to ``fault_sweep.txt`` in the test's log directory.
 import os
 
 from avocado_vhost.qemu.machine import early_events
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Fault, WaitTimeout
 
 RINGS = 2
@@ -106,3 +106,7 @@ class FaultSweep(VhostUserTest):
             out.write(table + "\n")
         self.assertFalse(bad, "steps that did not end cleanly:\n"
                          + "\n".join(bad))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import UNDER_AVOCADO, VhostUserTest, main
 
 CHILD = textwrap.dedent("""
     import sys
@@ -25,7 +25,7 @@ CHILD = textwrap.dedent("""
 """)
 
 FAILING_TEST = textwrap.dedent('''
-    from avocado_vhost.test import VhostUserTest
+    from avocado_vhost.test import VhostUserTest, main
 
     class Failing(VhostUserTest):
         """:avocado: enable"""
@@ -35,6 +35,9 @@ FAILING_TEST = textwrap.dedent('''
             vm = self.make_vm("vm", backend.listener_path)
             self.start_vm(vm, backend)
             self.fail("deliberate failure with a VM running")
+
+    if __name__ == "__main__":
+        main()
 ''')
 
 
@@ -80,20 +83,27 @@ class Hygiene(VhostUserTest):
         test_file = os.path.join(inner, "test_failing.py")
         with open(test_file, "w", encoding="utf-8") as out:
             out.write(FAILING_TEST)
-        avocado = os.path.join(os.path.dirname(sys.executable), "avocado")
-        env = dict(os.environ, AVOCADO_VHOST_TMPDIR=inner)
-        result = subprocess.run(
-            [avocado, "run", "--job-results-dir",
-             os.path.join(self.logdir, "inner-job"), test_file,
-             "-p", f"qemu_bin={self.qemu_bin}"],
-            env=env, capture_output=True, text=True, timeout=120,
-            check=False)
-        self.log.info("inner job:\n%s", result.stdout)
+        env = dict(os.environ, AVOCADO_VHOST_TMPDIR=inner,
+                   QEMU_TEST_QEMU_BINARY=self.qemu_bin,
+                   QEMU_BUILD_ROOT=os.path.join(self.logdir, "inner-job"))
+        if UNDER_AVOCADO:  # the inner test runs under the same runner
+            avocado = os.path.join(os.path.dirname(sys.executable), "avocado")
+            command = [avocado, "run", "--job-results-dir",
+                       os.path.join(self.logdir, "inner-job"), test_file]
+        else:
+            command = [sys.executable, test_file]
+        result = subprocess.run(command, env=env, capture_output=True,
+                                text=True, timeout=120, check=False)
+        self.log.info("inner job:\n%s\n%s", result.stdout, result.stderr)
         self.assertNotEqual(result.returncode, 0, "the inner test passed")
-        self.assertIn("deliberate failure", result.stdout)
+        self.assertIn("deliberate failure", result.stdout + result.stderr)
         self.assertEqual(_pids_with(f"qemu-system.*{inner}"), [],
                          "QEMU left running by a failed test")
         leftovers = [name for name in os.listdir(inner)
                      if name != "test_failing.py"
                      and name != "__pycache__"]
         self.assertEqual(leftovers, [], "files left by a failed test")
+
+
+if __name__ == "__main__":
+    main()

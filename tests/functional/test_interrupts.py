@@ -28,7 +28,7 @@ anywhere else, or on 10.0 or later, FAILs.
 import time
 
 from avocado_vhost.qemu.qtest import QtestError
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import WaitTimeout
 
 RINGS = 2
@@ -158,3 +158,7 @@ class Interrupts(VhostUserTest):
             self.assertEqual(device.isr_status(), 0,
                              "reading the ISR did not clear it")
         self.check_backends(backend)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ it shows that the check would fail if logging were broken.
 
 from avocado_vhost import migration_log
 from avocado_vhost.handoff import RingHandoffMonitor
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 
 # Offsets into guest RAM (its base differs between targets).
 PAGE_A = 0x100000  # written and logged: must arrive
@@ -155,3 +155,7 @@ class Migrate(VhostUserTest):
                             "found nothing wrong in a broken message")
             self.log.info("negative control '%s' caught: %s", name, broken[0])
         self.check_backends(src_be, dst_be)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ from typing import List
 
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.qemu.driver import NET_HDR
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
 from avocado_vhost.vhost_user.virtq import packed_base
@@ -240,3 +240,7 @@ class MigrateUnderTraffic(VhostUserTest):
         report, _ = self.scenario(src_skips_logging=True)
         self.log.info("negative control found: %s", report.problems)
         self.assertTrue(report.problems, "lost writes went unnoticed")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ pairs; here 2, 4 and 8, and every ring must start and see SET_VRING_ENABLE.
 """
 
 from avocado_vhost.qemu.virtio_pci import VIRTIO_F_VERSION_1
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
 
 NET_F_CTRL_VQ = 1 << 17
@@ -63,3 +63,7 @@ class Multiqueue(VhostUserTest):
 
     def test_eight_pairs(self):
         self.run_pairs(8)
+
+
+if __name__ == "__main__":
+    main()

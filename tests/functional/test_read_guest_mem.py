@@ -8,7 +8,7 @@ misplaced region too), and a negative control shows that the comparison
 catches a single changed byte.
 """
 
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 
 
 class ReadGuestMem(VhostUserTest):
@@ -19,7 +19,7 @@ class ReadGuestMem(VhostUserTest):
 
     def _read_guest_mem(self, membackend=None):
         if membackend is None:
-            membackend = self.params.get("membackend", default="memfd")
+            membackend = self.param("membackend")
         backend = self.make_backend("backend")
         vm = self.make_vm("vm", backend.listener_path, mem_backend=membackend)
         self.start_vm(vm, backend, rings=2)
@@ -47,3 +47,7 @@ class ReadGuestMem(VhostUserTest):
         :avocado: tags=membackend:shm
         """
         self._read_guest_mem("shm")
+
+
+if __name__ == "__main__":
+    main()

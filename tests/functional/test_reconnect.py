@@ -11,7 +11,7 @@ QEMU's chardev is ``server=on``: the back-end connects, and reconnects the
 moment a connection ends (``reconnect_path``), so no delay is involved.
 """
 
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, Fault, Request
 
 DROPS = 5
@@ -94,3 +94,7 @@ class Reconnect(VhostUserTest):
             self.wait_restarted(backend, drop + 2)
         self.check_backends(backend)
 
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Start-up against the QEMU under test: negotiation, memory table, rings."""
 
-from avocado_vhost.test import VhostUserTest
+from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request
 
 
@@ -48,3 +48,7 @@ class StartUp(VhostUserTest):
         backend.wait_rings_started(2, timeout=self.scaled(60))
         self.assertIn("SET_MEM_TABLE", backend.trace.received())
         self.check_backends(backend)
+
+
+if __name__ == "__main__":
+    main()

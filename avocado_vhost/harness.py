@@ -1,0 +1,389 @@
+"""
+The suite's test harness, independent of the runner that drives it.
+
+:class:`Harness` gives a test method what the seed test set up by hand: the
+QEMU under test, an accelerator (qtest where the binary has it, otherwise
+TCG; KVM only on request), a private short temp directory for sockets and
+memory files, and factories for back-ends and VMs that are torn down
+whatever happens.  Each VM's QEMU output (``<vm>.log``), its qtest traffic
+(``<vm>-qtest.log``) and each back-end's decoded trace
+(``<backend>.trace.log``) land in the test's log directory.
+
+A runner flavour mixes it into its own test class and supplies four things
+(see :mod:`avocado_vhost.test`): ``logdir``, ``log``, the runner's own
+parameters (``_runner_param``, ``_runner_param_names``) and the way to end
+a test early (``cancel`` for "cannot run here", ``error`` for a broken
+configuration).  Parameters are read through :mod:`avocado_vhost.params`.
+
+This module does not import Avocado.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from contextlib import ExitStack
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
+                    Optional, Sequence, Tuple)
+
+from . import params
+from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
+                       pattern)
+from .qemu.driver import DriverQueue, PackedDriverQueue
+from .qemu.platform import BUFFER_WINDOW, Platform, platform_for
+from .qemu.virtio_pci import GuestAllocator
+from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
+from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
+                      hugetlbfs_mounted)
+from .tmpdirs import make_private_tmpdir, remove_orphans
+from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
+from .vhost_user.net import NetDevice
+
+__all__ = ["Harness"]
+
+
+class Harness:
+    """The runner-independent part of the suite's test class: QEMU,
+    accelerator, temp dir, back-ends and VMs."""
+
+    # --- supplied by the runner flavour ---------------------------------
+    logdir: str
+    log: Any  # a logging.Logger
+
+    def _runner_param(self, name: str) -> Optional[object]:
+        raise NotImplementedError
+
+    def _runner_param_names(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    if TYPE_CHECKING:  # the flavour's own methods, never shadowed here
+        def cancel(self, message: Optional[str] = None) -> NoReturn: ...
+
+        def error(self, message: Optional[str] = None) -> NoReturn: ...
+
+        def fail(self, msg: Any = None) -> NoReturn: ...
+
+    # --- parameters -------------------------------------------------------
+    def param(self, name: str) -> Optional[str]:
+        """Parameter ``name`` (see :mod:`avocado_vhost.params`); a broken
+        value ends the test as a configuration error."""
+        try:
+            return params.resolve(name, self._runner_param(name))
+        except params.ParamError as exc:
+            self.error(str(exc))
+
+    qemu_bin: str
+    caps: Capabilities
+    accel: str
+    workdir_short: str
+
+    def setUp(self) -> None:
+        self._stack = ExitStack()
+        self.backends: List[VhostUserBackend] = []
+        self.vms: List[VhostVM] = []
+        strange = params.unknown(self._runner_param_names())
+        if strange:
+            self.error(f"unknown parameter(s) {', '.join(strange)}; the "
+                       f"suite's parameters are {', '.join(params.PARAMS)}")
+        try:
+            self.qemu_bin = find_binary(self.param("qemu_bin"))
+            self.caps = probe(self.qemu_bin)
+        except QemuBinaryError as exc:
+            self.error(str(exc))
+        self.platform: Platform = platform_for(self.caps.arch)
+        self.accel = self._choose_accel()
+        self.log.info("QEMU under test: %s (version %s, %s, accel %s)",
+                      self.qemu_bin, self.caps.version, self.caps.arch,
+                      self.accel)
+        self.timeout_scale = float(self.param("timeout_scale") or 1.0)
+        # What a killed test process left behind is removed by the next
+        # test (only dirs whose owner process is gone).
+        for path in remove_orphans(default_tmpdir()) + remove_orphans(
+                "/dev/shm", prefix="avh-dump-"):
+            self.log.info("removed %s, left by a test process that died", path)
+        self.workdir_short = make_private_tmpdir(default_tmpdir())
+        self._stack.callback(shutil.rmtree, self.workdir_short,
+                             ignore_errors=True)
+
+    def tearDown(self) -> None:
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            stack.close()
+
+    # --- requirements -----------------------------------------------------
+    def _choose_accel(self) -> str:
+        """qtest where the binary has it (as upstream runs its own
+        vhost-user tests), else TCG; KVM only on request.  Availability was
+        probed by starting QEMU with each accelerator."""
+        wanted = self.param("accel")
+        if wanted is None:
+            return "qtest" if self.caps.has_accel("qtest") else "tcg"
+        if not self.caps.has_accel(wanted):
+            self.cancel(f"accelerator '{wanted}' does not start with "
+                        f"{self.qemu_bin}: {self.caps.accel_error(wanted)}")
+        return str(wanted)
+
+    def require_arch(self, *arches: str) -> None:
+        """Cancel unless the QEMU under test is a system emulator of one of
+        ``arches``."""
+        if self.caps.arch not in arches:
+            self.cancel(f"needs a {' or '.join(arches)} QEMU; "
+                        f"{self.qemu_bin} is {self.caps.arch}")
+
+    def require_device(self, name: str) -> None:
+        """Cancel unless the QEMU under test has device ``name``."""
+        if not self.caps.has_device(name):
+            self.cancel(f"{self.qemu_bin} has no device '{name}'")
+
+    def require_membackend(self, backend: str) -> Optional[str]:
+        """Cancel unless memory backend ``backend`` can be used here.
+
+        :return: the memory path (hugetlbfs mount) when one is needed.
+        """
+        if backend not in MEM_BACKENDS:
+            self.error(f"unknown membackend '{backend}' (valid: "
+                       f"{', '.join(MEM_BACKENDS)})")
+        qom = MEM_BACKENDS[backend]
+        if not self.caps.has_object(qom):
+            self.cancel(f"{self.qemu_bin} has no '{qom}' (membackend="
+                        f"{backend})")
+        if backend == "hugetlbfs":
+            path = self.param("hugetlbfs_path")
+            if not path:
+                self.cancel("membackend=hugetlbfs needs -p hugetlbfs_path= "
+                            "(or QTEST_HUGETLBFS_PATH) naming a hugetlbfs "
+                            "mount")
+            if not os.path.isdir(path) or not hugetlbfs_mounted(path):
+                self.cancel(f"hugetlbfs_path={path} is not a hugetlbfs mount")
+            return path
+        return None
+
+    def scaled(self, seconds: float) -> float:
+        """A wait bound, scaled by ``-p timeout_scale=``."""
+        return seconds * self.timeout_scale
+
+    # --- factories ----------------------------------------------------------
+    def make_backend(self, name: str, config: Optional[BackendConfig] = None,
+                     listen: bool = True,
+                     device: Optional[NetDevice] = None) -> VhostUserBackend:
+        """A started back-end thread; listens at ``<tmp>/<name>.sock``.
+
+        Stopped, and its trace written to ``<logdir>/<name>.trace``, at
+        tear-down.
+        """
+        backend = VhostUserBackend(name, config, device)
+        if listen:
+            backend.listen(self.socket_path(name))
+        backend.start()
+        self.backends.append(backend)
+
+        def _finish() -> None:
+            backend.stop()
+            backend.trace.write(os.path.join(self.logdir,
+                                             f"{name}.trace.log"))
+        self._stack.callback(_finish)
+        return backend
+
+    def socket_path(self, name: str) -> str:
+        return os.path.join(self.workdir_short, f"{name}.sock")
+
+    def make_vm(self, name: str, vhost_socket: str, **spec: object
+                ) -> VhostVM:
+        """A VM (not launched yet) whose vhost-user chardev uses
+        ``vhost_socket``; shut down at tear-down.
+
+        Memory backend and size default to the test parameters.
+        """
+        membackend = str(spec.pop("mem_backend", self.param("membackend")))
+        mem_path = self.require_membackend(membackend)
+        spec.setdefault("mem_mb", int(self.param("mem_mb") or 256))
+        spec.setdefault("accel", self.accel)
+        vm_spec = VMSpec(name=name, binary=self.qemu_bin,
+                         workdir=self.workdir_short,
+                         vhost_socket=vhost_socket,
+                         mem_backend=membackend, mem_path=mem_path,
+                         reconnect_ms=self.caps.reconnect_ms,
+                         platform=self.platform,
+                         **spec)  # type: ignore[arg-type]
+        # The firmware drives the device itself; qtest is for the test's
+        # own driver.
+        vm = VhostVM(vm_spec, self.logdir, qtest=not vm_spec.firmware)
+        self.vms.append(vm)
+        self._stack.callback(vm.shutdown)
+        return vm
+
+    def start_vm(self, vm: VhostVM, backend: VhostUserBackend,
+                 rings: int = 2, **drive: object) -> None:
+        """Launch ``vm``, drive its device to DRIVER_OK and wait until the
+        back-end has ``rings`` rings started."""
+        vm.launch()
+        queues = drive.pop("queues", rings)
+        vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+        backend.wait_rings_started(rings, timeout=self.scaled(10))
+
+    def assert_guest_memory_agrees(self, vm: VhostVM,
+                                   backend: VhostUserBackend) -> None:
+        """read-guest-mem: the back-end maps exactly the RAM QEMU has.
+
+        1. a seeded random pattern, stamped per page, written over every
+           region through the back-end's mapping is what QEMU's
+           ``pmemsave`` sees, byte for byte;
+        2. data written through qtest at the edges of every region and
+           across a page boundary is what the back-end reads;
+        3. negative control: one byte changed behind the pattern's back is
+           found, at its address (the comparison can fail).
+        """
+        assert vm.qtest is not None, "read-guest-mem needs qtest"
+        memory = backend.state.memory
+        regions = list(memory.ram_ranges())
+        self.log.info("back-end memory table: %s",
+                      ", ".join(f"0x{g:x}+0x{s:x}" for g, s in regions))
+        ranges = vm.ram_ranges()
+        self.log.info("RAM in QEMU's address space: %s",
+                      ", ".join(f"0x{g:x}+0x{s:x}" for g, s in ranges))
+        self.assertTrue(ranges, "QEMU shows no RAM of the memory backend")
+        for gpa, size in ranges:
+            self.assertTrue(any(g <= gpa and gpa + size <= g + s
+                                for g, s in regions),
+                            f"guest RAM 0x{gpa:x}+0x{size:x} is not in the "
+                            "back-end's memory table")
+        seed = random.randrange(1 << 32)
+        self.log.info("pattern seed %d", seed)
+
+        # 1. Back-end -> QEMU: every byte of RAM, as QEMU shows it.
+        fill_pattern(memory, seed)
+        for gpa, size in ranges:
+            dump = self.dump_guest_memory(vm, gpa, size)
+            diff = compare_dump(dump, gpa, size, seed)
+            self.assertIsNone(diff, f"RAM 0x{gpa:x}+0x{size:x}: {diff}")
+
+        # 2. QEMU -> back-end: qtest writes at the edges of every region
+        # and across a page boundary, read through the back-end's mapping.
+        rng = random.Random(seed)
+        spots = []
+        for gpa, size in ranges:
+            spots += [(gpa, 256), (gpa + size - 256, 256),
+                      (gpa + (size // 2 // PAGE) * PAGE - 100, 200)]
+        for gpa, length in spots:
+            data = rng.randbytes(length)
+            vm.qtest.memwrite(gpa, data)
+            seen = memory.read(gpa, length)
+            self.assertIsNone(first_difference(data, seen),
+                              f"qtest wrote {data[:16].hex()} at 0x{gpa:x}, "
+                              f"the back-end reads {seen[:16].hex()}")
+            self.assertEqual(vm.qtest.memread(gpa, length), data)
+            memory.write(gpa, pattern(seed, gpa, length))  # restore
+
+        # 3. Negative control: one byte changed behind the pattern's back
+        # must be found, at its address.
+        # The same comparison over a 2 MiB window around the byte (a second
+        # dump of the whole RAM would double the test's time), not aligned
+        # to pages or chunks, so that it crosses both.
+        gpa, size = ranges[-1]
+        target = gpa + rng.randrange(size // 2, size - PAGE)
+        expected = pattern(seed, target, 1)[0]
+        vm.qtest.write(target, 1, expected ^ 0xFF)
+        low = max(gpa, target - (1 << 20) - 777)
+        high = min(gpa + size, target + (1 << 20))
+        dump = self.dump_guest_memory(vm, low, high - low)
+        diff = compare_dump(dump, low, high - low, seed)
+        self.assertIsNotNone(diff, "the comparison missed a changed byte")
+        self.assertIn(f"0x{target:x}", diff)
+        self.log.info("negative control caught: %s", diff)
+
+    def dump_guest_memory(self, vm: VhostVM, gpa: int, size: int) -> str:
+        """QEMU's view of ``[gpa, gpa+size)`` in a file (QMP ``pmemsave``).
+
+        Dumps go to a private directory on /dev/shm (tmpfs) when there is
+        one, removed at tear-down.
+        """
+        if not hasattr(self, "_dumpdir"):
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self._dumpdir = make_private_tmpdir(base or tempfile.gettempdir(),
+                                                "avh-dump-")
+            self._stack.callback(shutil.rmtree, self._dumpdir,
+                                 ignore_errors=True)
+        path = os.path.join(self._dumpdir, f"{vm.name}-{gpa:x}.bin")
+        vm.qmp("pmemsave", val=gpa, size=size, filename=path)
+        return path
+
+    def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",
+                           faults: Sequence[Fault] = (),
+                           on_connect: Optional[Callable] = None,
+                           config: Optional[BackendConfig] = None,
+                           device: Optional[NetDevice] = None,
+                           **spec: object) -> Tuple[VhostVM, VhostUserBackend]:
+        """QEMU's chardev listens (``server=on``); the back-end connects as
+        soon as QEMU waits for it, and reconnects whenever a connection
+        ends.  Faults and the per-connection hook are in place before
+        QEMU's first message."""
+        backend = self.make_backend(backend_name, config, listen=False,
+                                    device=device)
+        backend.faults.extend(faults)
+        backend.on_connect = on_connect
+        path = self.socket_path(f"{name}-vhost")
+        vm = self.make_vm(name, path, vhost_server=True, **spec)
+        backend.reconnect_path = path
+        vm.launch(connect=backend.connect, timeout=self.scaled(30))
+        return vm, backend
+
+    def migrate_holding_handoff(self, src: VhostVM, dst: VhostVM,
+                                src_backend: VhostUserBackend,
+                                uri: str) -> Fault:
+        """Start migrating ``src`` to ``dst``; the source back-end holds its
+        answer to the first GET_VRING_BASE.
+
+        When the returned fault's ``reached`` is set, QEMU has stopped the
+        VM, sent every page at least once, and waits for that answer: it
+        syncs the dirty log only after it.  The test acts (writes, logs or
+        not), then sets the fault's ``release``.
+        """
+        hold = Fault("hold", request=Request.GET_VRING_BASE,
+                     hold_timeout=self.scaled(30))
+        src_backend.faults.append(hold)
+        # A test that fails while QEMU waits must not wait out the hold.
+        self._stack.callback(hold.release.set)
+        for vm in (src, dst):
+            vm.qmp("migrate-set-capabilities", capabilities=[
+                {"capability": "events", "state": True}])
+        src.qmp("migrate", uri=uri)
+        return hold
+
+    def wait_migration(self, src: VhostVM, dst: VhostVM,
+                       timeout: float = 30.0) -> Optional[str]:
+        """Wait for the source's migration to end (``events`` capability
+        on) and for the destination to resume.
+
+        :return: None when it completed and the destination runs; else why
+            not, with the tail of the destination's QEMU output.
+        """
+        # The destination has the last word: it may refuse what the source
+        # sent successfully.  Both sides need the "events" capability.
+        event = dst.machine.events_wait(
+            [("RESUME", None),
+             ("MIGRATION", {"data": {"status": "failed"}})],
+            timeout=self.scaled(timeout))
+        if event and event["event"] == "RESUME":
+            return None
+        status = "failed on the destination"
+        dst.machine.wait(timeout=int(self.scaled(timeout)))
+        with open(dst.log_path, encoding="utf-8", errors="replace") as log:
+            tail = log.read().strip().splitlines()[-4:]
+        return f"migration {status}; destination QEMU: " + " | ".join(tail)
+
+    def net_queues(self, vm: VhostVM) -> List[DriverQueue]:
+        """Test-side drivers for every queue of ``vm``'s started device,
+        with buffers in guest RAM above the rings."""
+        assert vm.device is not None and vm.qtest is not None, \
+            "drive the device first"
+        alloc = GuestAllocator(*vm.spec.platform.window(BUFFER_WINDOW))
+        kind = PackedDriverQueue if vm.device.packed else DriverQueue
+        return [kind(vm.qtest, q, alloc) for q in vm.device.queues]
+
+    def check_backends(self, *backends: VhostUserBackend,
+                       allow_violations: bool = False) -> None:
+        """Fail on any error or conformance violation a back-end recorded."""
+        for backend in backends or tuple(self.backends):
+            backend.check(allow_violations=allow_violations)

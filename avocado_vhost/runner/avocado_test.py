@@ -1,0 +1,53 @@
+"""
+The harness as an Avocado instrumented test.
+
+Parameters come from ``-p``/yaml-to-mux (``self.params``), then the
+environment; CANCEL is ``Test.cancel``; the log directory and ``self.log``
+are Avocado's.  Every test has a timeout (class attribute ``timeout``,
+scaled by ``-p timeout_factor=``): with none, an Avocado job whose test
+process was killed waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional
+
+from avocado import Test
+
+from ..harness import Harness
+
+__all__ = ["VhostUserTest"]
+
+#: Avocado logs every local variable of a failing test method; a page of
+#: guest memory or a trace turns debug.log into megabytes.  Values are cut.
+_LOCAL_MAX = 300
+
+
+class _ShortLocals(logging.Filter):
+    """Truncate Avocado's " -> name type: value" local-variable lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == " -> %s %s: %s" and isinstance(record.args, tuple):
+            name, kind, value = record.args
+            text = str(value)
+            if len(text) > _LOCAL_MAX:
+                text = f"{text[:_LOCAL_MAX]}... ({len(text)} characters)"
+            record.args = (name, kind, text)
+        return True
+
+
+class VhostUserTest(Harness, Test):
+    """Base class of the suite's tests under Avocado."""
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.log.addFilter(_ShortLocals())
+        super().setUp()
+
+    def _runner_param(self, name: str) -> Optional[object]:
+        return self.params.get(name, default=None)
+
+    def _runner_param_names(self) -> Iterable[str]:
+        return {key for _, key, _ in self.params.iteritems()}

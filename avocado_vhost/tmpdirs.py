@@ -1,0 +1,62 @@
+"""
+Private temp dirs that a dead test process cannot leak for long.
+
+A test removes its own temp dir at tear-down, but a test process that is
+killed (a runner's timeout, SIGKILL, a crash) runs no tear-down.  So every
+dir carries an owner file naming the process that made it, by pid *and*
+that process's start time (a pid alone may be reused), and each test
+begins by removing the dirs whose owner is gone.  A dir without an owner
+file is never touched: it is not ours, or its owner is still writing it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from typing import List, Optional
+
+__all__ = ["make_private_tmpdir", "remove_orphans", "PREFIX"]
+
+PREFIX = "avh-"
+_OWNER = ".owner"
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def make_private_tmpdir(base: str, prefix: str = PREFIX) -> str:
+    """``mkdtemp`` (mode 0700) in ``base``, stamped with this process."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    with open(os.path.join(path, _OWNER), "w", encoding="ascii") as owner:
+        owner.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return path
+
+
+def _orphaned(path: str) -> bool:
+    try:
+        with open(os.path.join(path, _OWNER), encoding="ascii") as owner:
+            pid_text, started = owner.read().split()
+    except (OSError, ValueError):
+        return False
+    return _start_time(int(pid_text)) != started
+
+
+def remove_orphans(*bases: str, prefix: str = PREFIX) -> List[str]:
+    """Remove the dirs under ``bases`` whose owner process is gone; the
+    paths removed."""
+    removed = []
+    for base in bases:
+        for path in glob.glob(os.path.join(base, prefix + "*")):
+            if os.path.isdir(path) and _orphaned(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
