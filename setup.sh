@@ -66,7 +66,7 @@ if [ ! -x "$venv/bin/python" ]; then
     say "creating virtualenv $venv"
     "$python" -m venv "$venv" || die "could not create a virtualenv with $python"
 fi
-stamp="$venv/.installed-$(cat "$here/setup.py" | sha1sum | cut -c1-12)"
+stamp="$venv/.installed-$(cat "$here/setup.py" "$here/pyproject.toml" | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
     say "installing the package and its dependencies from PyPI"
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$here" \

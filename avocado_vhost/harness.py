@@ -81,6 +81,7 @@ class Harness:
 
     def setUp(self) -> None:
         self._stack = ExitStack()
+        self.traces_written: List[str] = []
         self.backends: List[VhostUserBackend] = []
         self.vms: List[VhostVM] = []
         strange = params.unknown(self._runner_param_names())
@@ -111,6 +112,16 @@ class Harness:
         stack = getattr(self, "_stack", None)
         if stack is not None:
             stack.close()
+
+    def run_info(self) -> dict:  # type: ignore[type-arg]
+        """What this test ran, for result files: QEMU, target, accelerator
+        and the traces in its log directory."""
+        caps = getattr(self, "caps", None)
+        return {"qemu": getattr(self, "qemu_bin", None),
+                "qemu_version": caps.version if caps else None,
+                "arch": caps.arch if caps else None,
+                "accel": getattr(self, "accel", None),
+                "traces": list(getattr(self, "traces_written", []))}
 
     # --- requirements -----------------------------------------------------
     def _choose_accel(self) -> str:
@@ -181,8 +192,13 @@ class Harness:
 
         def _finish() -> None:
             backend.stop()
+            # The end of the conversation, next to the test's own last
+            # words in its log (the whole trace is in its own file).
+            self.log.debug("back-end %s, last trace entries:\n%s", name,
+                           backend.trace.tail(10))
             backend.trace.write(os.path.join(self.logdir,
                                              f"{name}.trace.log"))
+            self.traces_written.append(f"{name}.trace.log")
         self._stack.callback(_finish)
         return backend
 

@@ -32,10 +32,13 @@ class QtestLink:
 
     :param path: socket path, short (UNIX paths are limited to 108 bytes).
     :param timeout: bound on QEMU's connection and on every answer.
+    :param log_path: where QEMU logs the qtest traffic (with times).
     """
 
-    def __init__(self, path: str, timeout: float = 30.0):
+    def __init__(self, path: str, timeout: float = 30.0,
+                 log_path: Optional[str] = None):
         self.path = path
+        self.log_path = log_path
         self.timeout = timeout
         self._listen: Optional[socket.socket] = socket.socket(
             socket.AF_UNIX, socket.SOCK_STREAM)
@@ -46,8 +49,10 @@ class QtestLink:
     @property
     def qemu_args(self) -> list:
         """The arguments that make QEMU connect here."""
-        # -qtest-log: QEMU would otherwise echo every command into its log.
-        return ["-qtest", f"unix:{self.path}", "-qtest-log", "/dev/null"]
+        # -qtest-log: QEMU's record of every command and answer, in a file
+        # of its own (by default QEMU echoes them into its main log).
+        return ["-qtest", f"unix:{self.path}", "-qtest-log",
+                self.log_path or "/dev/null"]
 
     def accept(self) -> None:
         """Accept QEMU's connection (call after ``launch()``)."""

@@ -174,7 +174,9 @@ class VhostVM:
         self.spec = spec
         self.log_dir = log_dir
         self.qtest: Optional[QtestLink] = (
-            QtestLink(os.path.join(spec.workdir, f"{spec.name}.qt"))
+            QtestLink(os.path.join(spec.workdir, f"{spec.name}.qt"),
+                      log_path=os.path.join(log_dir,
+                                            f"{spec.name}-qtest.log"))
             if qtest else None)
         wrapper = ([shutil.which("setpriv") or "setpriv", "--pdeathsig",
                     "KILL", "--"])

@@ -10,12 +10,15 @@ process was killed waits forever.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Iterable, Optional
 
 from avocado import Test
 
 from ..harness import Harness
+from ..params import PARAMS
 
 __all__ = ["VhostUserTest"]
 
@@ -46,8 +49,19 @@ class VhostUserTest(Harness, Test):
         self.log.addFilter(_ShortLocals())
         super().setUp()
 
+    def tearDown(self) -> None:
+        super().tearDown()
+        # results.json and the HTML report show it; the vhost result
+        # plugin turns it into fields of results.json.
+        self.whiteboard = json.dumps(self.run_info())
+
     def _runner_param(self, name: str) -> Optional[object]:
-        return self.params.get(name, default=None)
+        """``-p name=``; else, unless the environment variable is set, the
+        ``vhost.<name>`` setting of Avocado's configuration."""
+        value: Optional[object] = self.params.get(name, default=None)
+        if value is None and PARAMS[name].env not in os.environ:
+            value = self._config.get(f"vhost.{name}")
+        return value
 
     def _runner_param_names(self) -> Iterable[str]:
         return {key for _, key, _ in self.params.iteritems()}

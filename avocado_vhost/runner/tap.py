@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import unittest
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, TextIO, Union
 
 __all__ = ["TapRunner"]
 
@@ -70,7 +70,8 @@ class TapRunner:
     def __init__(self, stream: Optional[TextIO] = None, **_: Any):
         self.out = stream or sys.stdout
 
-    def run(self, test: unittest.TestSuite) -> unittest.TestResult:
+    def run(self, test: Union[unittest.TestSuite, unittest.TestCase]
+            ) -> unittest.TestResult:
         result = _TapResult(self.out, sys.stderr, test.countTestCases())
         test.run(result)
         return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import time as _time
 from typing import Iterable, List, Optional
 
 __all__ = ["TraceEntry", "Trace", "describe_payload"]
@@ -45,14 +46,16 @@ class TraceEntry:
     text when read, which keeps tracing off the back-end's hot path.
     """
 
-    __slots__ = ("seq", "time", "conn", "kind", "request", "flags", "size",
-                 "nfds", "_detail")
+    __slots__ = ("seq", "time", "wall", "conn", "kind", "request", "flags",
+                 "size", "nfds", "_detail")
 
     def __init__(self, seq: int, time: float, conn: int, kind: str,
                  request: str = "", flags: int = 0, size: int = 0,
-                 nfds: int = 0, detail: object = ""):
+                 nfds: int = 0, detail: object = "", wall: float = 0.0):
         self.seq = seq
         self.time = time
+        #: the same moment on the wall clock (what test logs print)
+        self.wall = wall
         self.conn = conn
         self.kind = kind
         self.request = request
@@ -76,7 +79,10 @@ class TraceEntry:
     def __str__(self) -> str:
         arrow = {"rx": "<-", "tx": "->"}.get(self.kind, "!!" if self.kind in (
             "error", "violation", "refused") else "--")
-        head = f"{self.seq:5d} {self.time:9.4f} c{self.conn} {arrow} "
+        stamp = _time.strftime("%H:%M:%S", _time.localtime(self.wall))
+        millis = int(self.wall * 1000) % 1000
+        head = (f"{self.seq:5d} {stamp}.{millis:03d} {self.time:9.4f} "
+                f"c{self.conn} {arrow} ")
         if self.kind in ("rx", "tx"):
             return (f"{head}{self.request} flags=0x{self.flags:x} "
                     f"size={self.size} fds={self.nfds} {self.detail}").rstrip()
@@ -94,6 +100,9 @@ class Trace:
         self._entries: List[TraceEntry] = []
         self._seq = itertools.count()
         self._t0 = time.monotonic()
+        # Entries are stamped on the monotonic clock (cheap, never jumps)
+        # and shown on the wall clock too, to line up with test logs.
+        self._wall0 = time.time()
         self._lock = threading.Lock()  # readers only
 
     def add(self, conn: int, kind: str, request: str = "", flags: int = 0,
@@ -109,9 +118,10 @@ class Trace:
         with self._lock:
             done = len(self._entries)
             fresh = self._raw[done:]
-            t0 = self._t0
+            t0, wall0 = self._t0, self._wall0
             self._entries.extend(
-                TraceEntry(seq, t - t0, *rest) for seq, t, *rest in fresh)
+                TraceEntry(seq, t - t0, *rest, wall=wall0 + t - t0)
+                for seq, t, *rest in fresh)
             # Two threads may append out of sequence order: sort what changed.
             if fresh:
                 self._entries.sort(key=lambda e: e.seq)
@@ -144,5 +154,7 @@ class Trace:
 
     def write(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as out:
-            out.write(f"# vhost-user trace of back-end '{self.name}'\n")
+            out.write(f"# vhost-user trace of back-end '{self.name}': seq, "
+                      "wall clock (as in the test's log), seconds since the "
+                      "back-end started, connection, direction\n")
             out.write(self.format() + "\n")

@@ -1,0 +1,90 @@
+"""
+Avocado plugins of the suite, loaded through entry points (``pyproject.toml``).
+
+``VhostInit`` (``avocado.plugins.init``)
+    registers a ``vhost.<name>`` setting for every parameter of
+    :mod:`avocado_vhost.params`, with its default, its environment variable
+    and what is valid, so ``avocado config reference`` documents them and an
+    Avocado config file can set them (``[vhost]`` section).
+
+``VhostResult`` (``avocado.plugins.result``)
+    after a job, adds to every test of ``results.json`` the QEMU it ran
+    (binary, version, target, accelerator) and the paths of its vhost-user
+    traces, and writes ``vhost.json`` beside it: the QEMU binaries of the
+    job and each test's traces.  The tests leave this information in their
+    whiteboard (which the HTML report shows too).  It runs after Avocado's
+    ``json`` result plugin (plugins run in name order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+from avocado.core.plugin_interfaces import Init, Result
+from avocado.core.settings import settings
+
+from .params import PARAMS
+
+__all__ = ["VhostInit", "VhostResult", "SECTION"]
+
+SECTION = "vhost"
+
+
+class VhostInit(Init):
+    """Register the suite's parameters as Avocado settings."""
+
+    name = "vhost"
+    description = "avocado-vhost: parameters of the vhost-user suite"
+
+    def initialize(self) -> None:
+        for param in PARAMS.values():
+            settings.register_option(
+                section=SECTION, key=param.name, default=param.default,
+                help_msg=(f"{param.help}. Test parameter -p {param.name}=, "
+                          f"environment variable {param.env}; the order of "
+                          "precedence is -p, the environment, this setting, "
+                          "the default"))
+
+
+def _whiteboard(test: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        data = json.loads(test.get("whiteboard") or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class VhostResult(Result):
+    """QEMU binary and version, and trace links, in the job's results."""
+
+    name = "vhost"
+    description = "avocado-vhost: QEMU and trace paths in results.json"
+
+    def render(self, result: Any, job: Any) -> None:
+        path = os.path.join(job.logdir, "results.json")
+        try:
+            with open(path, encoding="utf-8") as src:
+                results = json.load(src)
+        except (OSError, ValueError):
+            return  # the json result was disabled
+        summary: Dict[str, Any] = {"qemu": {}, "tests": {}}
+        for test in results.get("tests", []):
+            info = _whiteboard(test)
+            if not info:
+                continue
+            test["qemu"] = info.get("qemu")
+            test["qemu_version"] = info.get("qemu_version")
+            traces: List[str] = [os.path.join(test.get("logdir", ""), name)
+                                  for name in info.get("traces", [])]
+            test["traces"] = traces
+            summary["qemu"][info.get("qemu")] = info.get("qemu_version")
+            summary["tests"][test.get("name")] = {
+                "status": test.get("status"), "traces": traces,
+                "accel": info.get("accel"), "arch": info.get("arch")}
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(results, out, indent=4)
+        with open(os.path.join(job.logdir, "vhost.json"), "w",
+                  encoding="utf-8") as out:
+            json.dump(summary, out, indent=4)
