@@ -38,6 +38,7 @@ from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
 from .tmpdirs import make_private_tmpdir, remove_orphans
+from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
 from .vhost_user.net import NetDevice
 
@@ -57,6 +58,11 @@ class Harness:
 
     def _runner_param_names(self) -> Iterable[str]:
         raise NotImplementedError
+
+    def _runner_result_fd(self) -> Optional[int]:
+        """The fd through which the runner expects this test's result, for
+        the watchdog to report a killed test process (None: not needed)."""
+        return None
 
     if TYPE_CHECKING:  # the flavour's own methods, never shadowed here
         def cancel(self, message: Optional[str] = None) -> NoReturn: ...
@@ -105,6 +111,9 @@ class Harness:
                 "/dev/shm", prefix="avh-dump-"):
             self.log.info("removed %s, left by a test process that died", path)
         self.workdir_short = make_private_tmpdir(default_tmpdir())
+        # Closed last: a watchdog that cleans up if this process is killed.
+        self._stack.callback(start_watchdog([default_tmpdir(), "/dev/shm"],
+                                            self._runner_result_fd()))
         self._stack.callback(shutil.rmtree, self.workdir_short,
                              ignore_errors=True)
 

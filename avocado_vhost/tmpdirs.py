@@ -17,27 +17,31 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-__all__ = ["make_private_tmpdir", "remove_orphans", "PREFIX"]
+__all__ = ["make_private_tmpdir", "remove_orphans", "PREFIX", "start_time"]
 
 PREFIX = "avh-"
 _OWNER = ".owner"
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks)."""
+def start_time(pid: int) -> Optional[str]:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None
+    when the process is gone -- or dead and not yet reaped (a zombie keeps
+    its /proc entry until its parent waits for it)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def make_private_tmpdir(base: str, prefix: str = PREFIX) -> str:
     """``mkdtemp`` (mode 0700) in ``base``, stamped with this process."""
     path = tempfile.mkdtemp(prefix=prefix, dir=base)
     with open(os.path.join(path, _OWNER), "w", encoding="ascii") as owner:
-        owner.write(f"{os.getpid()} {_start_time(os.getpid())}\n")
+        owner.write(f"{os.getpid()} {start_time(os.getpid())}\n")
     return path
 
 
@@ -47,7 +51,7 @@ def _orphaned(path: str) -> bool:
             pid_text, started = owner.read().split()
     except (OSError, ValueError):
         return False
-    return _start_time(int(pid_text)) != started
+    return start_time(int(pid_text)) != started
 
 
 def remove_orphans(*bases: str, prefix: str = PREFIX) -> List[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Iterable, Optional
 
 from avocado import Test
@@ -43,7 +44,8 @@ class _ShortLocals(logging.Filter):
 class VhostUserTest(Harness, Test):
     """Base class of the suite's tests under Avocado."""
 
-    timeout = 300
+    #: seconds; QEMU's runner default (a test file may set its own)
+    timeout = 90
 
     def setUp(self) -> None:
         self.log.addFilter(_ShortLocals())
@@ -62,6 +64,15 @@ class VhostUserTest(Harness, Test):
         if value is None and PARAMS[name].env not in os.environ:
             value = self._config.get(f"vhost.{name}")
         return value
+
+    def _runner_result_fd(self) -> Optional[int]:
+        # Avocado's instrumented runner hands its result queue to the test
+        # process as sys.stdout (messages.StreamToQueue).
+        writer = getattr(getattr(sys.stdout, "queue", None), "_writer", None)
+        try:
+            return int(writer.fileno()) if writer is not None else None
+        except (OSError, ValueError):
+            return None
 
     def _runner_param_names(self) -> Iterable[str]:
         return {key for _, key, _ in self.params.iteritems()}

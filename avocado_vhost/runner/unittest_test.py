@@ -12,8 +12,9 @@ QEMU's meson runs the files with ``QEMU_TEST_QEMU_BINARY`` and
   (the test's log, with QMP traffic), ``<vm>.log``, ``<vm>-qtest.log``,
   ``<backend>.trace.log``.  Without ``QEMU_BUILD_ROOT``: ``build/`` in this
   repository.
-* Every test has a timeout (``AVOCADO_VHOST_TEST_TIMEOUT`` seconds, default
-  300): SIGALRM fails it, and tear-down still runs.
+* Every test has a timeout (class attribute ``timeout``, default 90 s or
+  ``AVOCADO_VHOST_TEST_TIMEOUT``): SIGALRM fails it, and tear-down still
+  runs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _arch() -> str:
 class VhostUserTest(Harness, unittest.TestCase):
     """Base class of the suite's tests under unittest / TAP."""
 
-    timeout = int(os.environ.get("AVOCADO_VHOST_TEST_TIMEOUT", "300"))
+    #: seconds (QEMU's runner default; a test file may set its own)
+    timeout = int(os.environ.get("AVOCADO_VHOST_TEST_TIMEOUT", "90"))
 
     def qemu_test_id(self) -> str:
         """``test_file.Class.method``, also when the file runs as

@@ -34,6 +34,8 @@ class FaultSweep(VhostUserTest):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,reconnect,fault-sweep
     """
 
+    timeout = 240  # 33 VMs, one after another
+
     def startup_sequence(self):
         vm, backend = self.launch_server_mode(name="ref",
                                               backend_name="ref")

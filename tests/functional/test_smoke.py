@@ -43,7 +43,14 @@ class StartUp(VhostUserTest):
         accel = "tcg" if self.accel == "qtest" else self.accel
         vm = self.make_vm("vm", backend.listener_path, firmware=True,
                           accel=accel)
-        vm.launch()
+        try:
+            vm.launch()
+        except Exception:
+            with open(vm.log_path, encoding="utf-8", errors="replace") as log:
+                said = log.read().strip()
+            if "could not load PC BIOS" in said:  # a build without blobs
+                self.cancel(f"the QEMU under test finds no SeaBIOS: {said}")
+            raise
         # iPXE probes the NIC about 2 s after launch under TCG.
         backend.wait_rings_started(2, timeout=self.scaled(60))
         self.assertIn("SET_MEM_TABLE", backend.trace.received())
