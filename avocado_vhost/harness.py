@@ -71,6 +71,17 @@ class Harness:
 
         def fail(self, msg: Any = None) -> NoReturn: ...
 
+    # --- failure messages ---------------------------------------------------
+    def _formatMessage(self, msg: Optional[str], standardMsg: str) -> str:
+        """Every assertion failure (unittest's expected-vs-seen text and the
+        test's own words) also says where to look."""
+        text = super()._formatMessage(msg, standardMsg)  # type: ignore[misc]
+        logdir = getattr(self, "logdir", None)
+        if logdir:
+            text += (f" [logs: {logdir} -- the test log, <vm>.log, "
+                     "<vm>-qtest.log, <backend>.trace.log]")
+        return str(text)
+
     # --- parameters -------------------------------------------------------
     def param(self, name: str) -> Optional[str]:
         """Parameter ``name`` (see :mod:`avocado_vhost.params`); a broken

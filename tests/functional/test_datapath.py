@@ -70,9 +70,14 @@ class Datapath(VhostUserTest):
             port.wait_sent(before + chunk + len(batch),
                            timeout=self.scaled(10))
             done = txq.reap()
-            self.assertEqual(len(done), len(batch))
+            self.assertEqual(len(done), len(batch),
+                             f"the device used {len(done)} of the "
+                             f"{len(batch)} buffers just transmitted "
+                             f"({layout}); see the back-end trace")
         got = [s.data for s in port.sent[before:]]
-        self.assertEqual(len(got), len(payloads))
+        self.assertEqual(len(got), len(payloads),
+                         f"the port saw {len(got)} frames, the driver sent "
+                         f"{len(payloads)} ({layout})")
         for i, (want, seen) in enumerate(zip(payloads, got)):
             self.assertTrue(want == seen, f"transmitted frame {i} ({layout}) "
                             f"arrived as {seen[:16].hex()}.. ({len(seen)} "
@@ -91,9 +96,13 @@ class Datapath(VhostUserTest):
                                timeout=self.scaled(10))
             for head, length in rxq.reap():
                 data = rxq.read_buffer(head, length)
-                self.assertEqual(data[:NET_HDR_LEN], NET_HDR)
+                self.assertEqual(data[:NET_HDR_LEN], NET_HDR,
+                                 f"received buffer {head}: bad virtio-net "
+                                 "header")
                 got.append(data[NET_HDR_LEN:])
-        self.assertEqual(len(got), len(payloads))
+        self.assertEqual(len(got), len(payloads),
+                         f"the driver received {len(got)} frames, the port "
+                         f"put {len(payloads)} on the wire")
         for i, (want, seen) in enumerate(zip(payloads, got)):
             self.assertTrue(want == seen, f"received frame {i} reads "
                             f"{seen[:16].hex()}.. ({len(seen)} bytes), the "
@@ -158,8 +167,10 @@ class Datapath(VhostUserTest):
         rng = random.Random(2)
         queues[3].post_out([NET_HDR + f for f in frames(rng, 3)])
         port.wait_dropped(3, timeout=self.scaled(10))
-        self.assertEqual(len(queues[3].reap()), 3)
-        self.assertEqual(port.sent, [])
+        self.assertEqual(len(queues[3].reap()), 3,
+                         "a disabled ring must still use (and drop) what it "
+                         "is given")
+        self.assertEqual(port.sent, [], "a disabled ring transmitted")
         self.set_queue_pairs(queues[2 * pairs], pairs)
         for pair in range(pairs):
             rxq, txq = queues[2 * pair], queues[2 * pair + 1]
