@@ -46,7 +46,7 @@ from qemu.machine import QEMUMachine
 from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import NegotiationError
 
-__all__ = ["VhostMachine", "early_events"]
+__all__ = ["VhostMachine", "early_events", "tolerate_early_events"]
 
 LOG = logging.getLogger(__name__)
 
@@ -77,6 +77,16 @@ async def _tolerant_negotiate(self: QMPClient) -> None:
         await self._event_dispatch(event)
 
 
+def tolerate_early_events(conn: Any) -> None:
+    """Make a ``QEMUMonitorProtocol`` accept events before the
+    ``qmp_capabilities`` reply.  Its client object already exists (and, in
+    server mode, already listens), so only its negotiation step is
+    replaced, on this instance alone."""
+    client = conn._qmp
+    client.early_events = []
+    client._negotiate = types.MethodType(_tolerant_negotiate, client)
+
+
 def early_events(machine: QEMUMachine) -> List[Dict[str, Any]]:
     """Events a VM's QMP server sent before its ``qmp_capabilities`` reply
     (the race above), so that a test can say it happened."""
@@ -90,15 +100,8 @@ class VhostMachine(QEMUMachine):
 
     def _pre_launch(self) -> None:
         super()._pre_launch()
-        conn = self._qmp_connection
-        if conn is not None:
-            # The client object already listens (QEMUMonitorProtocol starts
-            # the server in its constructor), so only its negotiation step
-            # is replaced, on this instance alone.
-            client = conn._qmp
-            client.early_events = []  # type: ignore[attr-defined]
-            client._negotiate = types.MethodType(  # type: ignore[method-assign]
-                _tolerant_negotiate, client)
+        if self._qmp_connection is not None:
+            tolerate_early_events(self._qmp_connection)
 
     def _post_launch(self) -> None:
         popen, address = self._popen, self._monitor_address
