@@ -44,9 +44,9 @@ class Migrate(VhostUserTest):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,migration
     """
 
-    def test_migrate(self):
-        page_a = self.platform.ram(PAGE_A)
-        page_b = self.platform.ram(PAGE_B)
+    def migration_pair(self):
+        """A started source and a destination waiting for it, each with its
+        own back-end; the migration URI."""
         src_be = self.make_backend("src")
         dst_be = self.make_backend("dst")
         src = self.make_vm("src", src_be.listener_path)
@@ -54,6 +54,12 @@ class Migrate(VhostUserTest):
         dst = self.make_vm("dst", dst_be.listener_path, incoming=uri)
         self.start_vm(src, src_be, rings=2)
         dst.launch()
+        return src_be, dst_be, src, dst, uri
+
+    def test_migrate(self):
+        page_a = self.platform.ram(PAGE_A)
+        page_b = self.platform.ram(PAGE_B)
+        src_be, dst_be, src, dst, uri = self.migration_pair()
         monitor = RingHandoffMonitor(src_be, dst_be)
 
         for page in (page_a, page_b):
@@ -117,13 +123,7 @@ class Migrate(VhostUserTest):
         """While migrating, the front-end turns logging on as the spec says:
         VHOST_F_LOG_ALL, VHOST_VRING_F_LOG with the used ring's guest
         address, and a log covering all guest RAM."""
-        src_be = self.make_backend("src")
-        dst_be = self.make_backend("dst")
-        src = self.make_vm("src", src_be.listener_path)
-        uri = "unix:" + self.socket_path("migration")
-        dst = self.make_vm("dst", dst_be.listener_path, incoming=uri)
-        self.start_vm(src, src_be, rings=2)
-        dst.launch()
+        src_be, dst_be, src, dst, uri = self.migration_pair()
         for vm in (src, dst):
             vm.qmp("migrate-set-capabilities", capabilities=[
                 {"capability": "events", "state": True}])
