@@ -18,6 +18,7 @@ Avocado plugins of the suite, loaded through entry points (``pyproject.toml``).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from typing import Any, Dict, List
@@ -88,3 +89,36 @@ class VhostResult(Result):
         with open(os.path.join(job.logdir, "vhost.json"), "w",
                   encoding="utf-8") as out:
             json.dump(summary, out, indent=4)
+        with open(os.path.join(job.logdir, "vhost.html"), "w",
+                  encoding="utf-8") as out:
+            out.write(_html_page(job.logdir, results.get("tests", [])))
+
+
+def _html_page(job_dir: str, tests: List[Dict[str, Any]]) -> str:
+    """One row per test, every link relative to the job directory."""
+    rows = []
+    for test in tests:
+        logdir = test.get("logdir", "")
+        files = sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []
+        links = " ".join(
+            f'<a href="{html.escape(os.path.relpath(os.path.join(logdir, f), job_dir))}">'
+            f"{html.escape(f)}</a>"
+            for f in files if f.endswith(".log") or f.endswith(".txt"))
+        status = html.escape(str(test.get("status")))
+        reason = "" if status == "PASS" else str(test.get("fail_reason") or "")
+        rows.append(
+            f"<tr><td>{html.escape(str(test.get('name')))}</td>"
+            f'<td class="{status}">{status}</td>'
+            f"<td>{html.escape(str(test.get('qemu_version') or ''))}</td>"
+            f"<td>{html.escape(reason)}</td>"
+            f"<td>{links}</td></tr>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            "<title>avocado-vhost job</title><style>"
+            "body{font-family:sans-serif} td{padding:4px 8px;"
+            "border-bottom:1px solid #ddd;vertical-align:top}"
+            ".PASS{color:green}.FAIL,.ERROR,.INTERRUPT{color:red}"
+            ".CANCEL,.SKIP{color:#a60}</style></head><body>"
+            "<h1>avocado-vhost: tests, QEMU, traces</h1><table>"
+            "<tr><th>test</th><th>status</th><th>QEMU</th><th>reason</th>"
+            "<th>logs and vhost-user traces</th></tr>"
+            + "".join(rows) + "</table></body></html>\n")
