@@ -18,7 +18,7 @@ only when the ring asked for it (VHOST_VRING_F_LOG).
 from __future__ import annotations
 
 import struct
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .memory import GuestMemory
 
@@ -32,6 +32,19 @@ VRING_AVAIL_F_NO_INTERRUPT = 1
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
+
+
+def store16(mapping: Any, offset: int, value: int) -> None:
+    """Publish a 16-bit field a concurrent driver polls (used ``idx``,
+    packed descriptor ``flags``) with one store of its width.
+
+    ``struct.pack_into`` does not: CPython zero-fills the target bytes and
+    then writes the value, so a driver polling from another CPU can read 0
+    in between (a used index that jumps back, a packed descriptor whose
+    flags look used).  A 2-byte slice assignment into the mapping is one
+    2-byte copy, and x86 keeps it ordered after the entry written before.
+    """
+    mapping[offset:offset + 2] = value.to_bytes(2, "little")
 
 
 class RingError(Exception):
@@ -189,7 +202,7 @@ class SplitRing(_Ring):
         finally:
             if used != self.used_idx:
                 self.used_idx = used
-                _U16.pack_into(umap, uoff + 2, used)
+                store16(umap, uoff + 2, used)
                 if on_write is not None:
                     on_write(self.used + 2, 2, True)
 
@@ -238,7 +251,7 @@ class SplitRing(_Ring):
         slot = 4 + 8 * (self.used_idx % self.num)
         _USED_ELEM.pack_into(self._umap, self._uoff + slot, head, length)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        _U16.pack_into(self._umap, self._uoff + 2, self.used_idx)
+        store16(self._umap, self._uoff + 2, self.used_idx)
         if self.on_write is not None:
             self.on_write(self.used + slot, 8, True)
             self.on_write(self.used + 2, 2, True)
@@ -366,7 +379,7 @@ class PackedRing(_Ring):
         # addr is ignored for used descriptors; id and len before flags,
         # which publish the entry.
         struct.pack_into("<IH", self._dmap, off + 8, length, buf_id)
-        struct.pack_into("<H", self._dmap, off + 14, flags)
+        store16(self._dmap, off + 14, flags)
         if self.on_write is not None:
             self.on_write(self.desc + 16 * self.used_pos + 8, 8, True)
         self.used_pos += count
