@@ -21,6 +21,8 @@ from __future__ import annotations
 import html
 import json
 import os
+from xml.dom import minidom
+from xml.parsers.expat import ExpatError
 from typing import Any, Dict, List
 
 from avocado.core.plugin_interfaces import Init, Result
@@ -40,6 +42,12 @@ class VhostInit(Init):
     description = "avocado-vhost: parameters of the vhost-user suite"
 
     def initialize(self) -> None:
+        # Result plugins run in name order unless told otherwise; the vhost
+        # result plugin edits results.json and results.xml, so those two go
+        # first (the others keep their order after them).  A configured
+        # order is left alone.
+        if not settings.as_dict().get("plugins.result.order"):
+            settings.update_option("plugins.result.order", ["json", "xunit"])
         for param in PARAMS.values():
             settings.register_option(
                 section=SECTION, key=param.name, default=param.default,
@@ -83,15 +91,45 @@ class VhostResult(Result):
             summary["qemu"][info.get("qemu")] = info.get("qemu_version")
             summary["tests"][test.get("name")] = {
                 "status": test.get("status"), "traces": traces,
+                "qemu": info.get("qemu"),
                 "accel": info.get("accel"), "arch": info.get("arch")}
         with open(path, "w", encoding="utf-8") as out:
             json.dump(results, out, indent=4)
+        _add_to_xunit(os.path.join(job.logdir, "results.xml"),
+                      summary["tests"], summary["qemu"])
         with open(os.path.join(job.logdir, "vhost.json"), "w",
                   encoding="utf-8") as out:
             json.dump(summary, out, indent=4)
         with open(os.path.join(job.logdir, "vhost.html"), "w",
                   encoding="utf-8") as out:
             out.write(_html_page(job.logdir, results.get("tests", [])))
+
+
+def _add_to_xunit(path: str, tests: Dict[str, Any],
+                  qemu: Dict[str, Any]) -> None:
+    """Each testcase of results.xml gets properties: the QEMU binary and
+    version, and one ``trace`` per vhost-user trace."""
+    try:
+        document = minidom.parse(path)
+    except (OSError, ExpatError):
+        return  # the xunit result was disabled
+    for case in document.getElementsByTagName("testcase"):
+        info = tests.get(case.getAttribute("name"))
+        if info is None:
+            continue
+        props = document.createElement("properties")
+        values = [("qemu", info.get("qemu") or ""),
+                  ("qemu_version", qemu.get(info.get("qemu"), "") or ""),
+                  ("accel", info.get("accel") or "")]
+        values += [("trace", trace) for trace in info.get("traces", [])]
+        for name, value in values:
+            prop = document.createElement("property")
+            prop.setAttribute("name", name)
+            prop.setAttribute("value", str(value))
+            props.appendChild(prop)
+        case.insertBefore(props, case.firstChild)
+    with open(path, "w", encoding="utf-8") as out:
+        document.writexml(out, encoding="UTF-8")
 
 
 def _html_page(job_dir: str, tests: List[Dict[str, Any]]) -> str:
