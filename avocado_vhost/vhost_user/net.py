@@ -94,6 +94,8 @@ class NetDevice:
         self.port = port or Port()
         self.backend: Optional["VhostUserBackend"] = None
         self.rings: Dict[int, Union[SplitRing, PackedRing]] = {}
+        #: ring index -> why the ring is broken (until restart or reset)
+        self.broken: Dict[int, str] = {}
         #: How many transmit chains may still be taken (None: no limit); a
         #: test leaves some in the ring on purpose with it.
         self.tx_budget: Optional[int] = None
@@ -162,17 +164,25 @@ class NetDevice:
                                            f"table change: {exc}")
 
     def ring_stopped(self, ring: "Vring") -> None:
+        self.broken.pop(ring.index, None)
         split = self.rings.pop(ring.index, None)
         if split is not None:
             ring.base = split.next_avail
 
     def reset(self) -> None:
         self.rings.clear()
+        self.broken.clear()
 
     def process(self, ring: "Vring") -> None:
-        """Handle a kick (or a start): move what can be moved."""
+        """Handle a kick (or a start): move what can be moved.
+
+        A ring whose driver broke the ring rules is marked broken: the error
+        is recorded once, and the ring is not touched again until it is
+        restarted or the device reset (virtio: the device may then need a
+        reset; it must not act on garbage).
+        """
         split = self.rings.get(ring.index)
-        if split is None or not ring.started:
+        if split is None or not ring.started or ring.index in self.broken:
             return
         # Logging cannot change during one call (the back-end's lock is
         # held): decide once whether writes need reporting.
@@ -185,7 +195,9 @@ class NetDevice:
                 self._receive(ring, split)
         except (RingError, LookupError) as exc:
             assert self.backend is not None
-            self.backend._record_error(f"ring {ring.index}: {exc}")
+            self.broken[ring.index] = str(exc)
+            self.backend._record_error(f"ring {ring.index} broken, not "
+                                       f"processed until reset: {exc}")
         ring.base = split.next_avail
         if split.should_notify() and ring.call_fd is not None:
             os.eventfd_write(ring.call_fd, 1)

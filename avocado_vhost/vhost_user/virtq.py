@@ -147,9 +147,26 @@ class SplitRing(_Ring):
     def avail_idx(self) -> int:
         return _U16.unpack_from(self._amap, self._aoff + 2)[0]
 
+    def pending(self, avail: int) -> int:
+        """How many entries the driver's ``avail`` index offers.
+
+        :raise RingError: more than the ring size -- the virtio spec's
+            "Queue Size corresponds to the maximum number of buffers in the
+            virtqueue": the index is garbage (or stale, after a reconnect),
+            and following it would replay old entries thousands of times.
+        """
+        count = (avail - self.next_avail) & 0xFFFF
+        if count > self.num:
+            raise RingError(
+                f"avail idx {avail} is {count} entries ahead of the device's "
+                f"position {self.next_avail}, more than the ring size "
+                f"{self.num} (virtio: \"Queue Size corresponds to the maximum "
+                "number of buffers in the virtqueue\")")
+        return count
+
     def pop(self) -> Optional[Chain]:
         """Take the next available chain, or None when the ring is empty."""
-        if self.avail_idx() == self.next_avail:
+        if not self.pending(self.avail_idx()):
             return None
         head = _U16.unpack_from(
             self._amap, self._aoff + 4 + 2 * (self.next_avail % self.num))[0]
@@ -175,7 +192,7 @@ class SplitRing(_Ring):
         locate, on_write = self.memory.locate, self.on_write
         unpack_u16, unpack_desc = _U16.unpack_from, _DESC.unpack_from
         pack_elem = _USED_ELEM.pack_into
-        count = (unpack_u16(amap, aoff + 2)[0] - self.next_avail) & 0xFFFF
+        count = self.pending(unpack_u16(amap, aoff + 2)[0])  # read once
         if limit is not None:
             count = min(count, limit)
         used = self.used_idx

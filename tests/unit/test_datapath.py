@@ -158,6 +158,30 @@ class RingTest(unittest.TestCase):
         self.assertIn("loops", self.backend.errors[0])
         self.backend.errors.clear()
 
+    def test_avail_index_beyond_the_ring_breaks_the_ring(self):
+        """An avail idx more than the ring size ahead (a stale base after a
+        reconnect, or garbage) is an error naming the ring and its indexes,
+        and the ring is left alone after it: nothing is replayed."""
+        self.mem[BUFS:BUFS + 12 + 4] = HDR + b"abcd"
+        for i in range(NUM):
+            self.desc(1, i, BUFS, 16)
+        _, avail, _ = RINGS[1]
+        U16.pack_into(self.mem, avail + 2, 15000)
+        os.eventfd_write(self.kicks[1], 1)
+        self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
+        self.assertIn("ring 1 broken", self.backend.errors[0])
+        self.assertIn("15000 entries ahead", self.backend.errors[0])
+        self.assertEqual(self.port.sent, [], "entries were replayed")
+        self.assertEqual(self.used(1), 0, "the used ring was touched")
+        # Kicked again: still broken, still untouched, no new error.
+        os.eventfd_write(self.kicks[1], 1)
+        self.backend.wait_for(lambda: self.backend.state.vrings[1].started,
+                              "the ring", 2)
+        self.fe.call(Request.GET_FEATURES)  # the kick was handled before
+        self.assertEqual(len(self.backend.errors), 1)
+        self.assertEqual(self.port.sent, [])
+        self.backend.errors.clear()
+
     def test_rx_and_dirty_log(self):
         log_fd = os.memfd_create("log")
         os.ftruncate(log_fd, MEM // 4096 // 8)
