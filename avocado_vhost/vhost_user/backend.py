@@ -769,19 +769,19 @@ class VhostUserBackend:
         return None
 
     def _set_vring_num(self, header, payload: VringState, fds):
-        self.state.vring(payload.index).num = payload.num
+        self._vring(payload.index).num = payload.num
         return None
 
     def _set_vring_addr(self, header, payload: VringAddr, fds):
-        self.state.vring(payload.index).addr = payload
+        self._vring(payload.index).addr = payload
         return None
 
     def _set_vring_base(self, header, payload: VringState, fds):
-        self.state.vring(payload.index).base = payload.num
+        self._vring(payload.index).base = payload.num
         return None
 
     def _get_vring_base(self, header, payload: VringState, fds):
-        ring = self.state.vring(payload.index)
+        ring = self._vring(payload.index)
         if self.device is not None and ring.started:
             self.device.ring_stopped(ring)  # the base is where it stopped
         ring.reported_base = (ring.base if self.vring_base_override is None
@@ -791,8 +791,30 @@ class VhostUserBackend:
         ring.kick_fd = None
         return VringState(payload.index, ring.reported_base)
 
+    def _vring(self, index: int) -> Vring:
+        """The ring a request names, created on first use -- but only up to
+        the device's ring count (``max_rings``, else QEMU's VIRTIO_QUEUE_MAX
+        of 1024): an index is the front-end's word, and a ring per u32
+        would let it grow the back-end without bound."""
+        limit = self.config.max_rings or MAX_RINGS
+        if index >= limit:
+            raise ProtocolError(f"ring index {index} is beyond the {limit} "
+                                "rings of this device")
+        return self.state.vring(index)
+
     def _ring_fd(self, payload: U64, fds: List[int], attr: str) -> Vring:
-        ring = self.state.vring(payload.value & VRING_IDX_MASK)
+        try:
+            ring = self._vring(payload.value & VRING_IDX_MASK)
+        except ProtocolError:
+            close_fds(fds)
+            raise
+        if fds and not _is_eventfd(fds[0]):
+            kind = _fd_kind(fds[0])
+            close_fds(fds)
+            raise ProtocolError(
+                f"{attr[:-3]} fd of ring {ring.index} is {kind}, not an "
+                "eventfd (vhost-user: \"the file descriptor for the "
+                "kick/call/err is passed as ancillary data ... an eventfd\")")
         old = getattr(ring, attr)
         if old is not None:
             close_fds([old])
@@ -814,17 +836,17 @@ class VhostUserBackend:
         return None
 
     def _set_vring_enable(self, header, payload: VringState, fds):
-        ring = self.state.vring(payload.index)
+        ring = self._vring(payload.index)
         ring.enabled = bool(payload.num)
         self._notify_ring(ring, "enabled" if ring.enabled else "disabled")
         return None
 
     def _vring_kick(self, header, payload: VringState, fds):
-        self._ring_started(self.state.vring(payload.index))
+        self._ring_started(self._vring(payload.index))
         return None
 
     def _set_vring_endian(self, header, payload: VringState, fds):
-        self.state.vring(payload.index).big_endian = bool(payload.num)
+        self._vring(payload.index).big_endian = bool(payload.num)
         return None
 
     def _get_queue_num(self, header, payload, fds):
@@ -1008,6 +1030,22 @@ class VhostUserBackend:
                 raise BackendFailure(f"[{self.name}] no dirty log to mark: "
                                      "SET_LOG_BASE not received")
             self.state.log.mark(gpa, length)
+
+
+#: QEMU's VIRTIO_QUEUE_MAX: no device has more rings
+MAX_RINGS = 1024
+
+
+def _fd_kind(fd: int) -> str:
+    """What a file descriptor is, as /proc names it."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
+def _is_eventfd(fd: int) -> bool:
+    return _fd_kind(fd) == "anon_inode:[eventfd]"
 
 
 def _request_name(number: int) -> str:

@@ -11,7 +11,8 @@ import struct
 import threading
 import unittest
 
-from avocado_vhost.vhost_user import (BackendFailure, Fault, Request,
+from avocado_vhost.vhost_user import (BackendConfig, BackendFailure, Fault,
+                                      Request,
                                       WaitTimeout)
 from avocado_vhost.vhost_user.message import (
     FLAG_REPLY, HEADER, VERSION, ConfigSpace, IotlbMsg, InflightDescription,
@@ -412,9 +413,18 @@ class Conformance(BackendTestCase):
         self.violation("GET_QUEUE_NUM requires protocol feature MQ")
 
     def test_ring_index_out_of_range(self):
+        """A violation of the front-end, and an error: no ring is made."""
         self.negotiate()
         self.fe.send(Request.SET_VRING_NUM, VringState(8, 256))
-        self.violation("ring 8, but the device has 8")
+        self.sync()
+        self.assertTrue(any("ring 8, but the device has 8" in v
+                            for v in self.backend.violations))
+        self.assertIn("ring index 8 is beyond the 8 rings",
+                      self.backend.errors[0])
+        self.assertNotIn(8, self.backend.state.vrings)
+        self.backend.errors.clear()
+        self.backend.violations.clear()
+
 
     def test_reserved_num(self):
         self.negotiate()
@@ -539,6 +549,47 @@ class FaultsAndWaits(BackendTestCase):
         self.fe = self.connect()
         self.backend.wait_connected(2, timeout=2)
         self.assertFalse(self.backend.state.owner)
+
+
+class Untrusted(BackendTestCase):
+    """What a hostile front-end sends gets a recorded error, never a crash,
+    a hang or memory without bound."""
+
+    config = BackendConfig(protocol_features=int(ALL_PROTOCOL))  # no max
+
+    def test_ring_indexes_are_bounded_without_max_rings(self):
+        self.negotiate()
+        for index in (1023, 1024, 70000, 0xFFFFFFFF):
+            self.fe.send(Request.SET_VRING_NUM, VringState(index, 256))
+        self.sync()
+        self.assertEqual(sorted(self.backend.state.vrings), [1023])
+        self.assertEqual(len(self.backend.errors), 3)
+        self.backend.errors.clear()
+
+    def test_call_fd_that_is_no_eventfd(self):
+        """A pipe, a directory or a memfd as call/kick/err fd: refused with
+        its kind named, the fd closed, the back-end still serving."""
+        self.negotiate()
+        read_end, write_end = os.pipe()
+        directory = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        mem = memfd(4096)
+        try:
+            for request, fd in ((Request.SET_VRING_CALL, write_end),
+                                (Request.SET_VRING_KICK, directory),
+                                (Request.SET_VRING_ERR, mem)):
+                self.fe.send(request, U64(0), fds=[fd])
+            self.sync()
+        finally:
+            for fd in (read_end, write_end, directory, mem):
+                os.close(fd)
+        self.assertEqual(len(self.backend.errors), 3, self.backend.errors)
+        self.assertIn("pipe:", self.backend.errors[0])
+        self.assertIn("not an eventfd", self.backend.errors[1])
+        ring = self.backend.state.vrings[0]
+        self.assertEqual((ring.call_fd, ring.kick_fd, ring.err_fd),
+                         (None, None, None))
+        self.assertFalse(ring.started)
+        self.backend.errors.clear()
 
 
 if __name__ == "__main__":
