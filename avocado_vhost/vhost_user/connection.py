@@ -24,7 +24,8 @@ import errno
 import os
 import select
 import socket
-from typing import List, Sequence, Tuple
+import time
+from typing import List, Optional, Sequence, Tuple
 
 from .error import ConnectionClosed, MalformedMessage
 from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
@@ -63,8 +64,10 @@ class Connection:
 
     :param sock: a connected ``AF_UNIX`` stream socket; owned from now on.
     :param message_timeout: bound, in seconds, on reading the rest of a
-        message once its first byte has arrived; a peer that stalls longer
-        is reported as sending a truncated message.
+        message once its first byte has arrived -- the whole message, not
+        each piece (a peer dribbling one byte just under the bound each
+        time would otherwise hold the back-end for minutes); a peer that
+        takes longer is reported as sending a truncated message.
     """
 
     def __init__(self, sock: socket.socket, message_timeout: float = 5.0):
@@ -79,19 +82,22 @@ class Connection:
     def closed(self) -> bool:
         return self.sock.fileno() < 0
 
-    def _recv_exact(self, want: int, fds: List[int],
-                    first: bool) -> bytes:
-        """Read exactly ``want`` bytes, collecting fds from each piece."""
+    def _recv_exact(self, want: int, fds: List[int], first: bool,
+                    deadline: Optional[float] = None) -> bytes:
+        """Read exactly ``want`` bytes, collecting fds from each piece, by
+        ``deadline`` (monotonic) once the first byte is in."""
         chunks = []
         got = 0
         while got < want:
             if not first or got:
-                ready, _, _ = select.select([self.sock], [], [],
-                                            self.message_timeout)
+                if deadline is None:
+                    deadline = time.monotonic() + self.message_timeout
+                left = max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([self.sock], [], [], left)
                 if not ready:
                     raise MalformedMessage(
-                        f"truncated message: {got} of {want} bytes arrived, "
-                        f"then nothing for {self.message_timeout}s")
+                        f"truncated message: {got} of {want} bytes arrived "
+                        f"within {self.message_timeout}s of its start")
             try:
                 data, ancdata, flags, _ = self.sock.recvmsg(
                     want - got, _CMSG_SPACE)
@@ -118,21 +124,23 @@ class Connection:
         """Receive one message: header, raw payload and the fds it carried.
 
         Blocks until the first byte arrives (callers poll first), then for at
-        most ``message_timeout`` per piece.
+        most ``message_timeout`` for the whole rest of the message.
 
         :raise ConnectionClosed: EOF, possibly in the middle of a message.
         :raise MalformedMessage: truncated, oversized or too many fds; the
             fds received so far are closed and the exception's ``fds`` is [].
         """
         fds: List[int] = []
+        deadline = time.monotonic() + self.message_timeout
         try:
-            header = decode_header(self._recv_exact(HEADER_SIZE, fds, True))
+            header = decode_header(self._recv_exact(HEADER_SIZE, fds, True,
+                                                    deadline))
             if header.size > MAX_PAYLOAD:
                 # Framing cannot be trusted any more: the caller disconnects.
                 raise MalformedMessage(
                     f"payload size {header.size} exceeds the maximum "
                     f"{MAX_PAYLOAD} (request {header.request})")
-            payload = (self._recv_exact(header.size, fds, False)
+            payload = (self._recv_exact(header.size, fds, False, deadline)
                        if header.size else b"")
         except BaseException:
             close_fds(fds)

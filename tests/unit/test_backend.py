@@ -385,6 +385,36 @@ class BadInput(BackendTestCase):
         self.fe.send_raw(HEADER.pack(Request.SET_FEATURES, 1, 8)[:5])
         self.expect_error("truncated message")
 
+    def test_dribbled_message_times_out_as_a_whole(self):
+        """One byte every 0.1 s never stalls 0.3 s, yet the message as a
+        whole is over its bound long before the last byte."""
+        self.backend.config.message_timeout = 0.3
+        data = HEADER.pack(Request.SET_FEATURES, 1, 8) + bytes(8)
+        sent = []
+        stop = threading.Event()
+
+        def dribble():
+            for i in range(len(data)):
+                if stop.wait(0.1):
+                    return
+                try:
+                    self.fe.send_raw(data[i:i + 1])
+                except OSError:
+                    return  # the back-end hung up
+                sent.append(i)
+        thread = threading.Thread(target=dribble)
+        thread.start()
+        try:
+            self.backend.wait_for(lambda: self.backend.errors, "an error", 5)
+            bytes_sent = len(sent)
+        finally:
+            stop.set()
+            thread.join()
+        self.assertRegex(self.backend.errors[0], "truncated message")
+        self.assertLess(bytes_sent, len(data),
+                        "the back-end waited for the whole dribbled message")
+        self.backend.errors.clear()
+
 
 class Conformance(BackendTestCase):
 
