@@ -40,7 +40,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
-from .connection import Connection, Listener, close_fds
+from .connection import Connection, Listener, close_fds, signal_eventfd
 from .conformance import check as conformance_check
 from .error import (BackendFailure, ConnectionClosed, FdCountError,
                     MalformedMessage, ProtocolError, UnknownRequest,
@@ -815,6 +815,11 @@ class VhostUserBackend:
                 f"{attr[:-3]} fd of ring {ring.index} is {kind}, not an "
                 "eventfd (vhost-user: \"the file descriptor for the "
                 "kick/call/err is passed as ancillary data ... an eventfd\")")
+        if fds:
+            # Never block on the front-end's eventfd: a drained kick fd
+            # would hang the read, a call counter at its maximum the write.
+            # (QEMU's own eventfds are non-blocking already.)
+            os.set_blocking(fds[0], False)
         old = getattr(ring, attr)
         if old is not None:
             close_fds([old])
@@ -1019,7 +1024,7 @@ class VhostUserBackend:
             if ring is None or ring.call_fd is None:
                 raise BackendFailure(f"[{self.name}] ring {index} has no call "
                                      "eventfd to signal (no SET_VRING_CALL)")
-            os.eventfd_write(ring.call_fd, 1)
+            signal_eventfd(ring.call_fd)
             self.trace.add(self.connections, "event", "CALL",
                            detail=f"ring {index} signalled by the test")
 

@@ -31,6 +31,7 @@ from .error import ConnectionClosed, MalformedMessage
 from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
 
 __all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
+           "signal_eventfd",
            "MAX_FDS"]
 
 #: Most fds one message may bring (SET_MEM_TABLE: 8); room for a few more so
@@ -57,6 +58,15 @@ def _fds_from_ancdata(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
             arr.frombytes(data[:len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+def signal_eventfd(fd: int) -> None:
+    """Add 1 to an eventfd without ever blocking: a counter at its maximum
+    already signals, so the write may be dropped."""
+    try:
+        os.eventfd_write(fd, 1)
+    except BlockingIOError:
+        pass
 
 
 class Connection:
@@ -156,16 +166,26 @@ class Connection:
         if fds:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                     array.array("i", fds).tobytes())]
+        # A front-end that reads no replies fills the socket buffer; the
+        # send is bounded so that it cannot hang the back-end's thread.
+        self.sock.settimeout(self.message_timeout)
         try:
             sent = self.sock.sendmsg([data], anc)
             if sent < len(data):
                 self.sock.sendall(data[sent:])
+        except socket.timeout:
+            raise ConnectionClosed(
+                f"the peer read nothing for {self.message_timeout}s: its "
+                "receive buffer is full")
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ConnectionClosed(f"peer gone while sending: {exc}")
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
                 raise ConnectionClosed(f"peer gone while sending: {exc}")
             raise
+        finally:
+            if self.sock.fileno() >= 0:
+                self.sock.settimeout(None)
 
     def close(self) -> None:
         self.sock.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, Optional,
                     Union)
 
+from .connection import signal_eventfd
 from .message import VRING_F_LOG, VirtioFeature
 from .virtq import PackedRing, RingError, SplitRing
 
@@ -200,7 +201,7 @@ class NetDevice:
                                        f"processed until reset: {exc}")
         ring.base = split.next_avail
         if split.should_notify() and ring.call_fd is not None:
-            os.eventfd_write(ring.call_fd, 1)
+            signal_eventfd(ring.call_fd)
 
     def process_all(self) -> None:
         """Retry every started ring (new frames on the wire, more budget)."""

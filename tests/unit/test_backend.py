@@ -596,6 +596,25 @@ class Untrusted(BackendTestCase):
         self.assertEqual(len(self.backend.errors), 3)
         self.backend.errors.clear()
 
+    def test_front_end_that_reads_no_replies(self):
+        """Replies pile up unread: the back-end gives up on the connection
+        within its message timeout instead of blocking forever, and stop()
+        returns."""
+        self.backend.config.message_timeout = 0.3
+        self.fe.sock.setblocking(False)
+        request = HEADER.pack(Request.GET_FEATURES, 1, 0)
+        try:
+            for _ in range(200000):
+                self.fe.send_raw(request)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass  # both buffers are full, or the back-end hung up
+        self.backend.wait_for(
+            lambda: any("read nothing" in r for r in
+                        self.backend.disconnect_reasons.values()),
+            "the back-end to drop a front-end that reads no replies", 5)
+        self.assertFalse(self.backend.connected)
+        self.backend.stop(timeout=5)
+
     def test_call_fd_that_is_no_eventfd(self):
         """A pipe, a directory or a memfd as call/kick/err fd: refused with
         its kind named, the fd closed, the back-end still serving."""
