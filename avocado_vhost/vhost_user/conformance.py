@@ -213,6 +213,12 @@ def mem_regions_disjoint(req: Request, payload: Payload, header: Header,
         for a, b in zip(regions, regions[1:]):
             if a.guest_addr + a.size > b.guest_addr:
                 return f"memory regions overlap: {a} and {b}"
+        # The front-end's addresses translate ring addresses: two regions
+        # at one user address would make that translation ambiguous.
+        by_user = sorted(payload.regions, key=lambda r: r.user_addr)
+        for a, b in zip(by_user, by_user[1:]):
+            if a.user_addr + a.size > b.user_addr:
+                return f"memory regions overlap in user addresses: {a} and {b}"
         if len(regions) > MAX_MEM_REGIONS:
             return f"{len(regions)} memory regions"
     return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import fcntl
 import stat
 import threading
 from typing import Iterator, List, Tuple
@@ -24,7 +25,8 @@ from typing import Iterator, List, Tuple
 from .error import MalformedMessage
 from .message import VHOST_LOG_PAGE, MemoryRegion
 
-__all__ = ["MappedRegion", "GuestMemory", "DirtyLog", "AddressError"]
+__all__ = ["MappedRegion", "GuestMemory", "DirtyLog", "AddressError",
+           "seal_shrink"]
 
 _PAGE = mmap.PAGESIZE
 
@@ -53,6 +55,26 @@ def _check_extent(fd: int, end: int, what: str) -> None:
             f"{info.st_size}")
 
 
+def seal_shrink(fd: int) -> bool:
+    """Forbid the file to shrink (``F_SEAL_SHRINK``) while it is mapped:
+    a front-end that truncated it afterwards would make the next access a
+    SIGBUS that kills the whole process.  QEMU's memfds are sealed so
+    already; a memfd without sealing, or a plain file (memory-backend-file,
+    hugetlbfs), cannot be: then the size was only checked at map time.
+
+    :return: whether the file can no longer shrink.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        return True
+    except OSError:
+        try:
+            return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                        & fcntl.F_SEAL_SHRINK)
+        except OSError:
+            return False
+
+
 class MappedRegion:
     """One region mapped from its fd; owns the fd and the mapping.
 
@@ -66,7 +88,14 @@ class MappedRegion:
         self._skew = desc.mmap_offset - start
         if desc.size == 0:
             raise MalformedMessage(f"memory region of size 0 ({desc})")
+        for name, base in (("guest", desc.guest_addr),
+                           ("user", desc.user_addr)):
+            if base + desc.size > 1 << 64:
+                raise MalformedMessage(f"memory region {desc}: its {name} "
+                                       "addresses wrap past 2^64")
         _check_extent(fd, desc.mmap_offset + desc.size, f"region {desc}")
+        #: whether the file can no longer shrink under the mapping
+        self.sealed = seal_shrink(fd)
         try:
             self.map = mmap.mmap(fd, desc.size + self._skew, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,
@@ -205,6 +234,8 @@ class DirtyLog:
         except MalformedMessage:
             os.close(fd)
             raise
+        #: whether the log file can no longer shrink under the mapping
+        self.sealed = seal_shrink(fd)
         try:
             self.map = mmap.mmap(fd, size + self._skew, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,

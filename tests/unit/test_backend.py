@@ -615,6 +615,44 @@ class Untrusted(BackendTestCase):
         self.assertFalse(self.backend.connected)
         self.backend.stop(timeout=5)
 
+    def test_guest_memory_cannot_shrink_under_the_mapping(self):
+        """A memfd the front-end would truncate after SET_MEM_TABLE: the
+        back-end sealed it against shrinking, so the truncate fails instead
+        of the next access killing the process with SIGBUS."""
+        self.negotiate()
+        fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 1 << 20)
+        try:
+            self.fe.send(Request.SET_MEM_TABLE, MemoryTable(
+                (MemoryRegion(0, 1 << 20, 0x7F0000000000, 0),)), fds=[fd])
+            self.sync()
+            with self.assertRaises(PermissionError):
+                os.ftruncate(fd, 4096)
+            self.assertEqual(self.backend.state.memory.read(0xFFFF0, 16),
+                             bytes(16))
+        finally:
+            os.close(fd)
+
+    def test_regions_that_wrap_or_share_user_addresses(self):
+        self.negotiate()
+        fd = memfd(1 << 20)
+        try:
+            self.fe.send(Request.SET_MEM_TABLE, MemoryTable((MemoryRegion(
+                0, 1 << 20, (1 << 64) - 4096, 0),)), fds=[fd])
+            self.sync()
+            self.assertIn("wrap past 2^64", self.backend.errors[0])
+            self.fe.send(Request.SET_MEM_TABLE, MemoryTable((
+                MemoryRegion(0, 1 << 19, 0x7F0000000000, 0),
+                MemoryRegion(1 << 19, 1 << 19, 0x7F0000000000, 1 << 19))),
+                fds=[fd, fd])
+            self.sync()
+        finally:
+            os.close(fd)
+        self.assertTrue(any("overlap in user addresses" in v
+                            for v in self.backend.violations))
+        self.backend.errors.clear()
+        self.backend.violations.clear()
+
     def test_call_fd_that_is_no_eventfd(self):
         """A pipe, a directory or a memfd as call/kick/err fd: refused with
         its kind named, the fd closed, the back-end still serving."""
