@@ -18,6 +18,7 @@ only when the ring asked for it (VHOST_VRING_F_LOG).
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any, Callable, List, Optional, Tuple
 
 from .memory import GuestMemory
@@ -32,6 +33,11 @@ VRING_AVAIL_F_NO_INTERRUPT = 1
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
+
+
+#: acquiring an uncontended lock is a locked instruction: a full barrier
+#: on x86, which Python offers no other way to issue
+_FENCE = threading.Lock()
 
 
 def store16(mapping: Any, offset: int, value: int) -> None:
@@ -272,6 +278,29 @@ class SplitRing(_Ring):
         if self.on_write is not None:
             self.on_write(self.used + slot, 8, True)
             self.on_write(self.used + 2, 2, True)
+
+    def publish_avail_event(self) -> bool:
+        """With VIRTIO_F_EVENT_IDX, tell the driver which entry to kick for
+        (``used->avail_event`` = the next entry the device will take), then
+        look at the available index again.
+
+        A driver with EVENT_IDX kicks only when its index passes
+        ``avail_event``: a device that never writes it gets one kick and
+        then silence.  Between the device's last read of the index and this
+        write the driver may have added entries without kicking, so the
+        index is read again after a full barrier.
+
+        :return: whether entries are available now (process them).
+        """
+        if not self.event_idx:
+            return False
+        offset = 4 + 8 * self.num
+        store16(self._umap, self._uoff + offset, self.next_avail)
+        if self.on_write is not None:
+            self.on_write(self.used + offset, 2, True)
+        with _FENCE:  # a locked instruction: the store before the load
+            pass
+        return self.avail_idx() != self.next_avail
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since

@@ -20,6 +20,7 @@ from avocado_vhost.vhost_user.virtq import packed_base
 
 RING_INDIRECT_DESC = 1 << 28
 RING_PACKED = 1 << 34
+RING_EVENT_IDX = 1 << 29
 QUEUE_SIZE = 64
 
 
@@ -33,9 +34,11 @@ def frames(rng, count, tag=b""):
     return out
 
 
-def datapath_config(pairs=1):
+def datapath_config(pairs=1, event_idx=False):
     config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
     config.features |= int(VirtioFeature.RING_INDIRECT_DESC)
+    if event_idx:
+        config.features |= int(VirtioFeature.RING_EVENT_IDX)
     if pairs > 1:
         config.features |= int(VirtioFeature.NET_F_MQ
                                | VirtioFeature.NET_F_CTRL_VQ)
@@ -48,13 +51,14 @@ class Datapath(VhostUserTest):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,datapath
     """
 
-    def start(self, pairs=1, port=None):
+    def start(self, pairs=1, port=None, event_idx=False):
         port = port or Port()
-        backend = self.make_backend("backend", datapath_config(pairs),
+        backend = self.make_backend("backend",
+                                    datapath_config(pairs, event_idx),
                                     device=NetDevice(port))
         vm = self.make_vm("vm", backend.listener_path, queues=pairs)
         vm.launch()
-        want = RING_INDIRECT_DESC
+        want = RING_INDIRECT_DESC | (RING_EVENT_IDX if event_idx else 0)
         if pairs > 1:
             want |= (1 << 22) | (1 << 17)
         vm.drive_device(features=want, queues=2 * pairs + (pairs > 1),
@@ -107,6 +111,30 @@ class Datapath(VhostUserTest):
             self.assertTrue(want == seen, f"received frame {i} reads "
                             f"{seen[:16].hex()}.. ({len(seen)} bytes), the "
                             f"wire had {want[:16].hex()}.. ({len(want)})")
+
+    def test_event_idx(self):
+        """VIRTIO_F_EVENT_IDX: after each pass the device tells the driver
+        where to kick next (used->avail_event, as the guest reads it) --
+        without it a Linux guest stops kicking after one frame."""
+        vm, backend, port, queues = self.start(event_idx=True)
+        self.assertTrue(vm.device.features & RING_EVENT_IDX,
+                        "EVENT_IDX was not negotiated")
+        rng = random.Random(3)
+        rxq, txq = queues[0], queues[1]
+        for count in (1, 5, QUEUE_SIZE + 3):
+            self.transmit(port, txq, frames(rng, count), "single")
+            with backend.lock():  # the pass that sent them has ended
+                base = backend.state.vrings[1].base
+            seen = vm.qtest.read(txq.q.used + 4 + 8 * txq.size, 2)
+            self.assertEqual(seen, base, "used->avail_event is "
+                             f"{seen}, the device's next entry is {base}")
+        self.receive(backend, port, rxq, frames(rng, 7))
+        with backend.lock():
+            base = backend.state.vrings[0].base
+        seen = vm.qtest.read(rxq.q.used + 4 + 8 * rxq.size, 2)
+        self.assertEqual(seen, base,
+                         "used->avail_event of the receive ring")
+        self.check_backends(backend)
 
     def test_tx_rx_one_pair(self):
         """Every layout, more frames than the ring holds (wrap-around)."""

@@ -237,6 +237,31 @@ if __name__ == "__main__":
 class EventIdxTest(unittest.TestCase):
     """VIRTIO_F_EVENT_IDX: interrupt only when used_event is crossed."""
 
+    def test_avail_event(self):
+        """With EVENT_IDX the device writes used->avail_event (the next
+        entry it will take), and reports entries that came meanwhile."""
+        from avocado_vhost.vhost_user.memory import GuestMemory
+        from avocado_vhost.vhost_user.virtq import SplitRing
+        memory = GuestMemory()
+        fd = os.memfd_create("ring")
+        os.ftruncate(fd, MEM)
+        memory.add(MemoryRegion(0, MEM, UVA, 0), fd)
+        avail_event = 0x3000 + 4 + 8 * NUM
+        try:
+            ring = SplitRing(memory, NUM, 0x1000, 0x2000, 0x3000, 5,
+                             event_idx=True)
+            memory.write(0x2000 + 2, U16.pack(5))  # nothing pending
+            self.assertFalse(ring.publish_avail_event())
+            self.assertEqual(U16.unpack(memory.read(avail_event, 2))[0], 5)
+            memory.write(0x2000 + 2, U16.pack(6))  # the driver added one
+            self.assertTrue(ring.publish_avail_event())
+            plain = SplitRing(memory, NUM, 0x1000, 0x2000, 0x3000, 6)
+            memory.write(avail_event, U16.pack(0))
+            self.assertFalse(plain.publish_avail_event())  # no EVENT_IDX
+            self.assertEqual(U16.unpack(memory.read(avail_event, 2))[0], 0)
+        finally:
+            memory.clear()
+
     def test_used_event(self):
         from avocado_vhost.vhost_user.memory import GuestMemory
         from avocado_vhost.vhost_user.virtq import SplitRing
