@@ -206,6 +206,22 @@ def ring_addr_mapped(req: Request, payload: Payload, header: Header,
     return None
 
 
+def packed_base_has_used_half(req: Request, payload: Payload,
+                              header: Header, state: DeviceState
+                              ) -> Optional[str]:
+    """A packed ring's base carries the used index and wrap counter too."""
+    if (req is Request.SET_VRING_BASE and isinstance(payload, VringState)
+            and state.feature_acked(VirtioFeature.RING_PACKED)
+            and payload.num >> 16 == 0 and payload.num & 0xFFFF):
+        return (f"SET_VRING_BASE 0x{payload.num:x} for packed ring "
+                f"{payload.index} has no used half (bits 16-31 are 0, so "
+                "the used wrap counter says 0 while the available one says "
+                "1): \"For a packed virtqueue, both indices are supplied, as "
+                "they are not explicitly available in memory.\" (vhost-user, "
+                "VHOST_USER_SET_VRING_BASE)")
+    return None
+
+
 def mem_regions_disjoint(req: Request, payload: Payload, header: Header,
                          state: DeviceState) -> Optional[str]:
     if req is Request.SET_MEM_TABLE and isinstance(payload, MemoryTable):
@@ -265,6 +281,7 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
         Request.SET_VRING_ENDIAN}),
     ring_addr_mapped: frozenset({Request.SET_VRING_ADDR}),
     mem_regions_disjoint: frozenset({Request.SET_MEM_TABLE}),
+    packed_base_has_used_half: frozenset({Request.SET_VRING_BASE}),
     log_covers_memory: frozenset({Request.SET_LOG_BASE}),
     postcopy_order: frozenset({Request.POSTCOPY_LISTEN,
                                Request.POSTCOPY_END}),

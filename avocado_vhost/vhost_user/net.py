@@ -142,6 +142,12 @@ class NetDevice:
             self._logged(r, gpa, length, is_used)
         self._on_write[ring.index] = on_write
         if state.feature_acked(VirtioFeature.RING_PACKED):
+            if next_avail >> 16 == 0 and next_avail & 0xFFFF:
+                # A base without its used half (DPDK's virtio-user sends
+                # 0x8000 at start; the conformance rules record it): taken
+                # to mean "used where available", what it means at start,
+                # rather than used wrap 0, which would stall the ring.
+                next_avail |= (next_avail & 0xFFFF) << 16
             # vhost-user's "avail" and "used" are the driver and device
             # event areas of a packed ring.
             return PackedRing(

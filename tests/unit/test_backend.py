@@ -456,6 +456,17 @@ class Conformance(BackendTestCase):
         self.backend.violations.clear()
 
 
+    def test_packed_base_without_used_half(self):
+        self.backend.config.features |= int(VirtioFeature.RING_PACKED)
+        self.negotiate(features=VirtioFeature.VERSION_1
+                       | VirtioFeature.PROTOCOL_FEATURES
+                       | VirtioFeature.RING_PACKED)
+        self.fe.send(Request.SET_VRING_BASE, VringState(0, 0x80008000))
+        self.sync()
+        self.assertEqual(self.backend.violations, [])  # both halves: fine
+        self.fe.send(Request.SET_VRING_BASE, VringState(0, 0x8000))
+        self.violation("has no used half")
+
     def test_reserved_num(self):
         self.negotiate()
         self.fe.call(Request.GET_VRING_BASE, VringState(0, 5))
