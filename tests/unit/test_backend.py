@@ -457,7 +457,13 @@ class Conformance(BackendTestCase):
 
 
     def test_packed_base_without_used_half(self):
+        # A connection takes the offer when it starts: offer packed rings,
+        # then connect anew.
         self.backend.config.features |= int(VirtioFeature.RING_PACKED)
+        self.fe.close()
+        self.backend.wait_disconnected(timeout=5)
+        self.fe = self.connect()
+        self.backend.wait_connected(2, timeout=5)
         self.negotiate(features=VirtioFeature.VERSION_1
                        | VirtioFeature.PROTOCOL_FEATURES
                        | VirtioFeature.RING_PACKED)
