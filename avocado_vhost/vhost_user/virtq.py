@@ -76,9 +76,37 @@ class Chain:
         return len(self.readable) + len(self.writable)
 
 
+#: The most bytes one chain may describe: a 64 KiB GSO frame and its header
+#: fit many times over; a guest claiming more (a 255 MiB indirect buffer)
+#: is refused instead of costing gigabytes (memory per frame is bounded).
+MAX_CHAIN_BYTES = 1 << 20
+
+
 class _Ring:
     """What both ring layouts share: buffer access through the mapped
     memory, and the write hook the back-end logs through."""
+
+    def _checked(self, chain: "Chain") -> "Chain":
+        """``chain``, unless it describes more than MAX_CHAIN_BYTES."""
+        total = sum(n for _, n in chain.readable) + sum(
+            n for _, n in chain.writable)
+        if total > MAX_CHAIN_BYTES:
+            raise RingError(f"chain from descriptor {chain.head} describes "
+                            f"{total} bytes, more than the {MAX_CHAIN_BYTES} "
+                            "a frame may take")
+        return chain
+
+    def _indirect_entries(self, length: int) -> int:
+        """Entries of an indirect table of ``length`` bytes, checked
+        (virtio: a chain is never longer than the queue size)."""
+        if length % 16 or not length:
+            raise RingError(f"indirect table of {length} bytes")
+        if length // 16 > self.num:
+            raise RingError(f"indirect table of {length // 16} descriptors, "
+                            f"more than the queue size {self.num} (virtio: "
+                            "\"A driver MUST NOT create a descriptor chain "
+                            "longer than the Queue Size of the device\")")
+        return length // 16
 
     def __init__(self, memory: GuestMemory, num: int, desc: int,
                  on_write: Optional[Callable[[int, int, bool], None]],
@@ -214,6 +242,8 @@ class SplitRing(_Ring):
                             | VRING_DESC_F_WRITE):
                     out.append(self.read(self._walk(head).readable)[skip:])
                 else:
+                    if length > MAX_CHAIN_BYTES:
+                        self._checked(Chain(head, [(addr, length)], []))
                     mapping, off = locate(addr, length)
                     out.append(mapping[off + skip:off + length])
                 slot = 4 + 8 * (used % num)
@@ -238,8 +268,8 @@ class SplitRing(_Ring):
         if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
             # The common case: one descriptor.
             if flags & VRING_DESC_F_WRITE:
-                return Chain(head, [], [(addr, length)])
-            return Chain(head, [(addr, length)], [])
+                return self._checked(Chain(head, [], [(addr, length)]))
+            return self._checked(Chain(head, [(addr, length)], []))
         readable: List[Tuple[int, int]] = []
         writable: List[Tuple[int, int]] = []
         dmap, doff, size, index = self._dmap, self._doff, self.num, head
@@ -254,15 +284,14 @@ class SplitRing(_Ring):
             if flags & VRING_DESC_F_INDIRECT:
                 if not self.indirect or in_indirect:
                     raise RingError("indirect descriptor not allowed here")
-                if length % 16 or not length:
-                    raise RingError(f"indirect table of {length} bytes")
+                entries = self._indirect_entries(length)
                 dmap, doff = self.memory.locate(addr, length)
-                size, index, seen, in_indirect = length // 16, 0, 0, True
+                size, index, seen, in_indirect = entries, 0, 0, True
                 continue
             (writable if flags & VRING_DESC_F_WRITE else readable).append(
                 (addr, length))
             if not flags & VRING_DESC_F_NEXT:
-                return Chain(head, readable, writable)
+                return self._checked(Chain(head, readable, writable))
             if nxt >= size:
                 raise RingError(f"descriptor {index} chains to {nxt}, "
                                 f"beyond {size}")
@@ -392,7 +421,7 @@ class PackedRing(_Ring):
             if flags & VRING_DESC_F_INDIRECT:
                 if not self.indirect:
                     raise RingError("indirect descriptor not negotiated")
-                for i in range(length // 16):
+                for i in range(self._indirect_entries(length)):
                     # Indirect tables of packed rings use the packed layout
                     # (id, flags) and are walked in order: no NEXT.
                     a, n, _, f = _PACKED_DESC.unpack_from(
@@ -408,7 +437,8 @@ class PackedRing(_Ring):
                 self.avail_pos = 0
                 self.avail_wrap = not self.avail_wrap
             if not last_flags & VRING_DESC_F_NEXT:
-                return Chain(buf_id, readable, writable), buf_id, count
+                return (self._checked(Chain(buf_id, readable, writable)),
+                        buf_id, count)
             addr, length, buf_id, flags = _PACKED_DESC.unpack_from(
                 self._dmap, self._doff + 16 * self.avail_pos)
 

@@ -158,6 +158,24 @@ class RingTest(unittest.TestCase):
         self.assertIn("loops", self.backend.errors[0])
         self.backend.errors.clear()
 
+    def test_chain_bounds(self):
+        """A buffer over the per-chain bound and an indirect table longer
+        than the queue are refused with a recorded error, before any memory
+        is touched for them."""
+        self.desc(1, 0, BUFS, 2 << 20)  # 2 MiB in one descriptor
+        self.offer(1, [0])
+        self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
+        self.assertIn("describes 2097152 bytes", self.backend.errors[0])
+        self.assertEqual(self.port.sent, [])
+        self.backend.errors.clear()
+
+    def test_indirect_table_longer_than_the_queue(self):
+        self.desc(1, 0, 0x8000, 16 * (NUM + 1), 4)  # VRING_DESC_F_INDIRECT
+        self.offer(1, [0])
+        self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
+        self.assertIn("more than the queue size", self.backend.errors[0])
+        self.backend.errors.clear()
+
     def test_avail_index_beyond_the_ring_breaks_the_ring(self):
         """An avail idx more than the ring size ahead (a stale base after a
         reconnect, or garbage) is an error naming the ring and its indexes,
