@@ -120,8 +120,10 @@ class Trace:
             fresh = self._raw[done:]
             t0, wall0 = self._t0, self._wall0
             self._entries.extend(
-                TraceEntry(seq, t - t0, *rest, wall=wall0 + t - t0)
-                for seq, t, *rest in fresh)
+                TraceEntry(seq, t - t0, conn, kind, request, flags, size,
+                           nfds, detail, wall=wall0 + t - t0)
+                for seq, t, conn, kind, request, flags, size, nfds, detail
+                in fresh)
             # Two threads may append out of sequence order: sort what changed.
             if fresh:
                 self._entries.sort(key=lambda e: e.seq)
