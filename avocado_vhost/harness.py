@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from contextlib import ExitStack
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Sequence, Tuple)
@@ -37,7 +36,8 @@ from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
-from .tmpdirs import make_private_tmpdir, remove_orphans
+from .tmpdirs import (DUMP_PREFIX, dump_base, make_private_tmpdir,
+                      remove_all_orphans)
 from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
 from .vhost_user.net import NetDevice
@@ -122,12 +122,11 @@ class Harness(_Base):
         self.timeout_scale = float(self.param("timeout_scale") or 1.0)
         # What a killed test process left behind is removed by the next
         # test (only dirs whose owner process is gone).
-        for path in remove_orphans(default_tmpdir()) + remove_orphans(
-                "/dev/shm", prefix="avh-dump-"):
+        for path in remove_all_orphans(default_tmpdir()):
             self.log.info("removed %s, left by a test process that died", path)
         self.workdir_short = make_private_tmpdir(default_tmpdir())
         # Closed last: a watchdog that cleans up if this process is killed.
-        self._stack.callback(start_watchdog([default_tmpdir(), "/dev/shm"],
+        self._stack.callback(start_watchdog(default_tmpdir(),
                                             self._runner_result_fd()))
         self._stack.callback(shutil.rmtree, self.workdir_short,
                              ignore_errors=True)
@@ -340,9 +339,7 @@ class Harness(_Base):
         one, removed at tear-down.
         """
         if not hasattr(self, "_dumpdir"):
-            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            self._dumpdir = make_private_tmpdir(base or tempfile.gettempdir(),
-                                                "avh-dump-")
+            self._dumpdir = make_private_tmpdir(dump_base(), DUMP_PREFIX)
             self._stack.callback(shutil.rmtree, self._dumpdir,
                                  ignore_errors=True)
         path = os.path.join(self._dumpdir, f"{vm.name}-{gpa:x}.bin")

@@ -17,9 +17,13 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-__all__ = ["make_private_tmpdir", "remove_orphans", "PREFIX", "start_time"]
+__all__ = ["make_private_tmpdir", "remove_orphans", "remove_all_orphans",
+           "dump_base", "PREFIX", "DUMP_PREFIX", "start_time"]
 
 PREFIX = "avh-"
+#: guest memory dumps (hundreds of MiB) go to tmpfs when there is one
+DUMP_PREFIX = "avh-dump-"
+_SHM = "/dev/shm"
 _OWNER = ".owner"
 
 
@@ -52,6 +56,18 @@ def _orphaned(path: str) -> bool:
     except (OSError, ValueError):
         return False
     return start_time(int(pid_text)) != started
+
+
+def dump_base() -> str:
+    """Where memory dumps go: /dev/shm (tmpfs) when there is one."""
+    return _SHM if os.path.isdir(_SHM) else tempfile.gettempdir()
+
+
+def remove_all_orphans(tmp_base: str) -> List[str]:
+    """Every kind of dir the suite makes (``avh-*`` in ``tmp_base``, dump
+    dirs in :func:`dump_base`) whose owner is gone; the paths removed."""
+    return (remove_orphans(tmp_base)
+            + remove_orphans(dump_base(), prefix=DUMP_PREFIX))
 
 
 def remove_orphans(*bases: str, prefix: str = PREFIX) -> List[str]:

@@ -29,12 +29,12 @@ import subprocess
 import sys
 from typing import Callable, List, Optional
 
-from .tmpdirs import remove_orphans
+from .tmpdirs import remove_all_orphans
 
 __all__ = ["start_watchdog"]
 
 
-def start_watchdog(tmp_bases: List[str], result_fd: Optional[int] = None
+def start_watchdog(tmp_base: str, result_fd: Optional[int] = None
                    ) -> Callable[[], None]:
     """Start a watchdog for this process; returns the function that tells
     it the test ended normally (call it last in tear-down).
@@ -48,8 +48,7 @@ def start_watchdog(tmp_bases: List[str], result_fd: Optional[int] = None
     if result_fd is not None:
         command += ["--result-fd", str(result_fd)]
         fds.append(result_fd)
-    for base in tmp_bases:
-        command += ["--tmp", base]
+    command += ["--tmp", tmp_base]
     child = subprocess.Popen(command, pass_fds=fds,
                              stdin=subprocess.DEVNULL, start_new_session=True)
     os.close(read_end)
@@ -72,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="avocado-vhost watchdog")
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--tmp", action="append", default=[])
+    parser.add_argument("--tmp", required=True)
     parser.add_argument("--result-fd", type=int, default=None)
     args = parser.parse_args(argv)
     try:
@@ -88,11 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # /proc still shows it alive and its dirs are not orphans yet.
     if pidfd is not None:
         select.select([pidfd], [], [], 10)
-    for base in args.tmp:
-        prefix = "avh-dump-" if base == "/dev/shm" else "avh-"
-        for path in remove_orphans(base, prefix=prefix):
-            print(f"avocado-vhost watchdog: removed {path} of dead test "
-                  f"process {args.pid}", file=sys.stderr)
+    for path in remove_all_orphans(args.tmp):
+        print(f"avocado-vhost watchdog: removed {path} of dead test "
+              f"process {args.pid}", file=sys.stderr)
     if args.result_fd is not None:
         _report_death(args.result_fd, args.pid)
     return 0

@@ -34,12 +34,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 __all__ = ["QemuBinaryError", "Capabilities", "find_binary", "probe",
-           "ENV_BINARY", "DEFAULT_NAME", "ARCHES"]
+           "ENV_BINARY", "DEFAULT_NAME"]
 
 ENV_BINARY = "QEMU_TEST_QEMU_BINARY"
 DEFAULT_NAME = "qemu-system-x86_64"
-#: targets the suite can drive
-ARCHES = ("x86_64", "aarch64")
 _PROBE_VERSION = 1  # bump when Capabilities changes shape
 _ACCELS_TRIED = ("qtest", "tcg", "kvm")
 

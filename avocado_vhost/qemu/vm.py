@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import re
 from typing import Callable, List, Optional, Tuple
 
+from ..vhost_user.connection import check_socket_path
 from .machine import VhostMachine
 
 from .launcher import call_in_launcher, submit_to_launcher
@@ -33,8 +34,6 @@ from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
 __all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
            "default_tmpdir",
            "hugetlbfs_mounted"]
-
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 
 #: memory backend name -> QEMU object type
 MEM_BACKENDS = {
@@ -205,11 +204,7 @@ class VhostVM:
         if spec.incoming and spec.incoming.startswith("unix:"):
             paths.append(spec.incoming[len("unix:"):])
         for path in paths:
-            if len(path.encode()) > _SUN_PATH_MAX:
-                raise ValueError(
-                    f"UNIX socket path of {len(path.encode())} bytes is over "
-                    f"the {_SUN_PATH_MAX}-byte limit: {path} (set "
-                    "AVOCADO_VHOST_TMPDIR to a shorter directory)")
+            check_socket_path(path)
 
     def launch(self, connect: Optional[Callable[[str], None]] = None,
                timeout: float = 30.0) -> None:

@@ -31,7 +31,7 @@ from .error import ConnectionClosed, MalformedMessage
 from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
 
 __all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
-           "signal_eventfd",
+           "signal_eventfd", "check_socket_path", "SUN_PATH_MAX",
            "MAX_FDS"]
 
 #: Most fds one message may bring (SET_MEM_TABLE: 8); room for a few more so
@@ -58,6 +58,23 @@ def _fds_from_ancdata(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
             arr.frombytes(data[:len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+#: sizeof(sockaddr_un.sun_path) - 1: the longest UNIX socket path
+SUN_PATH_MAX = 107
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse a UNIX socket path the kernel would not take, before anything
+    waits on it, with a way out.
+
+    :raise ValueError: the path is too long.
+    """
+    if len(path.encode()) > SUN_PATH_MAX:
+        raise ValueError(
+            f"UNIX socket path is {len(path.encode())} bytes, the limit is "
+            f"{SUN_PATH_MAX}: {path} (set AVOCADO_VHOST_TMPDIR to a shorter "
+            "directory)")
 
 
 def signal_eventfd(fd: int) -> None:
@@ -199,10 +216,7 @@ class Listener:
     """
 
     def __init__(self, path: str):
-        if len(path.encode()) >= 108:
-            raise ValueError(
-                f"UNIX socket path is {len(path.encode())} bytes, the limit "
-                f"is 107: {path}")
+        check_socket_path(path)
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -17,7 +17,6 @@ every guest page the device writes is marked in the dirty log.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field

@@ -1,6 +1,5 @@
 """Per-target facts: halting firmware images and guest addresses."""
 
-import os
 import struct
 import tempfile
 import unittest
