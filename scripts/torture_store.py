@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """
-Torture the back-end's ring publication: a driver in another process polls
-a 16-bit field in shared memory while the back-end's store writes it.
+Torture the ring fields the back-end shares with a concurrent driver.
+
+Stores (device to driver): a driver in another process polls a 16-bit
+field in shared memory while the back-end's store writes it.
 
 The writer (this process) counts the field through 1..65535 (never 0),
 with the back-end's ``virtq.store16`` or, as the negative control, with
@@ -9,6 +11,12 @@ with the back-end's ``virtq.store16`` or, as the negative control, with
 small C program built here with gcc and pinned to the other CPU, reads the
 field as fast as it can and counts values that were never written (0) and
 values that go backwards.  With a single store both must be 0.
+
+Loads (driver to device): a driver in another process publishes packed
+descriptors over and over, generation ``g`` writing id ``g`` and then flags
+``g``; the back-end's ``virtq.load_packed_desc`` reads them.  Reading flags
+``g`` with an id older than ``g`` is a stale descriptor taken as fresh.
+The negative control reads all 16 bytes in one unpack (the old code).
 
     .venv/bin/python scripts/torture_store.py [--reads 100000000]
 """
@@ -23,7 +31,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.vhost_user.virtq import store16  # noqa: E402
+from avocado_vhost.vhost_user.virtq import (  # noqa: E402
+    load_packed_desc, store16)
 
 READER = r"""
 #include <stdio.h>
@@ -48,7 +57,70 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+WRITER = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+    int fd = atoi(argv[1]);
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    volatile uint64_t *addr = m, *seq = (volatile uint64_t *)m + 4;
+    volatile uint16_t *id = (volatile uint16_t *)m + 6;
+    volatile uint16_t *flags = (volatile uint16_t *)m + 7;
+    volatile uint8_t *b = m;
+    uint64_t g = 0;
+    b[64] = 1;                      /* tell the reader we started */
+    while (!b[66]) {                /* until the reader is done */
+        g++;
+        *addr = g;                  /* the descriptor ... */
+        *id = (uint16_t)g;
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        *flags = (uint16_t)g;       /* ... then the flags that publish it */
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        *seq = g;                   /* ... then how far it got */
+    }
+    return 0;
+}
+"""
 _U16 = struct.Struct("<H")
+_DESC = struct.Struct("<QIHH")
+_U64 = struct.Struct("<Q")
+
+
+def old_load(mem, offset):
+    """The negative control: one unpack, flags copied last."""
+    addr, length, buf_id, flags = _DESC.unpack_from(mem, offset)
+    return flags, addr, length, buf_id
+
+
+def run_loads(load, reads: int, writer: str) -> tuple:
+    """Count stale descriptors: flags of generation G with an addr < G.
+
+    G is known in full from the writer's 64-bit ``seq``, read before the
+    descriptor: flags are at least ``seq``'s generation, so G is ``seq``
+    plus the 16-bit distance to the flags.  A reader preempted for more
+    than 65,536 generations underestimates G, which can hide a stale read
+    but never invent one.
+    """
+    fd = os.memfd_create("torture")
+    os.ftruncate(fd, 4096)
+    mem = mmap.mmap(fd, 4096)
+    proc = subprocess.Popen(["taskset", "-c", "1", writer, str(fd)],
+                            pass_fds=[fd])
+    while not mem[64] and proc.poll() is None:
+        pass
+    stale = 0
+    seq_at = _U64.unpack_from
+    for _ in range(reads):
+        seq = seq_at(mem, 32)[0]
+        flags, addr, _, _ = load(mem, 0)
+        if addr < seq + ((flags - seq) & 0xFFFF):
+            stale += 1
+    mem[66] = 1
+    proc.wait(timeout=60)
+    mem.close()
+    os.close(fd)
+    return reads, stale
 
 
 def run(store, reads: int, reader: str) -> tuple:
@@ -78,11 +150,8 @@ def main() -> int:
     parser.add_argument("--reads", type=int, default=100_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        reader = os.path.join(tmp, "reader")
-        src = reader + ".c"
-        with open(src, "w", encoding="ascii") as out:
-            out.write(READER)
-        subprocess.run(["gcc", "-O2", "-o", reader, src], check=True)
+        reader, writer = (build(tmp, name, text) for name, text in (
+            ("reader", READER), ("writer", WRITER)))
         for name, store in (
                 ("virtq.store16 (one 2-byte store)", store16),
                 ("struct.pack_into (negative control)",
@@ -90,7 +159,22 @@ def main() -> int:
             reads, zero, back = run(store, args.reads, reader)
             print(f"{name:38s} {reads:>12,d} reads: {zero:>10,d} torn "
                   f"(read as 0), {back:>10,d} backwards")
+        for name, load in (
+                ("virtq.load_packed_desc (flags first)", load_packed_desc),
+                ("one 16-byte unpack (negative control)", old_load)):
+            reads, stale = run_loads(load, args.reads, writer)
+            print(f"{name:38s} {reads:>12,d} reads: {stale:>10,d} stale "
+                  f"(flags newer than the descriptor)")
     return 0
+
+
+def build(tmp: str, name: str, text: str) -> str:
+    """Compile one of the C peers with gcc."""
+    binary = os.path.join(tmp, name)
+    with open(binary + ".c", "w", encoding="ascii") as out:
+        out.write(text)
+    subprocess.run(["gcc", "-O2", "-o", binary, binary + ".c"], check=True)
+    return binary
 
 
 if __name__ == "__main__":
