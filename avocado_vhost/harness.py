@@ -28,6 +28,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Sequence, Tuple)
 
 from . import params
+from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
 from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                        pattern)
 from .qemu.driver import DriverQueue, PackedDriverQueue
@@ -224,6 +225,29 @@ class Harness(_Base):
             self.traces_written.append(f"{name}.trace.log")
         self._stack.callback(_finish)
         return backend
+
+    def make_testpmd(self, name: str, vdev: str,
+                     app_args: Sequence[str] = (),
+                     until: Optional[str] = None) -> Testpmd:
+        """A started dpdk-testpmd (its output in ``<logdir>/<name>.log``),
+        closed at tear-down; CANCEL where there is none.
+
+        :param until: return once its output matches this (default: its
+            first prompt).
+        """
+        binary = find_testpmd(self.param("testpmd"))
+        if binary is None:
+            self.cancel(f"no dpdk-testpmd (Debian package {TESTPMD_PACKAGE}"
+                        ", which ./setup.sh installs; or -p testpmd=PATH)")
+        prefix = f"{os.path.basename(self.workdir_short)}-{name}"
+        testpmd = Testpmd(binary, prefix, vdev,
+                          os.path.join(self.logdir, f"{name}.log"), app_args)
+        self._stack.callback(testpmd.close)
+        if until is None:
+            testpmd.start(self.scaled(30))
+        else:
+            testpmd.start(self.scaled(30), until)
+        return testpmd
 
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")

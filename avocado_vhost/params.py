@@ -70,6 +70,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "a hugetlbfs mount, for membackend=hugetlbfs"),
     Param("mem_mb", "AVOCADO_VHOST_MEM_MB", "256",
           "guest RAM in MiB", _positive(int)),
+    Param("testpmd", "AVOCADO_VHOST_TESTPMD", None,
+          "DPDK's dpdk-testpmd for the interop tests (default: on PATH)"),
     Param("timeout_scale", "AVOCADO_VHOST_TIMEOUT_SCALE", "1.0",
           "multiplies every bounded wait (slow machines)", _positive(float)),
 )}

@@ -12,6 +12,16 @@ small C program built here with gcc and pinned to the other CPU, reads the
 field as fast as it can and counts values that were never written (0) and
 values that go backwards.  With a single store both must be 0.
 
+Answers (device to driver and back): the driver in another process waits
+for each value the device stores with an odd high byte (the byte that holds
+a packed descriptor's USED bit) and at once stores the next even one, as
+DPDK's virtio-user re-posts a packed descriptor the moment it reads it
+used.  The device then waits for that answer; if it never comes, the
+device's own store overwrote it (a store done as two, such as glibc's
+variable-length memcpy: last byte, then the word) and the answer was lost.
+Controls: a 2-byte slice assignment (the previous ``store16``) and
+``struct.pack_into``.
+
 Loads (driver to device): a driver in another process publishes packed
 descriptors over and over, generation ``g`` writing id ``g`` and then flags
 ``g``; the back-end's ``virtq.load_packed_desc`` reads them.  Reading flags
@@ -28,6 +38,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -82,15 +93,72 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+ANSWERER = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+    int fd = atoi(argv[1]);
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    volatile uint16_t *field = (volatile uint16_t *)m + 1;
+    volatile uint8_t *b = m;
+    b[64] = 1;
+    while (!b[66]) {
+        uint16_t v = *field;
+        if (v & 0x100)                  /* odd high byte: answer at once */
+            *field = (uint16_t)((v & 0xff00) + 0x100);
+    }
+    return 0;
+}
+"""
 _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QIHH")
 _U64 = struct.Struct("<Q")
+
+
+def slice_store(mem, offset, value):
+    """The previous store16: a variable-length memcpy of 2 bytes."""
+    mem[offset:offset + 2] = value.to_bytes(2, "little")
 
 
 def old_load(mem, offset):
     """The negative control: one unpack, flags copied last."""
     addr, length, buf_id, flags = _DESC.unpack_from(mem, offset)
     return flags, addr, length, buf_id
+
+
+def run_answers(store, rounds: int, answerer: str) -> tuple:
+    """Store odd values and wait for the driver's even answers; count the
+    answers that never came (overwritten by the device's own store)."""
+    fd = os.memfd_create("torture")
+    os.ftruncate(fd, 4096)
+    mem = mmap.mmap(fd, 4096)
+    proc = subprocess.Popen(["taskset", "-c", "1", answerer, str(fd)],
+                            pass_fds=[fd])
+    while not mem[64] and proc.poll() is None:
+        pass
+    load = _U16.unpack_from
+    lost = reads = 0
+    for n in range(rounds):
+        # The signal is in the high byte (as the USED bit of packed flags),
+        # which a split store writes first; the low byte varies too.
+        high = (2 * n + 1) & 0xFF
+        value = ((high + 1) & 0xFF) << 8      # the answer we expect
+        store(mem, 2, high << 8 | (n * 37 + 1) & 0xFF)
+        deadline = time.monotonic() + 0.05   # an answer takes microseconds
+        spins = 0
+        while load(mem, 2)[0] != value:
+            spins += 1
+            if not spins % 1000 and time.monotonic() > deadline:
+                lost += 1
+                store(mem, 2, value)       # resynchronise
+                break
+        reads += spins + 1
+    mem[66] = 1
+    proc.wait(timeout=60)
+    mem.close()
+    os.close(fd)
+    return rounds, reads, lost
 
 
 def run_loads(load, reads: int, writer: str) -> tuple:
@@ -148,10 +216,11 @@ def run(store, reads: int, reader: str) -> tuple:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--reads", type=int, default=100_000_000)
+    parser.add_argument("--rounds", type=int, default=10_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        reader, writer = (build(tmp, name, text) for name, text in (
-            ("reader", READER), ("writer", WRITER)))
+        reader, writer, answerer = (build(tmp, name, text) for name, text in (
+            ("reader", READER), ("writer", WRITER), ("answerer", ANSWERER)))
         for name, store in (
                 ("virtq.store16 (one 2-byte store)", store16),
                 ("struct.pack_into (negative control)",
@@ -159,6 +228,14 @@ def main() -> int:
             reads, zero, back = run(store, args.reads, reader)
             print(f"{name:38s} {reads:>12,d} reads: {zero:>10,d} torn "
                   f"(read as 0), {back:>10,d} backwards")
+        for name, store in (
+                ("virtq.store16 (one 2-byte store)", store16),
+                ("2-byte slice (negative control)", slice_store),
+                ("struct.pack_into (negative control)",
+                 lambda m, o, v: _U16.pack_into(m, o, v))):
+            rounds, reads, lost = run_answers(store, args.rounds, answerer)
+            print(f"{name:38s} {rounds:>12,d} rounds: {lost:>10,d} answers "
+                  f"overwritten ({reads:,d} reads)")
         for name, load in (
                 ("virtq.load_packed_desc (flags first)", load_packed_desc),
                 ("one 16-byte unpack (negative control)", old_load)):

@@ -146,6 +146,10 @@ class Fault:
         return True
 
 
+#: How often the thread looks for stalled rings while rings are started.
+_STALL_POLL_MS = 500
+
+
 class _Refused(Exception):
     """Raised by a handler for a legal request this back-end does not do."""
 
@@ -339,6 +343,7 @@ class VhostUserBackend:
     def _run(self) -> None:
         poller = select.poll()
         registered: List[int] = []
+        next_stall_check = 0.0
         try:
             while True:
                 with self._cond:
@@ -370,7 +375,9 @@ class VhostUserBackend:
                     for fd in watch:
                         poller.register(fd, select.POLLIN)
                     registered = watch
-                for fd, _ in poller.poll():
+                # Started rings are watched for stalls twice a second.
+                events = poller.poll(_STALL_POLL_MS if kicks else None)
+                for fd, _ in events:
                     if fd == self._wake_r:
                         try:
                             os.read(self._wake_r, 4096)
@@ -386,6 +393,14 @@ class VhostUserBackend:
                         self._serve_one()
                     elif fd in kicks:
                         self._kicked(fd, kicks[fd])
+                # after the kicks that were waiting: those are progress
+                if kicks and self.device is not None:
+                    now = time.monotonic()
+                    if now >= next_stall_check:
+                        next_stall_check = now + _STALL_POLL_MS / 1000
+                        with self._cond:
+                            self.device.check_stalls(now)
+                            self._notify()
         except BaseException:  # a bug here must reach the test
             self._record_error("back-end thread crashed:\n"
                                + traceback.format_exc())
@@ -986,7 +1001,10 @@ class VhostUserBackend:
                     f"memory regions={len(s.memory)} "
                     f"log={'yes' if s.log else 'no'} {rings}; "
                     f"errors={len(self.errors)} "
-                    f"violations={len(self.violations)}")
+                    f"violations={len(self.violations)}"
+                    + (f" stalls={len(self.device.stalls)}"
+                       if self.device is not None and self.device.stalls
+                       else ""))
 
     def _failure_text(self, context: str) -> str:
         return (f"[{self.name}] back-end errors {context}:\n  - "
@@ -1002,6 +1020,12 @@ class VhostUserBackend:
         with self._cond:
             if self.errors:
                 raise BackendFailure(self._failure_text("recorded"))
+            stalls = self.device.stalls if self.device is not None else []
+            if stalls:
+                raise BackendFailure(
+                    f"[{self.name}] stalled rings:\n  - "
+                    + "\n  - ".join(map(str, stalls))
+                    + f"\ntrace (last 30):\n{self.trace.tail(30)}")
             if self.violations and not allow_violations:
                 raise BackendFailure(
                     f"[{self.name}] conformance violations:\n  - "

@@ -21,7 +21,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, Optional,
-                    Union)
+                    Tuple, Union)
 
 from .connection import signal_eventfd
 from .message import VRING_F_LOG, VirtioFeature
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .backend import VhostUserBackend
     from .state import Vring
 
-__all__ = ["Port", "SentFrame", "NetDevice", "NET_HDR_LEN"]
+__all__ = ["Port", "SentFrame", "NetDevice", "Stall", "NET_HDR_LEN",
+           "PORT_CAPACITY"]
 
 #: virtio_net_hdr with num_buffers: the header size for VERSION_1 devices.
 NET_HDR_LEN = 12
@@ -46,9 +47,22 @@ class SentFrame:
     ring: int
 
 
+#: Frames a port keeps of what was transmitted, and lets wait on the wire
+#: through :meth:`Port.offer`: a driver sending a million frames a second
+#: must not grow the test's memory without bound.
+PORT_CAPACITY = 65536
+
+
 @dataclass
 class Port:
-    """Where frames enter and leave; shareable between back-ends."""
+    """Where frames enter and leave; shareable between back-ends.
+
+    Both queues are bounded by ``capacity``: ``sent`` keeps the latest
+    ``capacity`` to ``2 * capacity`` frames (older ones are counted in
+    ``forgotten``, ``sent_total`` counts them all), and :meth:`offer`
+    refuses frames beyond ``capacity`` waiting on the wire (counted in
+    ``refused``).  A test that appends to ``wire`` itself bounds it itself.
+    """
 
     wire: Deque[bytes] = field(default_factory=deque)
     sent: List[SentFrame] = field(default_factory=list)
@@ -57,6 +71,33 @@ class Port:
     #: Frames a disabled transmit ring consumed without sending them.
     dropped: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
+    capacity: int = PORT_CAPACITY
+    #: Frames transmitted in all, including those no longer in ``sent``.
+    sent_total: int = 0
+    #: Transmitted frames dropped from ``sent`` to keep it bounded.
+    forgotten: int = 0
+    #: Frames :meth:`offer` turned away because the wire was full.
+    refused: int = 0
+
+    def record_sent(self, frames: List[SentFrame]) -> None:
+        """Add transmitted frames (``cond`` held); forget the oldest half
+        when ``sent`` holds twice the capacity (amortised O(1))."""
+        self.sent.extend(frames)
+        self.sent_total += len(frames)
+        if len(self.sent) > 2 * self.capacity:
+            excess = len(self.sent) - self.capacity
+            del self.sent[:excess]
+            self.forgotten += excess
+
+    def offer(self, frames: List[bytes]) -> int:
+        """Put frames on the wire while there is room; returns how many
+        were taken (the rest are counted in ``refused``)."""
+        with self.cond:
+            room = max(0, self.capacity - len(self.wire))
+            self.wire.extend(frames[:room])
+            self.refused += max(0, len(frames) - room)
+            self.cond.notify_all()
+            return min(room, len(frames))
 
     def _wait(self, done: Callable[[], bool], what: str, timeout: float,
               seen: Callable[[], object]) -> None:
@@ -68,9 +109,9 @@ class Port:
 
     def wait_sent(self, count: int, timeout: float) -> None:
         """Until ``count`` frames were transmitted in all."""
-        self._wait(lambda: len(self.sent) >= count,
+        self._wait(lambda: self.sent_total >= count,
                    f"{count} transmitted frames", timeout,
-                   lambda: len(self.sent))
+                   lambda: self.sent_total)
 
     def wait_dropped(self, count: int, timeout: float) -> None:
         """Until disabled rings dropped ``count`` frames in all."""
@@ -82,6 +123,21 @@ class Port:
         self._wait(lambda: sum(self.received.values()) >= count,
                    f"{count} frames delivered to the guest", timeout,
                    lambda: dict(self.received))
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A started ring with work posted that made no progress for a while:
+    a lost notification, or a driver or device that stopped following the
+    ring."""
+
+    ring: int
+    seconds: float
+    indexes: str
+
+    def __str__(self) -> str:
+        return (f"ring {self.ring} made no progress for {self.seconds:.1f}s "
+                f"with work posted ({self.indexes})")
 
 
 #: passes over one ring per kick while the driver keeps adding entries
@@ -108,6 +164,13 @@ class NetDevice:
         self.skip_logging = False
         self.descriptors = 0
         self._on_write: Dict[int, Callable[[int, int, bool], None]] = {}
+        #: How long a ring with work posted may make no progress before it
+        #: is recorded in ``stalls``.
+        self.stall_after = 2.0
+        self.stalls: List[Stall] = []
+        #: ring index -> (position, monotonic time it was first seen there
+        #: with work posted)
+        self._still: Dict[int, Tuple[int, float]] = {}
 
     # --- called by the back-end (its lock held) --------------------------
     def attach(self, backend: "VhostUserBackend") -> None:
@@ -176,6 +239,7 @@ class NetDevice:
 
     def ring_stopped(self, ring: "Vring") -> None:
         self.broken.pop(ring.index, None)
+        self._still.pop(ring.index, None)
         split = self.rings.pop(ring.index, None)
         if split is not None:
             ring.base = split.next_avail
@@ -183,6 +247,7 @@ class NetDevice:
     def reset(self) -> None:
         self.rings.clear()
         self.broken.clear()
+        self._still.clear()
 
     def process(self, ring: "Vring") -> None:
         """Handle a kick (or a start): move what can be moved.
@@ -219,6 +284,35 @@ class NetDevice:
         if split.should_notify() and ring.call_fd is not None:
             signal_eventfd(ring.call_fd)
 
+    def check_stalls(self, now: float) -> None:
+        """Record rings that have had work posted, and made no progress,
+        for ``stall_after`` seconds (once per position).
+
+        Work is an available entry on a transmit ring with budget left, or
+        a receive buffer while frames wait on the wire; stopped, disabled
+        and broken rings are not watched.
+        """
+        assert self.backend is not None
+        for index, split in self.rings.items():
+            ring = self.backend.state.vrings.get(index)
+            busy = (ring is not None and ring.started and ring.enabled
+                    and index not in self.broken
+                    and (self.tx_budget != 0 if index % 2
+                         else bool(self.port.wire))
+                    and split.has_available())
+            if not busy:
+                self._still.pop(index, None)
+                continue
+            position = split.next_avail
+            seen = self._still.get(index)
+            if seen is None or seen[0] != position:
+                self._still[index] = (position, now)
+            elif now - seen[1] >= self.stall_after:
+                self.stalls.append(Stall(index, now - seen[1],
+                                         split.indexes()))
+                # once per position: reported again only after progress
+                self._still[index] = (position, float("inf"))
+
     def process_all(self) -> None:
         """Retry every started ring (new frames on the wire, more budget)."""
         assert self.backend is not None
@@ -243,8 +337,8 @@ class NetDevice:
             if taken:
                 with self.port.cond:  # once per batch, not per frame
                     if ring.enabled:
-                        self.port.sent.extend(
-                            SentFrame(f, name, ring.index) for f in taken)
+                        self.port.record_sent(
+                            [SentFrame(f, name, ring.index) for f in taken])
                     else:  # started but disabled: dropped, no side effect
                         self.port.dropped += len(taken)
                     self.port.cond.notify_all()

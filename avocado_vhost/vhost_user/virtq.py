@@ -17,6 +17,7 @@ only when the ring asked for it (VHOST_VRING_F_LOG).
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 from typing import Any, Callable, List, Optional, Tuple
@@ -42,15 +43,22 @@ _FENCE = threading.Lock()
 
 def store16(mapping: Any, offset: int, value: int) -> None:
     """Publish a 16-bit field a concurrent driver polls (used ``idx``,
-    packed descriptor ``flags``) with one store of its width.
+    packed descriptor ``flags``, event indexes) with one store of its
+    width.
 
-    ``struct.pack_into`` does not: CPython zero-fills the target bytes and
-    then writes the value, so a driver polling from another CPU can read 0
-    in between (a used index that jumps back, a packed descriptor whose
-    flags look used).  A 2-byte slice assignment into the mapping is one
-    2-byte copy, and x86 keeps it ordered after the entry written before.
+    Neither obvious spelling does that.  ``struct.pack_into`` zero-fills
+    the target and then writes the value, so a driver polling from another
+    CPU can read 0 in between (a used index that jumps back).  A 2-byte
+    slice assignment is a variable-length memcpy, which glibc does as two
+    overlapping stores (the last byte, then the word): a driver that sees
+    the first and answers at once -- DPDK's virtio-user re-posts a packed
+    descriptor the moment it reads it used -- has its new flags overwritten
+    by the second, and the ring stalls with a hole at the device's
+    position.  ctypes' ``c_uint16`` assignment is a fixed-size copy, which
+    the compiler emits as a single 2-byte store (``scripts/torture_store.py``
+    shows all three).
     """
-    mapping[offset:offset + 2] = value.to_bytes(2, "little")
+    ctypes.c_uint16.from_buffer(mapping, offset).value = value
 
 
 def load_packed_desc(mapping: Any, offset: int) -> Tuple[int, int, int, int]:
@@ -196,6 +204,15 @@ class SplitRing(_Ring):
 
     def avail_idx(self) -> int:
         return _U16.unpack_from(self._amap, self._aoff + 2)[0]
+
+    def has_available(self) -> bool:
+        """Whether the driver offers an entry the device has not taken."""
+        return self.avail_idx() != self.next_avail
+
+    def indexes(self) -> str:
+        """The ring's positions, for reports."""
+        return (f"avail idx {self.avail_idx()}, next avail "
+                f"{self.next_avail}, used idx {self.used_idx}")
 
     def pending(self, avail: int) -> int:
         """How many entries the driver's ``avail`` index offers.
@@ -414,6 +431,16 @@ class PackedRing(_Ring):
         """The base, as GET_VRING_BASE reports it (the name SplitRing
         uses, so that devices treat both kinds alike)."""
         return self.base
+
+    def has_available(self) -> bool:
+        """Whether the descriptor at the device's position is available."""
+        return self._available(_U16.unpack_from(
+            self._dmap, self._doff + 16 * self.avail_pos + 14)[0])
+
+    def indexes(self) -> str:
+        """The ring's positions, for reports."""
+        return (f"avail pos {self.avail_pos} wrap {int(self.avail_wrap)}, "
+                f"used pos {self.used_pos} wrap {int(self.used_wrap)}")
 
     def _available(self, flags: int) -> bool:
         avail = bool(flags & VRING_PACKED_DESC_F_AVAIL)

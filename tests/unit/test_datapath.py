@@ -9,11 +9,13 @@ import struct
 import unittest
 
 from avocado_vhost.vhost_user import VhostUserBackend
+from avocado_vhost.vhost_user.error import BackendFailure
 from avocado_vhost.vhost_user.frontend import FrontEnd
 from avocado_vhost.vhost_user.message import (
     LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, Request,
     U64, VirtioFeature, VringAddr, VringState)
-from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
+from avocado_vhost.vhost_user.net import (NET_HDR_LEN, NetDevice, Port,
+                                          SentFrame)
 
 from helpers import open_fds
 
@@ -79,14 +81,15 @@ class RingTest(unittest.TestCase):
         DESC.pack_into(self.mem, RINGS[ring][0] + 16 * i, addr, length,
                        flags, nxt)
 
-    def offer(self, ring, heads):
+    def offer(self, ring, heads, kick=True):
         _, avail, _ = RINGS[ring]
         for head in heads:
             U16.pack_into(self.mem, avail + 4 + 2 * (self.avail[ring] % NUM),
                           head)
             self.avail[ring] = (self.avail[ring] + 1) & 0xFFFF
         U16.pack_into(self.mem, avail + 2, self.avail[ring])
-        os.eventfd_write(self.kicks[ring], 1)
+        if kick:
+            os.eventfd_write(self.kicks[ring], 1)
 
     def used(self, ring):
         return U16.unpack_from(self.mem, RINGS[ring][2] + 2)[0]
@@ -200,6 +203,43 @@ class RingTest(unittest.TestCase):
         self.assertEqual(self.port.sent, [])
         self.backend.errors.clear()
 
+    def test_work_without_progress_is_a_stall(self):
+        """A transmit entry left available (its kick lost) is recorded as a
+        stall naming the ring and its indexes, once; the thread looks."""
+        self.device.stall_after = 0.3
+        self.desc(1, 0, BUFS, len(HDR) + 60)
+        self.offer(1, [0], kick=False)
+        self.backend.wait_for(lambda: bool(self.device.stalls),
+                              "a stall record", 5)
+        stall = self.device.stalls[0]
+        self.assertEqual(stall.ring, 1)
+        self.assertIn("avail idx 1, next avail 0, used idx 0",
+                      stall.indexes)
+        with self.assertRaisesRegex(BackendFailure, "stalled rings"):
+            self.backend.check()
+        os.eventfd_write(self.kicks[1], 1)
+        self.port.wait_sent(1, 2)
+        self.assertEqual(len(self.device.stalls), 1)
+
+    def test_what_is_not_a_stall(self):
+        """Not stalls: an empty ring, a frame held by the test's transmit
+        budget, a receive ring with buffers but nothing on the wire."""
+        self.device.tx_budget = 0
+        self.desc(1, 0, BUFS, len(HDR) + 60)
+        self.desc(0, 0, BUFS + 4096, 2048, flags=2)  # VRING_DESC_F_WRITE
+        self.offer(1, [0])
+        self.offer(0, [0])
+        self.backend.wait_for(lambda: self.device.descriptors == 0,
+                              "nothing taken", 1)
+        with self.backend.lock():
+            for t in (1000.0, 1001.0, 1100.0):
+                self.device.check_stalls(t)
+            self.assertEqual(self.device.stalls, [])
+            self.device.tx_budget = None  # now the held frame is work
+            for t in (1000.0, 1001.0, 1100.0):
+                self.device.check_stalls(t)
+        self.assertEqual([s.ring for s in self.device.stalls], [1])
+
     def test_rx_and_dirty_log(self):
         log_fd = os.memfd_create("log")
         os.ftruncate(log_fd, MEM // 4096 // 8)
@@ -250,6 +290,29 @@ class RingTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PortBoundsTest(unittest.TestCase):
+    """Both frame queues of a port are bounded, and what they turn away is
+    counted: a driver sending millions of frames cannot grow memory."""
+
+    def test_sent_keeps_the_latest_frames(self):
+        port = Port(capacity=4)
+        for i in range(0, 20, 2):
+            with port.cond:
+                port.record_sent([SentFrame(bytes([i]), "b", 1),
+                                  SentFrame(bytes([i + 1]), "b", 1)])
+        self.assertEqual(port.sent_total, 20)
+        self.assertLessEqual(len(port.sent), 8)
+        self.assertEqual(port.forgotten + len(port.sent), 20)
+        self.assertEqual(port.sent[-1].data, bytes([19]))
+        port.wait_sent(20, 0)
+
+    def test_offer_refuses_beyond_capacity(self):
+        port = Port(capacity=4)
+        self.assertEqual(port.offer([b"a"] * 3), 3)
+        self.assertEqual(port.offer([b"b"] * 3), 1)
+        self.assertEqual((len(port.wire), port.refused), (4, 2))
 
 
 class EventIdxTest(unittest.TestCase):
