@@ -53,6 +53,10 @@ python=/usr/bin/python3
 if [ -x "$python" ] && ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     need+=(python3-venv)
 fi
+# DPDK's testpmd (a virtio driver and vhost-user peer nobody here wrote)
+# for the interop tests; Debian puts it in dpdk-dev, not in dpdk.
+command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
+command -v stdbuf >/dev/null || need+=(coreutils)
 if [ -n "${QEMU_TEST_QEMU_BINARY:-}" ]; then
     say "QEMU under test: $QEMU_TEST_QEMU_BINARY (from QEMU_TEST_QEMU_BINARY)"
 elif ! command -v qemu-system-x86_64 >/dev/null; then

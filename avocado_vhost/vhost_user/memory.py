@@ -113,9 +113,28 @@ class MappedRegion:
         d = self.desc
         return d.user_addr <= uva and uva + length <= d.user_addr + d.size
 
+    def recheck(self) -> None:
+        """For a file that could not be sealed: is it still long enough?
+
+        :raise AddressError: it shrank; touching the mapping would SIGBUS.
+        """
+        if not self.sealed:
+            _recheck(self.fd, self.desc.mmap_offset + self.desc.size,
+                     f"memory region {self.desc}")
+
     def close(self) -> None:
         self.map.close()
         os.close(self.fd)
+
+
+def _recheck(fd: int, end: int, what: str) -> None:
+    try:
+        size = os.fstat(fd).st_size
+    except OSError as exc:
+        raise AddressError(f"{what}: fd {fd} unusable: {exc}") from None
+    if size < end:
+        raise AddressError(f"{what}: its file shrank to {size} bytes under "
+                           f"the mapping (needs {end}); not touched")
 
 
 class GuestMemory:
@@ -156,6 +175,17 @@ class GuestMemory:
                     region.close()
                     return True
         return False
+
+    def recheck(self) -> None:
+        """Re-check the size of every region whose file could not be sealed
+        (one fstat each; none for QEMU's sealed memfds).  A front-end can
+        still shrink a file between this check and an access: that narrows
+        the window, it cannot close it.
+
+        :raise AddressError: a file shrank under its mapping.
+        """
+        for region in self._regions:
+            region.recheck()
 
     def clear(self) -> None:
         """Unmap every region and close every fd."""
@@ -246,6 +276,11 @@ class DirtyLog:
                 f"cannot map dirty log of {size} bytes at offset {offset}: "
                 f"{exc}") from None
         self._lock = threading.Lock()
+
+    def recheck(self) -> None:
+        """As :meth:`GuestMemory.recheck`, for the log's file."""
+        if not self.sealed:
+            _recheck(self.fd, self.offset + self.size, "dirty log")
 
     @property
     def pages(self) -> int:

@@ -203,6 +203,24 @@ class RingTest(unittest.TestCase):
         self.assertEqual(self.port.sent, [])
         self.backend.errors.clear()
 
+    def test_guest_memory_that_shrinks_is_not_touched(self):
+        """This memfd cannot be sealed (no MFD_ALLOW_SEALING), so the
+        back-end measures it again before each pass: once the front-end
+        has shrunk it, the ring is broken with the reason, and the process
+        is not killed by a SIGBUS."""
+        self.desc(1, 0, BUFS, len(HDR) + 60)
+        self.assertFalse(self.backend.state.memory._regions[0].sealed)
+        self.mem.close()
+        os.ftruncate(self.memfd, 4096)
+        os.eventfd_write(self.kicks[1], 1)  # the avail idx is gone too
+        self.backend.wait_for(lambda: bool(self.backend.errors),
+                              "an error about the shrunk file", 5)
+        self.assertIn("shrank to 4096 bytes", self.backend.errors[0])
+        self.assertIn(1, self.device.broken)
+        self.assertEqual(self.port.sent_total, 0)
+        self.backend.errors.clear()
+        self.mem = mmap.mmap(-1, 4096)  # for tearDown
+
     def test_work_without_progress_is_a_stall(self):
         """A transmit entry left available (its kick lost) is recorded as a
         stall naming the ring and its indexes, once; the thread looks."""
