@@ -221,6 +221,20 @@ class GuestMemory:
         region, off = self._find(gpa, length, by_uva=False)
         return region.map, off
 
+    def span(self, gpa: int, length: int
+             ) -> Tuple[mmap.mmap, int, int, int]:
+        """The region holding ``[gpa, gpa+length)`` as ``(mapping, first
+        guest address, end guest address, delta)``: any range inside it is
+        at offset ``address + delta`` of the mapping.  Lets a hot loop
+        translate the next buffer without a lookup when it falls in the
+        same region (valid until the memory table changes).
+
+        :raise AddressError: not inside one region.
+        """
+        region, off = self._find(gpa, length, by_uva=False)
+        d = region.desc
+        return region.map, d.guest_addr, d.guest_addr + d.size, off - gpa
+
     def uva_to_gpa(self, uva: int) -> int:
         """Translate QEMU's virtual address (ring addresses) to a guest one."""
         region, off = self._find(uva, 1, by_uva=True)

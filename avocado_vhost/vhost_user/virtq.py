@@ -203,7 +203,7 @@ class SplitRing(_Ring):
         self._signalled_used = self.used_idx
 
     def avail_idx(self) -> int:
-        return _U16.unpack_from(self._amap, self._aoff + 2)[0]
+        return int(_U16.unpack_from(self._amap, self._aoff + 2)[0])
 
     def has_available(self) -> bool:
         """Whether the driver offers an entry the device has not taken."""
@@ -253,44 +253,123 @@ class SplitRing(_Ring):
         path.  The used index is published once, after the batch; the base
         (``next_avail``) is exact even if a bad chain stops the batch.
         """
-        amap, aoff, num = self._amap, self._aoff, self.num
-        dmap, doff = self._dmap, self._doff
-        umap, uoff = self._umap, self._uoff
-        locate, on_write = self.memory.locate, self.on_write
-        unpack_u16, unpack_desc = _U16.unpack_from, _DESC.unpack_from
-        pack_elem = _USED_ELEM.pack_into
-        count = self.pending(unpack_u16(amap, aoff + 2)[0])  # read once
+        num, dmap, doff, umap, uoff, count = self._batch_start()
+        span, on_write = self.memory.span, self.on_write
+        # the last buffer's region (none yet): mapping, first, end, delta
+        mapping, lo, hi, delta = _NO_SPAN
         if limit is not None:
             count = min(count, limit)
         used = self.used_idx
         try:
             for _ in range(count):
-                head = unpack_u16(amap, aoff + 4 + 2 * (self.next_avail
-                                                        % num))[0]
-                if head >= num:
-                    raise RingError(f"available ring names descriptor {head}"
-                                    f", ring size is {num}")
-                addr, length, flags, _ = unpack_desc(dmap, doff + 16 * head)
+                head = self._next_head()
+                addr, length, flags, _ = _unpack_desc(dmap, doff + 16 * head)
                 if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
                             | VRING_DESC_F_WRITE):
                     out.append(self.read(self._walk(head).readable)[skip:])
                 else:
                     if length > MAX_CHAIN_BYTES:
                         self._checked(Chain(head, [(addr, length)], []))
-                    mapping, off = locate(addr, length)
+                    if not lo <= addr <= hi - length:
+                        mapping, lo, hi, delta = span(addr, length)
+                    off = addr + delta
                     out.append(mapping[off + skip:off + length])
                 slot = 4 + 8 * (used % num)
-                pack_elem(umap, uoff + slot, head, 0)
+                _pack_elem(umap, uoff + slot, head, 0)
                 if on_write is not None:
                     on_write(self.used + slot, 8, True)
                 used = (used + 1) & 0xFFFF
                 self.next_avail = (self.next_avail + 1) & 0xFFFF
         finally:
-            if used != self.used_idx:
-                self.used_idx = used
-                store16(umap, uoff + 2, used)
+            self._publish_used(used)
+
+    def deliver(self, frames: List[bytes], prefix: bytes,
+                problems: List[str]) -> Tuple[int, int]:
+        """Write ``prefix + frame`` for each of ``frames``, in order, into
+        the buffers available now: what a receive queue does.
+
+        As :meth:`consume`, written out for the one-descriptor buffer and
+        publishing the used index once, after the batch.  A buffer too
+        small for its frame is returned with length 0 and named in
+        ``problems``; the frame tries the next buffer.
+
+        :return: ``(frames delivered, descriptors used)``.
+        """
+        num, dmap, doff, umap, uoff, count = self._batch_start()
+        span, on_write = self.memory.span, self.on_write
+        # the last buffer's region (none yet): mapping, first, end, delta
+        mapping, lo, hi, delta = _NO_SPAN
+        used = self.used_idx
+        done = descriptors = 0
+        try:
+            while done < len(frames) and count:
+                head = self._next_head()
+                addr, length, flags, _ = _unpack_desc(dmap, doff + 16 * head)
+                data = prefix + frames[done]
+                size = len(data)
+                if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) \
+                        or not flags & VRING_DESC_F_WRITE:
+                    chain = self._walk(head)
+                    descriptors += chain.descriptors
+                    room = sum(n for _, n in chain.writable)
+                    written = (self.fill(chain.writable, data)
+                               if room >= size else 0)
+                else:
+                    if length > MAX_CHAIN_BYTES:
+                        self._checked(Chain(head, [], [(addr, length)]))
+                    descriptors += 1
+                    room = length
+                    written = 0
+                    if room >= size:
+                        if not lo <= addr <= hi - size:
+                            mapping, lo, hi, delta = span(addr, size)
+                        off = addr + delta
+                        mapping[off:off + size] = data
+                        if on_write is not None:
+                            on_write(addr, size, False)
+                        written = size
+                if room < size:
+                    problems.append(f"receive buffer of {room} bytes for a "
+                                    f"{size}-byte frame")
+                else:
+                    done += 1
+                slot = 4 + 8 * (used % num)
+                _pack_elem(umap, uoff + slot, head, written)
                 if on_write is not None:
-                    on_write(self.used + 2, 2, True)
+                    on_write(self.used + slot, 8, True)
+                used = (used + 1) & 0xFFFF
+                self.next_avail = (self.next_avail + 1) & 0xFFFF
+                count -= 1
+        finally:
+            self._publish_used(used)
+        return done, descriptors
+
+    def _batch_start(self) -> Tuple[int, Any, int, Any, int, int]:
+        """``(ring size, desc map, offset, used map, offset, entries
+        available)``: bound to locals by the batch loops (attribute lookups
+        per frame are a measurable share of their time); the driver's
+        index is read once per batch."""
+        return (self.num, self._dmap, self._doff, self._umap, self._uoff,
+                self.pending(_unpack_u16(self._amap, self._aoff + 2)[0]))
+
+    def _next_head(self) -> int:
+        """The head the available ring names at the device's position,
+        checked against the ring size."""
+        head: int = _unpack_u16(self._amap, self._aoff + 4 + 2 * (
+            self.next_avail % self.num))[0]
+        if head >= self.num:
+            raise RingError(f"available ring names descriptor {head}, ring "
+                            f"size is {self.num}")
+        return head
+
+    def _publish_used(self, used: int) -> None:
+        """After a batch: the used index, once, after the entries it
+        publishes (and logged)."""
+        if used != self.used_idx:
+            self.used_idx = used
+            store16(self._umap, self._uoff + 2, used)
+            if self.on_write is not None:
+                self.on_write(self.used + 2, 2, True)
 
     def _walk(self, head: int) -> Chain:
         if head >= self.num:
@@ -372,10 +451,10 @@ class SplitRing(_Ring):
             return False
         self._signalled_used = new
         if self.event_idx:
-            event = _U16.unpack_from(self._amap,
-                                     self._aoff + 4 + 2 * self.num)[0]
+            event = int(_U16.unpack_from(self._amap,
+                                         self._aoff + 4 + 2 * self.num)[0])
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not _U16.unpack_from(self._amap, self._aoff)[0] \
+        return not int(_U16.unpack_from(self._amap, self._aoff)[0]) \
             & VRING_AVAIL_F_NO_INTERRUPT
 
 
@@ -433,9 +512,21 @@ class PackedRing(_Ring):
         return self.base
 
     def has_available(self) -> bool:
-        """Whether the descriptor at the device's position is available."""
-        return self._available(_U16.unpack_from(
-            self._dmap, self._doff + 16 * self.avail_pos + 14)[0])
+        """Whether the driver offers work: the descriptor at the device's
+        position is available -- or, a hole, the one after it is while
+        this one is not (the driver posted past a slot, or a store
+        overwrote its flags: the ring can never move again)."""
+        flags = _U16.unpack_from(self._dmap,
+                                 self._doff + 16 * self.avail_pos + 14)[0]
+        if self._available(flags):
+            return True
+        after = self.avail_pos + 1
+        wrap = self.avail_wrap
+        if after == self.num:
+            after, wrap = 0, not wrap
+        flags = _U16.unpack_from(self._dmap, self._doff + 16 * after + 14)[0]
+        return (bool(flags & VRING_PACKED_DESC_F_AVAIL) == wrap
+                and bool(flags & VRING_PACKED_DESC_F_USED) != wrap)
 
     def indexes(self) -> str:
         """The ring's positions, for reports."""
@@ -485,7 +576,8 @@ class PackedRing(_Ring):
             flags, addr, length, buf_id = load_packed_desc(
                 self._dmap, self._doff + 16 * self.avail_pos)
 
-    def _locate_desc(self, table: int, length: int, i: int):
+    def _locate_desc(self, table: int, length: int,
+                     i: int) -> Tuple[Any, int]:
         mapping, off = self.memory.locate(table, length)
         return mapping, off + 16 * i
 
@@ -526,9 +618,13 @@ class PackedRing(_Ring):
         if not self._pushed:
             return False
         self._pushed = False
-        flags = _U16.unpack_from(self._emap, self._eoff + 2)[0] & 3
+        flags = int(_U16.unpack_from(self._emap, self._eoff + 2)[0]) & 3
         return flags != VRING_PACKED_EVENT_FLAG_DISABLE
 
 
 _PACKED_DESC = struct.Struct("<QIHH")
 _PACKED_FIELDS = struct.Struct("<QIH")
+_unpack_u16, _unpack_desc = _U16.unpack_from, _DESC.unpack_from
+_pack_elem = _USED_ELEM.pack_into
+#: "no region yet" for the batch loops' region cache: an empty range
+_NO_SPAN: Tuple[Any, int, int, int] = (None, 1, 0, 0)
