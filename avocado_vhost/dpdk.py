@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .qemu.launcher import call_in_launcher
+from .tmpdirs import dpdk_runtime_base
 
 __all__ = ["Testpmd", "TestpmdError", "PortStats", "find_testpmd",
            "TESTPMD_PACKAGE", "SERVER_WAITING"]
@@ -61,11 +62,7 @@ def find_testpmd(name: Optional[str] = None) -> Optional[str]:
 
 def runtime_dir(prefix: str) -> str:
     """Where DPDK's EAL keeps its files for ``--file-prefix=prefix``."""
-    if os.geteuid() == 0:
-        base = "/var/run"
-    else:
-        base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return os.path.join(base, "dpdk", prefix)
+    return os.path.join(dpdk_runtime_base(), prefix)
 
 
 class Testpmd:

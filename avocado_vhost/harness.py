@@ -29,6 +29,13 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
 
 from . import params
 from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
+from .guest import assets as guest_assets
+from .guest.assets import GuestAssets
+from .guest.boot import (GuestOptions, backend_config, device_opts,
+                         guest_spec_args)
+from .guest.console import GuestConsole
+from .guest.netstack import Responder
+from .guest.run import GuestFailure, GuestRun
 from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                        pattern)
 from .qemu.driver import DriverQueue, PackedDriverQueue
@@ -41,9 +48,13 @@ from .tmpdirs import (DUMP_PREFIX, dump_base, make_private_tmpdir,
                       remove_all_orphans)
 from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
-from .vhost_user.net import NetDevice
+from .vhost_user.net import NetDevice, Port
 
-__all__ = ["Harness"]
+__all__ = ["Harness", "MSIX_TCG_FIXED_IN"]
+
+#: The first QEMU release whose source was read to be free of the MSI-X
+#: crash under TCG (``Harness.qemu_died``).
+MSIX_TCG_FIXED_IN = (10, 0, 0)
 
 if TYPE_CHECKING:  # the flavours are TestCases: their assert* methods
     import unittest
@@ -248,6 +259,80 @@ class Harness(_Base):
         else:
             testpmd.start(self.scaled(30), until)
         return testpmd
+
+    def qemu_died(self, vm: VhostVM, msix: bool, when: str) -> NoReturn:
+        """QEMU is ending or ended on its own: FAIL with how (its exit
+        signal, version, output) -- or CANCEL as a known QEMU defect when it
+        is the MSI-X-under-TCG crash of QEMU < 10.0 (see
+        ``tests/functional/test_interrupts.py``), never a pass."""
+        code = vm.wait_exit(self.scaled(5))
+        try:
+            with open(vm.log_path, encoding="utf-8", errors="replace") as log:
+                tail = " | ".join(log.read().strip().splitlines()[-3:])
+        except FileNotFoundError:
+            tail = ""
+        how = ("still running" if code is None else
+               f"signal {-code}" if code < 0 else f"status {code}")
+        evidence = (f"QEMU {self.caps.version} ({self.qemu_bin}) exited with "
+                    f"{how} {when} (MSI-X {'on' if msix else 'off'}, accel "
+                    f"{vm.spec.accel}); its output: {tail or '(none)'}")
+        self.log.error("%s", evidence)
+        if msix and code == -11 and self.caps.version_tuple < MSIX_TCG_FIXED_IN:
+            self.cancel(
+                "KNOWN QEMU DEFECT (not a pass): " + evidence + ". QEMU < "
+                "10.0 dereferences proxy->vector_irqfd (NULL without KVM "
+                "irqfd) in kvm_virtio_pci_irqfd_use via "
+                "virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers "
+                "-> virtio_pci_one_vector_unmask, because vhost-user net "
+                "clears use_guest_notifier_mask; fixed in 10.0 (see "
+                "tests/functional/test_interrupts.py)")
+        self.fail(evidence)
+
+    def require_guest(self) -> GuestAssets:
+        """The real guest's kernel and initramfs (x86_64, TCG); CANCEL with
+        the reason where they are missing or cannot run."""
+        self.require_arch("x86_64")
+        if not self.caps.has_accel("tcg"):
+            self.cancel(f"the real guest needs TCG: "
+                        f"{self.caps.accel_error('tcg')}")
+        try:
+            return guest_assets.load()
+        except guest_assets.AssetsMissing as exc:
+            self.cancel(str(exc))
+
+    def start_guest(self, options: GuestOptions, name: str = "guest",
+                    backend_name: str = "backend", **spec: object
+                    ) -> GuestRun:
+        """Boot the real guest on a vhost-user virtio-net served by a new
+        back-end with a responder on its wire; returns once the guest's
+        shell runs (``/init`` loaded the driver).  The console goes to
+        ``console.log`` (``<name>-console.log`` for other VM names)."""
+        assets = self.require_guest()
+        port = Port()
+        backend = self.make_backend(backend_name, backend_config(options),
+                                    device=NetDevice(port))
+        responder = Responder(port, backend.poke)
+        console_sock = os.path.join(self.workdir_short, f"{name}.con")
+        vm = self.make_vm(name, backend.listener_path, firmware=True,
+                          accel="tcg", queues=options.queues,
+                          device_opts=device_opts(options),
+                          extra=guest_spec_args(assets, options,
+                                                console_sock), **spec)
+        vm.launch()
+        log = "console.log" if name == "guest" else f"{name}-console.log"
+        console = GuestConsole(console_sock, os.path.join(self.logdir, log))
+        self._stack.callback(console.close)
+        run = GuestRun(vm, console, backend, port, responder, options)
+        try:
+            run.wait_ready(self.scaled(90))
+        except GuestFailure:
+            # QEMU died under the guest?  (Its console closes just before
+            # the process is reaped: give it a moment.)
+            if vm.wait_exit(self.scaled(2)) is not None:
+                self.qemu_died(vm, options.msix,
+                               "while the guest's driver started the device")
+            raise
+        return run
 
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")

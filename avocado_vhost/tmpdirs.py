@@ -18,7 +18,8 @@ import tempfile
 from typing import List, Optional
 
 __all__ = ["make_private_tmpdir", "remove_orphans", "remove_all_orphans",
-           "dump_base", "PREFIX", "DUMP_PREFIX", "start_time"]
+           "dump_base", "PREFIX", "DUMP_PREFIX", "start_time",
+           "dpdk_runtime_base"]
 
 PREFIX = "avh-"
 #: guest memory dumps (hundreds of MiB) go to tmpfs when there is one
@@ -63,6 +64,15 @@ def dump_base() -> str:
     return _SHM if os.path.isdir(_SHM) else tempfile.gettempdir()
 
 
+def dpdk_runtime_base() -> str:
+    """Where DPDK's EAL keeps a process's runtime files: the suite's
+    testpmds use ``--file-prefix=<their test's temp dir name>-<name>``, so
+    a dead test's are found by its temp dir's name."""
+    base = "/var/run" if os.geteuid() == 0 else (
+        os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    return os.path.join(base, "dpdk")
+
+
 def remove_all_orphans(tmp_base: str) -> List[str]:
     """Every kind of dir the suite makes (``avh-*`` in ``tmp_base``, dump
     dirs in :func:`dump_base`) whose owner is gone; the paths removed."""
@@ -79,4 +89,9 @@ def remove_orphans(*bases: str, prefix: str = PREFIX) -> List[str]:
             if os.path.isdir(path) and _orphaned(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
+                # what DPDK made for the dead test's testpmds
+                for extra in glob.glob(os.path.join(
+                        dpdk_runtime_base(), os.path.basename(path) + "-*")):
+                    shutil.rmtree(extra, ignore_errors=True)
+                    removed.append(extra)
     return removed

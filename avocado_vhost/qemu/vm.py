@@ -140,7 +140,9 @@ class VMSpec:
                 dev.append("disable-legacy=on")
             if self.queues > 1:
                 net.append(f"queues={self.queues}")
-                dev += ["mq=on", f"vectors={2 * self.queues + 2}"]
+                dev.append("mq=on")
+                if not any(o.startswith("vectors=") for o in self.device_opts):
+                    dev.append(f"vectors={2 * self.queues + 2}")
             return ["-netdev", ",".join(net),
                     "-device", ",".join(dev + rom + self.device_opts)]
         dev = [self.device, "chardev=vu0"]

@@ -78,12 +78,18 @@ class Port:
     forgotten: int = 0
     #: Frames :meth:`offer` turned away because the wire was full.
     refused: int = 0
+    #: Called with each batch of transmitted frames (``cond`` held, in the
+    #: back-end's thread): a peer on the wire that answers (ARP, ICMP).
+    on_sent: List[Callable[[List["SentFrame"]], None]] = field(
+        default_factory=list)
 
     def record_sent(self, frames: List[SentFrame]) -> None:
         """Add transmitted frames (``cond`` held); forget the oldest half
         when ``sent`` holds twice the capacity (amortised O(1))."""
         self.sent.extend(frames)
         self.sent_total += len(frames)
+        for hook in self.on_sent:
+            hook(frames)
         if len(self.sent) > 2 * self.capacity:
             excess = len(self.sent) - self.capacity
             del self.sent[:excess]

@@ -32,7 +32,6 @@ from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import WaitTimeout
 
 RINGS = 2
-FIXED_IN = (10, 0, 0)  # the first release whose source was read to be safe
 
 
 class Interrupts(VhostUserTest):
@@ -51,7 +50,7 @@ class Interrupts(VhostUserTest):
             # QEMU died while handling the guest's write (DRIVER_OK starts
             # vhost synchronously): the qtest answer never came.
             if vm.wait_exit(self.scaled(5)) is not None:
-                self.qemu_died(vm, msix)
+                self.qemu_died(vm, msix, "when the guest set DRIVER_OK")
             raise
         try:
             backend.wait_for(
@@ -62,7 +61,7 @@ class Interrupts(VhostUserTest):
         except WaitTimeout:
             pass  # judged below, with what QEMU said
         if not vm.machine.is_running():
-            self.qemu_died(vm, msix)
+            self.qemu_died(vm, msix, "when the guest set DRIVER_OK")
         # A ring starts at SET_VRING_KICK; QEMU hands over the call eventfd
         # it watches for the guest only after that (SET_VRING_CALL follows
         # the kick).  Until then the back-end holds the fd QEMU gave at
@@ -85,27 +84,6 @@ class Interrupts(VhostUserTest):
                 if seen_kick:
                     return True
         return False
-
-    def qemu_died(self, vm, msix):
-        code = vm.wait_exit(self.scaled(5))
-        with open(vm.log_path, encoding="utf-8", errors="replace") as log:
-            tail = " | ".join(log.read().strip().splitlines()[-3:])
-        evidence = (f"QEMU {self.caps.version} ({self.qemu_bin}) exited with "
-                    f"{'signal %d' % -code if code and code < 0 else code} "
-                    f"when the guest set DRIVER_OK (MSI-X "
-                    f"{'on' if msix else 'off'}, accel {self.accel}); "
-                    f"its output: {tail or '(none)'}")
-        self.log.error("%s", evidence)
-        if msix and code == -11 and self.caps.version_tuple < FIXED_IN:
-            self.cancel(
-                "KNOWN QEMU DEFECT (not a pass): " + evidence + ". QEMU < "
-                "10.0 dereferences proxy->vector_irqfd (NULL without KVM "
-                "irqfd) in kvm_virtio_pci_irqfd_use via "
-                "virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers "
-                "-> virtio_pci_one_vector_unmask, because vhost-user net "
-                "clears use_guest_notifier_mask; fixed in 10.0 (see this "
-                "test's docstring)")
-        self.fail(evidence)
 
     def wait_until(self, probe, what):
         """Poll the guest side over qtest until ``probe()`` holds: each try
