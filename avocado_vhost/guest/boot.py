@@ -51,7 +51,10 @@ def backend_config(options: GuestOptions) -> BackendConfig:
     features both it and the back-end have, and its own switches)."""
     config = BackendConfig(queue_num=options.queues,
                            max_rings=2 * options.queues)
-    config.features |= int(VirtioFeature.RING_INDIRECT_DESC)
+    # STATUS: QEMU then shows the guest the link going down when the
+    # back-end goes away (DPDK's back-end offers it too).
+    config.features |= int(VirtioFeature.RING_INDIRECT_DESC
+                           | VirtioFeature.NET_F_STATUS)
     if options.packed:
         config.features |= int(VirtioFeature.RING_PACKED)
     if options.mrg_rxbuf:

@@ -16,6 +16,7 @@ from avocado_vhost.test import VhostUserTest, main
 
 PINGS = 50
 FRAMES = 200
+CARRIER_CHANGES = "/sys/class/net/eth0/carrier_changes"
 
 
 class Guest(VhostUserTest):
@@ -102,6 +103,34 @@ class Guest(VhostUserTest):
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reload"))
+        self.check_backends()
+
+    def test_backend_reconnect(self):
+        """The back-end drops the connection while the guest runs: QEMU
+        (the client) reconnects, the guest sees the link go down and up,
+        and traffic resumes with nothing lost or doubled."""
+        delay = 50 if self.caps.reconnect_ms else 1
+        guest = self.start_guest(self.options(), reconnect=delay)
+        self.assertEqual(guest.ping(PINGS), (PINGS, PINGS),
+                         guest.explain("no traffic before the drop"))
+        changes = int(guest.run(f"cat {CARRIER_CHANGES}").split()[-1])
+        guest.backend.disconnect()
+        guest.backend.wait_for(
+            lambda: guest.backend.connections >= 2 and sum(
+                r.started for r in guest.backend.state.vrings.values()) == 2,
+            "QEMU to reconnect and restart both rings", self.scaled(30))
+        guest.link_up(self.scaled(30))
+        now = int(guest.run(f"cat {CARRIER_CHANGES}").split()[-1])
+        self.assertGreaterEqual(now - changes, 2, guest.explain(
+            "the guest never saw the link go down and up"))
+        seqs = len(guest.responder.echo_seqs)
+        self.assertEqual(guest.ping(PINGS), (PINGS, PINGS),
+                         guest.explain("no traffic after the reconnect"))
+        self.assertEqual(guest.responder.echo_seqs[seqs:], list(range(PINGS)),
+                         guest.explain("echo requests lost or doubled"))
+        self.assertEqual(guest.send_to_guest(FRAMES), FRAMES,
+                         guest.explain("frames from the host lost or "
+                                       "doubled after the reconnect"))
         self.check_backends()
 
     def test_reboot(self):
