@@ -301,27 +301,19 @@ class Harness(_Base):
             self.cancel(str(exc))
 
     def start_guest(self, options: GuestOptions, name: str = "guest",
-                    backend_name: str = "backend", **spec: object
+                    backend_name: str = "backend",
+                    port: Optional[Port] = None, **spec: object
                     ) -> GuestRun:
         """Boot the real guest on a vhost-user virtio-net served by a new
-        back-end with a responder on its wire; returns once the guest's
-        shell runs (``/init`` loaded the driver).  The console goes to
-        ``console.log`` (``<name>-console.log`` for other VM names)."""
-        assets = self.require_guest()
-        port = Port()
+        back-end with a responder on its wire (``port``: shared with other
+        back-ends, e.g. a migration destination); returns once eth0 is up.
+        The console goes to ``console.log`` (``<name>-console.log`` for
+        other VM names)."""
+        port = port or Port()
         backend = self.make_backend(backend_name, backend_config(options),
                                     device=NetDevice(port))
         responder = Responder(port, backend.poke)
-        console_sock = os.path.join(self.workdir_short, f"{name}.con")
-        vm = self.make_vm(name, backend.listener_path, firmware=True,
-                          accel="tcg", queues=options.queues,
-                          device_opts=device_opts(options),
-                          extra=guest_spec_args(assets, options,
-                                                console_sock), **spec)
-        vm.launch()
-        log = "console.log" if name == "guest" else f"{name}-console.log"
-        console = GuestConsole(console_sock, os.path.join(self.logdir, log))
-        self._stack.callback(console.close)
+        vm, console = self.launch_guest_vm(name, backend, options, **spec)
         run = GuestRun(vm, console, backend, port, responder, options)
         try:
             run.wait_ready(self.scaled(90))
@@ -333,6 +325,24 @@ class Harness(_Base):
                                "while the guest's driver started the device")
             raise
         return run
+
+    def launch_guest_vm(self, name: str, backend: VhostUserBackend,
+                        options: GuestOptions, **spec: object
+                        ) -> Tuple[VhostVM, GuestConsole]:
+        """Launch a VM that boots the real guest (or, with ``incoming=``,
+        waits for one), with its console connected."""
+        assets = self.require_guest()
+        console_sock = os.path.join(self.workdir_short, f"{name}.con")
+        vm = self.make_vm(name, backend.listener_path, firmware=True,
+                          accel="tcg", queues=options.queues,
+                          device_opts=device_opts(options),
+                          extra=guest_spec_args(assets, options,
+                                                console_sock), **spec)
+        vm.launch()
+        log = "console.log" if name == "guest" else f"{name}-console.log"
+        console = GuestConsole(console_sock, os.path.join(self.logdir, log))
+        self._stack.callback(console.close)
+        return vm, console
 
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")

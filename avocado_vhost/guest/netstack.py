@@ -13,7 +13,6 @@ echo requests, 50 replies, nothing else".
 from __future__ import annotations
 
 import struct
-import threading
 from collections import Counter
 from typing import Callable, List
 
@@ -56,8 +55,18 @@ class Responder:
         self.guest_mac = b""
         #: ICMP echo sequence numbers seen, in order (duplicates show)
         self.echo_seqs: List[int] = []
-        self._lock = threading.Lock()
+        #: UDP frames to send the guest with every echo reply
+        self.chatter = 0
+        self._udp_seq = 0
         port.on_sent.append(self.on_sent)
+
+    def wait_echoes(self, count: int, timeout: float) -> None:
+        """Until ``count`` echo requests in all arrived (bounded)."""
+        with self.port.cond:
+            if not self.port.cond.wait_for(
+                    lambda: self.counts["echo requests"] >= count, timeout):
+                raise TimeoutError(f"waited {timeout}s for {count} echo "
+                                   f"requests, saw {dict(self.counts)}")
 
     def on_sent(self, frames: List[SentFrame]) -> None:
         """Look at what the guest sent (port.cond is held)."""
@@ -106,6 +115,10 @@ class Responder:
             return None
         self.counts["echo requests"] += 1
         self.echo_seqs.append(struct.unpack("!H", icmp[6:8])[0])
+        if self.chatter:  # host-to-guest traffic paced by the guest's pings
+            frames = self.udp_frames(self.chatter)
+            self.port.wire.extend(frames)
+            self.counts["udp sent"] += len(frames)
         reply = b"\0\0\0\0" + icmp[4:]
         reply = reply[:2] + struct.pack("!H", checksum(reply)) + reply[4:]
         header = bytearray(ip[:ihl])
@@ -120,7 +133,9 @@ class Responder:
         learnt from its ARP request), numbered in their payload."""
         assert self.guest_mac, "the guest has not ARPed for the host yet"
         frames = []
-        for n in range(count):
+        for _ in range(count):
+            n = self._udp_seq
+            self._udp_seq += 1
             payload = n.to_bytes(4, "big") + bytes(size - 4)
             udp = struct.pack("!HHHH", 4000, UDP_PORT, 8 + len(payload), 0)
             ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp)

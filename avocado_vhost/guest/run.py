@@ -19,9 +19,9 @@ from .boot import GuestOptions
 from .console import ConsoleTimeout, GuestConsole
 from .netstack import GUEST_IP, HOST_IP, Responder
 
-__all__ = ["GuestRun", "GuestFailure"]
+__all__ = ["GuestRun", "GuestFailure", "PING_SUMMARY"]
 
-_PING = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
+PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 _RX = "/sys/class/net/eth0/statistics/rx_packets"
 
 
@@ -82,7 +82,7 @@ class GuestRun:
         received)."""
         out = self.run(f"ping -c {count} -i {interval} -W 5 {HOST_IP}"
                        " | tail -n 3", timeout)
-        match = _PING.search(out)
+        match = PING_SUMMARY.search(out)
         if match is None:
             raise GuestFailure(self.explain(f"no ping summary in: {out}"))
         return int(match.group(1)), int(match.group(2))

@@ -10,19 +10,23 @@ sides: what the guest's ping says, what the host saw, what the guest's
 interface counted.
 """
 
-from avocado_vhost.guest.boot import GuestOptions
+from avocado_vhost.guest.boot import GuestOptions, backend_config
+from avocado_vhost.guest.run import PING_SUMMARY, GuestRun
+from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.harness import MSIX_TCG_FIXED_IN
+from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.test import VhostUserTest, main
 
 PINGS = 50
 FRAMES = 200
 CARRIER_CHANGES = "/sys/class/net/eth0/carrier_changes"
+MIGRATION_PINGS = 300
 
 
-class Guest(VhostUserTest):
-    """
-    :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,guest
+class GuestTest(VhostUserTest):
+    """What the guest tests share.
+
+    :avocado: disable
     """
 
     timeout = 240
@@ -56,6 +60,14 @@ class Guest(VhostUserTest):
             self.log.info("MSI-X off: QEMU %s has the MSI-X crash under TCG "
                           "(test_msix_on reports it)", self.caps.version)
         return GuestOptions(msix=msix, **kwargs)
+
+
+
+class Guest(GuestTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,guest
+    """
 
     def test_msix_on(self):
         """MSI-X on, the device default (QEMU < 10.0: the known defect,
@@ -143,6 +155,92 @@ class Guest(VhostUserTest):
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reboot"))
+        self.check_backends()
+
+
+class GuestMigration(GuestTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,guest,migration
+    """
+
+    def test_migrate_while_pinging(self):
+        self.migrate_while_pinging()
+
+    def test_negative_control_base_zero(self):
+        """The same migration with a source back-end that answers
+        GET_VRING_BASE with 0: the destination starts the rings at 0,
+        replays old requests and overwrites used entries, and the checks
+        above must notice (duplicates, lost replies or a broken guest)."""
+        with self.assertRaises(AssertionError) as caught:
+            self.migrate_while_pinging(base_override=0)
+        self.log.info("caught, as it must be: %s",
+                      str(caught.exception).splitlines()[0])
+
+    def migrate_while_pinging(self, base_override=None):
+        """Live migration while the guest pings the host every 20 ms and
+        the host sends the guest a frame with every reply.
+
+        The ring handoff is judged at every ring event (never both sides'
+        rings at once).  The bound on loss is 0: a request the source had
+        not taken is in its ring, which the destination resumes from the
+        source's GET_VRING_BASE; a reply waiting on the wire is delivered
+        by whichever back-end owns the receive ring; what the source wrote
+        into guest buffers is in the dirty log.  So every request is
+        answered once, and the guest counts every frame the host sent.
+        """
+        options = self.options()
+        port = Port()
+        src = self.start_guest(options, name="src", backend_name="src",
+                               port=port)
+        dst_be = self.make_backend("dst", backend_config(options),
+                                   device=NetDevice(port))
+        src.responder.poke = lambda: (src.backend.poke(), dst_be.poke())
+        src.backend.vring_base_override = base_override
+        uri = "unix:" + self.socket_path("migration")
+        dst, dst_console = self.launch_guest_vm("dst", dst_be, options,
+                                                incoming=uri)
+        monitor = RingHandoffMonitor(src.backend, dst_be)
+        rx_before = src.rx_packets()
+        replies_before = src.responder.counts["replies"]
+        src.responder.chatter = 1
+        src.run(f"ping -c {MIGRATION_PINGS} -i 0.02 -W 5 10.0.2.1 "
+                "> /tmp/ping.txt 2>&1 & true")
+        src.responder.wait_echoes(20, self.scaled(30))
+        for vm in (src.vm, dst):
+            vm.qmp("migrate-set-capabilities", capabilities=[
+                {"capability": "events", "state": True}])
+        src.vm.qmp("migrate", uri=uri)
+        failure = self.wait_migration(src.vm, dst, timeout=120)
+        self.assertIsNone(failure, src.explain(str(failure)))
+        # The same guest, on the destination's console now.
+        on_dst = GuestRun(dst, dst_console, dst_be, port, src.responder,
+                          options)
+        out = on_dst.run("wait; tail -n 3 /tmp/ping.txt", self.scaled(60))
+        sent, received = (int(n) for n in PING_SUMMARY.search(out).groups())
+        self.log.info("ping across the migration: %d sent, %d received; "
+                      "host: %s; ring events:\n%s", sent, received,
+                      dict(src.responder.counts), monitor.timeline())
+        monitor.check()
+        self.assertEqual((sent, received),
+                         (MIGRATION_PINGS, MIGRATION_PINGS),
+                         on_dst.explain("echo replies lost across the "
+                                        "migration"))
+        seqs = src.responder.echo_seqs
+        self.assertEqual(seqs[-MIGRATION_PINGS:],
+                         list(range(MIGRATION_PINGS)),
+                         on_dst.explain("echo requests lost or doubled"))
+        src.responder.chatter = 0
+        with port.cond:
+            self.assertEqual(len(port.wire), 0, "frames never delivered")
+        host_sent = (src.responder.counts["replies"] - replies_before
+                     + MIGRATION_PINGS)
+        self.assertEqual(on_dst.rx_packets() - rx_before, host_sent,
+                         on_dst.explain("the guest counted another number "
+                                        "of frames than the host sent"))
+        self.assertGreater(sum(dst_be.device.port.received.get(n, 0)
+                               for n in ("dst",)), 0,
+                           "the destination delivered nothing")
         self.check_backends()
 
 
