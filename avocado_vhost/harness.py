@@ -289,14 +289,15 @@ class Harness(_Base):
         self.fail(evidence)
 
     def require_guest(self) -> GuestAssets:
-        """The real guest's kernel and initramfs (x86_64, TCG); CANCEL with
-        the reason where they are missing or cannot run."""
-        self.require_arch("x86_64")
+        """The real guest's kernel and initramfs for the QEMU's target
+        (x86_64 or aarch64, under TCG); CANCEL with the reason where they
+        are missing or cannot run."""
+        self.require_arch(*guest_assets.ARCHES)
         if not self.caps.has_accel("tcg"):
             self.cancel(f"the real guest needs TCG: "
                         f"{self.caps.accel_error('tcg')}")
         try:
-            return guest_assets.load()
+            return guest_assets.load(self.caps.arch)
         except guest_assets.AssetsMissing as exc:
             self.cancel(str(exc))
 

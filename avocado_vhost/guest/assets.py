@@ -6,13 +6,16 @@ archive (through the machine's own apt): ``linux-image-*-amd64`` (the
 kernel, and its virtio / virtio-net modules, never installed on the host)
 and ``busybox-static``.  Each package is pinned by name, version and the
 SHA-256 of its .deb (checked here as well as by apt).  The result goes to
-``$AVOCADO_VHOST_CACHE/guest/<pins>/`` outside the clone: ``vmlinuz``,
+``$AVOCADO_VHOST_CACHE/guest/<pins>/`` (one per target: x86_64 and
+aarch64, downloaded through a private apt state for the target's Debian
+architecture) outside the clone: ``vmlinuz``,
 ``initrd.img`` and ``manifest.json``; a second run finds it and does
 nothing.  When it cannot be made, the reason is written to ``ERROR`` there
 and the guest tests CANCEL with it.
 
     python -m avocado_vhost.guest.assets        # make (set-up runs this)
     python -m avocado_vhost.guest.assets --show # where, what, or why not
+    python -m avocado_vhost.guest.assets --arch aarch64
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .initramfs import Initramfs
 
-__all__ = ["Pin", "PINS", "GuestAssets", "AssetsMissing", "load",
-           "MODULES", "cache_dir"]
+__all__ = ["Pin", "PINS", "ARCHES", "GuestArch", "GuestAssets",
+           "AssetsMissing", "load", "make", "MODULES", "cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,39 @@ class Pin:
     sha256: str
 
 
-#: What the guest is made of (Debian 12 "bookworm", amd64).  When the
+@dataclass(frozen=True)
+class GuestArch:
+    """One target's guest: its Debian architecture, packages and console."""
+
+    arch: str
+    debian: str
+    console: str
+    pins: Tuple[Pin, ...]
+
+
+#: What the guest is made of, per target (Debian 12 "bookworm").  When the
 #: archive drops a version (a kernel security update), set-up says so;
 #: take the new one's name, version and SHA256 from ``apt-cache show``.
-PINS = (
-    Pin("linux-image-6.1.0-56-amd64", "6.1.192-2",
-        "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1"),
-    Pin("busybox-static", "1:1.35.0-4+deb12u1+b1",
-        "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"),
-)
+ARCHES = {
+    "x86_64": GuestArch("x86_64", "amd64", "ttyS0", (
+        Pin("linux-image-6.1.0-56-amd64", "6.1.192-2",
+            "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1"),
+        Pin("busybox-static", "1:1.35.0-4+deb12u1+b1",
+            "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"),
+    )),
+    "aarch64": GuestArch("aarch64", "arm64", "ttyAMA0", (
+        Pin("linux-image-6.1.0-56-arm64", "6.1.192-2",
+            "6f4ed2d1cb9106bc977c2b1960008f175e2eed5740340634b7894e65ef5acc82"),
+        Pin("busybox-static", "1:1.35.0-4+deb12u1+b1",
+            "732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5"),
+    )),
+}
+#: the x86_64 pins (what the README and the closing notes quote)
+PINS = ARCHES["x86_64"].pins
 
 #: The virtio-net driver and what it needs, in load order (Debian's 6.1
-#: builds them as modules; the package has no modules.dep).
+#: builds them as modules -- on arm64 virtio and virtio_ring are built in;
+#: the package has no modules.dep).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev",
            "virtio_pci_modern_dev", "virtio_pci", "failover",
            "net_failover", "virtio_net")
@@ -69,7 +93,7 @@ INIT = f"""#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in {' '.join(MODULES)}; do
+for m in $(cat /lib/modules/order); do
     insmod /lib/modules/$m.ko || echo "AVH-INSMOD-FAILED $m"
 done
 echo "{READY} $(uname -r)"
@@ -88,23 +112,35 @@ class GuestAssets:
     kernel: str
     initrd: str
     manifest: Dict[str, object]
+    target: GuestArch
 
 
-def cache_dir() -> str:
+def cache_dir(arch: str = "x86_64") -> str:
     base = os.environ.get("AVOCADO_VHOST_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
         "avocado-vhost")
     tag = "+".join(f"{p.package}_{p.version}".replace(":", "_")
-                   for p in PINS)
-    return os.path.join(base, "guest", tag)
+                   for p in ARCHES[arch].pins)
+    return os.path.join(base, "guest", f"{tag}+{_recipe()}")
 
 
-def load() -> GuestAssets:
-    """The made assets.
+def _recipe() -> str:
+    """What else makes the assets (the init script, the module list): a
+    change makes them again instead of using a stale cache."""
+    text = INIT + " ".join(MODULES)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
-    :raise AssetsMissing: not made (the reason set-up recorded, if any).
+
+def load(arch: str = "x86_64") -> GuestAssets:
+    """The made assets for target ``arch``.
+
+    :raise AssetsMissing: not made (the reason set-up recorded, if any),
+        or no guest for this target.
     """
-    where = cache_dir()
+    if arch not in ARCHES:
+        raise AssetsMissing(f"no real guest for {arch} (targets: "
+                            f"{', '.join(ARCHES)})")
+    where = cache_dir(arch)
     manifest = os.path.join(where, "manifest.json")
     if not os.path.exists(manifest):
         why = "not made"
@@ -115,11 +151,11 @@ def load() -> GuestAssets:
             pass
         raise AssetsMissing(f"guest kernel and initramfs in {where}: {why} "
                             "(./setup.sh makes them: python -m "
-                            "avocado_vhost.guest.assets)")
+                            f"avocado_vhost.guest.assets --arch {arch})")
     with open(manifest, encoding="utf-8") as f:
         data = json.load(f)
     return GuestAssets(os.path.join(where, "vmlinuz"),
-                       os.path.join(where, "initrd.img"), data)
+                       os.path.join(where, "initrd.img"), data, ARCHES[arch])
 
 
 def _sha256(path: str) -> str:
@@ -130,10 +166,34 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _download(pin: Pin, into: str) -> str:
+def _apt_options(state: str, debian_arch: str) -> List[str]:
+    """apt options for a private state (its own lists and cache, the
+    machine's sources) that sees packages of ``debian_arch``: the system's
+    apt configuration and dpkg's architectures are left untouched."""
+    return ["-o", f"Dir::State::Lists={state}/lists",
+            "-o", f"Dir::Cache={state}/cache",
+            "-o", "Dir::State::status=/dev/null",
+            "-o", f"APT::Architecture={debian_arch}",
+            "-o", f"APT::Architectures::={debian_arch}", "-q"]
+
+
+def _private_apt(state: str, debian_arch: str) -> List[str]:
+    for sub in ("lists/partial", "cache/archives/partial"):
+        os.makedirs(os.path.join(state, sub), exist_ok=True)
+    options = _apt_options(state, debian_arch)
+    proc = subprocess.run(["apt-get", *options, "update"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise AssetsMissing(f"apt-get update ({debian_arch}) failed: "
+                            f"{proc.stdout.strip()[-400:]}")
+    return options
+
+
+def _download(pin: Pin, into: str, options: List[str]) -> str:
     """``apt-get download`` of exactly ``pin``, checked; the .deb's path."""
     spec = f"{pin.package}={pin.version}"
-    proc = subprocess.run(["apt-get", "download", "-q", spec], cwd=into,
+    proc = subprocess.run(["apt-get", *options, "download", spec], cwd=into,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, check=False)
     if proc.returncode != 0:
@@ -155,19 +215,22 @@ def _extract(deb: str, into: str) -> None:
     subprocess.run(["dpkg-deb", "-x", deb, into], check=True)
 
 
-def make() -> GuestAssets:
-    """Make the assets unless they are there; returns them."""
+def make(arch: str = "x86_64") -> GuestAssets:
+    """Make the assets for target ``arch`` unless they are there."""
     try:
-        return load()
+        return load(arch)
     except AssetsMissing:
-        pass
-    where = cache_dir()
+        if arch not in ARCHES:
+            raise
+    target = ARCHES[arch]
+    where = cache_dir(arch)
     os.makedirs(where, exist_ok=True)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="avh-guest-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="guest-assets-") as tmp:
         root = os.path.join(tmp, "root")
-        for pin in PINS:
-            _extract(_download(pin, tmp), root)
+        options = _private_apt(os.path.join(tmp, "apt"), target.debian)
+        for pin in target.pins:
+            _extract(_download(pin, tmp, options), root)
         kernels = glob.glob(os.path.join(root, "boot", "vmlinuz-*"))
         if len(kernels) != 1:
             raise AssetsMissing(f"no single kernel image in the package: "
@@ -186,16 +249,19 @@ def make() -> GuestAssets:
             name = os.path.basename(path)[:-3]
             if name in MODULES:
                 found[name] = path
-        missing = [m for m in MODULES if m not in found]
+        builtin = _builtin_modules(root)
+        missing = [m for m in MODULES if m not in found and m not in builtin]
         if missing:
-            raise AssetsMissing(f"modules not in the kernel package: "
-                                f"{missing}")
+            raise AssetsMissing(f"modules neither in the kernel package nor "
+                                f"built in: {missing}")
         sizes: Dict[str, int] = {}
-        for name in MODULES:
+        order = [m for m in MODULES if m in found]
+        for name in order:
             with open(found[name], "rb") as f:
                 data = f.read()
             image.file(f"lib/modules/{name}.ko", data)
             sizes[name] = len(data)
+        image.file("lib/modules/order", "\n".join(order).encode() + b"\n")
         partial = where + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
@@ -203,8 +269,10 @@ def make() -> GuestAssets:
         with open(os.path.join(partial, "initrd.img"), "wb") as f:
             f.write(image.build())
     manifest: Dict[str, object] = {
+        "arch": arch,
         "packages": [{"package": p.package, "version": p.version,
-                      "sha256": p.sha256} for p in PINS],
+                      "sha256": p.sha256} for p in target.pins],
+        "built_in": sorted(m for m in MODULES if m in builtin),
         "kernel": os.path.basename(kernels[0]),
         "modules": sizes,
         "sizes": {n: os.path.getsize(os.path.join(partial, n))
@@ -218,33 +286,55 @@ def make() -> GuestAssets:
         json.dump(manifest, f, indent=2)
     shutil.rmtree(where)
     os.rename(partial, where)  # complete or absent, never half made
-    return load()
+    return load(arch)
+
+
+def _builtin_modules(root: str) -> List[str]:
+    """Module names the kernel has built in (``modules.builtin``)."""
+    names: List[str] = []
+    for path in glob.glob(os.path.join(root, "lib", "modules", "*",
+                                       "modules.builtin")):
+        with open(path, encoding="utf-8") as f:
+            names += [os.path.basename(line.strip())[:-3] for line in f
+                      if line.strip().endswith(".ko")]
+    return names
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--show", action="store_true",
                         help="say where the assets are, or why not")
+    parser.add_argument("--arch", action="append", choices=sorted(ARCHES),
+                        help="target(s) (default: all)")
     args = parser.parse_args(argv)
-    if args.show:
-        try:
-            assets = load()
-        except AssetsMissing as exc:
-            print(exc)
-            return 1
-        print(json.dumps(dict(assets.manifest, kernel_path=assets.kernel,
-                              initrd_path=assets.initrd), indent=2))
-        return 0
+    status = 0
+    for arch in args.arch or sorted(ARCHES):
+        status |= _show(arch) if args.show else _make(arch)
+    return status
+
+
+def _show(arch: str) -> int:
     try:
-        assets = make()
+        assets = load(arch)
+    except AssetsMissing as exc:
+        print(exc)
+        return 1
+    print(json.dumps(dict(assets.manifest, kernel_path=assets.kernel,
+                          initrd_path=assets.initrd), indent=2))
+    return 0
+
+
+def _make(arch: str) -> int:
+    try:
+        assets = make(arch)
     except (AssetsMissing, OSError, subprocess.CalledProcessError) as exc:
-        os.makedirs(cache_dir(), exist_ok=True)
-        with open(os.path.join(cache_dir(), "ERROR"), "w",
+        os.makedirs(cache_dir(arch), exist_ok=True)
+        with open(os.path.join(cache_dir(arch), "ERROR"), "w",
                   encoding="utf-8") as f:
             f.write(str(exc))
-        print(f"guest assets: error: {exc}", file=sys.stderr)
+        print(f"guest assets ({arch}): error: {exc}", file=sys.stderr)
         return 1
-    print(f"guest assets: {assets.kernel}, {assets.initrd} "
+    print(f"guest assets ({arch}): {assets.kernel}, {assets.initrd} "
           f"({assets.manifest['seconds_to_make']} s to make)")
     return 0
 

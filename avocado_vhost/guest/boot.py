@@ -20,8 +20,9 @@ from .console import console_args
 __all__ = ["GuestOptions", "guest_spec_args", "backend_config",
            "KERNEL_ARGS"]
 
-#: ``quiet``: kernel messages would interleave with command output.
-KERNEL_ARGS = "console=ttyS0 quiet loglevel=3 panic=-1"
+#: After ``console=<the target's serial port>``; ``quiet``: kernel
+#: messages would interleave with command output.
+KERNEL_ARGS = "quiet loglevel=3 panic=-1"
 
 
 @dataclass(frozen=True)
@@ -82,5 +83,6 @@ def guest_spec_args(assets: GuestAssets, options: GuestOptions,
     """QEMU arguments beyond the VM's own: kernel, initramfs, CPUs and the
     console on socket ``console``."""
     return (["-kernel", assets.kernel, "-initrd", assets.initrd,
-             "-append", KERNEL_ARGS, "-smp", str(options.cpus)]
+             "-append", f"console={assets.target.console} {KERNEL_ARGS}",
+             "-smp", str(options.cpus)]
             + console_args(console))

@@ -66,7 +66,7 @@ class GuestTest(VhostUserTest):
 class Guest(GuestTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,guest
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,guest
     """
 
     def test_msix_on(self):
@@ -161,7 +161,7 @@ class Guest(GuestTest):
 class GuestMigration(GuestTest):
     """
     :avocado: enable
-    :avocado: tags=arch:x86_64,vhost-user,guest,migration
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,guest,migration
     """
 
     def test_migrate_while_pinging(self):
