@@ -729,14 +729,18 @@ class VhostUserBackend:
     def _set_mem_table(self, header, payload: MemoryTable, fds):
         mem = self.state.memory
         mem.clear()
-        for i, (region, fd) in enumerate(zip(payload.regions, fds)):
-            try:
-                mem.add(region, fd)
-            except MalformedMessage:
-                close_fds(fds[i + 1:])
-                mem.clear()
-                raise
-        self._memory_changed()
+        try:
+            for i, (region, fd) in enumerate(zip(payload.regions, fds)):
+                try:
+                    mem.add(region, fd)
+                except MalformedMessage:
+                    close_fds(fds[i + 1:])
+                    mem.clear()
+                    raise
+        finally:
+            # Also when the table was refused: started rings must not keep
+            # pointing into the mappings just closed.
+            self._memory_changed()
         return None
 
     def _memory_changed(self) -> None:

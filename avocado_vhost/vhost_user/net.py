@@ -287,7 +287,10 @@ class NetDevice:
                 if not (isinstance(split, SplitRing)
                         and split.publish_avail_event()):
                     break
-        except (RingError, LookupError) as exc:
+        except (RingError, LookupError, ValueError) as exc:
+            # ValueError: a mapping closed under the ring (never expected:
+            # memory_changed() relocates rings; a ring must not kill the
+            # thread if it happens anyway)
             assert self.backend is not None
             self.broken[ring.index] = str(exc)
             self.backend._record_error(f"ring {ring.index} broken, not "

@@ -12,14 +12,15 @@ import threading
 import unittest
 
 from avocado_vhost.vhost_user import (BackendConfig, BackendFailure, Fault,
-                                      Request,
+                                      Request, VhostUserBackend,
                                       WaitTimeout)
+from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.vhost_user.message import (
     FLAG_REPLY, HEADER, VERSION, ConfigSpace, IotlbMsg, InflightDescription,
     LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, SingleRegion,
     U64, VirtioFeature, VringAddr, VringState, encode)
 
-from helpers import ALL_PROTOCOL, BackendTestCase, memfd
+from helpers import ALL_PROTOCOL, BackendTestCase, memfd, open_fds
 
 UVA = 0x7F0000000000
 
@@ -670,6 +671,22 @@ class Untrusted(BackendTestCase):
         self.backend.errors.clear()
         self.backend.violations.clear()
 
+    def test_dirty_log_cannot_shrink_under_the_mapping(self):
+        """As guest memory: the log memfd is sealed against shrinking, so a
+        truncate fails instead of the next mark killing the process."""
+        self.negotiate()
+        fd = os.memfd_create("log", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 4096)
+        try:
+            self.fe.call(Request.SET_LOG_BASE, LogDescription(4096, 0),
+                         fds=[fd])
+            with self.assertRaises(PermissionError):
+                os.ftruncate(fd, 0)
+            self.backend.mark_dirty(0x7000)
+        finally:
+            os.close(fd)
+        self.assertEqual(self.backend.errors, [])
+
     def test_call_fd_that_is_no_eventfd(self):
         """A pipe, a directory or a memfd as call/kick/err fd: refused with
         its kind named, the fd closed, the back-end still serving."""
@@ -694,6 +711,43 @@ class Untrusted(BackendTestCase):
                          (None, None, None))
         self.assertFalse(ring.started)
         self.backend.errors.clear()
+
+
+class UntrustedWithDevice(BackendTestCase):
+    """Hostile ring set-ups reaching the data path (a NetDevice)."""
+
+    def setUp(self):
+        self.fds_before = open_fds()
+        config = BackendConfig(protocol_features=int(ALL_PROTOCOL),
+                               max_rings=8)
+        config.features |= int(VirtioFeature.RING_PACKED)
+        self.backend = VhostUserBackend("unit", config,
+                                        NetDevice(Port())).start()
+        self.fe = self.connect()
+
+    def test_packed_base_beyond_the_ring(self):
+        """A packed SET_VRING_BASE whose position is past the ring size:
+        refused with an error when the ring would start, never a crash."""
+        self.negotiate(features=int(VirtioFeature.VERSION_1
+                                    | VirtioFeature.PROTOCOL_FEATURES
+                                    | VirtioFeature.RING_PACKED))
+        self.mem_table(size=1 << 20)
+        self.fe.send(Request.SET_VRING_NUM, VringState(0, 8))
+        self.fe.send(Request.SET_VRING_BASE, VringState(0, 0x8000 | 100))
+        kick = os.eventfd(0)
+        try:
+            self.fe.send(Request.SET_VRING_ADDR, VringAddr(
+                0, 0, 0x7F0000001000, 0x7F0000003000, 0x7F0000002000, 0))
+            self.fe.send(Request.SET_VRING_KICK, U64(0), fds=[kick])
+            self.fe.call(Request.GET_FEATURES)
+        finally:
+            os.close(kick)
+        self.assertFalse(any("crashed" in e for e in self.backend.errors),
+                         self.backend.errors)
+        self.assertTrue(self.backend.errors or self.backend.violations,
+                        "a base past the ring went unnoticed")
+        self.backend.errors.clear()
+        self.backend.violations.clear()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 indirect tables, wrap-around, bad chains, notification suppression, and the
 dirty log of buffer and used-ring writes."""
 
+import fcntl
 import mmap
 import os
 import select
@@ -220,6 +221,51 @@ class RingTest(unittest.TestCase):
         self.assertEqual(self.port.sent_total, 0)
         self.backend.errors.clear()
         self.mem = mmap.mmap(-1, 4096)  # for tearDown
+
+    def responsive(self):
+        """The back-end still answers (its thread neither died nor hung)."""
+        self.fe.call(Request.GET_FEATURES)
+        self.assertFalse(any("crashed" in e for e in self.backend.errors),
+                         self.backend.errors)
+
+    def test_saturated_blocking_call_eventfd(self):
+        """A call eventfd at its maximum count, handed over blocking: a
+        blocking signal would hang the thread forever; the back-end made
+        the fd non-blocking and moves on."""
+        call = os.eventfd(0)  # blocking, as a hostile front-end sends it
+        os.eventfd_write(call, 0xFFFFFFFFFFFFFFFE)
+        try:
+            self.fe.send(Request.SET_VRING_CALL, U64(1), fds=[call])
+            self.desc(1, 0, BUFS, len(HDR) + 60)
+            self.offer(1, [0])
+            self.port.wait_sent(1, 2)
+            self.responsive()
+            self.backend.stop(timeout=5)
+        finally:
+            os.close(call)
+
+    def test_kick_eventfd_is_made_non_blocking(self):
+        """A kick fd drained by someone else between poll and read would
+        block the thread's read forever: the back-end reads it
+        non-blocking (the fd was handed over blocking)."""
+        flags = fcntl.fcntl(self.kicks[1], fcntl.F_GETFL)
+        self.assertTrue(flags & os.O_NONBLOCK)
+
+    def test_kick_after_a_failed_memory_table(self):
+        """SET_MEM_TABLE that fails under started rings (a region beyond
+        its file), then a kick: the rings are not processed over unmapped
+        memory; errors are recorded and the back-end answers on."""
+        small = os.memfd_create("small")
+        try:
+            self.fe.send(Request.SET_MEM_TABLE, MemoryTable(
+                (MemoryRegion(0, MEM, UVA, 0),)), fds=[small])
+            os.eventfd_write(self.kicks[1], 1)
+            os.eventfd_write(self.kicks[0], 1)
+            self.responsive()
+        finally:
+            os.close(small)
+        self.assertTrue(self.backend.errors)
+        self.backend.errors.clear()
 
     def test_work_without_progress_is_a_stall(self):
         """A transmit entry left available (its kick lost) is recorded as a
