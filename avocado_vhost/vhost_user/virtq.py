@@ -497,6 +497,10 @@ class PackedRing(_Ring):
         self.avail_wrap = bool(base >> 15 & 1)
         self.used_pos = base >> 16 & 0x7FFF
         self.used_wrap = bool(base >> 31 & 1)
+        if max(self.avail_pos, self.used_pos) >= num:
+            raise RingError(f"packed base 0x{base:x}: available position "
+                            f"{self.avail_pos} or used position "
+                            f"{self.used_pos} is past the ring size {num}")
         self._emap, self._eoff = memory.locate(driver, 4)
         self._pushed = False
 
