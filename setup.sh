@@ -73,7 +73,7 @@ fi
 stamp="$venv/.installed-$(cat "$here/setup.py" "$here/pyproject.toml" | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
     say "installing the package and its dependencies from PyPI"
-    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here" \
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev]" \
         || die "pip install failed: no network to PyPI?"
     rm -f "$venv"/.installed-*
     touch "$stamp"

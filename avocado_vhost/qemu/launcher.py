@@ -16,14 +16,14 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 __all__ = ["call_in_launcher", "submit_to_launcher"]
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_queue: "queue.Queue[tuple]" = queue.Queue()
+_queue: "queue.Queue[Tuple[Callable[[], Any], Future[Any]]]" = queue.Queue()
 _thread: Optional[threading.Thread] = None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import socket
-from typing import Optional
+from typing import List, Optional
 
 from qemu.machine.qtest import QEMUQtestProtocol
 
@@ -47,7 +47,7 @@ class QtestLink:
         self._proto: Optional[QEMUQtestProtocol] = None
 
     @property
-    def qemu_args(self) -> list:
+    def qemu_args(self) -> List[str]:
         """The arguments that make QEMU connect here."""
         # -qtest-log: QEMU's record of every command and answer, in a file
         # of its own (by default QEMU echoes them into its main log).

@@ -18,7 +18,7 @@ import select
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 __all__ = ["FolderWatch"]
 
@@ -60,7 +60,7 @@ class FolderWatch:
             raise
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float,
-             also: Optional[Future] = None) -> bool:
+             also: "Optional[Future[Any]]" = None) -> bool:
         """Block until ``condition()`` holds or ``also`` completes.
 
         :return: True if the condition holds, False if ``also`` completed

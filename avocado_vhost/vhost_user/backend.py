@@ -38,7 +38,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import (TYPE_CHECKING, Callable, Dict, List, NoReturn, Optional,
+                    Sequence, Tuple)
 
 from .connection import Connection, Listener, close_fds, signal_eventfd
 from .conformance import check as conformance_check
@@ -573,7 +574,8 @@ class VhostUserBackend:
             raise _Disconnect(f"fault: disconnect after message {msgno} "
                               f"({req.name})")
 
-    def _decode(self, header: Header, raw: bytes, fds: List[int]):
+    def _decode(self, header: Header, raw: bytes,
+                fds: List[int]) -> Tuple[Request, Payload]:
         if header.version != VERSION:
             raise MalformedMessage(
                 f"bad version bits in flags 0x{header.flags:x} "
@@ -678,15 +680,18 @@ class VhostUserBackend:
     # Each takes (header, payload, fds) and returns a reply payload or None.
     # Fds handed to a handler are owned by it (stored or closed).
 
-    def _refuse(self, header: Header, payload: Payload, fds: List[int]):
+    def _refuse(self, header: Header, payload: Payload,
+                fds: List[int]) -> NoReturn:
         close_fds(fds)
         raise _Refused("not implemented by this back-end")
 
-    def _get_features(self, header, payload, fds):
+    def _get_features(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         self.state.get_features_seen = True
         return U64(self.state.offered_features)
 
-    def _set_features(self, header, payload, fds):
+    def _set_features(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         old = self.state.acked_features
         self.state.acked_features = payload.value
         if not payload.value & VirtioFeature.PROTOCOL_FEATURES:
@@ -699,10 +704,12 @@ class VhostUserBackend:
                            & VirtioFeature.LOG_ALL else "off")
         return None
 
-    def _get_protocol_features(self, header, payload, fds):
+    def _get_protocol_features(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         return U64(self.state.offered_protocol_features)
 
-    def _set_protocol_features(self, header, payload, fds):
+    def _set_protocol_features(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         value = payload.value
         self.state.acked_protocol_features = value
         need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
@@ -711,11 +718,13 @@ class VhostUserBackend:
                               "REPLY_ACK: the spec says to close")
         return None
 
-    def _set_owner(self, header, payload, fds):
+    def _set_owner(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         self.state.owner = True
         return None
 
-    def _reset_owner(self, header, payload, fds):
+    def _reset_owner(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         self._reset_rings()
         self.state.owner = False
         return None
@@ -726,7 +735,8 @@ class VhostUserBackend:
             ring.close_fds()
         self.state.vrings.clear()
 
-    def _set_mem_table(self, header, payload: MemoryTable, fds):
+    def _set_mem_table(self, header: Header, payload: MemoryTable,
+                fds: List[int]) -> Optional[Payload]:
         mem = self.state.memory
         mem.clear()
         try:
@@ -747,7 +757,8 @@ class VhostUserBackend:
         if self.device is not None:
             self.device.memory_changed()
 
-    def _add_mem_reg(self, header, payload: SingleRegion, fds):
+    def _add_mem_reg(self, header: Header, payload: SingleRegion,
+                fds: List[int]) -> Optional[Payload]:
         if len(self.state.memory) >= self.config.max_mem_slots:
             close_fds(fds)
             raise MalformedMessage(
@@ -757,7 +768,8 @@ class VhostUserBackend:
         self._memory_changed()
         return None
 
-    def _rem_mem_reg(self, header, payload: SingleRegion, fds):
+    def _rem_mem_reg(self, header: Header, payload: SingleRegion,
+                fds: List[int]) -> Optional[Payload]:
         close_fds(fds)
         if not self.state.memory.remove(payload.region):
             raise MalformedMessage(
@@ -765,10 +777,12 @@ class VhostUserBackend:
         self._memory_changed()
         return None
 
-    def _get_max_mem_slots(self, header, payload, fds):
+    def _get_max_mem_slots(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         return U64(self.config.max_mem_slots)
 
-    def _set_log_base(self, header, payload: LogDescription, fds):
+    def _set_log_base(self, header: Header, payload: LogDescription,
+                fds: List[int]) -> Optional[Payload]:
         if not fds:
             raise MalformedMessage("SET_LOG_BASE without a log fd "
                                    "(LOG_SHMFD needs one)")
@@ -782,24 +796,29 @@ class VhostUserBackend:
         # QEMU blocks until this reply when LOG_SHMFD is negotiated.
         return U64(0)
 
-    def _set_log_fd(self, header, payload, fds):
+    def _set_log_fd(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         close_fds([self.state.log_fd] if self.state.log_fd is not None else [])
         self.state.log_fd = fds[0]
         return None
 
-    def _set_vring_num(self, header, payload: VringState, fds):
+    def _set_vring_num(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         self._vring(payload.index).num = payload.num
         return None
 
-    def _set_vring_addr(self, header, payload: VringAddr, fds):
+    def _set_vring_addr(self, header: Header, payload: VringAddr,
+                fds: List[int]) -> Optional[Payload]:
         self._vring(payload.index).addr = payload
         return None
 
-    def _set_vring_base(self, header, payload: VringState, fds):
+    def _set_vring_base(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         self._vring(payload.index).base = payload.num
         return None
 
-    def _get_vring_base(self, header, payload: VringState, fds):
+    def _get_vring_base(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         ring = self._vring(payload.index)
         if self.device is not None and ring.started:
             self.device.ring_stopped(ring)  # the base is where it stopped
@@ -845,56 +864,68 @@ class VhostUserBackend:
         setattr(ring, attr, fds[0] if fds else None)
         return ring
 
-    def _set_vring_kick(self, header, payload: U64, fds):
+    def _set_vring_kick(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         ring = self._ring_fd(payload, fds, "kick_fd")
         ring.polling = bool(payload.value & VRING_NOFD_FLAG)
         self._ring_started(ring)
         return None
 
-    def _set_vring_call(self, header, payload: U64, fds):
+    def _set_vring_call(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         self._ring_fd(payload, fds, "call_fd")
         return None
 
-    def _set_vring_err(self, header, payload: U64, fds):
+    def _set_vring_err(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         self._ring_fd(payload, fds, "err_fd")
         return None
 
-    def _set_vring_enable(self, header, payload: VringState, fds):
+    def _set_vring_enable(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         ring = self._vring(payload.index)
         ring.enabled = bool(payload.num)
         self._notify_ring(ring, "enabled" if ring.enabled else "disabled")
         return None
 
-    def _vring_kick(self, header, payload: VringState, fds):
+    def _vring_kick(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         self._ring_started(self._vring(payload.index))
         return None
 
-    def _set_vring_endian(self, header, payload: VringState, fds):
+    def _set_vring_endian(self, header: Header, payload: VringState,
+                fds: List[int]) -> Optional[Payload]:
         self._vring(payload.index).big_endian = bool(payload.num)
         return None
 
-    def _get_queue_num(self, header, payload, fds):
+    def _get_queue_num(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         return U64(self.config.queue_num)
 
-    def _send_rarp(self, header, payload: U64, fds):
+    def _send_rarp(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         self.state.rarp.append(payload.value)
         return None
 
-    def _net_set_mtu(self, header, payload: U64, fds):
+    def _net_set_mtu(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         self.state.mtu = payload.value
         return None
 
-    def _set_backend_req_fd(self, header, payload, fds):
+    def _set_backend_req_fd(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         close_fds([self.state.backend_req_fd]
                   if self.state.backend_req_fd is not None else [])
         self.state.backend_req_fd = fds[0]
         return None
 
-    def _iotlb_msg(self, header, payload, fds):
+    def _iotlb_msg(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         self.state.iotlb.append(payload)
         return U64(0)
 
-    def _get_config(self, header, payload: ConfigSpace, fds):
+    def _get_config(self, header: Header, payload: ConfigSpace,
+                fds: List[int]) -> Optional[Payload]:
         cfg = self.state.config
         if payload.offset + payload.size > len(cfg):
             # Spec: a reply of size 0 (no config) reports the error.
@@ -905,7 +936,8 @@ class VhostUserBackend:
         data = bytes(cfg[payload.offset:payload.offset + payload.size])
         return ConfigSpace(payload.offset, payload.size, payload.flags, data)
 
-    def _set_config(self, header, payload: ConfigSpace, fds):
+    def _set_config(self, header: Header, payload: ConfigSpace,
+                fds: List[int]) -> Optional[Payload]:
         end = payload.offset + payload.size
         if end > len(self.state.config):
             raise MalformedMessage(f"SET_CONFIG {payload.offset}+"
@@ -913,28 +945,33 @@ class VhostUserBackend:
         self.state.config[payload.offset:end] = payload.data
         return None
 
-    def _get_inflight_fd(self, header, payload: InflightDescription, fds):
+    def _get_inflight_fd(self, header: Header, payload: InflightDescription,
+                fds: List[int]) -> Optional[Payload]:
         # Answering needs a shared buffer sized per the spec's inflight
         # layout; this back-end does not track inflight I/O.
         raise _Refused("inflight I/O tracking is not implemented")
 
-    def _set_inflight_fd(self, header, payload, fds):
+    def _set_inflight_fd(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         close_fds([self.state.inflight_fd]
                   if self.state.inflight_fd is not None else [])
         self.state.inflight_fd = fds[0]
         return None
 
-    def _reset_device(self, header, payload, fds):
+    def _reset_device(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         self._reset_rings()
         self.state.acked_features = None
         self.state.status = 0
         return None
 
-    def _set_status(self, header, payload: U64, fds):
+    def _set_status(self, header: Header, payload: U64,
+                fds: List[int]) -> Optional[Payload]:
         self.state.status = payload.value
         return None
 
-    def _get_status(self, header, payload, fds):
+    def _get_status(self, header: Header, payload: Payload,
+                fds: List[int]) -> Optional[Payload]:
         return U64(self.state.status)
 
     # --- what tests use -------------------------------------------------

@@ -175,7 +175,7 @@ def feature_names(value: int, flags: Type[enum.IntFlag]) -> str:
     names = []
     for bit in range(64):
         if value & (1 << bit):
-            member = flags._value2member_map_.get(1 << bit)  # type: ignore
+            member = flags._value2member_map_.get(1 << bit)
             names.append(member.name if member is not None else f"bit{bit}")
     return "|".join(names) or "0"
 

@@ -21,7 +21,7 @@ import itertools
 import threading
 import time
 import time as _time
-from typing import Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Tuple
 
 __all__ = ["TraceEntry", "Trace", "describe_payload"]
 
@@ -96,7 +96,7 @@ class Trace:
         self.name = name
         # Raw tuples on the hot path (a tuple is much cheaper to make than
         # an object); TraceEntry objects are built when the trace is read.
-        self._raw: List[tuple] = []
+        self._raw: List[Tuple[Any, ...]] = []
         self._entries: List[TraceEntry] = []
         self._seq = itertools.count()
         self._t0 = time.monotonic()
