@@ -13,7 +13,9 @@ import subprocess
 import sys
 import textwrap
 
+from avocado_vhost.dpdk import find_testpmd
 from avocado_vhost.test import UNDER_AVOCADO, VhostUserTest, main
+from avocado_vhost.tmpdirs import dpdk_runtime_base, remove_orphans
 
 CHILD = textwrap.dedent("""
     import sys
@@ -22,6 +24,19 @@ CHILD = textwrap.dedent("""
     with standalone_vm(VhostUserBackend("child"), sys.argv[1]) as vm:
         print(vm.machine.get_pid(), flush=True)
         sys.stdin.read()  # until killed
+""")
+
+TESTPMD_CHILD = textwrap.dedent("""
+    import os, sys
+    from avocado_vhost.dpdk import Testpmd, find_testpmd
+    from avocado_vhost.qemu.vm import default_tmpdir
+    from avocado_vhost.tmpdirs import make_private_tmpdir
+    d = make_private_tmpdir(default_tmpdir())
+    t = Testpmd(find_testpmd(), os.path.basename(d) + "-testpmd",
+                f"net_vhost0,iface={d}/vhost.sock", os.path.join(d, "t.log"))
+    t.start()
+    print(t._proc.pid, os.path.basename(d) + "-testpmd", flush=True)
+    sys.stdin.read()  # until killed
 """)
 
 FAILING_TEST = textwrap.dedent('''
@@ -75,6 +90,35 @@ class Hygiene(VhostUserTest):
             os.kill(qemu_pid, signal.SIGKILL)
             self.fail(f"QEMU (pid {qemu_pid}) outlived the killed test "
                       "process")
+
+    def test_testpmd_dies_with_a_killed_test_process(self):
+        """SIGKILL a process running dpdk-testpmd: testpmd goes too, and
+        the next clean-up of orphans removes both the dead process's temp
+        dir and DPDK's runtime files for it."""
+        if find_testpmd(self.param("testpmd")) is None:
+            self.cancel("no dpdk-testpmd (Debian package dpdk-dev)")
+        env = dict(os.environ, AVOCADO_VHOST_TMPDIR=self.workdir_short)
+        child = subprocess.Popen(
+            [sys.executable, "-c", TESTPMD_CHILD], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._stack.callback(child.kill)
+        ready, _, _ = select.select([child.stdout], [], [], self.scaled(30))
+        self.assertTrue(ready, "the child never reported testpmd's pid")
+        pid_text, prefix = child.stdout.readline().split()
+        pidfd = os.pidfd_open(int(pid_text))
+        self._stack.callback(os.close, pidfd)
+        runtime = os.path.join(dpdk_runtime_base(), prefix)
+        self.assertTrue(os.path.isdir(runtime), runtime)
+        child.send_signal(signal.SIGKILL)
+        child.wait(self.scaled(10))
+        ready, _, _ = select.select([pidfd], [], [], self.scaled(10))
+        if not ready:
+            os.kill(int(pid_text), signal.SIGKILL)
+            self.fail(f"testpmd (pid {pid_text}) outlived the killed "
+                      "process")
+        removed = remove_orphans(self.workdir_short)
+        self.assertIn(runtime, removed)
+        self.assertFalse(os.path.exists(runtime))
 
     def test_failing_test_leaves_nothing(self):
         """A test that fails with a VM running: its tear-down cleans up."""
