@@ -423,9 +423,15 @@ class VhostUserBackend:
 
     def poke(self) -> None:
         """Ask the thread to retry every started ring (the test put frames
-        on the wire, or raised a transmit budget)."""
-        with self._cond:
-            self._work = True
+        on the wire, or raised a transmit budget).
+
+        Takes no lock: it is called from other back-ends' threads with
+        their locks and a shared port's held (a responder on the wire), and
+        a lock here would order those locks against ours.  Setting the flag
+        before the wake-up byte is enough: the thread clears it under its
+        lock after the byte woke it.
+        """
+        self._work = True
         self._wake()
 
     def _open(self, conn: Connection) -> None:
