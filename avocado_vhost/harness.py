@@ -20,6 +20,7 @@ This module does not import Avocado.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import shutil
@@ -28,6 +29,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Sequence, Tuple)
 
 from . import params
+from .chart import write_chart
 from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
 from .guest import assets as guest_assets
 from .guest.assets import GuestAssets
@@ -114,6 +116,8 @@ class Harness(_Base):
 
     def setUp(self) -> None:
         self._stack = ExitStack()
+        # Runs last: every back-end has written its trace by then.
+        self._stack.callback(self._write_chart)
         self.traces_written: List[str] = []
         self.backends: List[VhostUserBackend] = []
         self.vms: List[VhostVM] = []
@@ -142,6 +146,19 @@ class Harness(_Base):
                                             self._runner_result_fd()))
         self._stack.callback(shutil.rmtree, self.workdir_short,
                              ignore_errors=True)
+
+    def _write_chart(self) -> None:
+        """``chart.html`` beside the traces: the conversation as a
+        message-sequence chart (a broken chart is logged, never a test
+        failure)."""
+        traces = glob.glob(os.path.join(self.logdir, "*.trace.json"))
+        if not traces:
+            return
+        try:
+            write_chart(traces, os.path.join(self.logdir, "chart.html"),
+                        self.id())
+        except (OSError, ValueError, KeyError) as exc:
+            self.log.warning("no chart.html: %s", exc)
 
     def tearDown(self) -> None:
         stack = getattr(self, "_stack", None)
@@ -233,6 +250,8 @@ class Harness(_Base):
                            backend.trace.tail(10))
             backend.trace.write(os.path.join(self.logdir,
                                              f"{name}.trace.log"))
+            backend.trace.write_json(os.path.join(self.logdir,
+                                                  f"{name}.trace.json"))
             self.traces_written.append(f"{name}.trace.log")
         self._stack.callback(_finish)
         return backend

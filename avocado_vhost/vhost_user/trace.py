@@ -21,7 +21,7 @@ import itertools
 import threading
 import time
 import time as _time
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 __all__ = ["TraceEntry", "Trace", "describe_payload"]
 
@@ -104,6 +104,10 @@ class Trace:
         # and shown on the wall clock too, to line up with test logs.
         self._wall0 = time.time()
         self._lock = threading.Lock()  # readers only
+        #: Called with each entry's text as it is added (``python -m
+        #: avocado_vhost serve`` prints the conversation live); None on
+        #: the suite's hot path.
+        self.live: Optional[Callable[[str], None]] = None
 
     def add(self, conn: int, kind: str, request: str = "", flags: int = 0,
             size: int = 0, nfds: int = 0, detail: object = "") -> None:
@@ -111,6 +115,8 @@ class Trace:
         # lock for the writers, and sequence numbers stay unique.
         self._raw.append((next(self._seq), time.monotonic(), conn, kind,
                           request, flags, size, nfds, detail))
+        if self.live is not None:
+            self.live(str(self.entries[-1]))
 
     @property
     def entries(self) -> List[TraceEntry]:
@@ -153,6 +159,19 @@ class Trace:
 
     def tail(self, count: int = 20) -> str:
         return self.format(self.entries[-count:])
+
+    def write_json(self, path: str) -> None:
+        """The trace as JSON (what ``python -m avocado_vhost chart`` and
+        the per-test chart read): the back-end's name and one object per
+        entry."""
+        import json
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump({"name": self.name, "entries": [
+                {"seq": e.seq, "time": round(e.time, 6),
+                 "wall": round(e.wall, 6), "conn": e.conn, "kind": e.kind,
+                 "request": e.request, "flags": e.flags, "size": e.size,
+                 "fds": e.nfds, "detail": e.detail}
+                for e in self.entries]}, out)
 
     def write(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as out:

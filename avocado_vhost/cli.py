@@ -1,0 +1,150 @@
+"""
+``python -m avocado_vhost``: the suite's tools from the command line.
+
+``serve``
+    The in-process back-end standing alone, against a QEMU started by hand
+    (or any vhost-user front-end): it listens on (or connects to) a UNIX
+    socket, decodes and judges every message, prints the trace as it goes
+    and, on Ctrl-C, writes it (``--trace``, ``--json``) and says whether the
+    front-end broke a rule.  ``--datapath echo`` sends every frame the guest
+    transmits back to it; ``drop`` takes and counts them.
+``chart``
+    A message-sequence chart (HTML with SVG, opens offline) of trace files
+    (``*.trace.json``) or of a test's log directory.
+
+Example, with QEMU started by hand against the back-end::
+
+    python -m avocado_vhost serve /tmp/vu.sock --json /tmp/vu.trace.json
+    qemu-system-x86_64 -machine memory-backend=mem0 \\
+        -object memory-backend-memfd,id=mem0,size=256M,share=on -m 256M \\
+        -chardev socket,id=vu,path=/tmp/vu.sock \\
+        -netdev vhost-user,id=n0,chardev=vu -device virtio-net-pci,netdev=n0
+    python -m avocado_vhost chart /tmp/vu.trace.json -o /tmp/vu.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+from .chart import write_chart
+from .guest.boot import GuestOptions, backend_config
+from .vhost_user import VhostUserBackend
+from .vhost_user.net import NetDevice, Port, SentFrame
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # what the real-guest tests offer: a virtio-net back-end like a real one
+    config = backend_config(GuestOptions(
+        queues=args.queues, packed=args.packed, event_idx=args.event_idx))
+    port = Port()
+    device = None if args.datapath == "none" else NetDevice(port)
+    backend = VhostUserBackend(args.name, config, device)
+    if args.datapath == "echo":
+        def echo(frames: List[SentFrame]) -> None:
+            port.wire.extend(f.data for f in frames)  # port.cond is held
+            backend.poke()
+        port.on_sent.append(echo)
+    if not args.quiet:
+        backend.trace.live = lambda line: print(line, flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    if args.connect:
+        backend.reconnect_path = args.socket
+        backend.connect(args.socket)
+    else:
+        backend.listen(args.socket)
+    backend.start()
+    print(f"serve: back-end '{args.name}' "
+          f"{'connected to' if args.connect else 'listening on'} "
+          f"{args.socket}; Ctrl-C ends it", file=sys.stderr, flush=True)
+    done.wait()
+    backend.stop()
+    if args.trace:
+        backend.trace.write(args.trace)
+    if args.json:
+        backend.trace.write_json(args.json)
+    print(f"serve: {backend.messages} messages, {len(backend.violations)} "
+          f"violations, {len(backend.errors)} errors; frames taken "
+          f"{port.sent_total}, delivered {sum(port.received.values())}",
+          file=sys.stderr)
+    for text in backend.violations + backend.errors:
+        print(f"  - {text}", file=sys.stderr)
+    return 1 if backend.violations or backend.errors else 0
+
+
+def _chart(args: argparse.Namespace) -> int:
+    paths: List[str] = []
+    for item in args.traces:
+        if os.path.isdir(item):
+            paths += glob.glob(os.path.join(item, "*.trace.json"))
+        else:
+            paths.append(item)
+    if not paths:
+        print("chart: no *.trace.json given or found", file=sys.stderr)
+        return 2
+    out = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(paths[0])), "chart.html")
+    write_chart(paths, out, args.title or ", ".join(
+        os.path.basename(p) for p in paths))
+    print(out)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m avocado_vhost",
+        description="vhost-user tools of avocado-vhost")
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="run the back-end against a QEMU started by hand",
+        description="The in-process back-end standing alone: it listens "
+        "on (or connects to) a UNIX socket, decodes and judges every "
+        "message, prints the trace as it goes and, on Ctrl-C, writes it "
+        "and says whether the front-end broke a rule (exit status 1).")
+    serve.add_argument("socket", help="UNIX socket path")
+    serve.add_argument("--connect", action="store_true",
+                       help="connect to the socket (QEMU's server=on) and "
+                            "reconnect when a connection ends, instead of "
+                            "listening")
+    serve.add_argument("--name", default="backend",
+                       help="the back-end's name in the trace")
+    serve.add_argument("--queues", type=int, default=1,
+                       help="queue pairs offered (GET_QUEUE_NUM)")
+    serve.add_argument("--packed", action="store_true",
+                       help="offer VIRTIO_F_RING_PACKED")
+    serve.add_argument("--event-idx", action="store_true",
+                       help="offer VIRTIO_F_RING_EVENT_IDX")
+    serve.add_argument("--datapath", choices=("echo", "drop", "none"),
+                       default="drop",
+                       help="what to do with transmitted frames (default: "
+                            "drop, counted); none: never touch the rings")
+    serve.add_argument("--trace", help="write the trace (text) here on exit")
+    serve.add_argument("--json", help="write the trace (JSON, for chart) "
+                                      "here on exit")
+    serve.add_argument("--quiet", action="store_true",
+                       help="do not print the trace as it goes")
+    serve.set_defaults(func=_serve)
+    chart = sub.add_parser(
+        "chart", help="message-sequence chart of traces (HTML with SVG)")
+    chart.add_argument("traces", nargs="+",
+                       help="*.trace.json files, or a test's log directory")
+    chart.add_argument("-o", "--output",
+                       help="HTML file (default: chart.html beside the "
+                            "first trace)")
+    chart.add_argument("--title", help="the page's title")
+    chart.set_defaults(func=_chart)
+    return top
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
