@@ -51,6 +51,7 @@ from .tmpdirs import (DUMP_PREFIX, dump_base, make_private_tmpdir,
 from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
 from .vhost_user.net import NetDevice, Port
+from .vhost_user.proxy import Proxy
 
 __all__ = ["Harness", "MSIX_TCG_FIXED_IN"]
 
@@ -363,6 +364,25 @@ class Harness(_Base):
         console = GuestConsole(console_sock, os.path.join(self.logdir, log))
         self._stack.callback(console.close)
         return vm, console
+
+    def make_proxy(self, name: str, backend_socket: str) -> Proxy:
+        """A started conformance proxy listening at ``<tmp>/<name>.sock``
+        in front of the back-end at ``backend_socket``; stopped, and its
+        trace written beside the back-ends' (``<name>.trace.log``/``.json``,
+        so the test's chart shows it), at tear-down."""
+        proxy = Proxy(self.socket_path(name), backend_socket, name)
+        proxy.start()
+
+        def _finish() -> None:
+            proxy.stop()
+            self.log.debug("%s; last trace entries:\n%s", proxy.describe(),
+                           proxy.trace.tail(10))
+            proxy.trace.write(os.path.join(self.logdir, f"{name}.trace.log"))
+            proxy.trace.write_json(os.path.join(self.logdir,
+                                                f"{name}.trace.json"))
+            self.traces_written.append(f"{name}.trace.log")
+        self._stack.callback(_finish)
+        return proxy
 
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")

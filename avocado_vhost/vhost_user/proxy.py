@@ -1,0 +1,417 @@
+"""
+A conformance proxy: between a vhost-user front-end (QEMU) and any
+back-end (DPDK, rust-vmm's vhost-device-*, virtiofsd, ...), on two UNIX
+sockets.
+
+Every message and fd passes through unchanged: memory tables, logs, kicks,
+calls, the back-end's replies, and the back-end-initiated channel (the
+socket of SET_BACKEND_REQ_FD is replaced by one end of a socketpair the
+proxy relays).  Both directions are decoded into one :class:`Trace`:
+``rx`` is front-end to back-end, ``tx`` back-end to front-end, ``chan-rx``
+and ``chan-tx`` the back-end channel.  Only the protocol passes here: the
+rings live in shared memory, so the data path never touches the proxy.
+
+Both sides are judged:
+
+* the front-end by the same conformance rules as the in-process back-end:
+  a *judge* (a :class:`VhostUserBackend` without a device) is fed a copy of
+  every request, after the real back-end's answers to GET_FEATURES and
+  friends have told it what to offer; its violations are the front-end's;
+* the back-end by the reply rules of the spec: a reply for every request
+  that needs one (REPLY_BODY, or NEED_REPLY with REPLY_ACK), with the
+  REPLY flag and the version bits, the request's number and the payload
+  size of its type, nothing unsolicited, and GET_VRING_BASE naming the
+  ring asked for; on the back-end channel, only back-end requests.
+
+A side that closes or crashes ends the pair: the other side's socket is
+closed too (QEMU then sees a back-end disconnect), the event is recorded,
+and the proxy waits for the next front-end connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from .backend import REPLY_BODY, BackendConfig, VhostUserBackend
+from .connection import (Connection, Listener, close_fds, connect)
+from .error import ConnectionClosed, MalformedMessage, ProtocolError
+from .frontend import FrontEnd
+from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, U64, VERSION,
+                      BackendRequest, ConfigSpace, Header,
+                      InflightDescription, ProtocolFeature, Request,
+                      VringState, decode_payload)
+from .trace import Trace
+
+__all__ = ["Proxy"]
+
+#: Replies whose value tells the judge what the back-end offers.
+_OFFERS = {Request.GET_FEATURES: "features",
+           Request.GET_PROTOCOL_FEATURES: "protocol_features",
+           Request.GET_QUEUE_NUM: "queue_num",
+           Request.GET_MAX_MEM_SLOTS: "max_mem_slots"}
+
+
+#: What a reply to each request carries (any other reply is a U64 ack).
+_REPLY_TYPES: Dict[Request, Any] = {
+    Request.GET_VRING_BASE: VringState,
+    Request.GET_CONFIG: ConfigSpace,
+    Request.GET_INFLIGHT_FD: InflightDescription,
+}
+
+
+def decode_reply(want: Request, raw: bytes) -> object:
+    """The payload of a reply to ``want``.
+
+    :raise ProtocolError: its size is not the size of that payload type.
+    """
+    ptype = _REPLY_TYPES.get(want, U64)
+    if len(raw) not in ptype.sizes():
+        raise MalformedMessage(f"reply to {want.name}: payload of {len(raw)} "
+                               f"bytes, expected {ptype.sizes()[:4]}")
+    return ptype.unpack(raw)
+
+
+class _Pending:
+    """A request the back-end owes an answer to."""
+
+    __slots__ = ("request", "payload", "msgno")
+
+    def __init__(self, request: Request, payload: object, msgno: int):
+        self.request = request
+        self.payload = payload
+        self.msgno = msgno
+
+
+class Proxy:
+    """Relay and judge one front-end/back-end pair at a time.
+
+    :param listen: where the front-end connects (QEMU's chardev path).
+    :param backend: the back-end's socket (it listens there).
+    """
+
+    def __init__(self, listen: str, backend: str, name: str = "proxy",
+                 message_timeout: float = 5.0, connect_timeout: float = 10.0):
+        self.name = name
+        self.trace = Trace(name)
+        self.violations: List[str] = []
+        self.errors: List[str] = []
+        self.connections = 0
+        self.backend_path = backend
+        self.message_timeout = message_timeout
+        self.connect_timeout = connect_timeout
+        self._listener = Listener(listen)
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread: Optional[threading.Thread] = None
+
+    # --- lifecycle ----------------------------------------------------------
+    def start(self) -> "Proxy":
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"vhost-user-{self.name}")
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the relay; always returns."""
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._error(f"proxy thread did not stop within {timeout}s")
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def describe(self) -> str:
+        return (f"proxy {self.name}: {self.connections} connection(s), "
+                f"{len(self.violations)} violation(s), "
+                f"{len(self.errors)} error(s)")
+
+    # --- records ------------------------------------------------------------
+    def _violation(self, side: str, text: str) -> None:
+        with self._lock:
+            self.violations.append(f"{side}: {text}")
+        self.trace.add(self.connections, "violation", side, detail=text)
+
+    def _error(self, text: str) -> None:
+        with self._lock:
+            self.errors.append(text)
+        self.trace.add(self.connections, "error", detail=text)
+
+    # --- the thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping:
+            ready, _, _ = select.select(
+                [self._listener.fileno(), self._wake_r], [], [])
+            if self._stopping:
+                return
+            if self._listener.fileno() in ready:
+                try:
+                    front = self._listener.accept(self.message_timeout)
+                except OSError as exc:
+                    self._error(f"accept failed: {exc}")
+                    continue
+                self.connections += 1
+                try:
+                    _Pair(self, front).relay()
+                except Exception as exc:  # a bug here must be seen
+                    self._error(f"proxy relay failed: {exc!r}")
+
+    def _connect_backend(self) -> Connection:
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            try:
+                return connect(self.backend_path, self.message_timeout)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                # The back-end may still be starting: wait for its socket
+                # on the wake pipe (stop() interrupts), a short bounded beat.
+                select.select([self._wake_r], [], [], 0.05)
+                if self._stopping:
+                    raise
+
+
+class _Pair:
+    """One front-end connection and its back-end connection."""
+
+    def __init__(self, proxy: Proxy, front: Connection):
+        self.proxy = proxy
+        self.front = front
+        self.cid = proxy.connections
+        self.back: Optional[Connection] = None
+        self.chan_front: Optional[Connection] = None
+        self.chan_back: Optional[Connection] = None
+        self.pending: Deque[_Pending] = collections.deque()
+        self.msgno = 0
+        self.reply_ack = False
+        self.judge = VhostUserBackend(f"{proxy.name}-judge", BackendConfig(
+            features=0, protocol_features=0, max_mem_slots=32))
+        self.judge_fe, conn = FrontEnd.pair(proxy.message_timeout)
+        self.judge.adopt(conn)
+        self.judge.start()
+        self.judge_queue: Deque[Tuple[Header, bytes, List[int],
+                                      Optional[Request]]] = collections.deque()
+        self._judge_closed = False
+        self._drainer = threading.Thread(target=self._drain_judge,
+                                         daemon=True)
+        self._drainer.start()
+
+    def _drain_judge(self) -> None:
+        """The judge answers like a back-end; nobody needs its answers."""
+        while not self._judge_closed:
+            try:
+                self.judge_fe.recv()
+            except TimeoutError:
+                continue
+            except Exception:  # closed (by us or by the judge)
+                return
+
+    def relay(self) -> None:
+        trace = self.proxy.trace
+        trace.add(self.cid, "event", "FRONT-END CONNECTED")
+        try:
+            self.back = self.proxy._connect_backend()
+        except OSError as exc:
+            self.proxy._error(f"cannot reach the back-end at "
+                              f"{self.proxy.backend_path}: {exc}")
+            self.front.close()
+            self._close_judge()
+            return
+        trace.add(self.cid, "event", "BACK-END CONNECTED")
+        why = "stopped"
+        try:
+            why = self._loop()
+        finally:
+            trace.add(self.cid, "event", "DISCONNECTED", detail=why)
+            for conn in (self.front, self.back, self.chan_front,
+                         self.chan_back):
+                if conn is not None:
+                    conn.close()
+            for _, _, fds, _ in self.judge_queue:
+                close_fds(fds)
+            self._close_judge()
+            for vio in self.judge.violations:
+                self.proxy._violation("front-end", vio)
+
+    def _close_judge(self) -> None:
+        self._judge_closed = True
+        try:
+            self.judge_fe.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.judge.stop()
+        self._drainer.join(5)
+        self.judge_fe.close()
+
+    def _loop(self) -> str:
+        assert self.back is not None
+        while not self.proxy._stopping:
+            conns = {c.fileno(): c for c in (
+                self.front, self.back, self.chan_front, self.chan_back)
+                if c is not None}
+            ready, _, _ = select.select(list(conns) + [self.proxy._wake_r],
+                                        [], [])
+            for fd in ready:
+                if fd == self.proxy._wake_r:
+                    continue
+                conn = conns[fd]
+                try:
+                    header, raw, fds = conn.recv()
+                except ConnectionClosed:
+                    return ("the front-end closed" if conn is self.front else
+                            "the back-end closed" if conn is self.back else
+                            "a back-end channel end closed")
+                except (MalformedMessage, ProtocolError, OSError) as exc:
+                    side = "front-end" if conn is self.front else "back-end"
+                    self.proxy._violation(side, f"unreadable message: {exc}")
+                    return f"{side} sent an unreadable message"
+                if conn is self.front:
+                    self._from_front(header, raw, fds)
+                elif conn is self.back:
+                    self._from_back(header, raw, fds)
+                else:
+                    self._on_channel(conn, header, raw, fds)
+        return "proxy stopped"
+
+    # --- front-end -> back-end ------------------------------------------------
+    def _from_front(self, header: Header, raw: bytes, fds: List[int]) -> None:
+        assert self.back is not None
+        self.msgno += 1
+        try:
+            req, payload = decode_payload(header.request, raw)
+        except ProtocolError as exc:
+            req, payload = None, None
+            self.proxy._violation("front-end", f"message {self.msgno}: {exc}")
+        name = req.name if req is not None else str(header.request)
+        self.proxy.trace.add(self.cid, "rx", name, header.flags, header.size,
+                             len(fds), payload if payload is not None else "")
+        judge_fds = [os.dup(fd) for fd in fds]
+        if req is Request.SET_BACKEND_REQ_FD and fds:
+            # Relay the back-end channel: the back-end gets our end.
+            ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                             socket.SOCK_STREAM)
+            self.chan_front = Connection(socket.socket(fileno=fds[0]),
+                                         self.proxy.message_timeout)
+            self.chan_back = Connection(ours, self.proxy.message_timeout)
+            fds = [theirs.detach()]
+        if req is Request.SET_PROTOCOL_FEATURES and payload is not None:
+            self.reply_ack = bool(getattr(payload, "value", 0)
+                                  & ProtocolFeature.REPLY_ACK)
+        needs = req is not None and (
+            req in REPLY_BODY
+            or (header.flags & FLAG_NEED_REPLY and self.reply_ack))
+        if needs and req is not None:
+            self.pending.append(_Pending(req, payload, self.msgno))
+        try:
+            self.back.send(HEADER.pack(header.request, header.flags,
+                                       header.size) + raw, fds)
+        finally:
+            if req is not Request.SET_BACKEND_REQ_FD:
+                close_fds(fds)
+            elif fds:
+                close_fds(fds)  # our dup of the end we passed on
+        self.judge_queue.append((header, raw, judge_fds,
+                                 req if req in _OFFERS else None))
+        self._feed_judge()
+
+    def _feed_judge(self) -> None:
+        """Feed queued requests to the judge in order; one that asks what
+        the back-end offers waits until the back-end has answered."""
+        while self.judge_queue:
+            header, raw, fds, offer = self.judge_queue[0]
+            if offer is not None and any(p.request is offer
+                                         for p in self.pending):
+                return
+            self.judge_queue.popleft()
+            try:
+                self.judge_fe.send_raw(HEADER.pack(
+                    header.request, header.flags & ~FLAG_NEED_REPLY,
+                    header.size) + raw, fds)
+            except OSError:
+                pass  # the judge hung up on a malformed message
+            finally:
+                close_fds(fds)
+
+    # --- back-end -> front-end ------------------------------------------------
+    def _from_back(self, header: Header, raw: bytes, fds: List[int]) -> None:
+        self._judge_reply(header, raw, fds)
+        try:
+            self.front.send(HEADER.pack(header.request, header.flags,
+                                        header.size) + raw, fds)
+        finally:
+            close_fds(fds)
+        self._feed_judge()
+
+    def _judge_reply(self, header: Header, raw: bytes,
+                     fds: List[int]) -> None:
+        proxy = self.proxy
+        try:
+            name = Request(header.request).name
+        except ValueError:
+            name = str(header.request)
+        if not self.pending:
+            proxy.trace.add(self.cid, "tx", name, header.flags, header.size,
+                            len(fds), raw[:32].hex())
+            proxy._violation("back-end", f"reply {name} to no request "
+                             "that expects one")
+            return
+        want = self.pending.popleft()
+        where = f"reply to message {want.msgno} {want.request.name}"
+        payload: object = None
+        try:
+            payload = decode_reply(want.request, raw)
+        except ProtocolError as exc:
+            proxy._violation("back-end", f"{where}: {exc}")
+        proxy.trace.add(self.cid, "tx", name, header.flags, header.size,
+                        len(fds), payload if payload is not None
+                        else raw[:32].hex())
+        if header.request != want.request:
+            proxy._violation("back-end", f"{where} names request {name}")
+        if not header.flags & FLAG_REPLY:
+            proxy._violation("back-end", f"{where} lacks the REPLY flag "
+                             f"(flags 0x{header.flags:x})")
+        if header.version != VERSION:
+            proxy._violation("back-end", f"{where} has version bits "
+                             f"{header.version}, not {VERSION}")
+        if want.request in _OFFERS and payload is not None:
+            setattr(self.judge.config, _OFFERS[want.request],
+                    int(getattr(payload, "value", 0)))
+        if want.request is Request.GET_VRING_BASE and isinstance(
+                payload, VringState) and isinstance(want.payload,
+                                                    VringState):
+            if payload.index != want.payload.index:
+                proxy._violation("back-end", f"{where} names ring "
+                                 f"{payload.index}, asked for ring "
+                                 f"{want.payload.index}")
+
+    # --- the back-end channel ---------------------------------------------------
+    def _on_channel(self, conn: Connection, header: Header, raw: bytes,
+                    fds: List[int]) -> None:
+        to_front = conn is self.chan_back
+        other = self.chan_front if to_front else self.chan_back
+        kind = "chan-tx" if to_front else "chan-rx"
+        try:
+            name = BackendRequest(header.request).name
+        except ValueError:
+            name = str(header.request)
+            if to_front and not header.flags & FLAG_REPLY:
+                self.proxy._violation(
+                    "back-end", f"unknown request {header.request} on the "
+                    "back-end channel")
+        self.proxy.trace.add(self.cid, kind, name, header.flags, header.size,
+                             len(fds), raw[:32].hex())
+        assert other is not None
+        try:
+            other.send(HEADER.pack(header.request, header.flags,
+                                   header.size) + raw, fds)
+        finally:
+            close_fds(fds)
