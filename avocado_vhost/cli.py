@@ -8,6 +8,9 @@
     and, on Ctrl-C, writes it (``--trace``, ``--json``) and says whether the
     front-end broke a rule.  ``--datapath echo`` sends every frame the guest
     transmits back to it; ``drop`` takes and counts them.
+``proxy``
+    Between a front-end and any back-end: every message and fd relayed,
+    both directions decoded and judged.
 ``chart``
     A message-sequence chart (HTML with SVG, opens offline) of trace files
     (``*.trace.json``) or of a test's log directory.
@@ -36,6 +39,7 @@ from .chart import write_chart
 from .guest.boot import GuestOptions, backend_config
 from .vhost_user import VhostUserBackend
 from .vhost_user.net import NetDevice, Port, SentFrame
+from .vhost_user.proxy import Proxy
 
 __all__ = ["main"]
 
@@ -54,9 +58,6 @@ def _serve(args: argparse.Namespace) -> int:
         port.on_sent.append(echo)
     if not args.quiet:
         backend.trace.live = lambda line: print(line, flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     if args.connect:
         backend.reconnect_path = args.socket
         backend.connect(args.socket)
@@ -66,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"serve: back-end '{args.name}' "
           f"{'connected to' if args.connect else 'listening on'} "
           f"{args.socket}; Ctrl-C ends it", file=sys.stderr, flush=True)
-    done.wait()
+    _until_interrupted()
     backend.stop()
     if args.trace:
         backend.trace.write(args.trace)
@@ -79,6 +80,32 @@ def _serve(args: argparse.Namespace) -> int:
     for text in backend.violations + backend.errors:
         print(f"  - {text}", file=sys.stderr)
     return 1 if backend.violations or backend.errors else 0
+
+
+def _until_interrupted() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    proxy = Proxy(args.listen, args.backend, args.name)
+    if not args.quiet:
+        proxy.trace.live = lambda line: print(line, flush=True)
+    proxy.start()
+    print(f"proxy: front-ends connect to {args.listen}; the back-end is at "
+          f"{args.backend}; Ctrl-C ends it", file=sys.stderr, flush=True)
+    _until_interrupted()
+    proxy.stop()
+    if args.trace:
+        proxy.trace.write(args.trace)
+    if args.json:
+        proxy.trace.write_json(args.json)
+    print(f"proxy: {proxy.describe()}", file=sys.stderr)
+    for text in proxy.violations + proxy.errors:
+        print(f"  - {text}", file=sys.stderr)
+    return 1 if proxy.violations or proxy.errors else 0
 
 
 def _chart(args: argparse.Namespace) -> int:
@@ -133,6 +160,22 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--quiet", action="store_true",
                        help="do not print the trace as it goes")
     serve.set_defaults(func=_serve)
+    proxy = sub.add_parser(
+        "proxy", help="relay and judge between a front-end and any back-end",
+        description="Sits between a front-end (QEMU connects to LISTEN) and "
+        "any back-end listening at BACKEND: passes every message and fd "
+        "through unchanged, prints both directions decoded, and judges both "
+        "sides (the front-end by the suite's conformance rules, the back-end "
+        "by the reply rules); on Ctrl-C lists what either side did against "
+        "the spec (exit status 1 then).")
+    proxy.add_argument("listen", help="socket the front-end connects to")
+    proxy.add_argument("backend", help="the back-end's listening socket")
+    proxy.add_argument("--name", default="proxy")
+    proxy.add_argument("--trace", help="write the trace (text) here on exit")
+    proxy.add_argument("--json", help="write the trace (JSON) here on exit")
+    proxy.add_argument("--quiet", action="store_true",
+                       help="do not print the trace as it goes")
+    proxy.set_defaults(func=_proxy)
     chart = sub.add_parser(
         "chart", help="message-sequence chart of traces (HTML with SVG)")
     chart.add_argument("traces", nargs="+",

@@ -40,7 +40,8 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .backend import REPLY_BODY, BackendConfig, VhostUserBackend
 from .connection import (Connection, Listener, close_fds, connect)
-from .error import ConnectionClosed, MalformedMessage, ProtocolError
+from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
+                    WaitTimeout)
 from .frontend import FrontEnd
 from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, U64, VERSION,
                       BackendRequest, ConfigSpace, Header,
@@ -99,7 +100,9 @@ class Proxy:
                  message_timeout: float = 5.0, connect_timeout: float = 10.0):
         self.name = name
         self.trace = Trace(name)
-        self.violations: List[str] = []
+        self._violations: List[str] = []
+        #: one per front-end connection: the front-end's conformance
+        self._judges: List[VhostUserBackend] = []
         self.errors: List[str] = []
         self.connections = 0
         self.backend_path = backend
@@ -130,6 +133,30 @@ class Proxy:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
+    @property
+    def violations(self) -> List[str]:
+        """What either side did against the spec so far: the back-end's
+        (reply rules), then the front-end's (the judges' conformance
+        rules), each prefixed with its side."""
+        with self._lock:
+            own = list(self._violations)
+            judges = list(self._judges)
+        return own + [f"front-end: {v}" for j in judges
+                      for v in list(j.violations)]
+
+    def wait_violations(self, count: int, timeout: float) -> None:
+        """Until ``count`` violations in all were recorded (the front-end's
+        are judged in the judge's thread, a moment after the message).
+
+        :raise WaitTimeout: not within ``timeout`` s; says what was seen.
+        """
+        with self._lock:
+            judge = self._judges[-1] if self._judges else None
+        if judge is None:
+            raise WaitTimeout(f"no front-end ever connected to {self.name}")
+        judge.wait_for(lambda: len(self.violations) >= count,
+                       f"{count} violation(s) through {self.name}", timeout)
+
     def describe(self) -> str:
         return (f"proxy {self.name}: {self.connections} connection(s), "
                 f"{len(self.violations)} violation(s), "
@@ -138,7 +165,7 @@ class Proxy:
     # --- records ------------------------------------------------------------
     def _violation(self, side: str, text: str) -> None:
         with self._lock:
-            self.violations.append(f"{side}: {text}")
+            self._violations.append(f"{side}: {text}")
         self.trace.add(self.connections, "violation", side, detail=text)
 
     def _error(self, text: str) -> None:
@@ -195,6 +222,8 @@ class _Pair:
         self.reply_ack = False
         self.judge = VhostUserBackend(f"{proxy.name}-judge", BackendConfig(
             features=0, protocol_features=0, max_mem_slots=32))
+        with proxy._lock:
+            proxy._judges.append(self.judge)
         self.judge_fe, conn = FrontEnd.pair(proxy.message_timeout)
         self.judge.adopt(conn)
         self.judge.start()
@@ -239,8 +268,6 @@ class _Pair:
             for _, _, fds, _ in self.judge_queue:
                 close_fds(fds)
             self._close_judge()
-            for vio in self.judge.violations:
-                self.proxy._violation("front-end", vio)
 
     def _close_judge(self) -> None:
         self._judge_closed = True
@@ -383,8 +410,13 @@ class _Pair:
             proxy._violation("back-end", f"{where} has version bits "
                              f"{header.version}, not {VERSION}")
         if want.request in _OFFERS and payload is not None:
-            setattr(self.judge.config, _OFFERS[want.request],
-                    int(getattr(payload, "value", 0)))
+            value = int(getattr(payload, "value", 0))
+            with self.judge.lock():  # what the judge offers from now on
+                setattr(self.judge.config, _OFFERS[want.request], value)
+                if want.request is Request.GET_FEATURES:
+                    self.judge.state.offered_features = value
+                elif want.request is Request.GET_PROTOCOL_FEATURES:
+                    self.judge.state.offered_protocol_features = value
         if want.request is Request.GET_VRING_BASE and isinstance(
                 payload, VringState) and isinstance(want.payload,
                                                     VringState):

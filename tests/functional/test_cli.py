@@ -20,15 +20,24 @@ class Cli(VhostUserTest):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,cli
     """
 
-    def serve(self, sock, *args):
-        """``python -m avocado_vhost serve`` in a process of its own (it
+    def tool(self, *args):
+        """``python -m avocado_vhost ARGS`` in a process of its own (it
         dies with this one)."""
         proc = subprocess.Popen(
             [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL",
-             "--", sys.executable, "-m", "avocado_vhost", "serve", sock,
-             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             "--", sys.executable, "-m", "avocado_vhost", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._stack.callback(proc.kill)
         return proc
+
+    def serve(self, sock, *args):
+        return self.tool("serve", sock, *args)
+
+    def interrupt(self, proc):
+        """Ctrl-C; its exit status and what it said on stderr."""
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=self.scaled(20))
+        return proc.returncode, err.decode()
 
     def read_until(self, proc, text, timeout):
         """serve's output until a line holds ``text`` (bounded; raw reads:
@@ -64,11 +73,9 @@ class Cli(VhostUserTest):
         lines = self.read_until(proc, "RING-STARTED ring 1", 20)
         self.log.info("serve printed:\n%s", "\n".join(lines))
         self.assertTrue(any("SET_MEM_TABLE" in line for line in lines))
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=self.scaled(20))
-        err = err.decode()
+        status, err = self.interrupt(proc)
         self.log.info("serve said: %s", err)
-        self.assertEqual(proc.returncode, 0, err)
+        self.assertEqual(status, 0, err)
         self.assertIn("0 violations, 0 errors", err)
         out = subprocess.run(
             [sys.executable, "-m", "avocado_vhost", "chart", json_path,
@@ -79,11 +86,37 @@ class Cli(VhostUserTest):
             self.assertIn("no violation, error or refusal", page.read())
 
     def read_until_listening(self, proc, sock):
-        """serve says on stderr when it listens (bounded)."""
+        """The tool says on stderr when it listens (bounded)."""
         ready, _, _ = select.select([proc.stderr], [], [], self.scaled(20))
-        self.assertTrue(ready, "serve said nothing")
+        self.assertTrue(ready, "the tool said nothing")
         line = os.read(proc.stderr.fileno(), 4096).decode()
-        self.assertIn(f"listening on {sock}", line)
+        self.assertIn(sock, line)
+
+    def test_proxy_between_qemu_and_serve(self):
+        """QEMU -> ``proxy`` -> ``serve``, all from the command line: the
+        device starts through the proxy, which prints both directions
+        decoded and ends with no violation on either side."""
+        backend_sock = os.path.join(self.workdir_short, "be.sock")
+        front_sock = os.path.join(self.workdir_short, "fe.sock")
+        serve = self.serve(backend_sock, "--quiet")
+        self.read_until_listening(serve, backend_sock)
+        proxy = self.tool("proxy", front_sock, backend_sock, "--json",
+                          os.path.join(self.logdir, "cli-proxy.trace.json"))
+        self.read_until_listening(proxy, front_sock)
+        vm = self.make_vm("vm", front_sock)
+        vm.launch()
+        vm.drive_device(queues=2)
+        lines = self.read_until(proxy, "SET_VRING_KICK", 20)
+        self.log.info("proxy printed:\n%s", "\n".join(lines))
+        self.assertTrue(any("-> GET_FEATURES" in line for line in lines),
+                        "no reply decoded")
+        vm.shutdown()
+        status, err = self.interrupt(proxy)
+        self.log.info("proxy said: %s", err)
+        self.assertEqual(status, 0, err)
+        self.assertIn("0 violation(s), 0 error(s)", err)
+        status, err = self.interrupt(serve)
+        self.assertEqual(status, 0, err)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""The conformance proxy with a scripted front-end and the in-process
+back-end on real UNIX sockets: what passes through, and what is judged."""
+
+import os
+import socket
+import tempfile
+import unittest
+
+from avocado_vhost.vhost_user import BackendConfig, Request, VhostUserBackend
+from avocado_vhost.vhost_user.frontend import FrontEnd
+from avocado_vhost.vhost_user.message import U64, VirtioFeature
+from avocado_vhost.vhost_user.proxy import Proxy
+
+from helpers import open_fds
+
+
+class ProxyTest(unittest.TestCase):
+
+    def setUp(self):
+        self.fds_before = open_fds()
+        self.tmp = tempfile.mkdtemp(prefix="avh-")
+        self.backend = VhostUserBackend("be", BackendConfig())
+        self.backend.listen(os.path.join(self.tmp, "be.sock"))
+        self.backend.start()
+        self.proxy = Proxy(os.path.join(self.tmp, "fe.sock"),
+                           os.path.join(self.tmp, "be.sock")).start()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(os.path.join(self.tmp, "fe.sock"))
+        self.fe = FrontEnd(sock)
+
+    def tearDown(self):
+        self.fe.close()
+        self.proxy.stop()
+        self.backend.stop()
+        for name in os.listdir(self.tmp):
+            os.unlink(os.path.join(self.tmp, name))
+        os.rmdir(self.tmp)
+        leaked = {fd for fd in open_fds() - self.fds_before
+                  if os.path.exists(f"/proc/self/fd/{fd}")}
+        self.assertFalse(leaked, f"fds leaked: {leaked}")
+
+    def test_replies_pass_through_decoded(self):
+        _, _, reply = self.fe.call(Request.GET_FEATURES)
+        self.assertEqual(U64.unpack(reply).value,
+                         self.backend.config.features)
+        self.assertEqual([e.request for e in self.proxy.trace.select("tx")],
+                         ["GET_FEATURES"])
+        self.assertEqual(self.backend.trace.received(), ["GET_FEATURES"])
+        self.assertEqual(self.proxy.violations, [])
+
+    def test_front_end_acking_what_was_not_offered_is_judged(self):
+        """The judge knows what the back-end offered (from its real reply)
+        and catches a front-end that acks more."""
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_FEATURES, U64(
+            self.backend.config.features | int(VirtioFeature.RING_PACKED)))
+        self.fe.call(Request.GET_FEATURES)
+        self.proxy.wait_violations(1, 5)
+        self.assertIn("front-end: ", self.proxy.violations[0])
+        self.assertIn("RING_PACKED", self.proxy.violations[0])
+
+    def test_a_back_end_that_goes_away_is_recorded(self):
+        """A crash of the back-end ends the pair: the front-end sees its
+        socket close, the proxy records why and lives on."""
+        self.fe.call(Request.GET_FEATURES)
+        self.backend.disconnect()
+        self.assertTrue(self.fe.closed_by_peer(5))
+        self.assertTrue(any(e.request == "DISCONNECTED"
+                            and "back-end closed" in e.detail
+                            for e in self.proxy.trace.select("event")))
+
+
+if __name__ == "__main__":
+    unittest.main()
