@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""
+What the conformance proxy costs, measured against the same back-end
+reached directly, in the same run.
+
+* Round trips: a scripted front-end sends GET_FEATURES and waits for the
+  reply, N times, to the in-process back-end directly and through the
+  proxy (which decodes, judges and relays both ways).
+* Frames: DPDK testpmd's virtio-user transmits (txonly) to the in-process
+  back-end directly and through the proxy.  The proxy carries only the
+  protocol -- the rings are in shared memory -- so the rates should match.
+
+Medians of ``--rounds`` alternating measurements; the ratio proxied/direct.
+
+    .venv/bin/python scripts/bench_proxy.py [--rounds 5]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from avocado_vhost.dpdk import Testpmd, find_testpmd  # noqa: E402
+from avocado_vhost.vhost_user import (  # noqa: E402
+    BackendConfig, Request, VhostUserBackend)
+from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
+from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402
+from avocado_vhost.vhost_user.proxy import Proxy  # noqa: E402
+
+
+def round_trips(tmp: str, through_proxy: bool, count: int) -> float:
+    backend = VhostUserBackend("b", BackendConfig())
+    backend.listen(os.path.join(tmp, "b.sock"))
+    backend.start()
+    proxy = None
+    path = os.path.join(tmp, "b.sock")
+    if through_proxy:
+        proxy = Proxy(os.path.join(tmp, "p.sock"), path).start()
+        path = os.path.join(tmp, "p.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    front = FrontEnd(sock)
+    try:
+        front.call(Request.GET_FEATURES)  # connected on both legs
+        start = time.perf_counter()
+        for _ in range(count):
+            front.call(Request.GET_FEATURES)
+        return count / (time.perf_counter() - start)
+    finally:
+        front.close()
+        if proxy is not None:
+            proxy.stop()
+        backend.stop()
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+
+
+def frames(tmp: str, through_proxy: bool, seconds: float) -> float:
+    port = Port()
+    backend = VhostUserBackend("b", BackendConfig(), NetDevice(port))
+    backend.listen(os.path.join(tmp, "b.sock"))
+    backend.start()
+    proxy = None
+    path = os.path.join(tmp, "b.sock")
+    if through_proxy:
+        proxy = Proxy(os.path.join(tmp, "p.sock"), path).start()
+        path = os.path.join(tmp, "p.sock")
+    binary = find_testpmd()
+    assert binary is not None
+    pmd = Testpmd(binary, f"{os.path.basename(tmp)}-pmd",
+                  f"net_virtio_user0,path={path}",
+                  os.path.join(tmp, "pmd.log"), ["--forward-mode=txonly"])
+    pmd.args.insert(pmd.args.index("--no-pci"), "--main-lcore=0")
+    try:
+        pmd.start()
+        backend.wait_rings_started(2, timeout=20)
+        pmd.command("start")
+        first = _tx(pmd)
+        t0 = time.monotonic()
+        time.sleep(seconds)  # a measuring window, not a wait
+        return (_tx(pmd) - first) / (time.monotonic() - t0)
+    finally:
+        pmd.close()
+        if proxy is not None:
+            proxy.stop()
+        backend.stop()
+        for name in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, name))
+
+
+def _tx(pmd: Testpmd) -> int:
+    match = re.search(r"TX-packets:\s*(\d+)", pmd.command("show port stats 0"))
+    assert match is not None
+    return int(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--count", type=int, default=2000,
+                        help="round trips per measurement")
+    parser.add_argument("--window", type=float, default=2.0,
+                        help="seconds of traffic per frame measurement")
+    args = parser.parse_args()
+    results: Dict[str, List[float]] = {}
+    tmp = tempfile.mkdtemp(prefix="avh-bench-")
+    try:
+        for n in range(args.rounds):
+            for via in (False, True):
+                key = "proxy" if via else "direct"
+                results.setdefault(f"rt {key}", []).append(
+                    round_trips(tmp, via, args.count))
+                if find_testpmd() is not None:
+                    results.setdefault(f"fr {key}", []).append(
+                        frames(tmp, via, args.window))
+            print(f"round {n + 1}: " + ", ".join(
+                f"{k} {v[-1]:,.0f}/s" for k, v in results.items()),
+                flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"\nmedian of {args.rounds}:")
+    print(f"round trips (GET_FEATURES): direct {med['rt direct']:,.0f}/s, "
+          f"through the proxy {med['rt proxy']:,.0f}/s, ratio "
+          f"{med['rt proxy'] / med['rt direct']:.2f}x")
+    if "fr direct" in med:
+        print(f"frames (testpmd txonly, 64 B): direct "
+              f"{med['fr direct']:,.0f}/s, through the proxy "
+              f"{med['fr proxy']:,.0f}/s, ratio "
+              f"{med['fr proxy'] / med['fr direct']:.2f}x (the data path "
+              "does not pass through the proxy)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
