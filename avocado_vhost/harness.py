@@ -23,6 +23,8 @@ from __future__ import annotations
 import glob
 import os
 import random
+import shlex
+import subprocess
 import shutil
 from contextlib import ExitStack
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
@@ -46,8 +48,10 @@ from .qemu.virtio_pci import GuestAllocator
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
-from .tmpdirs import (DUMP_PREFIX, dump_base, make_private_tmpdir,
-                      remove_all_orphans)
+from .qemu.launcher import call_in_launcher
+from .qemu.watch import FolderWatch
+from .tmpdirs import (DUMP_PREFIX, dpdk_runtime_base, dump_base,
+                      make_private_tmpdir, remove_all_orphans)
 from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
 from .vhost_user.net import NetDevice, Port
@@ -383,6 +387,49 @@ class Harness(_Base):
             self.traces_written.append(f"{name}.trace.log")
         self._stack.callback(_finish)
         return proxy
+
+    def start_external_backend(self, name: str, queues: int = 1
+                               ) -> Tuple["subprocess.Popen[bytes]", str]:
+        """Start the external back-end of ``-p backend_cmd=`` listening at
+        ``<tmp>/<name>.sock``; returns once the socket exists.  Its output
+        goes to ``<logdir>/<name>.log``; it is killed at tear-down (and dies
+        with this process).  CANCEL when no command is given."""
+        template = self.param("backend_cmd")
+        if not template:
+            self.cancel("no external back-end: give -p backend_cmd='COMMAND "
+                        "... {socket} ...' (or AVOCADO_VHOST_BACKEND_CMD)")
+        sock = self.socket_path(name)
+        unique = f"{os.path.basename(self.workdir_short)}-{name}"
+        argv = shlex.split(template.format(socket=sock, queues=queues,
+                                           name=unique))
+        log = open(os.path.join(self.logdir, f"{name}.log"), "ab")
+        self._stack.callback(log.close)
+        wrapper = [shutil.which("setpriv") or "setpriv", "--pdeathsig",
+                   "KILL", "--"]
+        proc: "subprocess.Popen[bytes]" = call_in_launcher(
+            lambda: subprocess.Popen(wrapper + argv, stdin=subprocess.PIPE,
+                                     stdout=log, stderr=subprocess.STDOUT))
+        self.log.info("external back-end %s: %s", name, " ".join(argv))
+
+        def _finish() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            for path in glob.glob(os.path.join(dpdk_runtime_base(),
+                                               unique + "*")):
+                shutil.rmtree(path, ignore_errors=True)
+        self._stack.callback(_finish)
+        watch = FolderWatch([self.workdir_short])
+        try:
+            watch.wait(lambda: os.path.exists(sock) or proc.poll() is not None,
+                       f"the external back-end to listen on {sock}",
+                       self.scaled(30))
+        finally:
+            watch.close()
+        if proc.poll() is not None:
+            self.error(f"the external back-end exited with {proc.returncode}"
+                       f" before it listened; see {name}.log")
+        return proc, sock
 
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")

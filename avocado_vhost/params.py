@@ -72,6 +72,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "guest RAM in MiB", _positive(int)),
     Param("testpmd", "AVOCADO_VHOST_TESTPMD", None,
           "DPDK's dpdk-testpmd for the interop tests (default: on PATH)"),
+    Param("backend_cmd", "AVOCADO_VHOST_BACKEND_CMD", None,
+          "an external back-end to put under test (tag external): a "
+          "command with {socket} (where it must listen), {queues} and "
+          "{name} (unique per instance) filled in"),
     Param("timeout_scale", "AVOCADO_VHOST_TIMEOUT_SCALE", "1.0",
           "multiplies every bounded wait (slow machines)", _positive(float)),
 )}

@@ -36,7 +36,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .backend import REPLY_BODY, BackendConfig, VhostUserBackend
 from .connection import (Connection, Listener, close_fds, connect)
@@ -110,6 +110,8 @@ class Proxy:
         self.connect_timeout = connect_timeout
         self._listener = Listener(listen)
         self._lock = threading.Lock()
+        #: notified after every relayed message (test waits)
+        self._relayed = threading.Condition()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: Optional[threading.Thread] = None
@@ -143,6 +145,20 @@ class Proxy:
             judges = list(self._judges)
         return own + [f"front-end: {v}" for j in judges
                       for v in list(j.violations)]
+
+    def wait_for(self, predicate: Callable[[], bool], what: str,
+                 timeout: float) -> None:
+        """Until ``predicate()`` holds, re-checked after every relayed
+        message.
+
+        :raise WaitTimeout: not within ``timeout`` s; says what was seen.
+        """
+        with self._relayed:
+            if not self._relayed.wait_for(predicate, timeout):
+                raise WaitTimeout(
+                    f"[{self.name}] timed out after {timeout}s waiting for "
+                    f"{what}; {self.describe()}; last messages:\n"
+                    f"{self.trace.tail(15)}")
 
     def wait_violations(self, count: int, timeout: float) -> None:
         """Until ``count`` violations in all were recorded (the front-end's
@@ -307,6 +323,8 @@ class _Pair:
                     self._from_back(header, raw, fds)
                 else:
                     self._on_channel(conn, header, raw, fds)
+                with self.proxy._relayed:
+                    self.proxy._relayed.notify_all()
         return "proxy stopped"
 
     # --- front-end -> back-end ------------------------------------------------
