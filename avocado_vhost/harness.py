@@ -399,6 +399,8 @@ class Harness(_Base):
             self.cancel("no external back-end: give -p backend_cmd='COMMAND "
                         "... {socket} ...' (or AVOCADO_VHOST_BACKEND_CMD)")
         sock = self.socket_path(name)
+        if os.path.exists(sock):  # left by a previous instance that died
+            os.unlink(sock)
         unique = f"{os.path.basename(self.workdir_short)}-{name}"
         argv = shlex.split(template.format(socket=sock, queues=queues,
                                            name=unique))

@@ -45,7 +45,7 @@ from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
 from .frontend import FrontEnd
 from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, U64, VERSION,
                       BackendRequest, ConfigSpace, Header,
-                      InflightDescription, ProtocolFeature, Request,
+                      InflightDescription, Opaque, ProtocolFeature, Request,
                       VringState, decode_payload)
 from .trace import Trace
 
@@ -63,6 +63,10 @@ _REPLY_TYPES: Dict[Request, Any] = {
     Request.GET_VRING_BASE: VringState,
     Request.GET_CONFIG: ConfigSpace,
     Request.GET_INFLIGHT_FD: InflightDescription,
+    # The spec says "reply payload: N/A", but QEMU waits for a reply to a
+    # SET_LOG_BASE that carries the log fd, and back-ends send one: DPDK
+    # with no payload, this project's back-end with a u64 0.
+    Request.SET_LOG_BASE: Opaque,
 }
 
 
@@ -317,12 +321,16 @@ class _Pair:
                     side = "front-end" if conn is self.front else "back-end"
                     self.proxy._violation(side, f"unreadable message: {exc}")
                     return f"{side} sent an unreadable message"
-                if conn is self.front:
-                    self._from_front(header, raw, fds)
-                elif conn is self.back:
-                    self._from_back(header, raw, fds)
-                else:
-                    self._on_channel(conn, header, raw, fds)
+                try:
+                    if conn is self.front:
+                        self._from_front(header, raw, fds)
+                    elif conn is self.back:
+                        self._from_back(header, raw, fds)
+                    else:
+                        self._on_channel(conn, header, raw, fds)
+                except ConnectionClosed as exc:
+                    # the side this message was for has gone
+                    return f"could not pass a message on: {exc}"
                 with self.proxy._relayed:
                     self.proxy._relayed.notify_all()
         return "proxy stopped"
@@ -353,6 +361,7 @@ class _Pair:
                                   & ProtocolFeature.REPLY_ACK)
         needs = req is not None and (
             req in REPLY_BODY
+            or (req is Request.SET_LOG_BASE and bool(fds))
             or (header.flags & FLAG_NEED_REPLY and self.reply_ack))
         if needs and req is not None:
             self.pending.append(_Pending(req, payload, self.msgno))

@@ -90,6 +90,70 @@ class External(VhostUserTest):
                          "by the external back-end's loopback")
         self.verdict(proxy)
 
+    def test_reconnect(self):
+        """The external back-end dies (SIGKILL) and a new one starts on the
+        same socket: QEMU reconnects through the proxy and starts the
+        device again from scratch; the proxy records both conversations."""
+        delay = 50 if self.caps.reconnect_ms else 1
+        proc, _ = self.start_external_backend("ext")
+        proxy = self.make_proxy("proxy", self.socket_path("ext"))
+        vm = self.make_vm("vm", self.socket_path("proxy"), reconnect=delay)
+        vm.launch()
+        vm.drive_device(queues=2, queue_size=QUEUE_SIZE)
+        self.wait_requests(proxy, "SET_VRING_KICK", 2)
+        proc.kill()
+        proc.wait(self.scaled(10))
+        proxy.wait_for(lambda: any(
+            e.request == "DISCONNECTED" for e in proxy.trace.select("event")),
+            "the proxy to see the back-end go", self.scaled(10))
+        self.start_external_backend("ext")  # a new one, same socket
+        proxy.wait_for(lambda: proxy.connections >= 2 and len(
+            proxy.trace.payloads("SET_VRING_KICK")) >= 4,
+            "QEMU to reconnect and start both rings again",
+            self.scaled(30))
+        self.verdict(proxy)
+
+    def test_migrate(self):
+        """Live migration between two external back-ends, each behind a
+        proxy: from the proxies' traces, the source's rings are stopped
+        (GET_VRING_BASE answered) before the destination's start, and the
+        destination starts each ring at the base the source reported."""
+        _, src_sock = self.start_external_backend("ext-src")
+        _, dst_sock = self.start_external_backend("ext-dst")
+        src_proxy = self.make_proxy("src-proxy", src_sock)
+        dst_proxy = self.make_proxy("dst-proxy", dst_sock)
+        src = self.make_vm("src", self.socket_path("src-proxy"))
+        uri = "unix:" + self.socket_path("migration")
+        dst = self.make_vm("dst", self.socket_path("dst-proxy"),
+                           incoming=uri)
+        src.launch()
+        src.drive_device(queues=2, queue_size=QUEUE_SIZE)
+        self.wait_requests(src_proxy, "SET_VRING_KICK", 2)
+        dst.launch()
+        for vm in (src, dst):
+            vm.qmp("migrate-set-capabilities", capabilities=[
+                {"capability": "events", "state": True}])
+        src.qmp("migrate", uri=uri)
+        self.assertIsNone(self.wait_migration(src, dst))
+        self.wait_requests(dst_proxy, "SET_VRING_KICK", 2)
+        stops = [e for e in src_proxy.trace.select("tx")
+                 if e.request == "GET_VRING_BASE"]
+        starts = [e for e in dst_proxy.trace.select("rx")
+                  if e.request == "SET_VRING_KICK"]
+        self.assertEqual(len(stops), 2, src_proxy.trace.tail(20))
+        self.assertLess(max(e.wall for e in stops),
+                        min(e.wall for e in starts),
+                        "a destination ring started before the source's "
+                        "rings were stopped")
+        reported = {e.payload.index: e.payload.num for e in stops}
+        resumed = {p.index: p.num
+                   for p in dst_proxy.trace.payloads("SET_VRING_BASE")}
+        self.assertEqual(resumed, reported,
+                         "the destination did not resume where the source "
+                         "stopped")
+        self.verdict(src_proxy)
+        self.verdict(dst_proxy)
+
 
 if __name__ == "__main__":
     main()
