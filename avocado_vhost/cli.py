@@ -36,6 +36,7 @@ import threading
 from typing import List, Optional
 
 from .chart import write_chart
+from .devices import DEVICES, device_config
 from .guest.boot import GuestOptions, backend_config
 from .vhost_user import VhostUserBackend
 from .vhost_user.net import NetDevice, Port, SentFrame
@@ -45,11 +46,17 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # what the real-guest tests offer: a virtio-net back-end like a real one
-    config = backend_config(GuestOptions(
-        queues=args.queues, packed=args.packed, event_idx=args.event_idx))
+    if args.device == "net":
+        # what the real-guest tests offer: a virtio-net back-end like a
+        # real one
+        config = backend_config(GuestOptions(
+            queues=args.queues, packed=args.packed,
+            event_idx=args.event_idx))
+    else:  # configuration space served, rings never processed
+        config = device_config(args.device)
     port = Port()
-    device = None if args.datapath == "none" else NetDevice(port)
+    device = (None if args.datapath == "none" or args.device != "net"
+              else NetDevice(port))
     backend = VhostUserBackend(args.name, config, device)
     if args.datapath == "echo":
         def echo(frames: List[SentFrame]) -> None:
@@ -138,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
         "message, prints the trace as it goes and, on Ctrl-C, writes it "
         "and says whether the front-end broke a rule (exit status 1).")
     serve.add_argument("socket", help="UNIX socket path")
+    serve.add_argument("--device", choices=("net", *DEVICES), default="net",
+                       help="the device type served (default net; gpio, "
+                            "blk and scmi serve their configuration space "
+                            "and leave the rings alone)")
     serve.add_argument("--connect", action="store_true",
                        help="connect to the socket (QEMU's server=on) and "
                             "reconnect when a connection ends, instead of "

@@ -20,8 +20,9 @@ Both sides are judged:
 * the back-end by the reply rules of the spec: a reply for every request
   that needs one (REPLY_BODY, or NEED_REPLY with REPLY_ACK), with the
   REPLY flag and the version bits, the request's number and the payload
-  size of its type, nothing unsolicited, and GET_VRING_BASE naming the
-  ring asked for; on the back-end channel, only back-end requests.
+  size of its type, nothing unsolicited, GET_VRING_BASE naming the ring
+  asked for and, for a ring that never started, the base it was given;
+  on the back-end channel, only back-end requests.
 
 A side that closes or crashes ends the pair: the other side's socket is
 closed too (QEMU then sees a back-end disconnect), the event is recorded,
@@ -36,7 +37,8 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import (Any, Callable, Deque, Dict, List, Optional, Set,
+                    Tuple)
 
 from .backend import REPLY_BODY, BackendConfig, VhostUserBackend
 from .connection import (Connection, Listener, close_fds, connect)
@@ -240,6 +242,10 @@ class _Pair:
         self.pending: Deque[_Pending] = collections.deque()
         self.msgno = 0
         self.reply_ack = False
+        #: ring index -> the base the front-end set (SET_VRING_BASE) or the
+        #: back-end last reported; rings kicked since (started)
+        self.bases: Dict[int, int] = {}
+        self.started: Set[int] = set()
         self.judge = VhostUserBackend(f"{proxy.name}-judge", BackendConfig(
             features=0, protocol_features=0, max_mem_slots=32))
         with proxy._lock:
@@ -356,6 +362,10 @@ class _Pair:
                                          self.proxy.message_timeout)
             self.chan_back = Connection(ours, self.proxy.message_timeout)
             fds = [theirs.detach()]
+        if req is Request.SET_VRING_BASE and isinstance(payload, VringState):
+            self.bases[payload.index] = payload.num
+        if req is Request.SET_VRING_KICK and payload is not None:
+            self.started.add(int(getattr(payload, "value", 0)) & 0xFF)
         if req is Request.SET_PROTOCOL_FEATURES and payload is not None:
             self.reply_ack = bool(getattr(payload, "value", 0)
                                   & ProtocolFeature.REPLY_ACK)
@@ -447,10 +457,19 @@ class _Pair:
         if want.request is Request.GET_VRING_BASE and isinstance(
                 payload, VringState) and isinstance(want.payload,
                                                     VringState):
-            if payload.index != want.payload.index:
+            ring = want.payload.index
+            if payload.index != ring:
                 proxy._violation("back-end", f"{where} names ring "
-                                 f"{payload.index}, asked for ring "
-                                 f"{want.payload.index}")
+                                 f"{payload.index}, asked for ring {ring}")
+            elif ring not in self.started and ring in self.bases \
+                    and payload.num != self.bases[ring]:
+                # a ring that never ran cannot have moved
+                proxy._violation(
+                    "back-end", f"{where}: ring {ring} never started since "
+                    f"its base was {self.bases[ring]}, the reply says "
+                    f"{payload.num}")
+            self.started.discard(ring)
+            self.bases[ring] = payload.num
 
     # --- the back-end channel ---------------------------------------------------
     def _on_channel(self, conn: Connection, header: Header, raw: bytes,

@@ -8,30 +8,10 @@ driver -- sees exactly those values: the configuration really travelled
 from the back-end through QEMU.
 """
 
-import struct
-
+from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
+                                   BLK_QUEUES, BLK_SIZE, GPIO_LINES,
+                                   device_config)
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature,
-                                      VirtioFeature)
-
-DEVICE_PROTOCOL = int(ProtocolFeature.CONFIG | ProtocolFeature.MQ
-                      | ProtocolFeature.REPLY_ACK | ProtocolFeature.LOG_SHMFD)
-BASE_FEATURES = int(VirtioFeature.VERSION_1 | VirtioFeature.PROTOCOL_FEATURES)
-
-# virtio-blk: capacity (512-byte sectors), size_max, seg_max, geometry,
-# blk_size, topology, writeback, num_queues, discard/write-zeroes limits.
-BLK_CAPACITY = 0x12345
-BLK_SIZE = 4096
-BLK_QUEUES = 1
-BLK_F_SEG_MAX = 1 << 2
-BLK_F_BLK_SIZE = 1 << 6
-BLK_CONFIG = struct.pack("<QIIHBBIBBHIBBH", BLK_CAPACITY, 0, 126, 0, 0, 0,
-                         BLK_SIZE, 0, 0, 0, 0, 0, 0, BLK_QUEUES)
-BLK_CONFIG += bytes(256 - len(BLK_CONFIG))
-
-# virtio-gpio: ngpio, padding, gpio_names_size.
-GPIO_LINES = 32
-GPIO_CONFIG = struct.pack("<HHI", GPIO_LINES, 0, 0)
 
 
 class Devices(VhostUserTest):
@@ -74,19 +54,13 @@ class Devices(VhostUserTest):
 
     def test_gpio(self):
         """vhost-user-gpio-pci: the guest sees the back-end's line count."""
-        config = BackendConfig(features=BASE_FEATURES,
-                               protocol_features=DEVICE_PROTOCOL,
-                               config=GPIO_CONFIG, max_rings=2)
-        driver = self.run_device("vhost-user-gpio-pci", config, rings=2)
+        driver = self.run_device("vhost-user-gpio-pci",
+                                 device_config("gpio"), rings=2)
         self.assertEqual(self.config_from_backend(driver, 0, 2), GPIO_LINES)
 
     def test_blk(self):
         """vhost-user-blk-pci: capacity, block size and queues arrive."""
-        config = BackendConfig(
-            features=BASE_FEATURES | BLK_F_SEG_MAX | BLK_F_BLK_SIZE,
-            protocol_features=DEVICE_PROTOCOL, config=BLK_CONFIG,
-            queue_num=BLK_QUEUES, max_rings=BLK_QUEUES)
-        driver = self.run_device("vhost-user-blk-pci", config,
+        driver = self.run_device("vhost-user-blk-pci", device_config("blk"),
                                  rings=BLK_QUEUES,
                                  device_opts=[f"num-queues={BLK_QUEUES}"],
                                  want_features=BLK_F_BLK_SIZE)
@@ -103,10 +77,8 @@ class Devices(VhostUserTest):
         exists in qemu-system-aarch64 only.
         """
         self.require_arch("aarch64")
-        config = BackendConfig(features=BASE_FEATURES,
-                               protocol_features=DEVICE_PROTOCOL,
-                               max_rings=2)
-        self.run_device("vhost-user-scmi-pci", config, rings=2)
+        self.run_device("vhost-user-scmi-pci", device_config("scmi"),
+                        rings=2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import unittest
 
 from avocado_vhost.vhost_user import BackendConfig, Request, VhostUserBackend
 from avocado_vhost.vhost_user.frontend import FrontEnd
-from avocado_vhost.vhost_user.message import U64, VirtioFeature
+from avocado_vhost.vhost_user.message import U64, VirtioFeature, VringState
 from avocado_vhost.vhost_user.proxy import Proxy
 
 from helpers import open_fds
@@ -58,6 +58,22 @@ class ProxyTest(unittest.TestCase):
         self.proxy.wait_violations(1, 5)
         self.assertIn("front-end: ", self.proxy.violations[0])
         self.assertIn("RING_PACKED", self.proxy.violations[0])
+
+    def test_get_vring_base_of_a_ring_that_never_ran(self):
+        """A ring given base 7 and never kicked must be reported at 7; a
+        back-end that says otherwise is caught (negative control: the
+        in-process back-end's answer is overridden)."""
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.send(Request.SET_VRING_NUM, VringState(0, 8))
+        self.fe.send(Request.SET_VRING_BASE, VringState(0, 7))
+        self.fe.call(Request.GET_VRING_BASE, VringState(0, 0))
+        self.assertEqual(self.proxy.violations, [])
+        self.fe.send(Request.SET_VRING_BASE, VringState(0, 7))
+        self.backend.vring_base_override = 3
+        self.fe.call(Request.GET_VRING_BASE, VringState(0, 0))
+        self.proxy.wait_violations(1, 5)
+        self.assertIn("ring 0 never started since its base was 7, the "
+                      "reply says 3", self.proxy.violations[0])
 
     def test_a_back_end_that_goes_away_is_recorded(self):
         """A crash of the back-end ends the pair: the front-end sees its
