@@ -104,6 +104,10 @@ class BackendConfig:
     message_timeout: float = 5.0
 
 
+#: What a :class:`Fault` can do.
+FAULT_ACTIONS = frozenset({"disconnect", "disconnect-after", "reply", "hold"})
+
+
 @dataclass
 class Fault:
     """A scripted deviation from correct behaviour.
@@ -131,6 +135,14 @@ class Fault:
     reached: threading.Event = field(default_factory=threading.Event)
     hold_timeout: float = 30.0
     fired: int = 0
+
+    def __post_init__(self) -> None:
+        # A misspelt action would otherwise never fire, silently.
+        if self.action not in FAULT_ACTIONS:
+            raise ValueError(f"fault action {self.action!r}: valid are "
+                             f"{', '.join(sorted(FAULT_ACTIONS))}")
+        if self.action == "reply" and self.reply_bytes is None:
+            raise ValueError("a 'reply' fault needs reply_bytes")
 
     def matches(self, conn: int, msgno: int, req: Request,
                 payload: Payload) -> bool:
@@ -640,6 +652,11 @@ class VhostUserBackend:
             self.errors.append(text)
             self.trace.add(self.connections, "error", detail=text)
             self._notify()
+
+    def record_error(self, text: str) -> None:
+        """For the hosted device (:class:`.device.DeviceHost`): record an
+        error of the data path; the back-end's lock is held."""
+        self._record_error(text)
 
     def _record_violation(self, text: str) -> None:
         self.violations.append(text)

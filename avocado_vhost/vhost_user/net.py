@@ -28,8 +28,8 @@ from .message import VRING_F_LOG, VirtioFeature
 from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
-    from .backend import VhostUserBackend
-    from .state import Vring
+    from .device import DeviceHost
+    from .state import DeviceState, Vring
 
 __all__ = ["Port", "SentFrame", "NetDevice", "Stall", "NET_HDR_LEN",
            "PORT_CAPACITY"]
@@ -164,7 +164,8 @@ class NetDevice:
 
     def __init__(self, port: Optional[Port] = None):
         self.port = port or Port()
-        self.backend: Optional["VhostUserBackend"] = None
+        #: the back-end hosting this device (its narrow interface)
+        self.host: Optional["DeviceHost"] = None
         self.rings: Dict[int, Union[SplitRing, PackedRing]] = {}
         #: ring index -> why the ring is broken (until restart or reset)
         self.broken: Dict[int, str] = {}
@@ -184,20 +185,26 @@ class NetDevice:
         self._still: Dict[int, Tuple[int, float]] = {}
 
     # --- called by the back-end (its lock held) --------------------------
-    def attach(self, backend: "VhostUserBackend") -> None:
-        self.backend = backend
+    def attach(self, host: "DeviceHost") -> None:
+        self.host = host
+
+    def _host(self) -> "DeviceHost":
+        assert self.host is not None, "the device is not attached"
+        return self.host
+
+    def _state(self) -> "DeviceState":
+        return self._host().state
 
     def ring_started(self, ring: "Vring") -> None:
-        backend = self.backend
-        assert backend is not None
+        backend = self._host()
         if ring.addr is None:
-            backend._record_error(f"ring {ring.index} started without "
+            backend.record_error(f"ring {ring.index} started without "
                                   "SET_VRING_ADDR")
             return
         try:
             self.rings[ring.index] = self._split(ring, ring.base, None)
         except (LookupError, RingError) as exc:
-            backend._record_error(f"ring {ring.index}: {exc}")
+            backend.record_error(f"ring {ring.index}: {exc}")
             return
         self.process(ring)
 
@@ -206,7 +213,7 @@ class NetDevice:
         """The ring object for ``ring``: split, or packed when
         VIRTIO_F_RING_PACKED is negotiated (then ``next_avail`` is the
         packed base)."""
-        state = self.backend.state  # type: ignore[union-attr]
+        state = self._state()
         assert ring.addr is not None
         desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
             ring.addr.desc, ring.addr.avail, ring.addr.used))
@@ -236,16 +243,15 @@ class NetDevice:
     def memory_changed(self) -> None:
         """The memory table changed under started rings: locate them again,
         keeping their positions."""
-        assert self.backend is not None
         for index, split in list(self.rings.items()):
-            ring = self.backend.state.vrings[index]
+            ring = self._state().vrings[index]
             try:
                 self.rings[index] = self._split(
                     ring, split.next_avail,
                     split.used_idx if isinstance(split, SplitRing) else None)
             except (LookupError, RingError) as exc:
                 del self.rings[index]
-                self.backend._record_error(f"ring {index} after a memory "
+                self._host().record_error(f"ring {index} after a memory "
                                            f"table change: {exc}")
 
     def ring_stopped(self, ring: "Vring") -> None:
@@ -291,9 +297,8 @@ class NetDevice:
             # ValueError: a mapping closed under the ring (never expected:
             # memory_changed() relocates rings; a ring must not kill the
             # thread if it happens anyway)
-            assert self.backend is not None
             self.broken[ring.index] = str(exc)
-            self.backend._record_error(f"ring {ring.index} broken, not "
+            self._host().record_error(f"ring {ring.index} broken, not "
                                        f"processed until reset: {exc}")
         ring.base = split.next_avail
         if split.should_notify() and ring.call_fd is not None:
@@ -307,9 +312,8 @@ class NetDevice:
         a receive buffer while frames wait on the wire; stopped, disabled
         and broken rings are not watched.
         """
-        assert self.backend is not None
         for index, split in self.rings.items():
-            ring = self.backend.state.vrings.get(index)
+            ring = self._state().vrings.get(index)
             busy = (ring is not None and ring.started and ring.enabled
                     and index not in self.broken
                     and (self.tx_budget != 0 if index % 2
@@ -330,16 +334,15 @@ class NetDevice:
 
     def process_all(self) -> None:
         """Retry every started ring (new frames on the wire, more budget)."""
-        assert self.backend is not None
         for index in list(self.rings):
-            ring = self.backend.state.vrings.get(index)
+            ring = self._state().vrings.get(index)
             if ring is not None:
                 self.process(ring)
 
     # --- the data path -----------------------------------------------------
     def _transmit(self, ring: "Vring",
                   split: Union[SplitRing, PackedRing]) -> None:
-        name = self.backend.name if self.backend else "?"
+        name = self.host.name if self.host else "?"
         taken: List[bytes] = []
         try:
             split.consume(taken, self.tx_budget, skip=NET_HDR_LEN)
@@ -369,7 +372,7 @@ class NetDevice:
         """
         if not ring.enabled:
             return
-        name = self.backend.name if self.backend else "?"
+        name = self.host.name if self.host else "?"
         wire = self.port.wire
         while True:
             with self.port.cond:
@@ -400,9 +403,8 @@ class NetDevice:
                 done, used = split.deliver(batch, _RX_HEADER, problems)
                 self.descriptors += used
             finally:
-                assert self.backend is not None
                 for problem in problems:
-                    self.backend._record_error(f"ring {ring.index}: "
+                    self._host().record_error(f"ring {ring.index}: "
                                                f"{problem}")
             return done
         done = 0
@@ -428,8 +430,7 @@ class NetDevice:
             room = sum(n for _, n in chain.writable)
             if room < len(data):
                 complete(0)  # the frame tries the next buffer
-                assert self.backend is not None
-                self.backend._record_error(
+                self._host().record_error(
                     f"ring {ring.index}: receive buffer of {room} bytes for "
                     f"a {len(data)}-byte frame")
                 continue
@@ -441,20 +442,20 @@ class NetDevice:
         """Files that could not be sealed against shrinking are measured
         again before each pass (an access past a file's end is a SIGBUS
         that would kill the test process)."""
-        state = self.backend.state  # type: ignore[union-attr]
+        state = self._state()
         state.memory.recheck()
         if state.log is not None:
             state.log.recheck()
 
     def _logging(self) -> bool:
-        state = self.backend.state  # type: ignore[union-attr]
+        state = self._state()
         return (state.log is not None and not self.skip_logging
                 and state.feature_acked(VirtioFeature.LOG_ALL))
 
     def _logged(self, ring: "Vring", gpa: int, length: int,
                 is_used: bool) -> None:
         """Mark what the device just wrote (logging is on)."""
-        log = self.backend.state.log  # type: ignore[union-attr]
+        log = self._state().log
         if log is None:
             return
         split = self.rings.get(ring.index)

@@ -540,6 +540,14 @@ class FaultsAndWaits(BackendTestCase):
         _, _, payload = self.fe.call(Request.GET_FEATURES)
         self.assertEqual(U64.unpack(payload).value, 0)
 
+    def test_a_misspelt_fault_action_is_refused(self):
+        """A fault that could never fire is an error when it is made, not
+        a test that silently checks nothing."""
+        with self.assertRaisesRegex(ValueError, "fault action 'disconect'"):
+            Fault("disconect", request=Request.SET_OWNER)
+        with self.assertRaisesRegex(ValueError, "needs reply_bytes"):
+            Fault("reply", request=Request.GET_FEATURES)
+
     def test_hold_and_release(self):
         hold = Fault("hold", request=Request.GET_FEATURES)
         self.backend.faults.append(hold)
