@@ -21,6 +21,11 @@ Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 ``conformance``  rules the front-end must follow
 ``trace``        the decoded record of a session
 ``backend``      the thread that ties them together, with waits and faults
+``device``       the narrow interface a hosted device sees (DeviceHost)
+``virtq``        the device side of split and packed rings
+``net``          a virtio-net data path (a Port, bounded; stall detector)
+``frontend``     a scripted front-end, for unit tests
+``proxy``        a conformance proxy between any front-end and back-end
 ``error``        the exception hierarchy
 
 The spec's terms are used throughout: front-end and back-end.
