@@ -41,6 +41,7 @@ from .guest.boot import GuestOptions, backend_config
 from .vhost_user import VhostUserBackend
 from .vhost_user.net import NetDevice, Port, SentFrame
 from .vhost_user.proxy import Proxy
+from .vhost_user.trace import Trace
 
 __all__ = ["main"]
 
@@ -76,17 +77,12 @@ def _serve(args: argparse.Namespace) -> int:
           f"{args.socket}; Ctrl-C ends it", file=sys.stderr, flush=True)
     _until_interrupted()
     backend.stop()
-    if args.trace:
-        backend.trace.write(args.trace)
-    if args.json:
-        backend.trace.write_json(args.json)
-    print(f"serve: {backend.messages} messages, {len(backend.violations)} "
-          f"violations, {len(backend.errors)} errors; frames taken "
-          f"{port.sent_total}, delivered {sum(port.received.values())}",
-          file=sys.stderr)
-    for text in backend.violations + backend.errors:
-        print(f"  - {text}", file=sys.stderr)
-    return 1 if backend.violations or backend.errors else 0
+    return _verdict(args, backend.trace, "serve",
+                    f"{backend.messages} messages, {len(backend.violations)} "
+                    f"violations, {len(backend.errors)} errors; frames taken "
+                    f"{port.sent_total}, delivered "
+                    f"{sum(port.received.values())}",
+                    backend.violations + backend.errors)
 
 
 def _until_interrupted() -> None:
@@ -94,6 +90,20 @@ def _until_interrupted() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+
+
+def _verdict(args: argparse.Namespace, trace: Trace, tool: str,
+             summary: str, problems: List[str]) -> int:
+    """After Ctrl-C: write the trace where asked, say what happened and
+    list every problem; exit status 1 if there was any."""
+    if args.trace:
+        trace.write(args.trace)
+    if args.json:
+        trace.write_json(args.json)
+    print(f"{tool}: {summary}", file=sys.stderr)
+    for text in problems:
+        print(f"  - {text}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _proxy(args: argparse.Namespace) -> int:
@@ -105,14 +115,8 @@ def _proxy(args: argparse.Namespace) -> int:
           f"{args.backend}; Ctrl-C ends it", file=sys.stderr, flush=True)
     _until_interrupted()
     proxy.stop()
-    if args.trace:
-        proxy.trace.write(args.trace)
-    if args.json:
-        proxy.trace.write_json(args.json)
-    print(f"proxy: {proxy.describe()}", file=sys.stderr)
-    for text in proxy.violations + proxy.errors:
-        print(f"  - {text}", file=sys.stderr)
-    return 1 if proxy.violations or proxy.errors else 0
+    return _verdict(args, proxy.trace, "proxy", proxy.describe(),
+                    proxy.violations + proxy.errors)
 
 
 def _chart(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ Medians of ``--rounds`` alternating measurements; the ratio proxied/direct.
 """
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -36,8 +37,15 @@ from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402
 from avocado_vhost.vhost_user.proxy import Proxy  # noqa: E402
 
 
-def round_trips(tmp: str, through_proxy: bool, count: int) -> float:
-    backend = VhostUserBackend("b", BackendConfig())
+@contextlib.contextmanager
+def endpoint(tmp: str, through_proxy: bool,
+             port: Optional[Port] = None) -> Iterator[Tuple[
+                 VhostUserBackend, str]]:
+    """The in-process back-end (with a data path on ``port``), and the
+    socket a front-end connects to: the back-end's, or a proxy's in front
+    of it.  Everything is stopped and the sockets removed afterwards."""
+    backend = VhostUserBackend("b", BackendConfig(),
+                               NetDevice(port) if port else None)
     backend.listen(os.path.join(tmp, "b.sock"))
     backend.start()
     proxy = None
@@ -45,55 +53,50 @@ def round_trips(tmp: str, through_proxy: bool, count: int) -> float:
     if through_proxy:
         proxy = Proxy(os.path.join(tmp, "p.sock"), path).start()
         path = os.path.join(tmp, "p.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    front = FrontEnd(sock)
     try:
-        front.call(Request.GET_FEATURES)  # connected on both legs
-        start = time.perf_counter()
-        for _ in range(count):
-            front.call(Request.GET_FEATURES)
-        return count / (time.perf_counter() - start)
+        yield backend, path
     finally:
-        front.close()
         if proxy is not None:
             proxy.stop()
         backend.stop()
         for name in os.listdir(tmp):
             os.unlink(os.path.join(tmp, name))
+
+
+def round_trips(tmp: str, through_proxy: bool, count: int) -> float:
+    with endpoint(tmp, through_proxy) as (_, path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        front = FrontEnd(sock)
+        try:
+            front.call(Request.GET_FEATURES)  # connected on both legs
+            start = time.perf_counter()
+            for _ in range(count):
+                front.call(Request.GET_FEATURES)
+            return count / (time.perf_counter() - start)
+        finally:
+            front.close()
 
 
 def frames(tmp: str, through_proxy: bool, seconds: float) -> float:
-    port = Port()
-    backend = VhostUserBackend("b", BackendConfig(), NetDevice(port))
-    backend.listen(os.path.join(tmp, "b.sock"))
-    backend.start()
-    proxy = None
-    path = os.path.join(tmp, "b.sock")
-    if through_proxy:
-        proxy = Proxy(os.path.join(tmp, "p.sock"), path).start()
-        path = os.path.join(tmp, "p.sock")
     binary = find_testpmd()
     assert binary is not None
-    pmd = Testpmd(binary, f"{os.path.basename(tmp)}-pmd",
-                  f"net_virtio_user0,path={path}",
-                  os.path.join(tmp, "pmd.log"), ["--forward-mode=txonly"])
-    pmd.args.insert(pmd.args.index("--no-pci"), "--main-lcore=0")
-    try:
-        pmd.start()
-        backend.wait_rings_started(2, timeout=20)
-        pmd.command("start")
-        first = _tx(pmd)
-        t0 = time.monotonic()
-        time.sleep(seconds)  # a measuring window, not a wait
-        return (_tx(pmd) - first) / (time.monotonic() - t0)
-    finally:
-        pmd.close()
-        if proxy is not None:
-            proxy.stop()
-        backend.stop()
-        for name in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, name))
+    with endpoint(tmp, through_proxy, Port()) as (backend, path):
+        pmd = Testpmd(binary, f"{os.path.basename(tmp)}-pmd",
+                      f"net_virtio_user0,path={path}",
+                      os.path.join(tmp, "pmd.log"),
+                      ["--forward-mode=txonly"])
+        pmd.args.insert(pmd.args.index("--no-pci"), "--main-lcore=0")
+        try:
+            pmd.start()
+            backend.wait_rings_started(2, timeout=20)
+            pmd.command("start")
+            first = _tx(pmd)
+            t0 = time.monotonic()
+            time.sleep(seconds)  # a measuring window, not a wait
+            return (_tx(pmd) - first) / (time.monotonic() - t0)
+        finally:
+            pmd.close()
 
 
 def _tx(pmd: Testpmd) -> int:

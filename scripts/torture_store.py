@@ -221,18 +221,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         reader, writer, answerer = (build(tmp, name, text) for name, text in (
             ("reader", READER), ("writer", WRITER), ("answerer", ANSWERER)))
-        for name, store in (
-                ("virtq.store16 (one 2-byte store)", store16),
-                ("struct.pack_into (negative control)",
-                 lambda m, o, v: _U16.pack_into(m, o, v))):
+        stores = (("virtq.store16 (one 2-byte store)", store16),
+                  ("2-byte slice (negative control)", slice_store),
+                  ("struct.pack_into (negative control)",
+                   lambda m, o, v: _U16.pack_into(m, o, v)))
+        # the slice never reads as 0 (it writes the same bytes twice)
+        for name, store in (stores[0], stores[2]):
             reads, zero, back = run(store, args.reads, reader)
             print(f"{name:38s} {reads:>12,d} reads: {zero:>10,d} torn "
                   f"(read as 0), {back:>10,d} backwards")
-        for name, store in (
-                ("virtq.store16 (one 2-byte store)", store16),
-                ("2-byte slice (negative control)", slice_store),
-                ("struct.pack_into (negative control)",
-                 lambda m, o, v: _U16.pack_into(m, o, v))):
+        for name, store in stores:
             rounds, reads, lost = run_answers(store, args.rounds, answerer)
             print(f"{name:38s} {rounds:>12,d} rounds: {lost:>10,d} answers "
                   f"overwritten ({reads:,d} reads)")

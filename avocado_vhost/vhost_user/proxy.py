@@ -379,10 +379,7 @@ class _Pair:
             self.back.send(HEADER.pack(header.request, header.flags,
                                        header.size) + raw, fds)
         finally:
-            if req is not Request.SET_BACKEND_REQ_FD:
-                close_fds(fds)
-            elif fds:
-                close_fds(fds)  # our dup of the end we passed on
+            close_fds(fds)  # the receiver has its own copies now
         self.judge_queue.append((header, raw, judge_fds,
                                  req if req in _OFFERS else None))
         self._feed_judge()
