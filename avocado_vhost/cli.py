@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from .chart import write_chart
 from .devices import DEVICES, device_config
@@ -93,7 +93,7 @@ def _until_interrupted() -> None:
 
 
 def _verdict(args: argparse.Namespace, trace: Trace, tool: str,
-             summary: str, problems: List[str]) -> int:
+             summary: str, problems: Sequence[object]) -> int:
     """After Ctrl-C: write the trace where asked, say what happened and
     list every problem; exit status 1 if there was any."""
     if args.trace:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
-from .vhost_user import VhostUserBackend
+from .vhost_user import RingEvent, VhostUserBackend
 from .vhost_user.state import Vring
 
 __all__ = ["RingHandoffMonitor", "RingEventRecord"]
@@ -32,12 +32,13 @@ class RingEventRecord:
     time: float
     side: str
     ring: int
-    event: str
+    event: RingEvent
     base: Optional[int]
 
     def __str__(self) -> str:
         base = "" if self.base is None else f" base={self.base}"
-        return f"{self.time:8.4f} {self.side} ring {self.ring} {self.event}{base}"
+        return (f"{self.time:8.4f} {self.side} ring {self.ring} "
+                f"{self.event.value}{base}")
 
 
 class RingHandoffMonitor:
@@ -65,17 +66,18 @@ class RingHandoffMonitor:
         destination.ring_listeners.append(self._on_event)
 
     def _on_event(self, backend: VhostUserBackend, ring: Vring,
-                  event: str) -> None:
-        if event not in ("started", "stopped"):
+                  event: RingEvent) -> None:
+        if event not in (RingEvent.STARTED, RingEvent.STOPPED):
             return
         side = self.sides[id(backend)]
         other = "destination" if side == "source" else "source"
-        base = ring.reported_base if event == "stopped" else ring.base
+        base = (ring.reported_base if event is RingEvent.STOPPED
+                else ring.base)
         with self._lock:
             record = RingEventRecord(time.monotonic() - self._t0, side,
                                      ring.index, event, base)
             self.events.append(record)
-            if event == "started":
+            if event is RingEvent.STARTED:
                 self._running[side].add(ring.index)
                 if self._running[other]:
                     self.overlaps.append(
@@ -95,11 +97,11 @@ class RingHandoffMonitor:
             found = list(self.overlaps)
         reported: Dict[int, int] = {}
         for e in events:
-            if e.side == "source" and e.event == "stopped" and \
+            if e.side == "source" and e.event is RingEvent.STOPPED and \
                     e.base is not None:
                 reported[e.ring] = e.base
         for e in events:
-            if e.side != "destination" or e.event != "started":
+            if e.side != "destination" or e.event is not RingEvent.STARTED:
                 continue
             if e.ring not in reported:
                 found.append(f"destination started ring {e.ring} but the "

@@ -20,6 +20,7 @@ This module does not import Avocado.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import random
@@ -77,6 +78,27 @@ class Harness(_Base):
     # --- supplied by the runner flavour ---------------------------------
     logdir: str
     log: Any  # a logging.Logger
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every test method ends with the back-end check, inside the test
+        # (a problem is the test's FAIL, with its traceback, and is not
+        # reported when the test failed already): a test cannot forget it.
+        name = getattr(self, "_testMethodName", "")
+        method = getattr(self, name, None)
+        if name.startswith("test") and callable(method):
+            setattr(self, name, self._then_check_backends(method))
+        self._violations_expected: List[str] = []
+        self._failure_expected: List[str] = []
+
+    def _then_check_backends(self, method: Callable[[], Any]
+                             ) -> Callable[[], Any]:
+        @functools.wraps(method)
+        def checked() -> Any:
+            result = method()
+            self.check_backends()
+            return result
+        return checked
 
     def _runner_param(self, name: str) -> Optional[object]:
         raise NotImplementedError
@@ -627,8 +649,22 @@ class Harness(_Base):
         kind = PackedDriverQueue if vm.device.packed else DriverQueue
         return [kind(vm.qtest, q, alloc) for q in vm.device.queues]
 
-    def check_backends(self, *backends: VhostUserBackend,
-                       allow_violations: bool = False) -> None:
-        """Fail on any error or conformance violation a back-end recorded."""
-        for backend in backends or tuple(self.backends):
-            backend.check(allow_violations=allow_violations)
+    def expect_violations(self, backend: VhostUserBackend) -> None:
+        """Declare that ``backend`` will see the front-end break rules and
+        that the test judges those violations itself; the check after the
+        test still fails on its errors and stalled rings."""
+        self._violations_expected.append(backend.name)
+
+    def expect_failure(self, backend: VhostUserBackend) -> None:
+        """Declare ``backend`` broken on purpose (a negative control): what
+        it records is the point of the test, which asserts it itself."""
+        self._failure_expected.append(backend.name)
+
+    def check_backends(self, *backends: VhostUserBackend) -> None:
+        """Fail on any error, stall or (unless expected) conformance
+        violation a back-end recorded.  Runs after every test method; a
+        test calls it earlier to fail at the step that went wrong."""
+        for backend in backends or tuple(getattr(self, "backends", ())):
+            if backend.name not in self._failure_expected:
+                backend.check(allow_violations=backend.name
+                              in self._violations_expected)

@@ -13,21 +13,19 @@ when the VM migrates, and the queue continues on the destination through
 
 from __future__ import annotations
 
-import struct
 from typing import Dict, List, Tuple
 
+from ..virtio.net import net_header
+from ..virtio.ring import (DESC, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+                           PACKED_DESC, PACKED_DESC_F_AVAIL,
+                           PACKED_DESC_F_USED, USED_ELEM)
 from .qtest import QtestLink
 from .virtio_pci import GuestAllocator, VirtQueue
 
 __all__ = ["DriverQueue", "PackedDriverQueue", "NET_HDR"]
 
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-_DESC = struct.Struct("<QIHH")
-#: virtio_net_hdr_v1 (flags, gso_type, hdr_len, gso_size, csum_start,
-#: csum_offset, num_buffers) with everything 0 and num_buffers 1.
-NET_HDR = bytes(10) + b"\x01\x00"
+#: The header the driver puts ahead of every frame it sends.
+NET_HDR = net_header()
 BUF = 2048
 
 
@@ -65,8 +63,8 @@ class DriverQueue:
     def _write_descs(self, descs: List[Tuple[int, int, int, int, int]]
                      ) -> None:
         for index, addr, length, flags, nxt in descs:
-            self.qtest.memwrite(self.q.desc + 16 * index,
-                                _DESC.pack(addr, length, flags, nxt))
+            self.qtest.memwrite(self.q.desc + DESC.size * index,
+                                DESC.pack(addr, length, flags, nxt))
 
     def _make_available(self, heads: List[int], kick: bool) -> None:
         for head in heads:
@@ -105,7 +103,7 @@ class DriverQueue:
                 cut = min(len(NET_HDR), len(payload))
                 self.qtest.memwrite(a0, payload[:cut])
                 self.qtest.memwrite(a1, payload[cut:] or b"\0")
-                self._write_descs([(d0, a0, cut, VRING_DESC_F_NEXT, d1),
+                self._write_descs([(d0, a0, cut, DESC_F_NEXT, d1),
                                    (d1, a1, len(payload) - cut, 0, 0)])
                 self.inflight[d0] = [d0, d1]
                 d = d0
@@ -115,10 +113,10 @@ class DriverQueue:
                 addr = self.buffers + d * BUF
                 cut = min(len(NET_HDR), len(payload))
                 self.qtest.memwrite(addr, payload)
-                self.qtest.memwrite(table, _DESC.pack(
-                    addr, cut, VRING_DESC_F_NEXT, 1) + _DESC.pack(
+                self.qtest.memwrite(table, DESC.pack(
+                    addr, cut, DESC_F_NEXT, 1) + DESC.pack(
                     addr + cut, len(payload) - cut, 0, 0))
-                self._write_descs([(d, table, 32, VRING_DESC_F_INDIRECT, 0)])
+                self._write_descs([(d, table, 32, DESC_F_INDIRECT, 0)])
                 self.inflight[d] = [d]
             else:
                 raise ValueError(f"unknown layout {layout}")
@@ -139,14 +137,14 @@ class DriverQueue:
         for i, d in enumerate(descs):
             last = i == len(descs) - 1
             nxt = 0 if last else descs[i + 1]
-            flags = 0 if last else VRING_DESC_F_NEXT
+            flags = 0 if last else DESC_F_NEXT
             addr = self.buffers + d * BUF
             if i < len(readable):
                 self.qtest.memwrite(addr, readable[i])
                 length = len(readable[i])
             else:
                 length = writable[i - len(readable)]
-                flags |= VRING_DESC_F_WRITE
+                flags |= DESC_F_WRITE
             entries.append((d, addr, length, flags, nxt))
         self._write_descs(entries)
         self.inflight[descs[0]] = descs
@@ -158,7 +156,7 @@ class DriverQueue:
         """Make ``count`` device-writable buffers available (receive)."""
         heads = self._alloc(count)
         self._write_descs([(d, self.buffers + d * BUF, length,
-                            VRING_DESC_F_WRITE, 0) for d in heads])
+                            DESC_F_WRITE, 0) for d in heads])
         for d in heads:
             self.inflight[d] = [d]
         self._make_available(heads, kick)
@@ -174,7 +172,7 @@ class DriverQueue:
         out = []
         while self.last_used != idx:
             slot = self.q.used + 4 + 8 * (self.last_used % self.size)
-            head, length = struct.unpack("<II", self.qtest.memread(slot, 8))
+            head, length = USED_ELEM.unpack(self.qtest.memread(slot, USED_ELEM.size))
             self._complete(head, f"used entry {self.last_used}")
             out.append((head, length))
             self.last_used = (self.last_used + 1) & 0xFFFF
@@ -197,9 +195,6 @@ class DriverQueue:
 
 
 
-_PACKED_DESC = struct.Struct("<QIHH")
-PACKED_F_AVAIL = 1 << 7
-PACKED_F_USED = 1 << 15
 
 
 class PackedDriverQueue(DriverQueue):
@@ -222,7 +217,7 @@ class PackedDriverQueue(DriverQueue):
         self.slots: Dict[int, int] = {}  # buffer id -> descriptors used
 
     def _flags(self, wrap: bool) -> int:
-        return PACKED_F_AVAIL if wrap else PACKED_F_USED
+        return PACKED_DESC_F_AVAIL if wrap else PACKED_DESC_F_USED
 
     def _post(self, parts: List[Tuple[int, int, int]], buf_id: int) -> None:
         """Write one buffer's descriptors ``(addr, len, flags)`` at the
@@ -235,8 +230,8 @@ class PackedDriverQueue(DriverQueue):
             if self.pos == self.size:
                 self.pos, self.wrap = 0, not self.wrap
         for slot, addr, length, flags in reversed(entries):
-            self.qtest.memwrite(self.q.desc + 16 * slot,
-                                _PACKED_DESC.pack(addr, length, buf_id,
+            self.qtest.memwrite(self.q.desc + DESC.size * slot,
+                                PACKED_DESC.pack(addr, length, buf_id,
                                                   flags))
         self.slots[buf_id] = len(parts)
 
@@ -251,14 +246,14 @@ class PackedDriverQueue(DriverQueue):
             if layout == "single":
                 self._post([(addr, len(payload), 0)], d)
             elif layout == "chain":
-                self._post([(addr, cut, VRING_DESC_F_NEXT),
+                self._post([(addr, cut, DESC_F_NEXT),
                             (addr + cut, len(payload) - cut, 0)], d)
             elif layout == "indirect":
                 table = self.indirect + d * 64
-                self.qtest.memwrite(table, _PACKED_DESC.pack(
-                    addr, cut, 0, 0) + _PACKED_DESC.pack(
+                self.qtest.memwrite(table, PACKED_DESC.pack(
+                    addr, cut, 0, 0) + PACKED_DESC.pack(
                     addr + cut, len(payload) - cut, 0, 0))
-                self._post([(table, 32, VRING_DESC_F_INDIRECT)], d)
+                self._post([(table, 32, DESC_F_INDIRECT)], d)
             else:
                 raise ValueError(f"unknown layout {layout}")
             self.inflight[d] = [d]
@@ -272,7 +267,7 @@ class PackedDriverQueue(DriverQueue):
         ids = self._alloc(count)
         for d in ids:
             self._post([(self.buffers + d * BUF, length,
-                         VRING_DESC_F_WRITE)], d)
+                         DESC_F_WRITE)], d)
             self.inflight[d] = [d]
         if kick:
             self.kick()
@@ -285,13 +280,13 @@ class PackedDriverQueue(DriverQueue):
         for i, d in enumerate(descs):
             addr = self.buffers + d * BUF
             last = i == len(descs) - 1
-            flags = 0 if last else VRING_DESC_F_NEXT
+            flags = 0 if last else DESC_F_NEXT
             if i < len(readable):
                 self.qtest.memwrite(addr, readable[i])
                 parts.append((addr, len(readable[i]), flags))
             else:
                 parts.append((addr, writable[i - len(readable)],
-                              flags | VRING_DESC_F_WRITE))
+                              flags | DESC_F_WRITE))
         self._post(parts, descs[0])
         self.inflight[descs[0]] = descs
         if kick:
@@ -304,10 +299,10 @@ class PackedDriverQueue(DriverQueue):
     def reap(self) -> List[Tuple[int, int]]:
         out: List[Tuple[int, int]] = []
         while True:
-            _, length, buf_id, flags = _PACKED_DESC.unpack(
-                self.qtest.memread(self.q.desc + 16 * self.used_pos, 16))
-            avail = bool(flags & PACKED_F_AVAIL)
-            used = bool(flags & PACKED_F_USED)
+            _, length, buf_id, flags = PACKED_DESC.unpack(
+                self.qtest.memread(self.q.desc + DESC.size * self.used_pos, 16))
+            avail = bool(flags & PACKED_DESC_F_AVAIL)
+            used = bool(flags & PACKED_DESC_F_USED)
             if not (avail == used == self.used_wrap):
                 return out
             self._complete(buf_id, f"used descriptor at slot {self.used_pos}")

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
+from ..virtio.features import VirtioFeature
+from ..virtio.ring import split_sizes
 from .platform import Platform
 from .qtest import QtestLink
 
@@ -35,8 +37,6 @@ _MSIX_BAR_OFFSET = 0x100000
 _COMMON, _NOTIFY, _ISR, _DEVICE = 1, 2, 3, 4
 # device status bits
 ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, FAILED = 1, 2, 4, 8, 0x80
-VIRTIO_F_VERSION_1 = 1 << 32
-VIRTIO_F_RING_PACKED = 1 << 34
 
 
 def modern_device_id(virtio_type: int) -> int:
@@ -353,7 +353,7 @@ class VirtioPciDevice:
     @property
     def packed(self) -> bool:
         """Whether VIRTIO_F_RING_PACKED was negotiated."""
-        return bool(self.features & VIRTIO_F_RING_PACKED)
+        return bool(self.features & VirtioFeature.RING_PACKED)
 
     def setup(self, alloc: GuestAllocator, want_features: int = 0,
               queues: Optional[int] = None, queue_size: int = 256,
@@ -373,10 +373,10 @@ class VirtioPciDevice:
         self.set_status(ACKNOWLEDGE)
         self.set_status(ACKNOWLEDGE | DRIVER)
         offered = self.device_features()
-        if not offered & VIRTIO_F_VERSION_1:
+        if not offered & VirtioFeature.VERSION_1:
             raise VirtioPciError(f"device does not offer VERSION_1 "
                                  f"(features 0x{offered:x})")
-        self.features = offered & (want_features | VIRTIO_F_VERSION_1)
+        self.features = offered & (want_features | VirtioFeature.VERSION_1)
         for sel in (0, 1):
             self._common(8, 4, sel)
             self._common(12, 4, (self.features >> (32 * sel)) & 0xFFFFFFFF)
@@ -400,14 +400,13 @@ class VirtioPciDevice:
         if size == 0:
             raise VirtioPciError(f"queue {index} has size 0")
         self._common(24, 2, size)
-        desc = alloc.alloc(16 * size)
+        desc_len, avail_len, used_len = split_sizes(size)
+        desc = alloc.alloc(desc_len)
         if self.packed:  # driver and device event suppression areas
             avail_len, used_len = 4, 4
-        else:
-            avail_len, used_len = 6 + 2 * size, 6 + 8 * size
         avail = alloc.alloc(avail_len, 4)
         used = alloc.alloc(used_len, 4)
-        for addr, length in ((desc, 16 * size), (avail, avail_len),
+        for addr, length in ((desc, desc_len), (avail, avail_len),
                              (used, used_len)):
             self.qtest.memset(addr, length, 0)
         for off, addr in ((32, desc), (40, avail), (48, used)):

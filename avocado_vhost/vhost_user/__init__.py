@@ -14,14 +14,19 @@ from.
 
 Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 
-``message``      wire format: request numbers, flags, feature bits, payloads
+``message``      wire format: request and reply payloads, flags, fd rules
 ``connection``   transport: UNIX socket, SCM_RIGHTS fds, framing
-``memory``       mapped guest memory and the dirty log
-``state``        device and ring state as the spec defines it
+``config``       what a back-end offers (BackendConfig)
+``backend``      the server: thread, accept/reconnect, kicks, waits, checks
+``session``      one connection: decode, judge, fault, handle, answer
+``handlers``     one typed method per request, and the ring lifecycle
 ``conformance``  rules the front-end must follow
-``trace``        the decoded record of a session
-``backend``      the thread that ties them together, with waits and faults
-``device``       the narrow interface a hosted device sees (DeviceHost)
+``faults``       scripted misbehaviour (Fault, FaultAction)
+``records``      typed records: problems, disconnects, ring events
+``trace``        the decoded record of a session (TraceKind, Event)
+``state``        device and ring state as the spec defines it
+``memory``       mapped guest memory and the dirty log
+``device``       the interfaces between back-end and device (Device, DeviceHost)
 ``virtq``        the device side of split and packed rings
 ``net``          a virtio-net data path (a Port, bounded; stall detector)
 ``frontend``     a scripted front-end, for unit tests
@@ -31,18 +36,23 @@ Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 The spec's terms are used throughout: front-end and back-end.
 """
 
-from .backend import (NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig,
-                      Fault, VhostUserBackend)
+from .backend import Runstate, VhostUserBackend
+from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
 from .error import (BackendFailure, ConnectionClosed, FdCountError,
                     MalformedMessage, ProtocolError, UnknownRequest,
                     VhostUserError, WaitTimeout)
 from .memory import DirtyLog, GuestMemory
 from .message import (BackendRequest, MemoryRegion, ProtocolFeature, Request,
                       VirtioFeature)
-from .trace import Trace, TraceEntry
+from .faults import Fault, FaultAction
+from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
+                      RingEvent)
+from .trace import Event, Trace, TraceEntry, TraceKind
 
 __all__ = [
-    "VhostUserBackend", "BackendConfig", "Fault", "NET_FEATURES",
+    "VhostUserBackend", "Runstate", "BackendConfig", "Fault", "FaultAction",
+    "Problem", "ProblemKind", "Disconnect", "DisconnectCause", "RingEvent",
+    "Event", "TraceKind", "NET_FEATURES",
     "NET_PROTOCOL_FEATURES", "Request", "BackendRequest", "VirtioFeature",
     "ProtocolFeature", "MemoryRegion", "GuestMemory", "DirtyLog", "Trace",
     "TraceEntry", "VhostUserError", "ProtocolError", "MalformedMessage",

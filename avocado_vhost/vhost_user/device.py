@@ -1,23 +1,28 @@
 """
-The narrow interface between a back-end and the device it hosts.
+The narrow interfaces between a back-end and the device it hosts.
 
-A device (the virtio-net data path of :mod:`.net`) sees the back-end only
-through :class:`DeviceHost`: its name (for records), the device state
-negotiated so far (memory table, dirty log, rings, features) and a way to
-report an error.  It does not see connections, the trace, faults or the
-back-end's lock discipline -- the back-end calls the device with its lock
-held.  Like libvhost-user's ``VuDevIface`` the other way round: the device
-is a plug-in, and this is all it may plug into.
+Like libvhost-user's ``VuDevIface``: the device is a plug-in.
+
+* :class:`Device` -- what the back-end calls, always with its lock held:
+  rings started and stopped, the memory table changed, a kick arrived,
+  the connection reset, and twice a second a look for stalled rings.  The
+  virtio-net data path (:class:`.net.NetDevice`) implements it; a device
+  without a data path (gpio, blk and scmi in :mod:`avocado_vhost.devices`)
+  simply has none, and its rings are configured but never processed.
+* :class:`DeviceHost` -- all a device may use of its back-end: its name
+  (for records), the device state negotiated so far (memory table, dirty
+  log, rings, features) and a way to report an error.  It does not see
+  connections, the trace, faults or the lock.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from .state import DeviceState
+    from .state import DeviceState, Vring
 
     class DeviceHost(Protocol):
         """What a hosted device may use of its back-end."""
@@ -29,7 +34,31 @@ if TYPE_CHECKING:
         def state(self) -> "DeviceState": ...
 
         def record_error(self, text: str) -> None: ...
-else:
-    DeviceHost = object
 
-__all__ = ["DeviceHost"]
+    class Device(Protocol):
+        """What a back-end asks of the device it hosts."""
+
+        @property
+        def stalls(self) -> Sequence[object]:
+            """Rings found stalled so far (failures; see
+            :meth:`check_stalls`)."""
+
+        def attach(self, host: DeviceHost) -> None: ...
+
+        def ring_started(self, ring: "Vring") -> None: ...
+
+        def ring_stopped(self, ring: "Vring") -> None: ...
+
+        def memory_changed(self) -> None: ...
+
+        def process(self, ring: "Vring") -> None: ...
+
+        def process_all(self) -> None: ...
+
+        def check_stalls(self, now: float) -> None: ...
+
+        def reset(self) -> None: ...
+else:
+    DeviceHost = Device = object
+
+__all__ = ["Device", "DeviceHost"]

@@ -25,8 +25,10 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import (Any, Callable, ClassVar, Dict, Optional, Tuple, Type,
+                    TypeVar, Union)
 
+from ..virtio.features import VirtioFeature, feature_names
 from .error import MalformedMessage, UnknownRequest
 
 __all__ = [
@@ -37,9 +39,10 @@ __all__ = [
     "Header", "VringState", "VringAddr", "MemoryRegion", "MemoryTable",
     "SingleRegion", "LogDescription", "IotlbMsg", "ConfigSpace",
     "InflightDescription", "SharedObject", "DeviceStateParams", "Payload",
-    "PAYLOAD_TYPES", "FD_RULES", "FdRule", "U64", "Empty",
-    "Opaque", "fd_rule",
-    "decode_header", "decode_payload", "encode", "feature_names",
+    "PAYLOAD_TYPES", "REPLY_TYPES", "REPLY_BODY", "FD_RULES", "FdRule",
+    "Fixed", "U64", "Empty", "Opaque", "fd_rule",
+    "decode_header", "decode_payload", "decode_reply", "encode",
+    "feature_names",
 ]
 
 HEADER = struct.Struct("=III")
@@ -122,29 +125,6 @@ class BackendRequest(enum.IntEnum):
     SHARED_OBJECT_LOOKUP = 8
 
 
-class VirtioFeature(enum.IntFlag):
-    """The virtio (device) feature bits a vhost-user back-end commonly uses."""
-
-    NET_F_CSUM = 1 << 0
-    NET_F_GUEST_CSUM = 1 << 1
-    NET_F_MTU = 1 << 3
-    NET_F_MAC = 1 << 5
-    NET_F_STATUS = 1 << 16
-    NET_F_MRG_RXBUF = 1 << 15
-    NET_F_CTRL_VQ = 1 << 17
-    NET_F_MQ = 1 << 22
-    NOTIFY_ON_EMPTY = 1 << 24
-    LOG_ALL = 1 << 26  # VHOST_F_LOG_ALL
-    ANY_LAYOUT = 1 << 27
-    RING_INDIRECT_DESC = 1 << 28
-    RING_EVENT_IDX = 1 << 29
-    PROTOCOL_FEATURES = 1 << 30  # VHOST_USER_F_PROTOCOL_FEATURES
-    VERSION_1 = 1 << 32
-    ACCESS_PLATFORM = 1 << 33  # a.k.a. IOMMU_PLATFORM
-    RING_PACKED = 1 << 34
-    IN_ORDER = 1 << 35
-
-
 class ProtocolFeature(enum.IntFlag):
     """``VHOST_USER_PROTOCOL_F_*``: negotiated with GET/SET_PROTOCOL_FEATURES."""
 
@@ -168,16 +148,6 @@ class ProtocolFeature(enum.IntFlag):
     XEN_MMAP = 1 << 17
     SHARED_OBJECT = 1 << 18
     DEVICE_STATE = 1 << 19
-
-
-def feature_names(value: int, flags: Type[enum.IntFlag]) -> str:
-    """Render a feature mask as ``NAME|NAME|bit40`` for traces and errors."""
-    names = []
-    for bit in range(64):
-        if value & (1 << bit):
-            member = flags._value2member_map_.get(1 << bit)
-            names.append(member.name if member is not None else f"bit{bit}")
-    return "|".join(names) or "0"
 
 
 @dataclass(frozen=True)
@@ -210,21 +180,32 @@ def decode_header(data: bytes) -> Header:
 
 
 # --- payload types --------------------------------------------------------
-# Each payload is a frozen dataclass with ``pack()`` and ``unpack()``; the
-# ``SIZES`` class attribute lists the payload sizes the spec allows for it.
+# Each payload is a frozen dataclass with ``pack()``, ``unpack()`` and
+# ``sizes()`` (the payload sizes the spec allows for it).  Most are one
+# fixed C struct: they say so once, ``class X(Fixed, fmt="=II")``, and the
+# codec follows from the format and the field order.
 
-@dataclass(frozen=True)
-class U64:
-    """A single u64: features, kick/call/err fd index, status, MTU, ..."""
+_P = TypeVar("_P", bound="Fixed")
 
-    value: int
-    STRUCT = struct.Struct("=Q")
+
+class Fixed:
+    """A payload that is exactly one C struct: the dataclass fields, in
+    order, are the struct's members (``fmt`` in :mod:`struct` notation)."""
+
+    STRUCT: ClassVar[struct.Struct]
+
+    def __init_subclass__(cls, fmt: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if fmt:
+            cls.STRUCT = struct.Struct(fmt)
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(self.value)
+        # A frozen dataclass keeps exactly its fields in __dict__, in
+        # declaration order: the struct's order.
+        return self.STRUCT.pack(*self.__dict__.values())
 
     @classmethod
-    def unpack(cls, data: bytes) -> "U64":
+    def unpack(cls: Type[_P], data: bytes) -> _P:
         return cls(*cls.STRUCT.unpack(data))
 
     @classmethod
@@ -233,27 +214,22 @@ class U64:
 
 
 @dataclass(frozen=True)
-class VringState:
+class U64(Fixed, fmt="=Q"):
+    """A single u64: features, kick/call/err fd index, status, MTU, ..."""
+
+    value: int
+
+
+@dataclass(frozen=True)
+class VringState(Fixed, fmt="=II"):
     """``{u32 index, u32 num}``: ring number and a value (size, base, 0/1)."""
 
     index: int
     num: int
-    STRUCT = struct.Struct("=II")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.index, self.num)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "VringState":
-        return cls(*cls.STRUCT.unpack(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size,)
 
 
 @dataclass(frozen=True)
-class VringAddr:
+class VringAddr(Fixed, fmt="=IIQQQQ"):
     """Ring addresses, in the front-end's virtual address space."""
 
     index: int
@@ -262,42 +238,69 @@ class VringAddr:
     used: int
     avail: int
     log: int
-    STRUCT = struct.Struct("=IIQQQQ")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.index, self.flags, self.desc, self.used,
-                                self.avail, self.log)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "VringAddr":
-        return cls(*cls.STRUCT.unpack(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size,)
 
 
 @dataclass(frozen=True)
-class MemoryRegion:
+class MemoryRegion(Fixed, fmt="=QQQQ"):
     """One guest RAM region: where it is for the guest, for QEMU, in the fd."""
 
     guest_addr: int
     size: int
     user_addr: int
     mmap_offset: int
-    STRUCT = struct.Struct("=QQQQ")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.guest_addr, self.size, self.user_addr,
-                                self.mmap_offset)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "MemoryRegion":
-        return cls(*cls.STRUCT.unpack(data))
 
     def __str__(self) -> str:
         return (f"gpa=0x{self.guest_addr:x}+0x{self.size:x} "
                 f"uva=0x{self.user_addr:x} off=0x{self.mmap_offset:x}")
+
+
+@dataclass(frozen=True)
+class LogDescription(Fixed, fmt="=QQ"):
+    """SET_LOG_BASE with LOG_SHMFD: size and offset of the log in the fd."""
+
+    size: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class IotlbMsg(Fixed, fmt="=QQQBB6x"):
+    """``struct vhost_iotlb_msg`` (26 bytes of fields, 32 with padding)."""
+
+    iova: int
+    size: int
+    user_addr: int
+    perm: int
+    type: int
+
+
+@dataclass(frozen=True)
+class DeviceStateParams(Fixed, fmt="=II"):
+    """SET_DEVICE_STATE_FD: ``u32 direction`` (0 save, 1 load), ``u32 phase``."""
+
+    direction: int
+    phase: int
+
+
+@dataclass(frozen=True)
+class InflightDescription(Fixed, fmt="=QQHH"):
+    """GET/SET_INFLIGHT_FD: area size/offset, number and size of queues."""
+
+    mmap_size: int
+    mmap_offset: int
+    num_queues: int
+    queue_size: int
+
+    def pack(self) -> bytes:
+        # QEMU's struct is padded to 24 bytes; send what it sends.
+        return super().pack() + bytes(4)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "InflightDescription":
+        return cls(*cls.STRUCT.unpack_from(data))
+
+    @classmethod
+    def sizes(cls) -> Tuple[int, ...]:
+        return (cls.STRUCT.size, cls.STRUCT.size + 4)
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,7 @@ class SingleRegion:
     region: MemoryRegion
 
     def pack(self) -> bytes:
-        return struct.pack("=Q", 0) + self.region.pack()
+        return bytes(8) + self.region.pack()
 
     @classmethod
     def unpack(cls, data: bytes) -> "SingleRegion":
@@ -357,50 +360,6 @@ class SingleRegion:
     @classmethod
     def sizes(cls) -> Tuple[int, ...]:
         return (8 + MemoryRegion.STRUCT.size,)
-
-
-@dataclass(frozen=True)
-class LogDescription:
-    """SET_LOG_BASE with LOG_SHMFD: size and offset of the log in the fd."""
-
-    size: int
-    offset: int
-    STRUCT = struct.Struct("=QQ")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.size, self.offset)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "LogDescription":
-        return cls(*cls.STRUCT.unpack(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size,)
-
-
-@dataclass(frozen=True)
-class IotlbMsg:
-    """``struct vhost_iotlb_msg`` (26 bytes of fields, 32 with padding)."""
-
-    iova: int
-    size: int
-    user_addr: int
-    perm: int
-    type: int
-    STRUCT = struct.Struct("=QQQBB6x")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.iova, self.size, self.user_addr,
-                                self.perm, self.type)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "IotlbMsg":
-        return cls(*cls.STRUCT.unpack(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size,)
 
 
 @dataclass(frozen=True)
@@ -436,30 +395,6 @@ class ConfigSpace:
 
 
 @dataclass(frozen=True)
-class InflightDescription:
-    """GET/SET_INFLIGHT_FD: area size/offset, number and size of queues."""
-
-    mmap_size: int
-    mmap_offset: int
-    num_queues: int
-    queue_size: int
-    STRUCT = struct.Struct("=QQHH")
-
-    def pack(self) -> bytes:
-        # QEMU's struct is padded to 24 bytes; send what it sends.
-        return self.STRUCT.pack(self.mmap_size, self.mmap_offset,
-                                self.num_queues, self.queue_size) + bytes(4)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "InflightDescription":
-        return cls(*cls.STRUCT.unpack_from(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size, cls.STRUCT.size + 4)
-
-
-@dataclass(frozen=True)
 class SharedObject:
     """``VhostUserShared``: a 16-byte UUID."""
 
@@ -475,26 +410,6 @@ class SharedObject:
     @classmethod
     def sizes(cls) -> Tuple[int, ...]:
         return (16,)
-
-
-@dataclass(frozen=True)
-class DeviceStateParams:
-    """SET_DEVICE_STATE_FD: ``u32 direction`` (0 save, 1 load), ``u32 phase``."""
-
-    direction: int
-    phase: int
-    STRUCT = struct.Struct("=II")
-
-    def pack(self) -> bytes:
-        return self.STRUCT.pack(self.direction, self.phase)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "DeviceStateParams":
-        return cls(*cls.STRUCT.unpack(data))
-
-    @classmethod
-    def sizes(cls) -> Tuple[int, ...]:
-        return (cls.STRUCT.size,)
 
 
 @dataclass(frozen=True)
@@ -582,6 +497,48 @@ PAYLOAD_TYPES: Dict[Request, Any] = {
     Request.CHECK_DEVICE_STATE: Empty,
 }
 
+
+#: What a back-end's reply to each request carries, beside the request's
+#: own payload type above; a reply to any other request is a u64 ack
+#: (REPLY_ACK: 0 success, non-zero failure).
+REPLY_TYPES: Dict[Request, Any] = {
+    Request.GET_FEATURES: U64,
+    Request.GET_PROTOCOL_FEATURES: U64,
+    Request.GET_QUEUE_NUM: U64,
+    Request.GET_MAX_MEM_SLOTS: U64,
+    Request.GET_STATUS: U64,
+    Request.GET_VRING_BASE: VringState,
+    Request.GET_CONFIG: ConfigSpace,
+    Request.GET_INFLIGHT_FD: InflightDescription,
+    Request.GET_SHARED_OBJECT: U64,
+    Request.IOTLB_MSG: U64,
+    Request.POSTCOPY_ADVISE: Empty,
+    Request.POSTCOPY_END: U64,
+    Request.SET_DEVICE_STATE_FD: U64,
+    Request.CHECK_DEVICE_STATE: U64,
+    # The spec says "reply payload: N/A", but QEMU waits for a reply to a
+    # SET_LOG_BASE that carries the log fd, and back-ends send one: DPDK
+    # with no payload, this project's back-end with a u64 0.
+    Request.SET_LOG_BASE: Opaque,
+}
+
+#: Requests that are always answered with a reply body (the rest only
+#: with REPLY_ACK, when the front-end sets NEED_REPLY).
+REPLY_BODY = frozenset(REPLY_TYPES) - {Request.SET_LOG_BASE}
+
+
+def decode_reply(request: Request, data: bytes) -> Payload:
+    """The payload of a back-end's reply to ``request``.
+
+    :raise MalformedMessage: its size is not the size of that payload type.
+    """
+    ptype = REPLY_TYPES.get(request, U64)
+    if len(data) not in ptype.sizes():
+        raise MalformedMessage(
+            f"reply to {request.name}: payload of {len(data)} bytes, "
+            f"expected {ptype.sizes()[:4]}")
+    reply: Payload = ptype.unpack(data)
+    return reply
 
 @dataclass(frozen=True)
 class FdRule:

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple,
                     Optional, Tuple, Union)
 
+from ..virtio.features import VirtioFeature
+from ..virtio.net import NET_HDR_LEN, net_header
 from .connection import signal_eventfd
-from .message import VRING_F_LOG, VirtioFeature
+from .message import VRING_F_LOG
 from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Port", "SentFrame", "NetDevice", "Stall", "NET_HDR_LEN",
            "PORT_CAPACITY"]
 
-#: virtio_net_hdr with num_buffers: the header size for VERSION_1 devices.
-NET_HDR_LEN = 12
 
 
 class SentFrame(NamedTuple):
@@ -146,8 +146,8 @@ class Stall:
                 f"with work posted ({self.indexes})")
 
 
-#: virtio_net_hdr_mrg_rxbuf of a received frame: no offloads, num_buffers 1
-_RX_HEADER = bytes(10) + (1).to_bytes(2, "little")
+#: the header of a received frame: no offloads, one buffer
+_RX_HEADER = net_header(1)
 #: frames taken off the wire per lock round trip
 _RX_BATCH = 64
 

@@ -37,18 +37,20 @@ import select
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import (Any, Callable, Deque, Dict, List, Optional, Set,
                     Tuple)
 
-from .backend import REPLY_BODY, BackendConfig, VhostUserBackend
+from .backend import VhostUserBackend
+from .config import BackendConfig
 from .connection import (Connection, Listener, close_fds, connect)
 from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
                     WaitTimeout)
 from .frontend import FrontEnd
-from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, U64, VERSION,
-                      BackendRequest, ConfigSpace, Header,
-                      InflightDescription, Opaque, ProtocolFeature, Request,
-                      VringState, decode_payload)
+from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY, U64,
+                      VERSION, BackendRequest, Header, ProtocolFeature,
+                      Request, VringState, decode_payload, decode_reply)
+from .records import Problem, ProblemKind
 from .trace import Trace
 
 __all__ = ["Proxy"]
@@ -59,29 +61,6 @@ _OFFERS = {Request.GET_FEATURES: "features",
            Request.GET_QUEUE_NUM: "queue_num",
            Request.GET_MAX_MEM_SLOTS: "max_mem_slots"}
 
-
-#: What a reply to each request carries (any other reply is a U64 ack).
-_REPLY_TYPES: Dict[Request, Any] = {
-    Request.GET_VRING_BASE: VringState,
-    Request.GET_CONFIG: ConfigSpace,
-    Request.GET_INFLIGHT_FD: InflightDescription,
-    # The spec says "reply payload: N/A", but QEMU waits for a reply to a
-    # SET_LOG_BASE that carries the log fd, and back-ends send one: DPDK
-    # with no payload, this project's back-end with a u64 0.
-    Request.SET_LOG_BASE: Opaque,
-}
-
-
-def decode_reply(want: Request, raw: bytes) -> object:
-    """The payload of a reply to ``want``.
-
-    :raise ProtocolError: its size is not the size of that payload type.
-    """
-    ptype = _REPLY_TYPES.get(want, U64)
-    if len(raw) not in ptype.sizes():
-        raise MalformedMessage(f"reply to {want.name}: payload of {len(raw)} "
-                               f"bytes, expected {ptype.sizes()[:4]}")
-    return ptype.unpack(raw)
 
 
 class _Pending:
@@ -106,10 +85,10 @@ class Proxy:
                  message_timeout: float = 5.0, connect_timeout: float = 10.0):
         self.name = name
         self.trace = Trace(name)
-        self._violations: List[str] = []
+        self._violations: List[Problem] = []
         #: one per front-end connection: the front-end's conformance
         self._judges: List[VhostUserBackend] = []
-        self.errors: List[str] = []
+        self.errors: List[Problem] = []
         self.connections = 0
         self.backend_path = backend
         self.message_timeout = message_timeout
@@ -142,15 +121,15 @@ class Proxy:
             os.close(fd)
 
     @property
-    def violations(self) -> List[str]:
+    def violations(self) -> List[Problem]:
         """What either side did against the spec so far: the back-end's
         (reply rules), then the front-end's (the judges' conformance
         rules), each prefixed with its side."""
         with self._lock:
             own = list(self._violations)
             judges = list(self._judges)
-        return own + [f"front-end: {v}" for j in judges
-                      for v in list(j.violations)]
+        return own + [replace(v, text=f"front-end: {v.text}")
+                      for j in judges for v in list(j.violations)]
 
     def wait_for(self, predicate: Callable[[], bool], what: str,
                  timeout: float) -> None:
@@ -187,12 +166,14 @@ class Proxy:
     # --- records ------------------------------------------------------------
     def _violation(self, side: str, text: str) -> None:
         with self._lock:
-            self._violations.append(f"{side}: {text}")
+            self._violations.append(Problem(
+                ProblemKind.VIOLATION, f"{side}: {text}", self.connections))
         self.trace.add(self.connections, "violation", side, detail=text)
 
     def _error(self, text: str) -> None:
         with self._lock:
-            self.errors.append(text)
+            self.errors.append(Problem(ProblemKind.ERROR, text,
+                                       self.connections))
         self.trace.add(self.connections, "error", detail=text)
 
     # --- the thread -----------------------------------------------------------

@@ -17,13 +17,58 @@ can be understood without a rerun.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import threading
 import time
 import time as _time
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, Optional,
+                    Tuple, Union)
 
-__all__ = ["TraceEntry", "Trace", "describe_payload"]
+if TYPE_CHECKING:
+    from .message import Request
+
+__all__ = ["TraceKind", "Event", "TraceEntry", "Trace", "describe_payload"]
+
+
+class TraceKind(str, enum.Enum):
+    """The kind of a trace entry (a ``str``: JSON and old readers see the
+    same text)."""
+
+    RX = "rx"
+    TX = "tx"
+    ERROR = "error"
+    VIOLATION = "violation"
+    REFUSED = "refused"
+    EVENT = "event"
+
+
+class Event(str, enum.Enum):
+    """What an ``event`` entry records (its ``request`` field)."""
+
+    CONNECTED = "CONNECTED"
+    DISCONNECTED = "DISCONNECTED"
+    RECONNECT_FAILED = "RECONNECT-FAILED"
+    FAULT = "FAULT"
+    HOLD_TIMEOUT = "HOLD-TIMEOUT"
+    RING_STARTED = "RING-STARTED"
+    RING_STOPPED = "RING-STOPPED"
+    LOG_ALL = "LOG-ALL"
+    LOG_BASE = "LOG-BASE"
+    CALL = "CALL"
+    # the proxy's two ends
+    FRONT_END_CONNECTED = "FRONT-END CONNECTED"
+    BACK_END_CONNECTED = "BACK-END CONNECTED"
+
+
+#: A request named by its enum member or its name.
+RequestName = Union["Request", str]
+
+
+def _name(request: Optional[RequestName]) -> Optional[str]:
+    if request is None or isinstance(request, str):
+        return request
+    return request.name
 
 
 def describe_payload(payload: object) -> str:
@@ -109,8 +154,14 @@ class Trace:
         #: the suite's hot path.
         self.live: Optional[Callable[[str], None]] = None
 
+    def event(self, conn: int, event: Event, detail: object = "") -> None:
+        """Record an :class:`Event`."""
+        self.add(conn, TraceKind.EVENT, event.value, detail=detail)
+
     def add(self, conn: int, kind: str, request: str = "", flags: int = 0,
             size: int = 0, nfds: int = 0, detail: object = "") -> None:
+        if isinstance(kind, TraceKind):  # kept as plain text: it is a dict
+            kind = kind.value             # key, and enums hash by name
         # next() on a count and list.append are atomic under the GIL: no
         # lock for the writers, and sequence numbers stay unique.
         self._raw.append((next(self._seq), time.monotonic(), conn, kind,
@@ -136,18 +187,22 @@ class Trace:
             return list(self._entries)
 
     def select(self, kind: Optional[str] = None,
-               request: Optional[str] = None,
+               request: Optional[RequestName] = None,
                conn: Optional[int] = None) -> List[TraceEntry]:
-        """Entries matching every given criterion."""
+        """Entries matching every given criterion (``kind`` a
+        :class:`TraceKind`, ``request`` a :class:`.Request`, an
+        :class:`Event` or a name)."""
+        name = _name(request)
         return [e for e in self.entries
                 if (kind is None or e.kind == kind)
-                and (request is None or e.request == request)
+                and (name is None or e.request == name)
                 and (conn is None or e.conn == conn)]
 
-    def payloads(self, request: str, conn: Optional[int] = None
-                 ) -> List[object]:
-        """Decoded payloads of every ``request`` received, in order."""
-        return [e.payload for e in self.select("rx", request, conn)]
+    def payloads(self, request: RequestName, conn: Optional[int] = None
+                 ) -> List[Any]:
+        """Decoded payloads of every ``request`` received, in order: what
+        a test compares, field by field (``p.index``, ``p.num``)."""
+        return [e.payload for e in self.select(TraceKind.RX, request, conn)]
 
     def received(self, conn: Optional[int] = None) -> List[str]:
         """Names of the requests received, in order."""

@@ -22,18 +22,15 @@ import struct
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
+from ..virtio.ring import (AVAIL_F_NO_INTERRUPT, DESC, DESC_F_INDIRECT,
+                           DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC,
+                           PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
+                           PACKED_EVENT_DISABLE, USED_ELEM, split_sizes)
 from .memory import GuestMemory
 
-__all__ = ["Chain", "SplitRing", "PackedRing", "RingError", "packed_base",
-           "VRING_DESC_F_NEXT", "VRING_DESC_F_WRITE", "VRING_DESC_F_INDIRECT"]
+__all__ = ["Chain", "SplitRing", "PackedRing", "RingError", "packed_base"]
 
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-VRING_AVAIL_F_NO_INTERRUPT = 1
-_DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
 
 
 #: acquiring an uncontended lock is a locked instruction: a full barrier
@@ -142,7 +139,7 @@ class _Ring:
         self.desc = desc
         self.on_write = on_write
         self.indirect = indirect
-        self._dmap, self._doff = memory.locate(desc, 16 * num)
+        self._dmap, self._doff = memory.locate(desc, split_sizes(num)[0])
 
     def read(self, buffers: List[Tuple[int, int]]) -> bytes:
         if len(buffers) == 1:
@@ -196,8 +193,9 @@ class SplitRing(_Ring):
         self.used = used
         self.next_avail = next_avail & 0xFFFF
         self.event_idx = event_idx
-        self._amap, self._aoff = memory.locate(avail, 6 + 2 * num)
-        self._umap, self._uoff = memory.locate(used, 6 + 8 * num)
+        _, avail_len, used_len = split_sizes(num)
+        self._amap, self._aoff = memory.locate(avail, avail_len)
+        self._umap, self._uoff = memory.locate(used, used_len)
         self.used_idx = (_U16.unpack_from(self._umap, self._uoff + 2)[0]
                          if used_idx is None else used_idx)
         self._signalled_used = self.used_idx
@@ -264,8 +262,8 @@ class SplitRing(_Ring):
             for _ in range(count):
                 head = self._next_head()
                 addr, length, flags, _ = _unpack_desc(dmap, doff + 16 * head)
-                if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
-                            | VRING_DESC_F_WRITE):
+                if flags & (DESC_F_NEXT | DESC_F_INDIRECT
+                            | DESC_F_WRITE):
                     out.append(self.read(self._walk(head).readable)[skip:])
                 else:
                     if length > MAX_CHAIN_BYTES:
@@ -307,8 +305,8 @@ class SplitRing(_Ring):
                 addr, length, flags, _ = _unpack_desc(dmap, doff + 16 * head)
                 data = prefix + frames[done]
                 size = len(data)
-                if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) \
-                        or not flags & VRING_DESC_F_WRITE:
+                if flags & (DESC_F_NEXT | DESC_F_INDIRECT) \
+                        or not flags & DESC_F_WRITE:
                     chain = self._walk(head)
                     descriptors += chain.descriptors
                     room = sum(n for _, n in chain.writable)
@@ -375,11 +373,11 @@ class SplitRing(_Ring):
         if head >= self.num:
             raise RingError(f"available ring names descriptor {head}, ring "
                             f"size is {self.num}")
-        addr, length, flags, nxt = _DESC.unpack_from(self._dmap,
+        addr, length, flags, nxt = DESC.unpack_from(self._dmap,
                                                      self._doff + 16 * head)
-        if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+        if not flags & (DESC_F_NEXT | DESC_F_INDIRECT):
             # The common case: one descriptor.
-            if flags & VRING_DESC_F_WRITE:
+            if flags & DESC_F_WRITE:
                 return self._checked(Chain(head, [], [(addr, length)]))
             return self._checked(Chain(head, [(addr, length)], []))
         readable: List[Tuple[int, int]] = []
@@ -391,18 +389,18 @@ class SplitRing(_Ring):
             seen += 1
             if seen > size:
                 raise RingError(f"descriptor chain from {head} loops")
-            addr, length, flags, nxt = _DESC.unpack_from(dmap,
+            addr, length, flags, nxt = DESC.unpack_from(dmap,
                                                          doff + 16 * index)
-            if flags & VRING_DESC_F_INDIRECT:
+            if flags & DESC_F_INDIRECT:
                 if not self.indirect or in_indirect:
                     raise RingError("indirect descriptor not allowed here")
                 entries = self._indirect_entries(length)
                 dmap, doff = self.memory.locate(addr, length)
                 size, index, seen, in_indirect = entries, 0, 0, True
                 continue
-            (writable if flags & VRING_DESC_F_WRITE else readable).append(
+            (writable if flags & DESC_F_WRITE else readable).append(
                 (addr, length))
-            if not flags & VRING_DESC_F_NEXT:
+            if not flags & DESC_F_NEXT:
                 return self._checked(Chain(head, readable, writable))
             if nxt >= size:
                 raise RingError(f"descriptor {index} chains to {nxt}, "
@@ -413,7 +411,7 @@ class SplitRing(_Ring):
         """Return a chain to the driver through the used ring: the entry
         first, then the index that publishes it."""
         slot = 4 + 8 * (self.used_idx % self.num)
-        _USED_ELEM.pack_into(self._umap, self._uoff + slot, head, length)
+        USED_ELEM.pack_into(self._umap, self._uoff + slot, head, length)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         store16(self._umap, self._uoff + 2, self.used_idx)
         if self.on_write is not None:
@@ -445,7 +443,7 @@ class SplitRing(_Ring):
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since
-        the last notification (VRING_AVAIL_F_NO_INTERRUPT or used_event)."""
+        the last notification (AVAIL_F_NO_INTERRUPT or used_event)."""
         old, new = self._signalled_used, self.used_idx
         if old == new:
             return False
@@ -455,12 +453,7 @@ class SplitRing(_Ring):
                                          self._aoff + 4 + 2 * self.num)[0])
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not int(_U16.unpack_from(self._amap, self._aoff)[0]) \
-            & VRING_AVAIL_F_NO_INTERRUPT
-
-
-VRING_PACKED_DESC_F_AVAIL = 1 << 7
-VRING_PACKED_DESC_F_USED = 1 << 15
-VRING_PACKED_EVENT_FLAG_DISABLE = 1
+            & AVAIL_F_NO_INTERRUPT
 
 
 def packed_base(avail: int, avail_wrap: bool, used: int,
@@ -529,8 +522,8 @@ class PackedRing(_Ring):
         if after == self.num:
             after, wrap = 0, not wrap
         flags = _U16.unpack_from(self._dmap, self._doff + 16 * after + 14)[0]
-        return (bool(flags & VRING_PACKED_DESC_F_AVAIL) == wrap
-                and bool(flags & VRING_PACKED_DESC_F_USED) != wrap)
+        return (bool(flags & PACKED_DESC_F_AVAIL) == wrap
+                and bool(flags & PACKED_DESC_F_USED) != wrap)
 
     def indexes(self) -> str:
         """The ring's positions, for reports."""
@@ -538,8 +531,8 @@ class PackedRing(_Ring):
                 f"used pos {self.used_pos} wrap {int(self.used_wrap)}")
 
     def _available(self, flags: int) -> bool:
-        avail = bool(flags & VRING_PACKED_DESC_F_AVAIL)
-        used = bool(flags & VRING_PACKED_DESC_F_USED)
+        avail = bool(flags & PACKED_DESC_F_AVAIL)
+        used = bool(flags & PACKED_DESC_F_USED)
         return avail == self.avail_wrap and used != self.avail_wrap
 
     def pop(self) -> Optional[Tuple[Chain, int, int]]:
@@ -556,25 +549,25 @@ class PackedRing(_Ring):
             count += 1
             if count > self.num:
                 raise RingError("packed descriptor chain longer than the ring")
-            if flags & VRING_DESC_F_INDIRECT:
+            if flags & DESC_F_INDIRECT:
                 if not self.indirect:
                     raise RingError("indirect descriptor not negotiated")
                 for i in range(self._indirect_entries(length)):
                     # Indirect tables of packed rings use the packed layout
                     # (id, flags) and are walked in order: no NEXT.
-                    a, n, _, f = _PACKED_DESC.unpack_from(
+                    a, n, _, f = PACKED_DESC.unpack_from(
                         *self._locate_desc(addr, length, i))
-                    (writable if f & VRING_DESC_F_WRITE
+                    (writable if f & DESC_F_WRITE
                      else readable).append((a, n))
             else:
-                (writable if flags & VRING_DESC_F_WRITE
+                (writable if flags & DESC_F_WRITE
                  else readable).append((addr, length))
             last_flags = flags
             self.avail_pos += 1
             if self.avail_pos >= self.num:
                 self.avail_pos = 0
                 self.avail_wrap = not self.avail_wrap
-            if not last_flags & VRING_DESC_F_NEXT:
+            if not last_flags & DESC_F_NEXT:
                 return (self._checked(Chain(buf_id, readable, writable)),
                         buf_id, count)
             flags, addr, length, buf_id = load_packed_desc(
@@ -588,7 +581,7 @@ class PackedRing(_Ring):
     def push(self, buf_id: int, length: int, count: int) -> None:
         """Mark buffer ``buf_id`` used at the used position, then skip the
         ``count`` slots its chain took."""
-        flags = (VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED
+        flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED
                  if self.used_wrap else 0)
         off = self._doff + 16 * self.used_pos
         # addr is ignored for used descriptors; id and len before flags,
@@ -623,12 +616,11 @@ class PackedRing(_Ring):
             return False
         self._pushed = False
         flags = int(_U16.unpack_from(self._emap, self._eoff + 2)[0]) & 3
-        return flags != VRING_PACKED_EVENT_FLAG_DISABLE
+        return flags != PACKED_EVENT_DISABLE
 
 
-_PACKED_DESC = struct.Struct("<QIHH")
 _PACKED_FIELDS = struct.Struct("<QIH")
-_unpack_u16, _unpack_desc = _U16.unpack_from, _DESC.unpack_from
-_pack_elem = _USED_ELEM.pack_into
+_unpack_u16, _unpack_desc = _U16.unpack_from, DESC.unpack_from
+_pack_elem = USED_ELEM.pack_into
 #: "no region yet" for the batch loops' region cache: an empty range
 _NO_SPAN: Tuple[Any, int, int, int] = (None, 1, 0, 0)

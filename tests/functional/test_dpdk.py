@@ -19,7 +19,8 @@ import re
 
 from avocado_vhost.dpdk import SERVER_WAITING
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
+from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause,
+                                      VirtioFeature)
 from avocado_vhost.vhost_user.net import NetDevice, Port
 
 #: DPDK 22.11 virtio-user's known deviations: pattern -> why tolerated.
@@ -99,14 +100,14 @@ class VirtioUserTest(VhostUserTest):
         unknown = []
         for violation in backend.violations:
             why = [w for p, w in DPDK_DEVIATIONS.items()
-                   if re.search(p, violation)]
+                   if re.search(p, violation.text)]
             if why:
                 self.log.info("tolerated from DPDK: %s (%s)", violation,
                               why[0])
             else:
                 unknown.append(violation)
         self.assertEqual(unknown, [], "violations DPDK is not known for")
-        backend.check(allow_violations=True)
+        self.expect_violations(backend)  # judged above, one by one
 
     def wait_sent(self, backend, port, count, timeout=30.0):
         """Until the back-end took ``count`` frames in all; on timeout the
@@ -281,7 +282,8 @@ class VirtioUserLifecycle(VirtioUserTest):
         self.transmit_some(backend, port, first)
         first.close()
         backend.wait_disconnected(self.scaled(10))
-        self.assertIn("peer closed", backend.disconnect_reasons[1])
+        self.assertIs(backend.disconnects[1].cause, DisconnectCause.PEER_CLOSED,
+                      backend.disconnects[1])
         second = self.start_testpmd(backend.listener_path, "txonly",
                                     name="testpmd2")
         backend.wait_for(lambda: backend.connections == 2 and len(
@@ -303,7 +305,8 @@ class VirtioUserLifecycle(VirtioUserTest):
         first.kill()
         self.assertEqual(first.describe_exit(), "killed by SIGKILL")
         backend.wait_disconnected(self.scaled(10))
-        self.assertIn("peer closed", backend.disconnect_reasons[1])
+        self.assertIs(backend.disconnects[1].cause, DisconnectCause.PEER_CLOSED,
+                      backend.disconnects[1])
         taken = port.sent_total
         second = self.start_testpmd(backend.listener_path, "txonly",
                                     name="testpmd2")

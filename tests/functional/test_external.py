@@ -17,6 +17,7 @@ import time
 
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import Request
 
 QUEUE_SIZE = 64
 
@@ -62,7 +63,7 @@ class External(VhostUserTest):
         vm.drive_device(queues=5, queue_size=QUEUE_SIZE,
                         features=(1 << 22) | (1 << 17))
         self.wait_requests(proxy, "SET_VRING_KICK", 4)
-        rings = {p.index for p in proxy.trace.payloads("SET_VRING_ENABLE")}
+        rings = {p.index for p in proxy.trace.payloads(Request.SET_VRING_ENABLE)}
         self.assertEqual(rings, {0, 1, 2, 3})
         self.verdict(proxy)
 
@@ -108,7 +109,7 @@ class External(VhostUserTest):
             "the proxy to see the back-end go", self.scaled(10))
         self.start_external_backend("ext")  # a new one, same socket
         proxy.wait_for(lambda: proxy.connections >= 2 and len(
-            proxy.trace.payloads("SET_VRING_KICK")) >= 4,
+            proxy.trace.payloads(Request.SET_VRING_KICK)) >= 4,
             "QEMU to reconnect and start both rings again",
             self.scaled(30))
         self.verdict(proxy)
@@ -147,7 +148,7 @@ class External(VhostUserTest):
                         "rings were stopped")
         reported = {e.payload.index: e.payload.num for e in stops}
         resumed = {p.index: p.num
-                   for p in dst_proxy.trace.payloads("SET_VRING_BASE")}
+                   for p in dst_proxy.trace.payloads(Request.SET_VRING_BASE)}
         self.assertEqual(resumed, reported,
                          "the destination did not resume where the source "
                          "stopped")

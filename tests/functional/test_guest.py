@@ -16,6 +16,7 @@ from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.harness import MSIX_TCG_FIXED_IN
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import Request
 
 PINGS = 50
 FRAMES = 200
@@ -106,16 +107,15 @@ class Guest(GuestTest):
         stops the rings (GET_VRING_BASE) and starts them again; the
         conformance rules judge every message; traffic resumes."""
         guest = self.traffic(self.options())
-        stops = len(guest.backend.trace.payloads("GET_VRING_BASE"))
+        stops = guest.backend.trace.payloads(Request.GET_VRING_BASE)
         guest.run("rmmod virtio_net && insmod /lib/modules/virtio_net.ko")
         guest.link_up(self.scaled(30))
-        self.assertGreater(len(guest.backend.trace.payloads("GET_VRING_BASE")),
-                           stops, guest.explain("the rings were never "
-                                                "stopped"))
+        self.assertGreater(
+            len(guest.backend.trace.payloads(Request.GET_VRING_BASE)),
+            len(stops), guest.explain("the rings were never stopped"))
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reload"))
-        self.check_backends()
 
     def test_backend_reconnect(self):
         """The back-end drops the connection while the guest runs: QEMU
@@ -143,7 +143,6 @@ class Guest(GuestTest):
         self.assertEqual(guest.send_to_guest(FRAMES), FRAMES,
                          guest.explain("frames from the host lost or "
                                        "doubled after the reconnect"))
-        self.check_backends()
 
     def test_reboot(self):
         """The guest reboots (``reboot -f``): the device is reset, the
@@ -155,7 +154,6 @@ class Guest(GuestTest):
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reboot"))
-        self.check_backends()
 
 
 class GuestMigration(GuestTest):
@@ -174,6 +172,10 @@ class GuestMigration(GuestTest):
         above must notice (duplicates, lost replies or a broken guest)."""
         with self.assertRaises(AssertionError) as caught:
             self.migrate_while_pinging(base_override=0)
+        # Both back-ends see the broken handoff (a ring resumed at 0 is
+        # "ahead" by everything the guest posted): that is the point.
+        for backend in self.backends:
+            self.expect_failure(backend)
         self.log.info("caught, as it must be: %s",
                       str(caught.exception).splitlines()[0])
 
@@ -241,7 +243,6 @@ class GuestMigration(GuestTest):
         self.assertGreater(sum(dst_be.device.port.received.get(n, 0)
                                for n in ("dst",)), 0,
                            "the destination delivered nothing")
-        self.check_backends()
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from typing import List
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import BackendConfig, VirtioFeature
-from avocado_vhost.vhost_user.net import NET_HDR_LEN, NetDevice, Port
+from avocado_vhost.vhost_user import BackendConfig, RingEvent
+from avocado_vhost.vhost_user.net import NetDevice, Port
+from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
 from avocado_vhost.vhost_user.virtq import packed_base
 
 QUEUE_SIZE = 64
-RING_PACKED = 1 << 34
 
 
 @dataclass
@@ -76,7 +76,7 @@ class MigrateUnderTraffic(VhostUserTest):
         uri = "unix:" + self.socket_path("migration")
         dst = self.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
         src.launch()
-        device = src.drive_device(features=RING_PACKED if packed else 0,
+        device = src.drive_device(features=VirtioFeature.RING_PACKED if packed else 0,
                                   queues=2, queue_size=QUEUE_SIZE)
         self.assertEqual(device.packed, packed)
         src_be.wait_rings_started(2, timeout=self.scaled(10))
@@ -148,7 +148,7 @@ class MigrateUnderTraffic(VhostUserTest):
         dst_be.wait_rings_started(2, timeout=self.scaled(10))
         report.resumed_tx_base = next(
             e.base for e in monitor.events if e.side == "destination"
-            and e.event == "started" and e.ring == 1)
+            and e.event is RingEvent.STARTED and e.ring == 1)
 
         # After: the driver (guest state) continues on the destination.
         for queue in (rxq, txq):
@@ -209,7 +209,6 @@ class MigrateUnderTraffic(VhostUserTest):
                          (27, 8 + 10))
         self.assertEqual((report.rx_by_source, report.rx_by_destination),
                          (30, 6))
-        self.check_backends(*backends)
 
     def test_migrate_under_traffic_packed(self):
         """The same with packed virtqueues: the base carries positions and
@@ -220,7 +219,6 @@ class MigrateUnderTraffic(VhostUserTest):
                          packed_base(27, True, 27, True))
         self.assertEqual((report.tx_by_source, report.tx_by_destination),
                          (27, 8 + 10))
-        self.check_backends(*backends)
 
     def test_negative_control_base_zero(self):
         """A source that answers GET_VRING_BASE with 0: the destination

@@ -24,7 +24,6 @@ class ReadGuestMem(VhostUserTest):
         vm = self.make_vm("vm", backend.listener_path, mem_backend=membackend)
         self.start_vm(vm, backend, rings=2)
         self.assert_guest_memory_agrees(vm, backend)
-        self.check_backends(backend)
 
     def test_read_guest_mem(self):
         """Memory backend from ``-p membackend=`` (memfd by default)."""

@@ -15,8 +15,8 @@ from avocado_vhost.vhost_user.frontend import FrontEnd
 from avocado_vhost.vhost_user.message import (
     LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, Request,
     U64, VirtioFeature, VringAddr, VringState)
-from avocado_vhost.vhost_user.net import (NET_HDR_LEN, NetDevice, Port,
-                                          SentFrame)
+from avocado_vhost.vhost_user.net import NetDevice, Port, SentFrame
+from avocado_vhost.virtio import NET_HDR_LEN
 
 from helpers import open_fds
 
@@ -159,7 +159,7 @@ class RingTest(unittest.TestCase):
         self.desc(1, 1, BUFS, 12, 1, 0)
         self.offer(1, [0])
         self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
-        self.assertIn("loops", self.backend.errors[0])
+        self.assertIn("loops", self.backend.errors[0].text)
         self.backend.errors.clear()
 
     def test_chain_bounds(self):
@@ -169,7 +169,7 @@ class RingTest(unittest.TestCase):
         self.desc(1, 0, BUFS, 2 << 20)  # 2 MiB in one descriptor
         self.offer(1, [0])
         self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
-        self.assertIn("describes 2097152 bytes", self.backend.errors[0])
+        self.assertIn("describes 2097152 bytes", self.backend.errors[0].text)
         self.assertEqual(self.port.sent, [])
         self.backend.errors.clear()
 
@@ -177,7 +177,7 @@ class RingTest(unittest.TestCase):
         self.desc(1, 0, 0x8000, 16 * (NUM + 1), 4)  # VRING_DESC_F_INDIRECT
         self.offer(1, [0])
         self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
-        self.assertIn("more than the queue size", self.backend.errors[0])
+        self.assertIn("more than the queue size", self.backend.errors[0].text)
         self.backend.errors.clear()
 
     def test_avail_index_beyond_the_ring_breaks_the_ring(self):
@@ -191,8 +191,8 @@ class RingTest(unittest.TestCase):
         U16.pack_into(self.mem, avail + 2, 15000)
         os.eventfd_write(self.kicks[1], 1)
         self.backend.wait_for(lambda: self.backend.errors, "an error", 2)
-        self.assertIn("ring 1 broken", self.backend.errors[0])
-        self.assertIn("15000 entries ahead", self.backend.errors[0])
+        self.assertIn("ring 1 broken", self.backend.errors[0].text)
+        self.assertIn("15000 entries ahead", self.backend.errors[0].text)
         self.assertEqual(self.port.sent, [], "entries were replayed")
         self.assertEqual(self.used(1), 0, "the used ring was touched")
         # Kicked again: still broken, still untouched, no new error.
@@ -216,7 +216,7 @@ class RingTest(unittest.TestCase):
         os.eventfd_write(self.kicks[1], 1)  # the avail idx is gone too
         self.backend.wait_for(lambda: bool(self.backend.errors),
                               "an error about the shrunk file", 5)
-        self.assertIn("shrank to 4096 bytes", self.backend.errors[0])
+        self.assertIn("shrank to 4096 bytes", self.backend.errors[0].text)
         self.assertIn(1, self.device.broken)
         self.assertEqual(self.port.sent_total, 0)
         self.backend.errors.clear()
@@ -225,7 +225,7 @@ class RingTest(unittest.TestCase):
     def responsive(self):
         """The back-end still answers (its thread neither died nor hung)."""
         self.fe.call(Request.GET_FEATURES)
-        self.assertFalse(any("crashed" in e for e in self.backend.errors),
+        self.assertFalse(any("crashed" in e.text for e in self.backend.errors),
                          self.backend.errors)
 
     def test_saturated_blocking_call_eventfd(self):

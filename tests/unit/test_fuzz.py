@@ -178,8 +178,8 @@ class Fuzz(unittest.TestCase):
         # The thread survived everything and still answers.
         self.assertTrue(self.barrier())
         self.assertTrue(self.backend._thread.is_alive())
-        self.assertFalse(any("crashed" in e for e in self.backend.errors),
-                         [e for e in self.backend.errors if "crashed" in e])
+        self.assertFalse(any("crashed" in e.text for e in self.backend.errors),
+                         [e for e in self.backend.errors if "crashed" in e.text])
         print(f"fuzz: {MESSAGES} messages in {elapsed:.1f}s, "
               f"{self.backend.connections} connections, "
               f"{len(self.backend.errors)} errors, "

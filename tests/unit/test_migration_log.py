@@ -7,10 +7,12 @@ import unittest
 from avocado_vhost import migration_log as ml
 from avocado_vhost.vhost_user.message import (LogDescription, U64,
                                               VirtioFeature, VringAddr)
+from avocado_vhost.virtio.ring import split_sizes
 
 LOG_ALL = int(VirtioFeature.LOG_ALL)
+VERSION_1 = int(VirtioFeature.VERSION_1)
 USED = {0: 0x402000, 1: 0x404000}
-USED_LEN = {0: 6 + 8 * 256, 1: 6 + 8 * 256}
+USED_LEN = {0: split_sizes(256)[2], 1: split_sizes(256)[2]}
 TOP = 256 << 20  # 256 MiB of RAM from 0: 8192 bytes of log
 
 
@@ -24,9 +26,9 @@ def migration(log_size=8192):
     return [("SET_MEM_TABLE", None), ("SET_VRING_ADDR", addr(0, flags=0)),
             ("SET_VRING_ADDR", addr(1, flags=0)),
             ("SET_LOG_BASE", LogDescription(log_size, 0)),
-            ("SET_FEATURES", U64(LOG_ALL | 1 << 32)),
+            ("SET_FEATURES", U64(LOG_ALL | VERSION_1)),
             ("SET_VRING_ADDR", addr(0)), ("SET_VRING_ADDR", addr(1)),
-            ("GET_VRING_BASE", None), ("SET_FEATURES", U64(1 << 32))]
+            ("GET_VRING_BASE", None), ("SET_FEATURES", U64(VERSION_1))]
 
 
 class CheckLogging(unittest.TestCase):
@@ -59,7 +61,7 @@ class CheckLogging(unittest.TestCase):
 
     def test_log_all_dropped_while_logging(self):
         messages = migration()
-        messages.insert(6, ("SET_FEATURES", U64(1 << 32)))
+        messages.insert(6, ("SET_FEATURES", U64(VERSION_1)))
         found = self.findings(messages)
         self.assertIn("dropped VHOST_F_LOG_ALL", found[0])
 

@@ -56,8 +56,8 @@ class ProxyTest(unittest.TestCase):
             self.backend.config.features | int(VirtioFeature.RING_PACKED)))
         self.fe.call(Request.GET_FEATURES)
         self.proxy.wait_violations(1, 5)
-        self.assertIn("front-end: ", self.proxy.violations[0])
-        self.assertIn("RING_PACKED", self.proxy.violations[0])
+        self.assertIn("front-end: ", self.proxy.violations[0].text)
+        self.assertIn("RING_PACKED", self.proxy.violations[0].text)
 
     def test_get_vring_base_of_a_ring_that_never_ran(self):
         """A ring given base 7 and never kicked must be reported at 7; a
@@ -73,7 +73,7 @@ class ProxyTest(unittest.TestCase):
         self.fe.call(Request.GET_VRING_BASE, VringState(0, 0))
         self.proxy.wait_violations(1, 5)
         self.assertIn("ring 0 never started since its base was 7, the "
-                      "reply says 3", self.proxy.violations[0])
+                      "reply says 3", self.proxy.violations[0].text)
 
     def test_a_back_end_that_goes_away_is_recorded(self):
         """A crash of the back-end ends the pair: the front-end sees its

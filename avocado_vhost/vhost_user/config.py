@@ -1,0 +1,55 @@
+"""
+What a back-end offers the front-end: :class:`BackendConfig`.
+
+Kept apart from the back-end so that the proxy's judge, the CLI and the
+device catalogue (:mod:`avocado_vhost.devices`) can build one without the
+thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..virtio.features import VirtioFeature
+from .message import ProtocolFeature
+
+__all__ = ["BackendConfig", "NET_FEATURES", "NET_PROTOCOL_FEATURES",
+           "MAX_RINGS"]
+
+#: What a virtio-net back-end offers by default: enough for QEMU to start
+#: the device and to migrate it (LOG_ALL + LOG_SHMFD).
+NET_FEATURES = (VirtioFeature.VERSION_1 | VirtioFeature.LOG_ALL
+                | VirtioFeature.PROTOCOL_FEATURES
+                | VirtioFeature.NOTIFY_ON_EMPTY)
+NET_PROTOCOL_FEATURES = (ProtocolFeature.LOG_SHMFD | ProtocolFeature.MQ
+                         | ProtocolFeature.REPLY_ACK)
+
+#: QEMU's VIRTIO_QUEUE_MAX: no device has more rings
+MAX_RINGS = 1024
+
+
+@dataclass
+class BackendConfig:
+    """What the back-end offers; a test may change it between connections.
+
+    :param features: virtio feature bits returned by GET_FEATURES.
+    :param protocol_features: returned by GET_PROTOCOL_FEATURES.
+    :param queue_num: GET_QUEUE_NUM answer (queue *pairs* for net).
+    :param max_rings: highest ring index + 1 accepted (0: QEMU's maximum).
+    :param max_mem_slots: GET_MAX_MEM_SLOTS answer.
+    :param config: device config space served by GET/SET_CONFIG.
+    :param message_timeout: bound on the arrival of a started message.
+    """
+
+    features: int = int(NET_FEATURES)
+    protocol_features: int = int(NET_PROTOCOL_FEATURES)
+    queue_num: int = 1
+    max_rings: int = 0
+    max_mem_slots: int = 32
+    config: bytes = b""
+    message_timeout: float = 5.0
+
+    @property
+    def ring_limit(self) -> int:
+        """Ring indexes at and above this are refused."""
+        return self.max_rings or MAX_RINGS

@@ -1,0 +1,384 @@
+"""
+One typed method per front-end request: what the back-end does with it.
+
+:class:`RequestHandlers` applies a decoded request to one connection's
+:class:`.state.DeviceState` and returns the reply payload, or ``None``
+(the session acks when asked).  The method is named after the request
+(``set_vring_num`` for SET_VRING_NUM) and takes the request's payload type
+and the fds that came with it, which it owns from then on: it stores them
+or closes them.  It knows nothing of sockets, faults or the trace's
+format; what it needs of the back-end is :class:`HandlerHost`.
+
+A handler ends a request in one of three ways besides returning:
+
+* :class:`Refused` -- legal, but not implemented here;
+* :class:`CloseConnection` -- the spec says to close;
+* :class:`.error.ProtocolError` -- the front-end sent something unusable.
+
+The ring lifecycle (started on SET_VRING_KICK or VRING_KICK, stopped on
+GET_VRING_BASE, reset or disconnect) lives here too, because requests
+drive it; the hosted :class:`.device.Device` hears of every change.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+
+from ..virtio.features import VirtioFeature
+from .connection import close_fds
+from .error import MalformedMessage, ProtocolError
+from .memory import DirtyLog
+from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
+                      Empty, IotlbMsg, LogDescription, MemoryTable, Payload,
+                      ProtocolFeature, Request, SingleRegion, U64, VringAddr,
+                      VringState, InflightDescription)
+from .records import DisconnectCause, RingEvent
+from .state import DeviceState, Vring
+from .trace import Event
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .config import BackendConfig
+    from .device import Device
+
+    class HandlerHost(Protocol):
+        """What request handling needs of the back-end that runs it."""
+
+        config: BackendConfig
+        device: Optional[Device]
+        vring_base_override: Optional[int]
+
+        def record_error(self, text: str) -> None: ...
+
+        def trace_event(self, event: Event, detail: str = "") -> None: ...
+
+        def ring_event(self, ring: Vring, event: RingEvent) -> None: ...
+
+__all__ = ["RequestHandlers", "Refused", "CloseConnection", "Fds",
+           "Handler"]
+
+#: The fds that came with a request; the handler owns them.
+Fds = List[int]
+Handler = Callable[[Payload, Fds], Optional[Payload]]
+
+
+class Refused(Exception):
+    """A legal request this back-end does not implement."""
+
+
+class CloseConnection(Exception):
+    """End the current connection (the spec says to, or a fault does)."""
+
+    def __init__(self, cause: DisconnectCause, detail: str):
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+
+
+class RequestHandlers:
+    """The requests of one connection, applied to its device state."""
+
+    def __init__(self, state: DeviceState, host: "HandlerHost"):
+        self.state = state
+        self.host = host
+
+    def handler(self, request: Request) -> Handler:
+        """The method for ``request`` (:meth:`refuse` if there is none)."""
+        method: Optional[Handler] = getattr(self, request.name.lower(), None)
+        return method if method is not None else self.refuse
+
+    def refuse(self, payload: Payload, fds: Fds) -> Optional[Payload]:
+        close_fds(fds)
+        raise Refused("not implemented by this back-end")
+
+    # --- features -------------------------------------------------------
+    def get_features(self, payload: Empty, fds: Fds) -> U64:
+        self.state.get_features_seen = True
+        return U64(self.state.offered_features)
+
+    def set_features(self, payload: U64, fds: Fds) -> None:
+        old = self.state.acked_features
+        self.state.acked_features = payload.value
+        if not payload.value & VirtioFeature.PROTOCOL_FEATURES:
+            # Spec: without protocol features every ring is enabled at once.
+            for ring in self.state.vrings.values():
+                ring.enabled = True
+        if old is not None and (old ^ payload.value) & VirtioFeature.LOG_ALL:
+            self.host.trace_event(Event.LOG_ALL, "on" if payload.value
+                                  & VirtioFeature.LOG_ALL else "off")
+
+    def get_protocol_features(self, payload: Empty, fds: Fds) -> U64:
+        return U64(self.state.offered_protocol_features)
+
+    def set_protocol_features(self, payload: U64, fds: Fds) -> None:
+        self.state.acked_protocol_features = payload.value
+        need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
+        if (payload.value & ProtocolFeature.INBAND_NOTIFICATIONS
+                and payload.value & need != need):
+            raise CloseConnection(
+                DisconnectCause.PROTOCOL, "INBAND_NOTIFICATIONS without "
+                "BACKEND_REQ and REPLY_ACK: the spec says to close")
+
+    def get_queue_num(self, payload: Empty, fds: Fds) -> U64:
+        return U64(self.host.config.queue_num)
+
+    # --- ownership and reset --------------------------------------------
+    def set_owner(self, payload: Empty, fds: Fds) -> None:
+        self.state.owner = True
+
+    def reset_owner(self, payload: Empty, fds: Fds) -> None:
+        self.reset_rings()
+        self.state.owner = False
+
+    def reset_device(self, payload: Empty, fds: Fds) -> None:
+        self.reset_rings()
+        self.state.acked_features = None
+        self.state.status = 0
+
+    def set_status(self, payload: U64, fds: Fds) -> None:
+        self.state.status = payload.value
+
+    def get_status(self, payload: Empty, fds: Fds) -> U64:
+        return U64(self.state.status)
+
+    # --- memory ---------------------------------------------------------
+    def set_mem_table(self, payload: MemoryTable, fds: Fds) -> None:
+        mem = self.state.memory
+        mem.clear()
+        try:
+            for i, (region, fd) in enumerate(zip(payload.regions, fds)):
+                try:
+                    mem.add(region, fd)
+                except MalformedMessage:
+                    close_fds(fds[i + 1:])
+                    mem.clear()
+                    raise
+        finally:
+            # Also when the table was refused: started rings must not keep
+            # pointing into the mappings just closed.
+            self._memory_changed()
+
+    def add_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
+        slots = self.host.config.max_mem_slots
+        if len(self.state.memory) >= slots:
+            close_fds(fds)
+            raise MalformedMessage(
+                f"ADD_MEM_REG beyond the {slots} slots offered")
+        self.state.memory.add(payload.region, fds[0])
+        self._memory_changed()
+
+    def rem_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
+        close_fds(fds)
+        if not self.state.memory.remove(payload.region):
+            raise MalformedMessage(
+                f"REM_MEM_REG of a region not mapped: {payload.region}")
+        self._memory_changed()
+
+    def get_max_mem_slots(self, payload: Empty, fds: Fds) -> U64:
+        return U64(self.host.config.max_mem_slots)
+
+    def _memory_changed(self) -> None:
+        if self.host.device is not None:
+            self.host.device.memory_changed()
+
+    # --- dirty log ------------------------------------------------------
+    def set_log_base(self, payload: LogDescription, fds: Fds) -> U64:
+        if not fds:
+            raise MalformedMessage("SET_LOG_BASE without a log fd "
+                                   "(LOG_SHMFD needs one)")
+        if self.state.log is not None:
+            self.state.log.close()
+            self.state.log = None
+        self.state.log = DirtyLog(fds[0], payload.size, payload.offset)
+        self.host.trace_event(Event.LOG_BASE, f"{payload.size} bytes at "
+                              f"offset {payload.offset}")
+        # QEMU blocks until this reply when LOG_SHMFD is negotiated.
+        return U64(0)
+
+    def set_log_fd(self, payload: Empty, fds: Fds) -> None:
+        self.state.log_fd = _replace_fd(self.state.log_fd, fds[0])
+
+    # --- rings ----------------------------------------------------------
+    def set_vring_num(self, payload: VringState, fds: Fds) -> None:
+        self.vring(payload.index).num = payload.num
+
+    def set_vring_addr(self, payload: VringAddr, fds: Fds) -> None:
+        self.vring(payload.index).addr = payload
+
+    def set_vring_base(self, payload: VringState, fds: Fds) -> None:
+        self.vring(payload.index).base = payload.num
+
+    def get_vring_base(self, payload: VringState, fds: Fds) -> VringState:
+        ring = self.vring(payload.index)
+        device = self.host.device
+        if device is not None and ring.started:
+            device.ring_stopped(ring)  # the base is where it stopped
+        override = self.host.vring_base_override
+        ring.reported_base = ring.base if override is None else override
+        # after reported_base: ring listeners read it (handoff checks)
+        self.ring_stopped(ring, "GET_VRING_BASE")
+        ring.kick_fd = _replace_fd(ring.kick_fd, None)
+        return VringState(payload.index, ring.reported_base)
+
+    def set_vring_kick(self, payload: U64, fds: Fds) -> None:
+        ring = self._ring_fd(payload, fds, "kick")
+        ring.polling = bool(payload.value & VRING_NOFD_FLAG)
+        self.ring_started(ring)
+
+    def set_vring_call(self, payload: U64, fds: Fds) -> None:
+        self._ring_fd(payload, fds, "call")
+
+    def set_vring_err(self, payload: U64, fds: Fds) -> None:
+        self._ring_fd(payload, fds, "err")
+
+    def set_vring_enable(self, payload: VringState, fds: Fds) -> None:
+        ring = self.vring(payload.index)
+        ring.enabled = bool(payload.num)
+        self.host.ring_event(ring, RingEvent.ENABLED if ring.enabled
+                             else RingEvent.DISABLED)
+
+    def vring_kick(self, payload: VringState, fds: Fds) -> None:
+        self.ring_started(self.vring(payload.index))
+
+    def set_vring_endian(self, payload: VringState, fds: Fds) -> None:
+        self.vring(payload.index).big_endian = bool(payload.num)
+
+    def vring(self, index: int) -> Vring:
+        """The ring a request names, created on first use -- but only up to
+        the device's ring count: an index is the front-end's word, and a
+        ring per u32 would let it grow the back-end without bound."""
+        limit = self.host.config.ring_limit
+        if index >= limit:
+            raise ProtocolError(f"ring index {index} is beyond the {limit} "
+                                "rings of this device")
+        return self.state.vring(index)
+
+    def _ring_fd(self, payload: U64, fds: Fds, which: str) -> Vring:
+        try:
+            ring = self.vring(payload.value & VRING_IDX_MASK)
+        except ProtocolError:
+            close_fds(fds)
+            raise
+        if fds and not _is_eventfd(fds[0]):
+            kind = _fd_kind(fds[0])
+            close_fds(fds)
+            raise ProtocolError(
+                f"{which} fd of ring {ring.index} is {kind}, not an "
+                "eventfd (vhost-user: \"the file descriptor for the "
+                "kick/call/err is passed as ancillary data ... an eventfd\")")
+        if fds:
+            # Never block on the front-end's eventfd: a drained kick fd
+            # would hang the read, a call counter at its maximum the write.
+            # (QEMU's own eventfds are non-blocking already.)
+            os.set_blocking(fds[0], False)
+        attr = f"{which}_fd"
+        setattr(ring, attr, _replace_fd(getattr(ring, attr),
+                                        fds[0] if fds else None))
+        return ring
+
+    # --- ring lifecycle -------------------------------------------------
+    def ring_started(self, ring: Vring) -> None:
+        if ring.started:
+            return
+        ring.started = True
+        ring.starts += 1
+        self.host.trace_event(Event.RING_STARTED, ring.describe())
+        self.host.ring_event(ring, RingEvent.STARTED)
+        device = self.host.device
+        if device is not None:
+            if ring.kick_fd is not None:
+                os.set_blocking(ring.kick_fd, False)
+            device.ring_started(ring)
+
+    def ring_stopped(self, ring: Vring, why: str) -> None:
+        if not ring.started:
+            return
+        ring.started = False
+        ring.stops += 1
+        if self.host.device is not None:
+            self.host.device.ring_stopped(ring)
+        self.host.trace_event(Event.RING_STOPPED,
+                              f"{ring.describe()} ({why})")
+        self.host.ring_event(ring, RingEvent.STOPPED)
+
+    def reset_rings(self) -> None:
+        for ring in self.state.vrings.values():
+            self.ring_stopped(ring, "reset")
+            ring.close_fds()
+        self.state.vrings.clear()
+
+    def stop_rings(self, why: str) -> None:
+        """Stop every started ring (the connection is ending)."""
+        for ring in self.state.vrings.values():
+            self.ring_stopped(ring, why)
+
+    # --- net, config, back-end channel, inflight, IOTLB -----------------
+    def send_rarp(self, payload: U64, fds: Fds) -> None:
+        self.state.rarp.append(payload.value)
+
+    def net_set_mtu(self, payload: U64, fds: Fds) -> None:
+        self.state.mtu = payload.value
+
+    def set_backend_req_fd(self, payload: Empty, fds: Fds) -> None:
+        self.state.backend_req_fd = _replace_fd(self.state.backend_req_fd,
+                                                fds[0])
+
+    def iotlb_msg(self, payload: IotlbMsg, fds: Fds) -> U64:
+        self.state.iotlb.append(payload)
+        return U64(0)
+
+    def get_config(self, payload: ConfigSpace, fds: Fds) -> ConfigSpace:
+        cfg = self.state.config
+        if payload.offset + payload.size > len(cfg):
+            # Spec: a reply of size 0 (no config) reports the error.
+            self.host.record_error(
+                f"GET_CONFIG {payload.offset}+{payload.size} beyond the "
+                f"{len(cfg)}-byte config space")
+            return ConfigSpace(payload.offset, 0, payload.flags)
+        data = bytes(cfg[payload.offset:payload.offset + payload.size])
+        return ConfigSpace(payload.offset, payload.size, payload.flags, data)
+
+    def set_config(self, payload: ConfigSpace, fds: Fds) -> None:
+        end = payload.offset + payload.size
+        if end > len(self.state.config):
+            raise MalformedMessage(f"SET_CONFIG {payload.offset}+"
+                                   f"{payload.size} beyond the config space")
+        self.state.config[payload.offset:end] = payload.data
+
+    def get_inflight_fd(self, payload: InflightDescription,
+                        fds: Fds) -> InflightDescription:
+        # Answering needs a shared buffer sized per the spec's inflight
+        # layout; this back-end does not track inflight I/O.
+        raise Refused("inflight I/O tracking is not implemented")
+
+    def set_inflight_fd(self, payload: InflightDescription,
+                        fds: Fds) -> None:
+        self.state.inflight_fd = _replace_fd(self.state.inflight_fd, fds[0])
+
+
+def _replace_fd(old: Optional[int], new: Optional[int]) -> Optional[int]:
+    """Close ``old`` (if any) and return ``new``: a request that hands over
+    a second fd for the same purpose must not leak the first."""
+    if old is not None:
+        close_fds([old])
+    return new
+
+
+def _fd_kind(fd: int) -> str:
+    """What a file descriptor is, as /proc names it."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
+def _is_eventfd(fd: int) -> bool:
+    return _fd_kind(fd) == "anon_inode:[eventfd]"
+
+
+#: Requests with a handler method (the rest are refused).
+HANDLED: Dict[Request, str] = {
+    r: r.name.lower() for r in Request
+    if callable(getattr(RequestHandlers, r.name.lower(), None))}

@@ -1,0 +1,115 @@
+"""
+What a back-end observed going wrong, as typed records.
+
+A test asks *what kind* of thing happened and compares fields; it does not
+grep text.  The text is still there (``str(record)``) for logs and
+failure messages.
+
+* :class:`Problem` -- one error, violation or refusal (:class:`ProblemKind`),
+  with the connection, message number and request it belongs to;
+* :class:`Disconnect` -- why a connection ended (:class:`DisconnectCause`);
+* :class:`RingEvent` -- what happened to a ring, for ring listeners;
+* :class:`Records` -- the lists a back-end keeps; the owner guards them
+  with its lock (the back-end thread appends, tests read).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .message import Request
+
+__all__ = ["ProblemKind", "Problem", "DisconnectCause", "Disconnect",
+           "RingEvent", "Records"]
+
+
+class ProblemKind(enum.Enum):
+    """The three ways a message can go wrong (see :mod:`.backend`)."""
+
+    #: malformed input, an unmappable region, a bug in this code
+    ERROR = "error"
+    #: the front-end broke a rule of the spec (:mod:`.conformance`)
+    VIOLATION = "violation"
+    #: a legal request this back-end does not implement
+    REFUSAL = "refused"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One recorded problem; ``text`` says it in a sentence."""
+
+    kind: ProblemKind
+    text: str
+    conn: int = 0
+    #: the message's number on its connection (1-based), if one caused it
+    msgno: Optional[int] = None
+    request: Optional[Request] = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class DisconnectCause(enum.Enum):
+    """Why a connection ended."""
+
+    #: the front-end closed the socket (QEMU quit, or reconnects)
+    PEER_CLOSED = "peer closed"
+    #: framing was lost (oversized, truncated): nothing after can be read
+    MALFORMED = "malformed message"
+    #: the spec says to close, or an answer owed could not be given
+    PROTOCOL = "protocol"
+    #: a request was refused and the front-end did not ask for an ack
+    REFUSED = "refused"
+    #: a scripted :class:`.faults.Fault`
+    FAULT = "fault"
+    #: :meth:`.VhostUserBackend.disconnect`
+    DROPPED = "dropped by the test"
+    #: :meth:`.VhostUserBackend.stop`
+    STOPPED = "back-end stopped"
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """The end of connection ``conn``."""
+
+    conn: int
+    cause: DisconnectCause
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return (f"{self.cause.value}: {self.detail}" if self.detail
+                else self.cause.value)
+
+
+class RingEvent(str, enum.Enum):
+    """What a ring listener is told (the spec's ring states)."""
+
+    STARTED = "started"
+    STOPPED = "stopped"
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+@dataclass
+class Records:
+    """Everything a back-end recorded, by kind."""
+
+    errors: List[Problem] = field(default_factory=list)
+    violations: List[Problem] = field(default_factory=list)
+    refusals: List[Problem] = field(default_factory=list)
+    #: why each connection ended, by connection number
+    disconnects: Dict[int, Disconnect] = field(default_factory=dict)
+
+    def add(self, problem: Problem) -> None:
+        {ProblemKind.ERROR: self.errors,
+         ProblemKind.VIOLATION: self.violations,
+         ProblemKind.REFUSAL: self.refusals}[problem.kind].append(problem)
+
+    def clear(self) -> None:
+        """Forget the problems (a unit test that provoked them on purpose);
+        disconnects stay, they are history, not faults."""
+        self.errors.clear()
+        self.violations.clear()
+        self.refusals.clear()

@@ -1,0 +1,244 @@
+"""
+One connection's conversation: a message in, what to do about it out.
+
+:class:`Session` takes one received message (header, raw payload, fds) and
+carries it through the same steps every time:
+
+1. **decode** -- header version and REPLY bit, payload size, fd count
+   (:mod:`.message`); a failure is an error, and the connection survives
+   it when the framing is intact and nobody waits for an answer;
+2. **judge** -- conformance rules against the state *before* the request
+   (:mod:`.conformance`); a breach is a violation, recorded, not fatal;
+3. **faults** -- a scripted :class:`.faults.Fault` may disconnect, hold or
+   replace the answer;
+4. **handle** -- the request's typed method (:mod:`.handlers`);
+5. **answer** -- the reply payload, or a REPLY_ACK when one is asked for.
+
+It ends the connection by raising :class:`.handlers.CloseConnection`; the
+server (:mod:`.backend`) closes and records why.  The session runs with the
+back-end's lock held, and lets go of it only while a fault holds an answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+
+from .conformance import check as conformance_check
+from .connection import Connection, close_fds
+from .error import (FdCountError, MalformedMessage, ProtocolError,
+                    UnknownRequest)
+from .faults import Fault, FaultAction
+from .handlers import CloseConnection, RequestHandlers, Refused
+from .message import (FLAG_REPLY, REPLY_BODY, VERSION, Header, Payload,
+                      ProtocolFeature, Request, U64, decode_payload, encode,
+                      fd_rule)
+from .records import DisconnectCause, Problem, ProblemKind
+from .state import DeviceState
+from .trace import Event, TraceKind
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .config import BackendConfig
+    from .handlers import HandlerHost
+    from .trace import Trace
+
+    class SessionHost(HandlerHost, Protocol):
+        """What a session needs of its back-end beyond request handling."""
+
+        config: BackendConfig
+        trace: Trace
+        faults: List[Fault]
+
+        def record(self, problem: Problem) -> None: ...
+
+        @property
+        def stopping(self) -> bool: ...
+
+__all__ = ["Session"]
+
+
+class Session:
+    """The conversation on connection number ``number``.
+
+    :param lock: the back-end's lock, held while :meth:`handle` runs.
+    """
+
+    def __init__(self, number: int, conn: Connection, state: DeviceState,
+                 host: "SessionHost", lock: threading.Condition):
+        self.number = number
+        self.conn = conn
+        self.state = state
+        self.host = host
+        self.handlers = RequestHandlers(state, host)
+        self.messages = 0
+        self._lock = lock
+
+    # --- the steps --------------------------------------------------------
+    def handle(self, header: Header, raw: bytes, fds: List[int]) -> None:
+        """Decode, judge, apply faults, handle and answer one message.
+
+        :raise CloseConnection: the connection must end.
+        """
+        self.messages += 1
+        msgno = self.messages
+        try:
+            req, payload = self._decode(header, raw, fds)
+        except ProtocolError as exc:
+            close_fds(fds)
+            self.host.trace.add(self.number, TraceKind.RX,
+                                _request_name(header.request), header.flags,
+                                header.size, len(fds),
+                                f"raw={raw[:64].hex()}")
+            self._problem(ProblemKind.ERROR, f"message {msgno}: {exc}",
+                          msgno)
+            self._after_bad_message(header, exc)
+            return
+        self.host.trace.add(self.number, TraceKind.RX, req.name,
+                            header.flags, header.size, len(fds), payload)
+        for violation in conformance_check(req, payload, header, self.state,
+                                           self.host.config.max_rings):
+            self._problem(ProblemKind.VIOLATION,
+                          f"message {msgno} {req.name}: {violation}",
+                          msgno, req)
+        fault = self._fault_for(msgno, req, payload)
+        if fault is not None:
+            self._before(fault, msgno, req, fds)
+        answer = self._call(header, req, payload, fds, msgno)
+        if answer is None:
+            return  # refused, and the refusal was the answer
+        reply, status = answer
+        if fault is not None and fault.kind is FaultAction.REPLY:
+            assert fault.reply_bytes is not None
+            data = fault.reply_bytes(req, payload)
+            self.host.trace.add(self.number, TraceKind.TX, req.name, 0,
+                                len(data), 0, f"fault reply {data.hex()}")
+            self.conn.send(data)
+        elif reply is not None:
+            self.send(req, reply)
+        elif header.need_reply and self._reply_ack:
+            self.send(req, U64(status))
+        if fault is not None and fault.kind is FaultAction.DISCONNECT_AFTER:
+            raise CloseConnection(DisconnectCause.FAULT, f"disconnect after "
+                                  f"message {msgno} ({req.name})")
+
+    def _decode(self, header: Header, raw: bytes,
+                fds: List[int]) -> Tuple[Request, Payload]:
+        if header.version != VERSION:
+            raise MalformedMessage(
+                f"bad version bits in flags 0x{header.flags:x} "
+                f"(expected {VERSION})")
+        if header.is_reply:
+            raise MalformedMessage(
+                f"REPLY flag set on a request (flags 0x{header.flags:x})")
+        req, payload = decode_payload(header.request, raw)
+        rule = fd_rule(req, payload)
+        if len(fds) not in rule.allowed:
+            raise FdCountError(
+                f"{req.name} carries {len(fds)} fds, expected "
+                f"{' or '.join(map(str, rule.allowed))}")
+        if len(fds) in rule.tolerated:
+            close_fds(fds)
+            fds.clear()
+        return req, payload
+
+    def _call(self, header: Header, req: Request, payload: Payload,
+              fds: List[int], msgno: int
+              ) -> Optional[Tuple[Optional[Payload], int]]:
+        """Run the handler: its reply and the REPLY_ACK status, or None
+        when a refusal was acked already."""
+        try:
+            return self.handlers.handler(req)(payload, fds), 0
+        except Refused as exc:
+            self._problem(ProblemKind.REFUSAL, f"{req.name}: {exc}", msgno,
+                          req)
+            if header.need_reply and self._reply_ack:
+                self.send(req, U64(1))
+                return None
+            raise CloseConnection(DisconnectCause.REFUSED,
+                                  f"refused {req.name}: {exc}") from None
+        except ProtocolError as exc:
+            self._problem(ProblemKind.ERROR, f"message {msgno} {req.name}: "
+                          f"{exc}", msgno, req)
+            if req in REPLY_BODY and not header.need_reply:
+                raise CloseConnection(DisconnectCause.PROTOCOL,
+                                      f"cannot answer {req.name}: {exc}"
+                                      ) from None
+            return None, 1
+
+    def _after_bad_message(self, header: Header, exc: ProtocolError) -> None:
+        """A message that could not be decoded: answer a failure if one is
+        owed and possible, else close."""
+        if isinstance(exc, UnknownRequest):
+            raise CloseConnection(DisconnectCause.PROTOCOL,
+                                  f"unknown request {header.request}")
+        try:
+            req = Request(header.request)
+        except ValueError:
+            raise CloseConnection(DisconnectCause.MALFORMED,
+                                  str(exc)) from None
+        if header.need_reply and self._reply_ack:
+            self.send(req, U64(1))
+        elif req in REPLY_BODY:
+            raise CloseConnection(DisconnectCause.PROTOCOL,
+                                  f"cannot answer malformed {req.name}")
+
+    @property
+    def _reply_ack(self) -> bool:
+        return self.state.protocol_negotiated(ProtocolFeature.REPLY_ACK)
+
+    def send(self, req: Request, payload: Payload,
+             fds: Sequence[int] = ()) -> None:
+        data = encode(req, payload, VERSION | FLAG_REPLY)
+        # Traced first: once sent, the peer (and the test) may act on it.
+        self.host.trace.add(self.number, TraceKind.TX, req.name,
+                            VERSION | FLAG_REPLY, len(data) - 12, len(fds),
+                            payload)
+        self.conn.send(data, fds)
+
+    # --- faults -----------------------------------------------------------
+    def _fault_for(self, msgno: int, req: Request,
+                   payload: Payload) -> Optional[Fault]:
+        for fault in self.host.faults:
+            if fault.matches(self.number, msgno, req, payload):
+                fault.fired += 1
+                self.host.trace.event(self.number, Event.FAULT,
+                                      f"{fault.kind.value} at message "
+                                      f"{msgno} {req.name}")
+                return fault
+        return None
+
+    def _before(self, fault: Fault, msgno: int, req: Request,
+                fds: List[int]) -> None:
+        """What a fault does before the request is handled."""
+        if fault.kind is FaultAction.DISCONNECT:
+            close_fds(fds)
+            raise CloseConnection(DisconnectCause.FAULT, f"disconnect at "
+                                  f"message {msgno} ({req.name})")
+        if fault.kind is not FaultAction.HOLD:
+            return
+        fault.reached.set()
+        self._lock.release()  # the test acts meanwhile, under this lock
+        try:
+            released = fault.release.wait(fault.hold_timeout)
+        finally:
+            self._lock.acquire()
+        if not released:
+            self.host.trace.event(self.number, Event.HOLD_TIMEOUT,
+                                  f"{req.name} held {fault.hold_timeout}s")
+        if self.host.stopping:
+            close_fds(fds)
+            raise CloseConnection(DisconnectCause.STOPPED, "back-end "
+                                  f"stopped while holding {req.name}")
+
+    def _problem(self, kind: ProblemKind, text: str, msgno: int,
+                 req: Optional[Request] = None) -> None:
+        self.host.record(Problem(kind, text, self.number, msgno, req))
+
+
+def _request_name(number: int) -> str:
+    try:
+        return Request(number).name
+    except ValueError:
+        return f"UNKNOWN({number})"
