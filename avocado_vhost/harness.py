@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import random
 import shlex
 import subprocess
 import shutil
@@ -41,20 +40,16 @@ from .guest.boot import (GuestOptions, backend_config, device_opts,
 from .guest.console import GuestConsole
 from .guest.netstack import Responder
 from .guest.run import GuestFailure, GuestRun
-from .guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
-                       pattern)
-from .qemu.driver import DriverQueue, PackedDriverQueue
-from .qemu.platform import BUFFER_WINDOW, Platform, platform_for
-from .qemu.virtio_pci import GuestAllocator
+from .qemu.platform import Platform, platform_for
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
 from .qemu.launcher import call_in_launcher
 from .qemu.watch import FolderWatch
-from .tmpdirs import (DUMP_PREFIX, dpdk_runtime_base, dump_base,
-                      make_private_tmpdir, remove_all_orphans)
+from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
+                      remove_all_orphans)
 from .watchdog import start_watchdog
-from .vhost_user import BackendConfig, Fault, Request, VhostUserBackend
+from .vhost_user import BackendConfig, Fault, VhostUserBackend
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
 
@@ -455,6 +450,11 @@ class Harness(_Base):
                        f" before it listened; see {name}.log")
         return proc, sock
 
+    def cleanup(self, function: Callable[..., object], *args: object) -> None:
+        """Call ``function(*args)`` at tear-down, before the resources made
+        earlier are released (last in, first out), whatever happens."""
+        self._stack.callback(function, *args)
+
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")
 
@@ -492,90 +492,6 @@ class Harness(_Base):
         vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
         backend.wait_rings_started(rings, timeout=self.scaled(10))
 
-    def assert_guest_memory_agrees(self, vm: VhostVM,
-                                   backend: VhostUserBackend) -> None:
-        """read-guest-mem: the back-end maps exactly the RAM QEMU has.
-
-        1. a seeded random pattern, stamped per page, written over every
-           region through the back-end's mapping is what QEMU's
-           ``pmemsave`` sees, byte for byte;
-        2. data written through qtest at the edges of every region and
-           across a page boundary is what the back-end reads;
-        3. negative control: one byte changed behind the pattern's back is
-           found, at its address (the comparison can fail).
-        """
-        assert vm.qtest is not None, "read-guest-mem needs qtest"
-        memory = backend.state.memory
-        regions = list(memory.ram_ranges())
-        self.log.info("back-end memory table: %s",
-                      ", ".join(f"0x{g:x}+0x{s:x}" for g, s in regions))
-        ranges = vm.ram_ranges()
-        self.log.info("RAM in QEMU's address space: %s",
-                      ", ".join(f"0x{g:x}+0x{s:x}" for g, s in ranges))
-        self.assertTrue(ranges, "QEMU shows no RAM of the memory backend")
-        for gpa, size in ranges:
-            self.assertTrue(any(g <= gpa and gpa + size <= g + s
-                                for g, s in regions),
-                            f"guest RAM 0x{gpa:x}+0x{size:x} is not in the "
-                            "back-end's memory table")
-        seed = random.randrange(1 << 32)
-        self.log.info("pattern seed %d", seed)
-
-        # 1. Back-end -> QEMU: every byte of RAM, as QEMU shows it.
-        fill_pattern(memory, seed)
-        for gpa, size in ranges:
-            dump = self.dump_guest_memory(vm, gpa, size)
-            diff = compare_dump(dump, gpa, size, seed)
-            self.assertIsNone(diff, f"RAM 0x{gpa:x}+0x{size:x}: {diff}")
-
-        # 2. QEMU -> back-end: qtest writes at the edges of every region
-        # and across a page boundary, read through the back-end's mapping.
-        rng = random.Random(seed)
-        spots = []
-        for gpa, size in ranges:
-            spots += [(gpa, 256), (gpa + size - 256, 256),
-                      (gpa + (size // 2 // PAGE) * PAGE - 100, 200)]
-        for gpa, length in spots:
-            data = rng.randbytes(length)
-            vm.qtest.memwrite(gpa, data)
-            seen = memory.read(gpa, length)
-            self.assertIsNone(first_difference(data, seen),
-                              f"qtest wrote {data[:16].hex()} at 0x{gpa:x}, "
-                              f"the back-end reads {seen[:16].hex()}")
-            self.assertEqual(vm.qtest.memread(gpa, length), data)
-            memory.write(gpa, pattern(seed, gpa, length))  # restore
-
-        # 3. Negative control: one byte changed behind the pattern's back
-        # must be found, at its address.
-        # The same comparison over a 2 MiB window around the byte (a second
-        # dump of the whole RAM would double the test's time), not aligned
-        # to pages or chunks, so that it crosses both.
-        gpa, size = ranges[-1]
-        target = gpa + rng.randrange(size // 2, size - PAGE)
-        expected = pattern(seed, target, 1)[0]
-        vm.qtest.write(target, 1, expected ^ 0xFF)
-        low = max(gpa, target - (1 << 20) - 777)
-        high = min(gpa + size, target + (1 << 20))
-        dump = self.dump_guest_memory(vm, low, high - low)
-        diff = compare_dump(dump, low, high - low, seed)
-        self.assertIsNotNone(diff, "the comparison missed a changed byte")
-        self.assertIn(f"0x{target:x}", str(diff))
-        self.log.info("negative control caught: %s", diff)
-
-    def dump_guest_memory(self, vm: VhostVM, gpa: int, size: int) -> str:
-        """QEMU's view of ``[gpa, gpa+size)`` in a file (QMP ``pmemsave``).
-
-        Dumps go to a private directory on /dev/shm (tmpfs) when there is
-        one, removed at tear-down.
-        """
-        if not hasattr(self, "_dumpdir"):
-            self._dumpdir = make_private_tmpdir(dump_base(), DUMP_PREFIX)
-            self._stack.callback(shutil.rmtree, self._dumpdir,
-                                 ignore_errors=True)
-        path = os.path.join(self._dumpdir, f"{vm.name}-{gpa:x}.bin")
-        vm.qmp("pmemsave", val=gpa, size=size, filename=path)
-        return path
-
     def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",
                            faults: Sequence[Fault] = (),
                            on_connect: Optional[Callable[..., None]] = None,
@@ -595,59 +511,6 @@ class Harness(_Base):
         backend.reconnect_path = path
         vm.launch(connect=backend.connect, timeout=self.scaled(30))
         return vm, backend
-
-    def migrate_holding_handoff(self, src: VhostVM, dst: VhostVM,
-                                src_backend: VhostUserBackend,
-                                uri: str) -> Fault:
-        """Start migrating ``src`` to ``dst``; the source back-end holds its
-        answer to the first GET_VRING_BASE.
-
-        When the returned fault's ``reached`` is set, QEMU has stopped the
-        VM, sent every page at least once, and waits for that answer: it
-        syncs the dirty log only after it.  The test acts (writes, logs or
-        not), then sets the fault's ``release``.
-        """
-        hold = Fault("hold", request=Request.GET_VRING_BASE,
-                     hold_timeout=self.scaled(30))
-        src_backend.faults.append(hold)
-        # A test that fails while QEMU waits must not wait out the hold.
-        self._stack.callback(hold.release.set)
-        for vm in (src, dst):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True}])
-        src.qmp("migrate", uri=uri)
-        return hold
-
-    def wait_migration(self, src: VhostVM, dst: VhostVM,
-                       timeout: float = 30.0) -> Optional[str]:
-        """Wait for the source's migration to end (``events`` capability
-        on) and for the destination to resume.
-
-        :return: None when it completed and the destination runs; else why
-            not, with the tail of the destination's QEMU output.
-        """
-        # The destination has the last word: it may refuse what the source
-        # sent successfully.  Both sides need the "events" capability.
-        event = dst.machine.events_wait(
-            [("RESUME", None),
-             ("MIGRATION", {"data": {"status": "failed"}})],
-            timeout=self.scaled(timeout))
-        if event and event["event"] == "RESUME":
-            return None
-        status = "failed on the destination"
-        dst.machine.wait(timeout=int(self.scaled(timeout)))
-        with open(dst.log_path, encoding="utf-8", errors="replace") as log:
-            tail = log.read().strip().splitlines()[-4:]
-        return f"migration {status}; destination QEMU: " + " | ".join(tail)
-
-    def net_queues(self, vm: VhostVM) -> List[DriverQueue]:
-        """Test-side drivers for every queue of ``vm``'s started device,
-        with buffers in guest RAM above the rings."""
-        assert vm.device is not None and vm.qtest is not None, \
-            "drive the device first"
-        alloc = GuestAllocator(*vm.spec.platform.window(BUFFER_WINDOW))
-        kind = PackedDriverQueue if vm.device.packed else DriverQueue
-        return [kind(vm.qtest, q, alloc) for q in vm.device.queues]
 
     def expect_violations(self, backend: VhostUserBackend) -> None:
         """Declare that ``backend`` will see the front-end break rules and

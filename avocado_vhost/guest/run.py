@@ -43,6 +43,8 @@ class GuestRun:
     def explain(self, what: str) -> str:
         """A failure message: what went wrong, the console's tail and the
         back-end's last requests."""
+        if "Kernel panic" in self.console.tail(1 << 20):
+            what = f"{what} (THE GUEST KERNEL PANICKED: see the console)"
         return (f"{what}\n--- guest console (tail) ---\n"
                 f"{self.console.tail(1200)}\n--- back-end {self.backend.name}"
                 f" (last requests) ---\n{self.backend.trace.tail(15)}")

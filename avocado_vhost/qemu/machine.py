@@ -40,11 +40,13 @@ import select
 import socket
 import threading
 import types
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from qemu.machine import QEMUMachine
 from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import NegotiationError
+
+from .qtest import QtestLink
 
 __all__ = ["VhostMachine", "early_events", "tolerate_early_events"]
 
@@ -96,7 +98,22 @@ def early_events(machine: QEMUMachine) -> List[Dict[str, Any]]:
 
 
 class VhostMachine(QEMUMachine):
-    """A ``QEMUMachine`` that survives the QMP race and fails fast."""
+    """A ``QEMUMachine`` that survives the QMP race, fails fast, and owns
+    the test's qtest link through its own launch hooks: accepted once QMP
+    is up (``_post_launch``), closed with the machine (``_post_shutdown``).
+
+    :param qtest: the link QEMU connects to (``-qtest``), if any.
+    """
+
+    def __init__(self, *args: Any, qtest: Optional[QtestLink] = None,
+                 **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._qtest = qtest
+
+    def _post_shutdown(self) -> None:
+        if self._qtest is not None:
+            self._qtest.close()
+        super()._post_shutdown()
 
     def _pre_launch(self) -> None:
         super()._pre_launch()
@@ -104,6 +121,12 @@ class VhostMachine(QEMUMachine):
             tolerate_early_events(self._qmp_connection)
 
     def _post_launch(self) -> None:
+        self._connect_qmp()
+        if self._qtest is not None:
+            self._qtest.accept()
+
+    def _connect_qmp(self) -> None:
+        """QEMUMachine's QMP connection, ended early if QEMU exits first."""
         popen, address = self._popen, self._monitor_address
         if popen is None or not isinstance(address, str):
             super()._post_launch()

@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 __all__ = ["Platform", "PLATFORMS", "platform_for",
-           "RING_WINDOW", "BUFFER_WINDOW"]
+           "SCRATCH_WINDOW", "RING_WINDOW", "BUFFER_WINDOW"]
 
-#: guest RAM (offsets from the RAM base) where the test driver lays out its
-#: rings, and where the data-path drivers allocate buffers
+#: The guest RAM layout every test uses, in offsets from the RAM base:
+#: pages a scenario writes and reads back itself (migration's dirty pages),
+#: where the test driver lays out its rings, and where the data-path
+#: drivers allocate buffers.  Nothing else in guest RAM is the test's.
+SCRATCH_WINDOW = (0x100000, 0x400000)
 RING_WINDOW = (0x400000, 0x800000)
 BUFFER_WINDOW = (0x800000, 0x4000000)
 

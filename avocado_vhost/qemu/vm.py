@@ -15,21 +15,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import re
 import subprocess
 from concurrent import futures
 from dataclasses import dataclass, field
-import re
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..vhost_user.connection import check_socket_path
-from .machine import VhostMachine
-
+from .driver import DriverQueue, PackedDriverQueue
 from .launcher import call_in_launcher, submit_to_launcher
+from .machine import VhostMachine, early_events
+from .platform import BUFFER_WINDOW, PLATFORMS, RING_WINDOW, Platform
 from .qtest import QtestLink
-from .watch import FolderWatch
-from .platform import PLATFORMS, RING_WINDOW, Platform
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          config_space, find_function, modern_device_id)
+from .watch import FolderWatch
 
 __all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
            "default_tmpdir",
@@ -161,6 +161,10 @@ class VMSpec:
         return out + self.extra
 
 
+#: a QMP event to wait for: its name, and fields it must match (or None)
+EventSpec = Tuple[str, Optional[Dict[str, Any]]]
+
+
 class VhostVM:
     """A launched (or launchable) VM: QEMUMachine + qtest + test driver.
 
@@ -189,7 +193,7 @@ class VhostVM:
                 self.qtest.qemu_args if self.qtest else []),
             wrapper=wrapper, name=spec.name, base_temp_dir=spec.workdir,
             monitor_address=os.path.join(spec.workdir, f"{spec.name}.qmp"),
-            log_dir=log_dir, qmp_timer=qmp_timeout)
+            log_dir=log_dir, qmp_timer=qmp_timeout, qtest=self.qtest)
         self.device: Optional[VirtioPciDevice] = None
 
     @property
@@ -210,7 +214,8 @@ class VhostVM:
 
     def launch(self, connect: Optional[Callable[[str], None]] = None,
                timeout: float = 30.0) -> None:
-        """Start QEMU; return once QMP (and qtest) are connected.
+        """Start QEMU; return once QMP (and qtest: the machine's launch
+        hook accepts it) are connected.
 
         :param connect: for ``vhost_server``: called with the socket path
             once QEMU listens on it.  QEMU's vhost-user netdev blocks its
@@ -223,8 +228,6 @@ class VhostVM:
             call_in_launcher(self.machine.launch)
         else:
             self._launch_and_connect(connect, timeout)
-        if self.qtest is not None:
-            self.qtest.accept()
 
     def _qemu_waits_for_backend(self) -> bool:
         try:
@@ -283,6 +286,15 @@ class VhostVM:
                           queues, queue_size, msix)
         return self.device
 
+    def net_queues(self) -> List[DriverQueue]:
+        """Test-side drivers for every queue of the driven device, with
+        buffers in guest RAM above the rings (:data:`.BUFFER_WINDOW`)."""
+        assert self.device is not None and self.qtest is not None, \
+            "drive the device first"
+        alloc = GuestAllocator(*self.spec.platform.window(BUFFER_WINDOW))
+        kind = PackedDriverQueue if self.device.packed else DriverQueue
+        return [kind(self.qtest, q, alloc) for q in self.device.queues]
+
     def qmp(self, cmd: str, **args: object) -> object:
         """Run a QMP command and return its result (raises on error)."""
         return self.machine.cmd(cmd, args_dict=args)
@@ -311,6 +323,38 @@ class VhostVM:
                     start, end = (int(match.group(i), 16) for i in (1, 2))
                     ranges.append((start, end - start + 1))
         return ranges
+
+    # --- what tests ask of the process (not of QEMUMachine) ----------------
+    def is_running(self) -> bool:
+        return bool(self.machine.is_running())
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        """QEMU's exit code once it ended (negative: the signal)."""
+        code = self.machine.exitcode()
+        return None if code is None else int(code)
+
+    @property
+    def pid(self) -> Optional[int]:
+        pid = self.machine.get_pid()
+        return None if pid is None else int(pid)
+
+    def event_wait(self, name: str, timeout: float
+                   ) -> Optional[Dict[str, Any]]:
+        """The next QMP event ``name`` within ``timeout`` s (None if none)."""
+        event = self.machine.event_wait(name, timeout=timeout)
+        return None if event is None else dict(event)
+
+    def events_wait(self, events: Sequence[EventSpec],
+                    timeout: float) -> Optional[Dict[str, Any]]:
+        """The first of ``events`` (name, match) within ``timeout`` s."""
+        event = self.machine.events_wait(list(events), timeout=timeout)
+        return None if event is None else dict(event)
+
+    def early_events(self) -> List[Dict[str, Any]]:
+        """QMP events QEMU sent before its capabilities reply (QEMU 10's
+        race, see :mod:`.machine`)."""
+        return early_events(self.machine)
 
     def wait_exit(self, timeout: float) -> Optional[int]:
         """Wait up to ``timeout`` s for QEMU to end by itself (a link that

@@ -202,7 +202,8 @@ class NetDevice:
                                   "SET_VRING_ADDR")
             return
         try:
-            self.rings[ring.index] = self._split(ring, ring.base, None)
+            self.rings[ring.index] = ring.cursor = self._split(
+                ring, ring.base, None)
         except (LookupError, RingError) as exc:
             backend.record_error(f"ring {ring.index}: {exc}")
             return
@@ -246,11 +247,12 @@ class NetDevice:
         for index, split in list(self.rings.items()):
             ring = self._state().vrings[index]
             try:
-                self.rings[index] = self._split(
+                self.rings[index] = ring.cursor = self._split(
                     ring, split.next_avail,
                     split.used_idx if isinstance(split, SplitRing) else None)
             except (LookupError, RingError) as exc:
                 del self.rings[index]
+                ring.base, ring.cursor = split.next_avail, None
                 self._host().record_error(f"ring {index} after a memory "
                                            f"table change: {exc}")
 
@@ -260,8 +262,11 @@ class NetDevice:
         split = self.rings.pop(ring.index, None)
         if split is not None:
             ring.base = split.next_avail
+        ring.cursor = None
 
     def reset(self) -> None:
+        for ring in self._state().vrings.values():
+            ring.cursor = None
         self.rings.clear()
         self.broken.clear()
         self._still.clear()
@@ -300,7 +305,6 @@ class NetDevice:
             self.broken[ring.index] = str(exc)
             self._host().record_error(f"ring {ring.index} broken, not "
                                        f"processed until reset: {exc}")
-        ring.base = split.next_avail
         if split.should_notify() and ring.call_fd is not None:
             signal_eventfd(ring.call_fd)
 

@@ -19,13 +19,24 @@ This module only holds state; :mod:`.backend` changes it and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .connection import close_fds
 from .memory import DirtyLog, GuestMemory
 from .message import VirtioFeature, VringAddr
 
-__all__ = ["Vring", "DeviceState"]
+__all__ = ["Vring", "DeviceState", "Cursor"]
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Cursor(Protocol):
+        """A running ring, as the ring state sees it."""
+
+        @property
+        def next_avail(self) -> int: ...
+else:
+    Cursor = object
 
 
 @dataclass
@@ -34,8 +45,10 @@ class Vring:
 
     index: int
     num: int = 0
-    #: Next available-ring index the back-end will process (split), or the
-    #: packed 32-bit encoding (avail idx|wrap<<15|used idx<<16|wrap<<31).
+    #: Where the ring starts or stopped: the next available-ring index the
+    #: back-end will process (split), or the packed 32-bit encoding (avail
+    #: idx|wrap<<15|used idx<<16|wrap<<31).  Set by SET_VRING_BASE and
+    #: when the ring stops; while it runs, :attr:`position` is the truth.
     base: int = 0
     #: What GET_VRING_BASE last answered (the next owner resumes there).
     reported_base: Optional[int] = None
@@ -51,6 +64,15 @@ class Vring:
     #: How many times this ring was started and stopped on the connection.
     starts: int = 0
     stops: int = 0
+    #: The device's running ring (its ``next_avail`` moves with every
+    #: descriptor); None while the device does not process this ring.
+    cursor: Optional[Cursor] = None
+
+    @property
+    def position(self) -> int:
+        """Where the ring is now: the running ring's own position, else
+        :attr:`base` (one source of truth at a time, nothing copied)."""
+        return self.cursor.next_avail if self.cursor is not None else self.base
 
     def close_fds(self) -> None:
         close_fds([fd for fd in (self.kick_fd, self.call_fd, self.err_fd)
@@ -60,7 +82,7 @@ class Vring:
     def describe(self) -> str:
         return (f"ring {self.index}: {'started' if self.started else 'stopped'}"
                 f", {'enabled' if self.enabled else 'disabled'}, num={self.num}"
-                f", base={self.base}")
+                f", base={self.position}")
 
 
 @dataclass

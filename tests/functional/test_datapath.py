@@ -63,7 +63,7 @@ class Datapath(VhostUserTest):
         vm.drive_device(features=want, queues=2 * pairs + (pairs > 1),
                         queue_size=QUEUE_SIZE)
         backend.wait_rings_started(2 * pairs, timeout=self.scaled(10))
-        return vm, backend, port, self.net_queues(vm)
+        return vm, backend, port, vm.net_queues()
 
     def transmit(self, port, txq, payloads, layout):
         before = len(port.sent)
@@ -123,13 +123,13 @@ class Datapath(VhostUserTest):
         for count in (1, 5, QUEUE_SIZE + 3):
             self.transmit(port, txq, frames(rng, count), "single")
             with backend.lock():  # the pass that sent them has ended
-                base = backend.state.vrings[1].base
+                base = backend.state.vrings[1].position
             seen = vm.qtest.read(txq.q.used + avail_event_offset(txq.size), 2)
             self.assertEqual(seen, base, "used->avail_event is "
                              f"{seen}, the device's next entry is {base}")
         self.receive(backend, port, rxq, frames(rng, 7))
         with backend.lock():
-            base = backend.state.vrings[0].base
+            base = backend.state.vrings[0].position
         seen = vm.qtest.read(rxq.q.used + avail_event_offset(rxq.size), 2)
         self.assertEqual(seen, base,
                          "used->avail_event of the receive ring")
@@ -143,7 +143,7 @@ class Datapath(VhostUserTest):
             self.transmit(port, txq, frames(rng, QUEUE_SIZE + 20,
                                             layout.encode()[:2]), layout)
         self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
-        self.assertEqual(backend.state.vrings[1].base,
+        self.assertEqual(backend.state.vrings[1].position,
                          (3 * (QUEUE_SIZE + 20)) & 0xFFFF)
 
     def test_tx_rx_packed(self):
@@ -162,13 +162,13 @@ class Datapath(VhostUserTest):
                                  queues=2, queue_size=QUEUE_SIZE)
         self.assertTrue(device.packed, "packed rings not negotiated")
         backend.wait_rings_started(2, timeout=self.scaled(10))
-        rxq, txq = self.net_queues(vm)
+        rxq, txq = vm.net_queues()
         rng = random.Random(4)
         for layout in ("single", "chain", "indirect"):
             self.transmit(port, txq, frames(rng, QUEUE_SIZE + 20,
                                             layout.encode()[:2]), layout)
         self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
-        base = backend.state.vrings[1].base
+        base = backend.state.vrings[1].position
         self.assertEqual(base, packed_base(txq.pos, txq.wrap, txq.used_pos,
                                            txq.used_wrap),
                          f"transmit ring base 0x{base:x}")
@@ -229,7 +229,7 @@ class ReconnectUnderTraffic(Datapath):
         vm.drive_device(features=VirtioFeature.RING_INDIRECT_DESC, queues=2,
                         queue_size=QUEUE_SIZE)
         backend.wait_rings_started(2, timeout=self.scaled(10))
-        rxq, txq = self.net_queues(vm)
+        rxq, txq = vm.net_queues()
         rng = random.Random(3)
         self.transmit(port, txq, frames(rng, 30, b"A"), "single")
         device.tx_budget = 5

@@ -11,6 +11,7 @@ from the back-end through QEMU.
 from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
                                    BLK_QUEUES, BLK_SIZE, GPIO_LINES,
                                    device_config)
+from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
 
 
@@ -36,7 +37,7 @@ class Devices(VhostUserTest):
                       "%s (QEMU %s)", self.realize_fetch, self.caps.version)
         driver = vm.drive_device(features=want_features, queues=rings)
         backend.wait_rings_started(rings, timeout=self.scaled(10))
-        self.assert_guest_memory_agrees(vm, backend)
+        assert_guest_memory_agrees(self, vm, backend)
         self.check_backends(backend)
         self.backend = backend
         return driver

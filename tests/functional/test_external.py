@@ -16,6 +16,7 @@ DPDK's vhost PMD (Debian's dpdk-dev).
 import time
 
 from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request
 
@@ -75,7 +76,7 @@ class External(VhostUserTest):
         vm.launch()
         vm.drive_device(queues=2, queue_size=QUEUE_SIZE)
         self.wait_requests(proxy, "SET_VRING_KICK", 2)
-        rxq, txq = self.net_queues(vm)
+        rxq, txq = vm.net_queues()
         frames = [bytes([0xff] * 6 + [2, 0, 0, 0, 0, 1, 0x88, 0xb5])
                   + i.to_bytes(4, "big") + bytes(range(40)) for i in range(32)]
         rxq.post_in(32)
@@ -131,11 +132,8 @@ class External(VhostUserTest):
         src.drive_device(queues=2, queue_size=QUEUE_SIZE)
         self.wait_requests(src_proxy, "SET_VRING_KICK", 2)
         dst.launch()
-        for vm in (src, dst):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True}])
-        src.qmp("migrate", uri=uri)
-        self.assertIsNone(self.wait_migration(src, dst))
+        migrate(self, src, dst, uri)
+        self.assertIsNone(wait_migration(self, src, dst))
         self.wait_requests(dst_proxy, "SET_VRING_KICK", 2)
         stops = [e for e in src_proxy.trace.select("tx")
                  if e.request == "GET_VRING_BASE"]

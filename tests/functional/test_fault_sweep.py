@@ -21,7 +21,6 @@ logged and written to ``fault_sweep.txt`` in the test's log directory.
 
 import os
 
-from avocado_vhost.qemu.machine import early_events
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Fault, WaitTimeout
 
@@ -61,7 +60,7 @@ class FaultSweep(VhostUserTest):
             outcome = (f"restarted on connection {backend.connections}", True)
         except WaitTimeout:
             outcome = self.judge_failure(vm, backend)
-        early = [e["event"] for e in early_events(vm.machine)]
+        early = [e["event"] for e in vm.early_events()]
         if early:  # QEMU 10's QMP race, tolerated: say where it happened
             outcome = (f"{outcome[0]} (QMP: {', '.join(early)} arrived "
                        "before the qmp_capabilities reply)", outcome[1])
@@ -75,8 +74,8 @@ class FaultSweep(VhostUserTest):
             errors = [line.strip() for line in log
                       if line.startswith("qemu-system") and "info:" not in line]
         said = errors[-1] if errors else None
-        if not vm.machine.is_running():
-            code = vm.machine.exitcode()
+        if not vm.is_running():
+            code = vm.exitcode
             if code is not None and code < 0:
                 return f"CRASHED: QEMU killed by signal {-code}", False
             if said:

@@ -15,6 +15,7 @@ from avocado_vhost.guest.run import PING_SUMMARY, GuestRun
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.harness import MSIX_TCG_FIXED_IN
 from avocado_vhost.vhost_user.net import NetDevice, Port
+from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request
 
@@ -209,17 +210,17 @@ class GuestMigration(GuestTest):
         src.run(f"ping -c {MIGRATION_PINGS} -i 0.02 -W 5 10.0.2.1 "
                 "> /tmp/ping.txt 2>&1 & true")
         src.responder.wait_echoes(20, self.scaled(30))
-        for vm in (src.vm, dst):
-            vm.qmp("migrate-set-capabilities", capabilities=[
-                {"capability": "events", "state": True}])
-        src.vm.qmp("migrate", uri=uri)
-        failure = self.wait_migration(src.vm, dst, timeout=120)
+        migrate(self, src.vm, dst, uri)
+        failure = wait_migration(self, src.vm, dst, timeout=120)
         self.assertIsNone(failure, src.explain(str(failure)))
         # The same guest, on the destination's console now.
         on_dst = GuestRun(dst, dst_console, dst_be, port, src.responder,
                           options)
         out = on_dst.run("wait; tail -n 3 /tmp/ping.txt", self.scaled(60))
-        sent, received = (int(n) for n in PING_SUMMARY.search(out).groups())
+        summary = PING_SUMMARY.search(out)
+        self.assertIsNotNone(summary, on_dst.explain(
+            "no ping summary from the guest on the destination"))
+        sent, received = (int(n) for n in summary.groups())
         self.log.info("ping across the migration: %d sent, %d received; "
                       "host: %s; ring events:\n%s", sent, received,
                       dict(src.responder.counts), monitor.timeline())

@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     from avocado_vhost.standalone import standalone_vm
     from avocado_vhost.vhost_user import VhostUserBackend
     with standalone_vm(VhostUserBackend("child"), sys.argv[1]) as vm:
-        print(vm.machine.get_pid(), flush=True)
+        print(vm.pid, flush=True)
         sys.stdin.read()  # until killed
 """)
 

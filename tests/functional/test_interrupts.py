@@ -55,12 +55,12 @@ class Interrupts(VhostUserTest):
         try:
             backend.wait_for(
                 lambda: len(backend.state.started_rings()) >= RINGS
-                or not vm.machine.is_running(),
+                or not vm.is_running(),
                 f"{RINGS} rings started (or QEMU gone)",
                 timeout=self.scaled(10))
         except WaitTimeout:
             pass  # judged below, with what QEMU said
-        if not vm.machine.is_running():
+        if not vm.is_running():
             self.qemu_died(vm, msix, "when the guest set DRIVER_OK")
         # A ring starts at SET_VRING_KICK; QEMU hands over the call eventfd
         # it watches for the guest only after that (SET_VRING_CALL follows

@@ -4,6 +4,7 @@ passes through unchanged (the back-end sees exactly what QEMU sent, the
 guest memory included), both directions are decoded and both sides judged.
 """
 
+from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
 
 #: what DPDK 22.11's vhost PMD prints once a device is started
@@ -25,7 +26,7 @@ class Proxy(VhostUserTest):
         proxy = self.make_proxy("proxy", backend.listener_path)
         vm = self.make_vm("vm", self.socket_path("proxy"))
         self.start_vm(vm, backend)
-        self.assert_guest_memory_agrees(vm, backend)
+        assert_guest_memory_agrees(self, vm, backend)
         seen_by_proxy = [e.request for e in proxy.trace.select("rx")]
         self.assertEqual(seen_by_proxy, backend.trace.received())
         self.assertEqual(len(proxy.trace.select("tx")),

@@ -8,6 +8,7 @@ misplaced region too), and a negative control shows that the comparison
 catches a single changed byte.
 """
 
+from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
 
 
@@ -23,7 +24,7 @@ class ReadGuestMem(VhostUserTest):
         backend = self.make_backend("backend")
         vm = self.make_vm("vm", backend.listener_path, mem_backend=membackend)
         self.start_vm(vm, backend, rings=2)
-        self.assert_guest_memory_agrees(vm, backend)
+        assert_guest_memory_agrees(self, vm, backend)
 
     def test_read_guest_mem(self):
         """Memory backend from ``-p membackend=`` (memfd by default)."""

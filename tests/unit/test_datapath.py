@@ -109,7 +109,7 @@ class RingTest(unittest.TestCase):
             self.port.wait_sent((batch + 1) * NUM, 2)
         self.assertEqual([s.data for s in self.port.sent], frames)
         self.assertEqual(self.used(1), 3 * NUM)
-        self.assertEqual(self.backend.state.vrings[1].base, 3 * NUM)
+        self.assertEqual(self.backend.state.vrings[1].position, 3 * NUM)
 
     def interrupts(self, ring):
         try:

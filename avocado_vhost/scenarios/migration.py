@@ -1,0 +1,173 @@
+"""
+Live migration between two VMs, each with its own back-end.
+
+:func:`start_pair` makes the source (running, device driven) and the
+destination (waiting for the migration stream); :func:`migrate` starts the
+migration, optionally holding the source back-end's answer to the first
+GET_VRING_BASE: at that moment QEMU has stopped the VM and sent every page
+once, and reads the dirty log only after the answer, so whatever a test
+writes then reaches the destination through the log or not at all.
+
+:func:`dirty_log_handoff` is the seed test's story told with teeth: two
+pages written by the source back-end during the hold, one logged and one
+not, and a :class:`DirtyLogReport` of what the destination sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..handoff import RingHandoffMonitor
+from ..qemu.platform import SCRATCH_WINDOW
+from ..qemu.vm import VhostVM
+from ..vhost_user import Fault, Request, VhostUserBackend
+
+if TYPE_CHECKING:
+    from ..harness import Harness
+
+__all__ = ["MigrationPair", "start_pair", "migrate", "wait_migration",
+           "DirtyLogReport", "dirty_log_handoff", "LOG_CHUNK", "expected_log_size"]
+
+#: one u64 word of the dirty log covers 64 pages of 4 KiB
+LOG_CHUNK = 4096 * 64
+
+
+def expected_log_size(ram_top: int) -> int:
+    """The spec's log size for RAM up to ``ram_top``: one bit per 4 KiB
+    page from address 0, in whole 64-bit words."""
+    return ((ram_top - 1) // LOG_CHUNK + 1) * 8
+
+
+@dataclass
+class MigrationPair:
+    """A source VM and its back-end, a destination VM waiting for the
+    stream and its back-end, and where the stream goes."""
+
+    src_backend: VhostUserBackend
+    dst_backend: VhostUserBackend
+    src: VhostVM
+    dst: VhostVM
+    uri: str
+
+
+def start_pair(test: "Harness", rings: int = 2, **spec: Any) -> MigrationPair:
+    """The source launched with ``rings`` rings started; the destination
+    launched with ``-incoming``."""
+    src_be = test.make_backend("src")
+    dst_be = test.make_backend("dst")
+    src = test.make_vm("src", src_be.listener_path, **spec)
+    uri = "unix:" + test.socket_path("migration")
+    dst = test.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
+    test.start_vm(src, src_be, rings=rings)
+    dst.launch()
+    return MigrationPair(src_be, dst_be, src, dst, uri)
+
+
+def migrate(test: "Harness", src: VhostVM, dst: VhostVM, uri: str,
+            hold: Optional[VhostUserBackend] = None) -> Optional[Fault]:
+    """Start migrating ``src`` to ``dst`` (migration events on for both).
+
+    :param hold: a back-end that holds its answer to the first
+        GET_VRING_BASE; the returned fault's ``reached`` is set when QEMU
+        waits for it, and the test sets its ``release``.
+    """
+    fault = None
+    if hold is not None:
+        fault = Fault("hold", request=Request.GET_VRING_BASE,
+                      hold_timeout=test.scaled(30))
+        hold.faults.append(fault)
+        # A test that fails while QEMU waits must not wait out the hold.
+        test.cleanup(fault.release.set)
+    for vm in (src, dst):
+        vm.qmp("migrate-set-capabilities", capabilities=[
+            {"capability": "events", "state": True}])
+    src.qmp("migrate", uri=uri)
+    return fault
+
+
+def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
+                   timeout: float = 30.0) -> Optional[str]:
+    """Wait for the migration to end and the destination to resume.
+
+    :return: None when it completed and the destination runs; else why
+        not, with the tail of the destination's QEMU output.
+    """
+    # The destination has the last word: it may refuse what the source
+    # sent successfully.  Both sides need the "events" capability.
+    event = dst.events_wait(
+        [("RESUME", None),
+         ("MIGRATION", {"data": {"status": "failed"}})],
+        timeout=test.scaled(timeout))
+    if event and event["event"] == "RESUME":
+        return None
+    dst.wait_exit(test.scaled(timeout))
+    with open(dst.log_path, encoding="utf-8", errors="replace") as log:
+        tail = log.read().strip().splitlines()[-4:]
+    return "migration failed on the destination; destination QEMU: " \
+        + " | ".join(tail)
+
+
+@dataclass
+class DirtyLogReport:
+    """What :func:`dirty_log_handoff` saw."""
+
+    log_size: int
+    #: the end of the highest RAM region (the log must cover up to it)
+    ram_top: int
+    logged_page: int
+    unlogged_page: int
+    #: the two pages as the destination's QEMU reads them
+    logged_on_dst: bytes
+    unlogged_on_dst: bytes
+    #: the logged page through the destination back-end's mapping
+    logged_on_dst_backend: bytes
+    monitor: RingHandoffMonitor
+    #: why the migration failed (None: it completed)
+    failure: Optional[str]
+
+
+#: what the pages hold before, and what the source back-end writes
+OLD, NEW = 0x11, 0x42
+
+
+def dirty_log_handoff(test: "Harness") -> DirtyLogReport:
+    """Migrate with two pages written by the source back-end while QEMU
+    waits for its GET_VRING_BASE answer: one logged, one not."""
+    pair = start_pair(test)
+    logged = test.platform.ram(SCRATCH_WINDOW[0])
+    unlogged = logged + 4096
+    monitor = RingHandoffMonitor(pair.src_backend, pair.dst_backend)
+    src_qtest, dst_qtest = pair.src.qtest, pair.dst.qtest
+    assert src_qtest is not None and dst_qtest is not None
+    for page in (logged, unlogged):
+        src_qtest.memset(page, 4096, OLD)
+    hold = migrate(test, pair.src, pair.dst, pair.uri, hold=pair.src_backend)
+    assert hold is not None
+    src_be = pair.src_backend
+    src_be.wait_log_base(timeout=test.scaled(10))
+    assert src_be.state.log is not None
+    log_size = src_be.state.log.size
+    ram_top = max(g + s for g, s in src_be.state.memory.ram_ranges())
+    if not hold.reached.wait(test.scaled(30)):
+        raise AssertionError("QEMU never stopped the source rings (no "
+                             "GET_VRING_BASE): " + src_be.describe())
+    with src_be.lock():
+        for page in (logged, unlogged):
+            src_be.state.memory.write(page, bytes([NEW]) * 4096)
+        src_be.mark_dirty(logged, 4096)
+    hold.release.set()
+    pair.src.event_wait("STOP", timeout=test.scaled(30))
+    failure = wait_migration(test, pair.src, pair.dst)
+    if failure is None:
+        pair.dst_backend.wait_rings_started(2, timeout=test.scaled(10))
+    report = DirtyLogReport(
+        log_size, ram_top, logged, unlogged,
+        dst_qtest.memread(logged, 4096), dst_qtest.memread(unlogged, 4096),
+        pair.dst_backend.state.memory.read(logged, 4096)
+        if failure is None else b"", monitor, failure)
+    test.log.info("dirty log %d bytes for RAM up to 0x%x; destination: "
+                  "logged page %02x.., unlogged page %02x..; ring handoff:"
+                  "\n%s", log_size, ram_top, report.logged_on_dst[0],
+                  report.unlogged_on_dst[0], monitor.timeline())
+    return report
