@@ -17,7 +17,8 @@ Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 ``message``      wire format: request and reply payloads, flags, fd rules
 ``connection``   transport: UNIX socket, SCM_RIGHTS fds, framing
 ``config``       what a back-end offers (BackendConfig)
-``backend``      the server: thread, accept/reconnect, kicks, waits, checks
+``backend``      the server: thread, accept/reconnect, kicks, records
+``waits``        the test's side: bounded waits and the verdict (check)
 ``session``      one connection: decode, judge, fault, handle, answer
 ``handlers``     one typed method per request, and the ring lifecycle
 ``conformance``  rules the front-end must follow
@@ -39,8 +40,8 @@ The spec's terms are used throughout: front-end and back-end.
 from .backend import Runstate, VhostUserBackend
 from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
 from .error import (BackendFailure, ConnectionClosed, FdCountError,
-                    MalformedMessage, ProtocolError, UnknownRequest,
-                    VhostUserError, WaitTimeout)
+                    MalformedMessage, PeerStuck, ProtocolError,
+                    UnknownRequest, VhostUserError, WaitTimeout)
 from .memory import DirtyLog, GuestMemory
 from .message import (BackendRequest, MemoryRegion, ProtocolFeature, Request,
                       VirtioFeature)
@@ -56,6 +57,6 @@ __all__ = [
     "NET_PROTOCOL_FEATURES", "Request", "BackendRequest", "VirtioFeature",
     "ProtocolFeature", "MemoryRegion", "GuestMemory", "DirtyLog", "Trace",
     "TraceEntry", "VhostUserError", "ProtocolError", "MalformedMessage",
-    "UnknownRequest", "FdCountError", "ConnectionClosed", "WaitTimeout",
-    "BackendFailure",
+    "UnknownRequest", "FdCountError", "ConnectionClosed", "PeerStuck",
+    "WaitTimeout", "BackendFailure",
 ]

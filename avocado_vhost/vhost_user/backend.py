@@ -45,20 +45,22 @@ import select
 import threading
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-from .config import (NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig)
+from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
 from .connection import Connection, Listener, connect, signal_eventfd
 from .device import Device
-from .error import BackendFailure, ConnectionClosed, MalformedMessage, WaitTimeout
+from .error import (BackendFailure, ConnectionClosed, MalformedMessage,
+                    PeerStuck)
 from .faults import Fault
 from .handlers import CloseConnection
-from .message import Request, VirtioFeature, feature_names
+from .message import VirtioFeature, feature_names
 from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
                       Records, RingEvent)
 from .session import Session
 from .state import DeviceState, Vring
-from .trace import Event, Trace, TraceKind
+from .trace import Event, Trace
+from .waits import BackendWaits
 
 __all__ = ["VhostUserBackend", "Runstate", "RingListener", "BackendConfig",
            "Fault", "NET_FEATURES", "NET_PROTOCOL_FEATURES"]
@@ -85,8 +87,9 @@ class Runstate(enum.Enum):
     STOPPED = "stopped"
 
 
-class VhostUserBackend:
-    """The back-end thread and everything it recorded.
+class VhostUserBackend(BackendWaits):
+    """The back-end thread and everything it recorded; the test's waits
+    and verdict come from :class:`.waits.BackendWaits`.
 
     :param name: used in the trace and in error messages (``src``, ``dst``).
     :param config: what to offer; ``BackendConfig()`` suits virtio-net.
@@ -311,7 +314,7 @@ class VhostUserBackend:
             with self._cond:
                 self._notify()
 
-    def _between_polls(self) -> "tuple[List[int], Dict[int, int]]":
+    def _between_polls(self) -> Tuple[List[int], Dict[int, int]]:
         """Act on the test's requests; the fds to poll, and the kick fds
         of started rings by fd (call with the lock held)."""
         if self._drop_requested:
@@ -418,7 +421,7 @@ class VhostUserBackend:
         except ConnectionClosed as exc:
             if exc.partial:
                 self.record_error(f"{exc} (message cut short)")
-            self._close_connection(DisconnectCause.PEER_CLOSED, str(exc))
+            self._close_connection(_cause(exc), str(exc))
             return
         except MalformedMessage as exc:
             # Framing is lost (oversized or truncated): nothing after this
@@ -432,7 +435,7 @@ class VhostUserBackend:
             except CloseConnection as exc:
                 self._close_connection(exc.cause, exc.detail)
             except ConnectionClosed as exc:  # while answering
-                self._close_connection(DisconnectCause.PEER_CLOSED, str(exc))
+                self._close_connection(_cause(exc), str(exc))
             self._notify()
 
     # --- records (the session's and the device's host interface) ---------
@@ -463,61 +466,7 @@ class VhostUserBackend:
                 self.record_error("ring listener failed:\n"
                                   + traceback.format_exc())
 
-    # --- waits ------------------------------------------------------------
-    def wait_for(self, predicate: Callable[[], object], what: str,
-                 timeout: float = 10.0) -> None:
-        """Block until ``predicate()`` holds (evaluated under the lock).
-
-        :raise WaitTimeout: after ``timeout`` seconds, naming ``what`` and
-            the state seen.
-        :raise BackendFailure: the back-end recorded an error meanwhile.
-        """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            errors_before = len(self.records.errors)
-            while not predicate():
-                if len(self.records.errors) > errors_before:
-                    raise BackendFailure(self._failure_text(
-                        f"while waiting for {what}"))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(
-                        f"[{self.name}] timed out after {timeout}s waiting "
-                        f"for {what}; seen instead: {self.describe()}\n"
-                        f"last messages:\n{self.trace.tail(15)}")
-                self._waiters += 1
-                try:
-                    self._cond.wait(left)
-                finally:
-                    self._waiters -= 1
-
-    def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: self.connections >= count and self.connected,
-                      f"connection #{count}", timeout)
-
-    def wait_disconnected(self, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: not self.connected, "the connection to close",
-                      timeout)
-
-    def wait_mem_table(self, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: len(self.state.memory) > 0,
-                      "a memory table", timeout)
-
-    def wait_rings_started(self, count: int, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: len(self.state.started_rings()) >= count,
-                      f"{count} started rings", timeout)
-
-    def wait_log_base(self, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: self.state.log is not None,
-                      "SET_LOG_BASE", timeout)
-
-    def wait_request(self, request: Request, count: int = 1,
-                     timeout: float = 10.0) -> None:
-        self.wait_for(
-            lambda: len(self.trace.select(TraceKind.RX, request)) >= count,
-            f"{count} x {request.name}", timeout)
-
-    # --- verdicts ---------------------------------------------------------
+    # --- for the waits' and the verdict's messages (waits.BackendWaits) -
     def describe(self) -> str:
         """One paragraph of state, for timeouts and failures."""
         with self._cond:
@@ -534,31 +483,6 @@ class VhostUserBackend:
                     f"errors={len(self.records.errors)} "
                     f"violations={len(self.records.violations)}"
                     + (f" stalls={len(stalls)}" if stalls else ""))
-
-    def _failure_text(self, context: str, what: str = "errors",
-                      items: Optional[List[object]] = None) -> str:
-        listed = self.records.errors if items is None else items
-        return (f"[{self.name}] back-end {what} {context}:\n  - "
-                + "\n  - ".join(map(str, listed))
-                + f"\ntrace (last 30):\n{self.trace.tail(30)}")
-
-    def check(self, allow_violations: bool = False) -> None:
-        """Raise :class:`BackendFailure` if anything went wrong.
-
-        :param allow_violations: do not fail on conformance violations (a
-            scenario that provokes them checks them itself).
-        """
-        with self._cond:
-            if self.records.errors:
-                raise BackendFailure(self._failure_text("recorded"))
-            stalls = self.device.stalls if self.device is not None else []
-            if stalls:
-                raise BackendFailure(self._failure_text(
-                    "found", "stalled rings", list(stalls)))
-            if self.records.violations and not allow_violations:
-                raise BackendFailure(self._failure_text(
-                    "recorded", "conformance violations",
-                    list(self.records.violations)))
 
     # --- acting as the device, from the test ------------------------------
     def lock(self) -> threading.RLock:
@@ -587,3 +511,8 @@ class VhostUserBackend:
                 raise BackendFailure(f"[{self.name}] no dirty log to mark: "
                                      "SET_LOG_BASE not received")
             self.state.log.mark(gpa, length)
+
+
+def _cause(exc: ConnectionClosed) -> DisconnectCause:
+    return (DisconnectCause.PEER_STUCK if isinstance(exc, PeerStuck)
+            else DisconnectCause.PEER_CLOSED)

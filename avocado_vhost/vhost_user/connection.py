@@ -27,7 +27,7 @@ import socket
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from .error import ConnectionClosed, MalformedMessage
+from .error import ConnectionClosed, MalformedMessage, PeerStuck
 from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
 
 __all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
@@ -191,7 +191,7 @@ class Connection:
             if sent < len(data):
                 self.sock.sendall(data[sent:])
         except socket.timeout:
-            raise ConnectionClosed(
+            raise PeerStuck(
                 f"the peer read nothing for {self.message_timeout}s: its "
                 "receive buffer is full")
         except (BrokenPipeError, ConnectionResetError) as exc:

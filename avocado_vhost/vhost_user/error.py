@@ -9,6 +9,7 @@ The hierarchy::
      |    +-- UnknownRequest      a request number the spec does not define
      |    +-- FdCountError        wrong number of SCM_RIGHTS fds
      +-- ConnectionClosed         the peer went away (possibly mid-message)
+     |    +-- PeerStuck           ... or stopped reading our answers
      +-- WaitTimeout              a bounded wait expired (says what it saw)
      +-- BackendFailure           the back-end thread recorded errors; the
                                   message carries the trace around them
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 __all__ = [
     "VhostUserError", "ProtocolError", "MalformedMessage", "UnknownRequest",
-    "FdCountError", "ConnectionClosed", "WaitTimeout", "BackendFailure",
+    "FdCountError", "ConnectionClosed", "PeerStuck", "WaitTimeout",
+    "BackendFailure",
 ]
 
 
@@ -60,6 +62,11 @@ class ConnectionClosed(VhostUserError):
                  partial: bool = False):
         super().__init__(message)
         self.partial = partial
+
+
+class PeerStuck(ConnectionClosed):
+    """The peer stopped reading: an answer could not be sent within the
+    message timeout (its receive buffer is full)."""
 
 
 class WaitTimeout(VhostUserError, TimeoutError):

@@ -1,5 +1,6 @@
 """
-vhost-user wire format: request numbers, header flags, feature bits, payloads.
+vhost-user wire format: request numbers, header flags, protocol feature
+bits, request and reply payloads, fd rules.
 
 Every vhost-user message is a 12-byte header followed by ``size`` payload
 bytes, all in native byte order::

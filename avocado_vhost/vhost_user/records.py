@@ -56,6 +56,8 @@ class DisconnectCause(enum.Enum):
 
     #: the front-end closed the socket (QEMU quit, or reconnects)
     PEER_CLOSED = "peer closed"
+    #: the front-end stopped reading our answers (its buffer is full)
+    PEER_STUCK = "peer stopped reading"
     #: framing was lost (oversized, truncated): nothing after can be read
     MALFORMED = "malformed message"
     #: the spec says to close, or an answer owed could not be given

@@ -1,5 +1,6 @@
 """
-The device side of a split virtqueue, in guest memory mapped by the back-end.
+The device side of split and packed virtqueues, in guest memory mapped by
+the back-end (layouts and flags: :mod:`avocado_vhost.virtio.ring`).
 
 Layout (virtio 1.x, "Split Virtqueues"), all little-endian:
 

@@ -11,7 +11,8 @@ import struct
 import threading
 import unittest
 
-from avocado_vhost.vhost_user import (BackendConfig, BackendFailure, Fault,
+from avocado_vhost.vhost_user import (BackendConfig, BackendFailure,
+                                      DisconnectCause, Fault,
                                       Request, RingEvent, VhostUserBackend,
                                       WaitTimeout)
 from avocado_vhost.vhost_user.net import NetDevice, Port
@@ -635,7 +636,7 @@ class Untrusted(BackendTestCase):
         except (BlockingIOError, BrokenPipeError, ConnectionResetError):
             pass  # both buffers are full, or the back-end hung up
         self.backend.wait_for(
-            lambda: any("read nothing" in r.detail for r in
+            lambda: any(r.cause is DisconnectCause.PEER_STUCK for r in
                         self.backend.disconnects.values()),
             "the back-end to drop a front-end that reads no replies", 5)
         self.assertFalse(self.backend.connected)
