@@ -7,7 +7,12 @@ TCG; KVM only on request), a private short temp directory for sockets and
 memory files, and factories for back-ends and VMs that are torn down
 whatever happens.  Each VM's QEMU output (``<vm>.log``), its qtest traffic
 (``<vm>-qtest.log``) and each back-end's decoded trace
-(``<backend>.trace.log``) land in the test's log directory.
+(``<backend>.trace.log``) land in the test's log directory.  Every test
+method ends with :meth:`Harness.check_backends`: an error, a stalled ring or
+a conformance violation any back-end recorded fails the test, unless the
+test declared it (:meth:`Harness.expect_violations`,
+:meth:`Harness.expect_failure` for a negative control).  Stories several
+tests share live in :mod:`avocado_vhost.scenarios`.
 
 A runner flavour mixes it into its own test class and supplies four things
 (see :mod:`avocado_vhost.test`): ``logdir``, ``log``, the runner's own

@@ -23,7 +23,7 @@ drive it; the hosted :class:`.device.Device` hears of every change.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..virtio.features import VirtioFeature
 from .connection import close_fds
@@ -376,9 +376,3 @@ def _fd_kind(fd: int) -> str:
 
 def _is_eventfd(fd: int) -> bool:
     return _fd_kind(fd) == "anon_inode:[eventfd]"
-
-
-#: Requests with a handler method (the rest are refused).
-HANDLED: Dict[Request, str] = {
-    r: r.name.lower() for r in Request
-    if callable(getattr(RequestHandlers, r.name.lower(), None))}

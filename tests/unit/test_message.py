@@ -1,14 +1,18 @@
 """Wire format: every payload encodes and decodes; sizes are enforced."""
 
+import dataclasses
+import struct
 import unittest
 
 from avocado_vhost.vhost_user.error import MalformedMessage, UnknownRequest
 from avocado_vhost.vhost_user.message import (
-    FD_RULES, HEADER_SIZE, MAX_MEM_REGIONS, PAYLOAD_TYPES, ConfigSpace,
+    FD_RULES, HEADER_SIZE, MAX_MEM_REGIONS, PAYLOAD_TYPES, REPLY_TYPES,
+    ConfigSpace, Fixed,
     DeviceStateParams, Empty, InflightDescription, IotlbMsg, LogDescription,
     MemoryRegion, MemoryTable, Opaque, ProtocolFeature, Request,
     SharedObject, SingleRegion, U64, VirtioFeature, VringAddr, VringState,
-    decode_header, decode_payload, encode, fd_rule, feature_names)
+    decode_header, decode_payload, decode_reply, encode, fd_rule,
+    feature_names)
 
 SAMPLES = {
     Empty: Empty(),
@@ -50,6 +54,44 @@ class PayloadTest(unittest.TestCase):
                                               data[HEADER_SIZE:])
                 self.assertEqual(req, request)
                 self.assertEqual(decoded, payload)
+
+    def test_every_reply_round_trips(self):
+        """Reply types sit beside request types, and decode_reply reads
+        what the back-end writes."""
+        for request, ptype in REPLY_TYPES.items():
+            with self.subTest(request=request.name):
+                payload = SAMPLES[ptype]
+                self.assertEqual(decode_reply(request, payload.pack()),
+                                 payload)
+        # Any other reply is a u64 REPLY_ACK.
+        self.assertEqual(decode_reply(Request.SET_OWNER, U64(1).pack()),
+                         U64(1))
+        with self.assertRaisesRegex(MalformedMessage, "GET_VRING_BASE"):
+            decode_reply(Request.GET_VRING_BASE, bytes(4))
+
+    def test_a_fixed_struct_is_its_fields_in_order(self):
+        """The one description (``fmt``) and the dataclass agree: as many
+        struct members as fields, and each field lands in its member."""
+        for ptype in {t for t in SAMPLES if issubclass(t, Fixed)}:
+            with self.subTest(payload=ptype.__name__):
+                names = [f.name for f in dataclasses.fields(ptype)]
+                values = list(range(1, len(names) + 1))
+                packed = ptype(*values).pack()
+                self.assertEqual(
+                    ptype.STRUCT.unpack_from(packed)[:len(names)],
+                    tuple(values))
+                self.assertEqual(len(ptype.STRUCT.unpack_from(packed)),
+                                 len(names))
+
+    def test_a_struct_with_a_member_missing_is_caught(self):
+        """Negative control for the check above: a format one member
+        short cannot pack the fields."""
+        @dataclasses.dataclass(frozen=True)
+        class Short(Fixed, fmt="=I"):
+            index: int
+            num: int
+        with self.assertRaises(struct.error):
+            Short(1, 2).pack()
 
     def test_wrong_size_is_malformed_for_every_fixed_request(self):
         for request, ptype in PAYLOAD_TYPES.items():
