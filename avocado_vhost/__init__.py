@@ -15,6 +15,6 @@ package ``__init__`` causes a circular import when Avocado loads plugins
 (and this package is an Avocado plugin).
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = ["__version__"]
