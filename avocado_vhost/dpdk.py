@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .qemu.launcher import call_in_launcher
+from .qemu.launcher import call_in_launcher, die_with_parent
 from .tmpdirs import dpdk_runtime_base
 
 __all__ = ["Testpmd", "TestpmdError", "PortStats", "find_testpmd",
@@ -93,20 +93,18 @@ class Testpmd:
 
     # --- process -----------------------------------------------------------
     def start(self, timeout: float = 20.0,
-              until: str = re.escape(_PROMPT)) -> None:
-        """Start it and wait for ``until`` in its output (its first prompt;
-        a server waits for its client before it prompts, see
+              until: Optional[str] = None) -> None:
+        """Start it and wait for ``until`` in its output (default: its
+        first prompt; a server waits for its client before it prompts, see
         :data:`SERVER_WAITING`)."""
-        wrapper = [shutil.which("setpriv") or "setpriv", "--pdeathsig",
-                   "KILL", "--"]
         self._proc = call_in_launcher(lambda: subprocess.Popen(
-            wrapper + self.args, stdin=subprocess.PIPE,
+            die_with_parent(self.args), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True))
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name=f"testpmd-{self.prefix}")
         self._reader.start()
-        self.wait_output(until, timeout, "start-up")
+        self.wait_output(until or re.escape(_PROMPT), timeout, "start-up")
 
     def wait_prompt(self, timeout: float = 20.0) -> None:
         """Until its first prompt."""

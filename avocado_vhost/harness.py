@@ -49,7 +49,7 @@ from .qemu.platform import Platform, platform_for
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
-from .qemu.launcher import call_in_launcher
+from .qemu.launcher import call_in_launcher, die_with_parent
 from .qemu.watch import FolderWatch
 from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
                       remove_all_orphans)
@@ -57,6 +57,7 @@ from .watchdog import start_watchdog
 from .vhost_user import BackendConfig, Fault, VhostUserBackend
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
+from .vhost_user.trace import Trace
 
 __all__ = ["Harness", "MSIX_TCG_FIXED_IN"]
 
@@ -271,17 +272,19 @@ class Harness(_Base):
 
         def _finish() -> None:
             backend.stop()
-            # The end of the conversation, next to the test's own last
-            # words in its log (the whole trace is in its own file).
-            self.log.debug("back-end %s, last trace entries:\n%s", name,
-                           backend.trace.tail(10))
-            backend.trace.write(os.path.join(self.logdir,
-                                             f"{name}.trace.log"))
-            backend.trace.write_json(os.path.join(self.logdir,
-                                                  f"{name}.trace.json"))
-            self.traces_written.append(f"{name}.trace.log")
+            self._keep_trace(backend.trace, f"back-end {name}")
         self._stack.callback(_finish)
         return backend
+
+    def _keep_trace(self, trace: Trace, who: str) -> None:
+        """``<name>.trace.log`` and ``.json`` in the log directory (the
+        test's chart reads the JSON), and the end of the conversation in
+        the test's own log, next to its last words."""
+        self.log.debug("%s, last trace entries:\n%s", who, trace.tail(10))
+        trace.write(os.path.join(self.logdir, f"{trace.name}.trace.log"))
+        trace.write_json(os.path.join(self.logdir,
+                                      f"{trace.name}.trace.json"))
+        self.traces_written.append(f"{trace.name}.trace.log")
 
     def make_testpmd(self, name: str, vdev: str,
                      app_args: Sequence[str] = (),
@@ -300,10 +303,7 @@ class Harness(_Base):
         testpmd = Testpmd(binary, prefix, vdev,
                           os.path.join(self.logdir, f"{name}.log"), app_args)
         self._stack.callback(testpmd.close)
-        if until is None:
-            testpmd.start(self.scaled(30))
-        else:
-            testpmd.start(self.scaled(30), until)
+        testpmd.start(self.scaled(30), until)
         return testpmd
 
     def qemu_died(self, vm: VhostVM, msix: bool, when: str) -> NoReturn:
@@ -401,12 +401,7 @@ class Harness(_Base):
 
         def _finish() -> None:
             proxy.stop()
-            self.log.debug("%s; last trace entries:\n%s", proxy.describe(),
-                           proxy.trace.tail(10))
-            proxy.trace.write(os.path.join(self.logdir, f"{name}.trace.log"))
-            proxy.trace.write_json(os.path.join(self.logdir,
-                                                f"{name}.trace.json"))
-            self.traces_written.append(f"{name}.trace.log")
+            self._keep_trace(proxy.trace, proxy.describe())
         self._stack.callback(_finish)
         return proxy
 
@@ -428,10 +423,9 @@ class Harness(_Base):
                                            name=unique))
         log = open(os.path.join(self.logdir, f"{name}.log"), "ab")
         self._stack.callback(log.close)
-        wrapper = [shutil.which("setpriv") or "setpriv", "--pdeathsig",
-                   "KILL", "--"]
         proc: "subprocess.Popen[bytes]" = call_in_launcher(
-            lambda: subprocess.Popen(wrapper + argv, stdin=subprocess.PIPE,
+            lambda: subprocess.Popen(die_with_parent(argv),
+                                     stdin=subprocess.PIPE,
                                      stdout=log, stderr=subprocess.STDOUT))
         self.log.info("external back-end %s: %s", name, " ".join(argv))
 
@@ -532,7 +526,7 @@ class Harness(_Base):
         """Fail on any error, stall or (unless expected) conformance
         violation a back-end recorded.  Runs after every test method; a
         test calls it earlier to fail at the step that went wrong."""
-        for backend in backends or tuple(getattr(self, "backends", ())):
+        for backend in backends or tuple(self.backends):
             if backend.name not in self._failure_expected:
                 backend.check(allow_violations=backend.name
                               in self._violations_expected)

@@ -32,6 +32,7 @@ The negative control reads all 16 bytes in one unpack (the old code).
 """
 
 import argparse
+import contextlib
 import mmap
 import os
 import struct
@@ -130,13 +131,14 @@ def old_load(mem, offset):
 def run_answers(store, rounds: int, answerer: str) -> tuple:
     """Store odd values and wait for the driver's even answers; count the
     answers that never came (overwritten by the device's own store)."""
-    fd = os.memfd_create("torture")
-    os.ftruncate(fd, 4096)
-    mem = mmap.mmap(fd, 4096)
-    proc = subprocess.Popen(["taskset", "-c", "1", answerer, str(fd)],
-                            pass_fds=[fd])
-    while not mem[64] and proc.poll() is None:
-        pass
+    with _peer(answerer) as (mem, proc):
+        lost, reads = _answers(mem, store, rounds)
+        mem[66] = 1
+        proc.wait(timeout=60)
+    return rounds, reads, lost
+
+
+def _answers(mem, store, rounds: int) -> tuple:
     load = _U16.unpack_from
     lost = reads = 0
     for n in range(rounds):
@@ -154,11 +156,7 @@ def run_answers(store, rounds: int, answerer: str) -> tuple:
                 store(mem, 2, value)       # resynchronise
                 break
         reads += spins + 1
-    mem[66] = 1
-    proc.wait(timeout=60)
-    mem.close()
-    os.close(fd)
-    return rounds, reads, lost
+    return lost, reads
 
 
 def run_loads(load, reads: int, writer: str) -> tuple:
@@ -170,47 +168,59 @@ def run_loads(load, reads: int, writer: str) -> tuple:
     than 65,536 generations underestimates G, which can hide a stale read
     but never invent one.
     """
-    fd = os.memfd_create("torture")
-    os.ftruncate(fd, 4096)
-    mem = mmap.mmap(fd, 4096)
-    proc = subprocess.Popen(["taskset", "-c", "1", writer, str(fd)],
-                            pass_fds=[fd])
-    while not mem[64] and proc.poll() is None:
-        pass
     stale = 0
     seq_at = _U64.unpack_from
-    for _ in range(reads):
-        seq = seq_at(mem, 32)[0]
-        flags, addr, _, _ = load(mem, 0)
-        if addr < seq + ((flags - seq) & 0xFFFF):
-            stale += 1
-    mem[66] = 1
-    proc.wait(timeout=60)
-    mem.close()
-    os.close(fd)
+    with _peer(writer) as (mem, proc):
+        for _ in range(reads):
+            seq = seq_at(mem, 32)[0]
+            flags, addr, _, _ = load(mem, 0)
+            if addr < seq + ((flags - seq) & 0xFFFF):
+                stale += 1
+        mem[66] = 1
+        proc.wait(timeout=60)
     return reads, stale
 
 
 def run(store, reads: int, reader: str) -> tuple:
+    value = 1
+    with _peer(reader, str(reads), first=lambda m: store16(m, 2, 1),
+               stdout=subprocess.PIPE, text=True) as (mem, proc):
+        # The reader flags its end at byte 66; the writer spins (it is the
+        # load) until then, or until the reader died.
+        while not mem[66] and proc.poll() is None:
+            value = value % 65535 + 1
+            store(mem, 2, value)
+        out, _ = proc.communicate(timeout=600)
+    return tuple(int(x) for x in out.split())
+
+
+@contextlib.contextmanager
+def _peer(program: str, *args: str, first=None, **popen):
+    """One C peer pinned to the other CPU, sharing a page with this
+    process; yields (page, process) once the peer flagged its start at
+    byte 64 (or died).  The peer is killed if the caller fails, and the
+    page and its memfd are released whatever happens.
+
+    :param first: called with the page before the peer starts.
+    """
     fd = os.memfd_create("torture")
     os.ftruncate(fd, 4096)
     mem = mmap.mmap(fd, 4096)
-    store16(mem, 2, 1)
-    proc = subprocess.Popen(["taskset", "-c", "1", reader, str(fd),
-                             str(reads)], pass_fds=[fd],
-                            stdout=subprocess.PIPE, text=True)
-    value = 1
-    # The reader flags its start at byte 64 and its end at byte 66; the
-    # writer spins (it is the load) until then, or until the reader died.
-    while not mem[64] and proc.poll() is None:
-        pass
-    while not mem[66] and proc.poll() is None:
-        value = value % 65535 + 1
-        store(mem, 2, value)
-    out, _ = proc.communicate(timeout=600)
-    mem.close()
-    os.close(fd)
-    return tuple(int(x) for x in out.split())
+    proc = None
+    try:
+        if first is not None:
+            first(mem)
+        proc = subprocess.Popen(["taskset", "-c", "1", program, str(fd),
+                                 *args], pass_fds=[fd], **popen)
+        while not mem[64] and proc.poll() is None:
+            pass
+        yield mem, proc
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        mem.close()
+        os.close(fd)
 
 
 def main() -> int:

@@ -27,9 +27,6 @@ class Initramfs:
     def file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self._entries.append((path, stat.S_IFREG | mode, data))
 
-    def symlink(self, path: str, target: str) -> None:
-        self._entries.append((path, stat.S_IFLNK | 0o777, target.encode()))
-
     def build(self) -> bytes:
         """The gzipped archive (mtime 0: the same input, the same bytes)."""
         out = bytearray()

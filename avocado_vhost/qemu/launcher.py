@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import shutil
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Optional, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
-__all__ = ["call_in_launcher", "submit_to_launcher"]
+__all__ = ["call_in_launcher", "submit_to_launcher", "die_with_parent"]
 
 T = TypeVar("T")
+
+
+def die_with_parent(argv: List[str]) -> List[str]:
+    """``argv`` under ``setpriv --pdeathsig KILL`` (start it from the
+    launcher thread: the "parent" is the thread that forks)."""
+    return [shutil.which("setpriv") or "setpriv", "--pdeathsig", "KILL",
+            "--"] + list(argv)
 
 _lock = threading.Lock()
 _queue: "queue.Queue[Tuple[Callable[[], Any], Future[Any]]]" = queue.Queue()

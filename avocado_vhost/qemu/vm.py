@@ -13,7 +13,6 @@ that process is killed (QEMUMachine has no kill-on-exit of its own).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import re
 import subprocess
@@ -23,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..vhost_user.connection import check_socket_path
 from .driver import DriverQueue, PackedDriverQueue
-from .launcher import call_in_launcher, submit_to_launcher
+from .launcher import (call_in_launcher, die_with_parent,
+                       submit_to_launcher)
 from .machine import VhostMachine, early_events
 from .platform import BUFFER_WINDOW, PLATFORMS, RING_WINDOW, Platform
 from .qtest import QtestLink
@@ -183,15 +183,13 @@ class VhostVM:
                       log_path=os.path.join(log_dir,
                                             f"{spec.name}-qtest.log"))
             if qtest else None)
-        wrapper = ([shutil.which("setpriv") or "setpriv", "--pdeathsig",
-                    "KILL", "--"])
         # A monitor socket path (not a socketpair) bounds QMP's start-up
         # with qmp_timer: a QEMU stuck before its monitor runs fails the
         # launch instead of hanging it.
         self.machine = VhostMachine(
             spec.binary, args=spec.args() + (
                 self.qtest.qemu_args if self.qtest else []),
-            wrapper=wrapper, name=spec.name, base_temp_dir=spec.workdir,
+            wrapper=die_with_parent([]), name=spec.name, base_temp_dir=spec.workdir,
             monitor_address=os.path.join(spec.workdir, f"{spec.name}.qmp"),
             log_dir=log_dir, qmp_timer=qmp_timeout, qtest=self.qtest)
         self.device: Optional[VirtioPciDevice] = None

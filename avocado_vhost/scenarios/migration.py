@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..handoff import RingHandoffMonitor
 from ..qemu.platform import SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
-from ..vhost_user import Fault, Request, VhostUserBackend
+from ..vhost_user import Fault, FaultAction, Request, VhostUserBackend
 
 if TYPE_CHECKING:
     from ..harness import Harness
@@ -74,7 +74,7 @@ def migrate(test: "Harness", src: VhostVM, dst: VhostVM, uri: str,
     """
     fault = None
     if hold is not None:
-        fault = Fault("hold", request=Request.GET_VRING_BASE,
+        fault = Fault(FaultAction.HOLD, request=Request.GET_VRING_BASE,
                       hold_timeout=test.scaled(30))
         hold.faults.append(fault)
         # A test that fails while QEMU waits must not wait out the hold.
@@ -117,7 +117,8 @@ class DirtyLogReport:
     ram_top: int
     logged_page: int
     unlogged_page: int
-    #: the two pages as the destination's QEMU reads them
+    #: the two pages as the destination's QEMU reads them (empty when the
+    #: migration failed)
     logged_on_dst: bytes
     unlogged_on_dst: bytes
     #: the logged page through the destination back-end's mapping
@@ -159,13 +160,15 @@ def dirty_log_handoff(test: "Harness") -> DirtyLogReport:
     hold.release.set()
     pair.src.event_wait("STOP", timeout=test.scaled(30))
     failure = wait_migration(test, pair.src, pair.dst)
-    if failure is None:
-        pair.dst_backend.wait_rings_started(2, timeout=test.scaled(10))
-    report = DirtyLogReport(
-        log_size, ram_top, logged, unlogged,
-        dst_qtest.memread(logged, 4096), dst_qtest.memread(unlogged, 4096),
-        pair.dst_backend.state.memory.read(logged, 4096)
-        if failure is None else b"", monitor, failure)
+    report = DirtyLogReport(log_size, ram_top, logged, unlogged, b"", b"",
+                            b"", monitor, failure)
+    if failure is not None:  # the destination is gone: nothing to read
+        return report
+    pair.dst_backend.wait_rings_started(2, timeout=test.scaled(10))
+    report.logged_on_dst = dst_qtest.memread(logged, 4096)
+    report.unlogged_on_dst = dst_qtest.memread(unlogged, 4096)
+    report.logged_on_dst_backend = pair.dst_backend.state.memory.read(
+        logged, 4096)
     test.log.info("dirty log %d bytes for RAM up to 0x%x; destination: "
                   "logged page %02x.., unlogged page %02x..; ring handoff:"
                   "\n%s", log_size, ram_top, report.logged_on_dst[0],

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, List, Optional, Set
 
 from ..handoff import RingHandoffMonitor
 from ..qemu.driver import NET_HDR
-from ..vhost_user import BackendConfig, RingEvent
+from ..vhost_user import BackendConfig, RingEvent, VhostUserBackend
 from ..vhost_user.net import NetDevice, Port
 from ..virtio import NET_HDR_LEN, VirtioFeature
 from . import migration
@@ -128,11 +128,11 @@ def migrate_under_traffic(test: "Harness",
     tx_posted: List[bytes] = []
     rx_injected: List[bytes] = []
 
-    def inject(frames: List[bytes], backend: object) -> None:
+    def inject(frames: List[bytes], backend: VhostUserBackend) -> None:
         rx_injected.extend(frames)
         with port.cond:
             port.wire.extend(frames)
-        getattr(backend, "poke")()
+        backend.poke()
 
     def transmit(frames: List[bytes]) -> None:
         tx_posted.extend(frames)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from .message import Payload, Request
 
@@ -37,7 +37,8 @@ class FaultAction(str, enum.Enum):
 class Fault:
     """A scripted deviation from correct behaviour.
 
-    :param action: a :class:`FaultAction` (or its value, ``"hold"``).
+    :param action: a :class:`FaultAction`; its value (``"hold"``) is
+        taken too and turned into the member.
     :param request: match this request ...
     :param nth: ... or the Nth message (1-based) of a connection ...
     :param match: ... or any message for which this returns True.
@@ -45,7 +46,7 @@ class Fault:
     :param times: how many times the fault fires (0 = every time).
     """
 
-    action: Union[FaultAction, str]
+    action: FaultAction
     request: Optional[Request] = None
     nth: Optional[int] = None
     match: Optional[Callable[[Request, Payload], bool]] = None
@@ -60,7 +61,7 @@ class Fault:
 
     def __post_init__(self) -> None:
         # A misspelt action would otherwise never fire, silently.
-        try:
+        try:  # a str from a caller that spelt the value
             self.action = FaultAction(self.action)
         except ValueError:
             raise ValueError(
@@ -68,11 +69,6 @@ class Fault:
                 f"{', '.join(a.value for a in FaultAction)}") from None
         if self.action is FaultAction.REPLY and self.reply_bytes is None:
             raise ValueError("a 'reply' fault needs reply_bytes")
-
-    @property
-    def kind(self) -> FaultAction:
-        """The action, typed (``action`` also takes its text)."""
-        return FaultAction(self.action)
 
     def matches(self, conn: int, msgno: int, req: Request,
                 payload: Payload) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "PAYLOAD_TYPES", "REPLY_TYPES", "REPLY_BODY", "FD_RULES", "FdRule",
     "Fixed", "U64", "Empty", "Opaque", "fd_rule",
     "decode_header", "decode_payload", "decode_reply", "encode",
+    "request_name",
     "feature_names",
 ]
 
@@ -590,6 +591,17 @@ _REQUESTS = {int(r): r for r in Request if r is not Request.NONE}
 # Allowed payload sizes per type, computed once (checked on every message).
 _SIZES = {ptype: frozenset(ptype.sizes())
           for ptype in set(PAYLOAD_TYPES.values())}
+
+
+def request_name(number: int,
+                 requests: Type[enum.IntEnum] = Request) -> str:
+    """The name of request ``number`` for traces, also when it is not one
+    (``UNKNOWN(99)``); ``requests`` is :class:`BackendRequest` for the
+    back-end channel."""
+    try:
+        return requests(number).name
+    except ValueError:
+        return f"UNKNOWN({number})"
 
 
 def decode_payload(request: int, data: bytes) -> Tuple[Request, Payload]:

@@ -49,9 +49,10 @@ from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
 from .frontend import FrontEnd
 from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY, U64,
                       VERSION, BackendRequest, Header, ProtocolFeature,
-                      Request, VringState, decode_payload, decode_reply)
+                      Request, VringState, decode_payload, decode_reply,
+                      request_name)
 from .records import Problem, ProblemKind
-from .trace import Trace
+from .trace import Event, Trace, TraceKind
 
 __all__ = ["Proxy"]
 
@@ -62,6 +63,9 @@ _OFFERS = {Request.GET_FEATURES: "features",
            Request.GET_MAX_MEM_SLOTS: "max_mem_slots"}
 
 
+
+#: request numbers a back-end may send on its channel
+_BACKEND_REQUESTS = frozenset(int(r) for r in BackendRequest)
 
 class _Pending:
     """A request the back-end owes an answer to."""
@@ -168,13 +172,14 @@ class Proxy:
         with self._lock:
             self._violations.append(Problem(
                 ProblemKind.VIOLATION, f"{side}: {text}", self.connections))
-        self.trace.add(self.connections, "violation", side, detail=text)
+        self.trace.add(self.connections, TraceKind.VIOLATION, side,
+                       detail=text)
 
     def _error(self, text: str) -> None:
         with self._lock:
             self.errors.append(Problem(ProblemKind.ERROR, text,
                                        self.connections))
-        self.trace.add(self.connections, "error", detail=text)
+        self.trace.add(self.connections, TraceKind.ERROR, detail=text)
 
     # --- the thread -----------------------------------------------------------
     def _run(self) -> None:
@@ -253,7 +258,7 @@ class _Pair:
 
     def relay(self) -> None:
         trace = self.proxy.trace
-        trace.add(self.cid, "event", "FRONT-END CONNECTED")
+        trace.event(self.cid, Event.FRONT_END_CONNECTED)
         try:
             self.back = self.proxy._connect_backend()
         except OSError as exc:
@@ -262,12 +267,12 @@ class _Pair:
             self.front.close()
             self._close_judge()
             return
-        trace.add(self.cid, "event", "BACK-END CONNECTED")
+        trace.event(self.cid, Event.BACK_END_CONNECTED)
         why = "stopped"
         try:
             why = self._loop()
         finally:
-            trace.add(self.cid, "event", "DISCONNECTED", detail=why)
+            trace.event(self.cid, Event.DISCONNECTED, why)
             for conn in (self.front, self.back, self.chan_front,
                          self.chan_back):
                 if conn is not None:
@@ -331,8 +336,9 @@ class _Pair:
         except ProtocolError as exc:
             req, payload = None, None
             self.proxy._violation("front-end", f"message {self.msgno}: {exc}")
-        name = req.name if req is not None else str(header.request)
-        self.proxy.trace.add(self.cid, "rx", name, header.flags, header.size,
+        name = req.name if req is not None else request_name(header.request)
+        self.proxy.trace.add(self.cid, TraceKind.RX, name, header.flags,
+                             header.size,
                              len(fds), payload if payload is not None else "")
         judge_fds = [os.dup(fd) for fd in fds]
         if req is Request.SET_BACKEND_REQ_FD and fds:
@@ -396,12 +402,9 @@ class _Pair:
     def _judge_reply(self, header: Header, raw: bytes,
                      fds: List[int]) -> None:
         proxy = self.proxy
-        try:
-            name = Request(header.request).name
-        except ValueError:
-            name = str(header.request)
+        name = request_name(header.request)
         if not self.pending:
-            proxy.trace.add(self.cid, "tx", name, header.flags, header.size,
+            proxy.trace.add(self.cid, TraceKind.TX, name, header.flags, header.size,
                             len(fds), raw[:32].hex())
             proxy._violation("back-end", f"reply {name} to no request "
                              "that expects one")
@@ -413,8 +416,8 @@ class _Pair:
             payload = decode_reply(want.request, raw)
         except ProtocolError as exc:
             proxy._violation("back-end", f"{where}: {exc}")
-        proxy.trace.add(self.cid, "tx", name, header.flags, header.size,
-                        len(fds), payload if payload is not None
+        proxy.trace.add(self.cid, TraceKind.TX, name, header.flags,
+                        header.size, len(fds), payload if payload is not None
                         else raw[:32].hex())
         if header.request != want.request:
             proxy._violation("back-end", f"{where} names request {name}")
@@ -454,15 +457,13 @@ class _Pair:
                     fds: List[int]) -> None:
         to_front = conn is self.chan_back
         other = self.chan_front if to_front else self.chan_back
-        kind = "chan-tx" if to_front else "chan-rx"
-        try:
-            name = BackendRequest(header.request).name
-        except ValueError:
-            name = str(header.request)
-            if to_front and not header.flags & FLAG_REPLY:
-                self.proxy._violation(
-                    "back-end", f"unknown request {header.request} on the "
-                    "back-end channel")
+        kind = TraceKind.CHAN_TX if to_front else TraceKind.CHAN_RX
+        if (to_front and not header.flags & FLAG_REPLY
+                and header.request not in _BACKEND_REQUESTS):
+            self.proxy._violation(
+                "back-end", f"unknown request {header.request} on the "
+                "back-end channel")
+        name = request_name(header.request, BackendRequest)
         self.proxy.trace.add(self.cid, kind, name, header.flags, header.size,
                              len(fds), raw[:32].hex())
         assert other is not None

@@ -108,10 +108,3 @@ class Records:
         {ProblemKind.ERROR: self.errors,
          ProblemKind.VIOLATION: self.violations,
          ProblemKind.REFUSAL: self.refusals}[problem.kind].append(problem)
-
-    def clear(self) -> None:
-        """Forget the problems (a unit test that provoked them on purpose);
-        disconnects stay, they are history, not faults."""
-        self.errors.clear()
-        self.violations.clear()
-        self.refusals.clear()

@@ -32,7 +32,7 @@ from .faults import Fault, FaultAction
 from .handlers import CloseConnection, RequestHandlers, Refused
 from .message import (FLAG_REPLY, REPLY_BODY, VERSION, Header, Payload,
                       ProtocolFeature, Request, U64, decode_payload, encode,
-                      fd_rule)
+                      fd_rule, request_name)
 from .records import DisconnectCause, Problem, ProblemKind
 from .state import DeviceState
 from .trace import Event, TraceKind
@@ -88,7 +88,7 @@ class Session:
         except ProtocolError as exc:
             close_fds(fds)
             self.host.trace.add(self.number, TraceKind.RX,
-                                _request_name(header.request), header.flags,
+                                request_name(header.request), header.flags,
                                 header.size, len(fds),
                                 f"raw={raw[:64].hex()}")
             self._problem(ProblemKind.ERROR, f"message {msgno}: {exc}",
@@ -109,7 +109,7 @@ class Session:
         if answer is None:
             return  # refused, and the refusal was the answer
         reply, status = answer
-        if fault is not None and fault.kind is FaultAction.REPLY:
+        if fault is not None and fault.action is FaultAction.REPLY:
             assert fault.reply_bytes is not None
             data = fault.reply_bytes(req, payload)
             self.host.trace.add(self.number, TraceKind.TX, req.name, 0,
@@ -119,7 +119,7 @@ class Session:
             self.send(req, reply)
         elif header.need_reply and self._reply_ack:
             self.send(req, U64(status))
-        if fault is not None and fault.kind is FaultAction.DISCONNECT_AFTER:
+        if fault is not None and fault.action is FaultAction.DISCONNECT_AFTER:
             raise CloseConnection(DisconnectCause.FAULT, f"disconnect after "
                                   f"message {msgno} ({req.name})")
 
@@ -204,7 +204,7 @@ class Session:
             if fault.matches(self.number, msgno, req, payload):
                 fault.fired += 1
                 self.host.trace.event(self.number, Event.FAULT,
-                                      f"{fault.kind.value} at message "
+                                      f"{fault.action.value} at message "
                                       f"{msgno} {req.name}")
                 return fault
         return None
@@ -212,11 +212,11 @@ class Session:
     def _before(self, fault: Fault, msgno: int, req: Request,
                 fds: List[int]) -> None:
         """What a fault does before the request is handled."""
-        if fault.kind is FaultAction.DISCONNECT:
+        if fault.action is FaultAction.DISCONNECT:
             close_fds(fds)
             raise CloseConnection(DisconnectCause.FAULT, f"disconnect at "
                                   f"message {msgno} ({req.name})")
-        if fault.kind is not FaultAction.HOLD:
+        if fault.action is not FaultAction.HOLD:
             return
         fault.reached.set()
         self._lock.release()  # the test acts meanwhile, under this lock
@@ -236,9 +236,3 @@ class Session:
                  req: Optional[Request] = None) -> None:
         self.host.record(Problem(kind, text, self.number, msgno, req))
 
-
-def _request_name(number: int) -> str:
-    try:
-        return Request(number).name
-    except ValueError:
-        return f"UNKNOWN({number})"

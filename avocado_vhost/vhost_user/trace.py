@@ -41,6 +41,9 @@ class TraceKind(str, enum.Enum):
     VIOLATION = "violation"
     REFUSED = "refused"
     EVENT = "event"
+    #: the proxy's relay of the back-end channel (BACKEND_REQ), each way
+    CHAN_RX = "chan-rx"
+    CHAN_TX = "chan-tx"
 
 
 class Event(str, enum.Enum):
@@ -206,7 +209,7 @@ class Trace:
 
     def received(self, conn: Optional[int] = None) -> List[str]:
         """Names of the requests received, in order."""
-        return [e.request for e in self.select("rx", conn=conn)]
+        return [e.request for e in self.select(TraceKind.RX, conn=conn)]
 
     def format(self, entries: Optional[Iterable[TraceEntry]] = None) -> str:
         return "\n".join(str(e) for e in (
