@@ -169,11 +169,7 @@ def parser() -> argparse.ArgumentParser:
                        default="drop",
                        help="what to do with transmitted frames (default: "
                             "drop, counted); none: never touch the rings")
-    serve.add_argument("--trace", help="write the trace (text) here on exit")
-    serve.add_argument("--json", help="write the trace (JSON, for chart) "
-                                      "here on exit")
-    serve.add_argument("--quiet", action="store_true",
-                       help="do not print the trace as it goes")
+    _trace_options(serve)
     serve.set_defaults(func=_serve)
     proxy = sub.add_parser(
         "proxy", help="relay and judge between a front-end and any back-end",
@@ -186,10 +182,7 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument("listen", help="socket the front-end connects to")
     proxy.add_argument("backend", help="the back-end's listening socket")
     proxy.add_argument("--name", default="proxy")
-    proxy.add_argument("--trace", help="write the trace (text) here on exit")
-    proxy.add_argument("--json", help="write the trace (JSON) here on exit")
-    proxy.add_argument("--quiet", action="store_true",
-                       help="do not print the trace as it goes")
+    _trace_options(proxy)
     proxy.set_defaults(func=_proxy)
     chart = sub.add_parser(
         "chart", help="message-sequence chart of traces (HTML with SVG)")
@@ -201,6 +194,15 @@ def parser() -> argparse.ArgumentParser:
     chart.add_argument("--title", help="the page's title")
     chart.set_defaults(func=_chart)
     return top
+
+
+def _trace_options(tool: argparse.ArgumentParser) -> None:
+    """What serve and proxy do with their trace (see :func:`_verdict`)."""
+    tool.add_argument("--trace", help="write the trace (text) here on exit")
+    tool.add_argument("--json", help="write the trace (JSON, for chart) "
+                                     "here on exit")
+    tool.add_argument("--quiet", action="store_true",
+                      help="do not print the trace as it goes")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

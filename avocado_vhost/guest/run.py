@@ -82,8 +82,16 @@ class GuestRun:
              timeout: float = 60.0) -> Tuple[int, int]:
         """``ping`` the back-end's host from the guest: (transmitted,
         received)."""
-        out = self.run(f"ping -c {count} -i {interval} -W 5 {HOST_IP}"
-                       " | tail -n 3", timeout)
+        return self.ping_summary(self.run(
+            f"ping -c {count} -i {interval} -W 5 {HOST_IP} | tail -n 3",
+            timeout))
+
+    def ping_summary(self, out: str) -> Tuple[int, int]:
+        """(transmitted, received) from ping's last lines in ``out``.
+
+        :raise GuestFailure: there is no summary (ping never ended: the
+            guest, its console and its panic, if any, are in the message).
+        """
         match = PING_SUMMARY.search(out)
         if match is None:
             raise GuestFailure(self.explain(f"no ping summary in: {out}"))

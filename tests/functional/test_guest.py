@@ -11,7 +11,7 @@ interface counted.
 """
 
 from avocado_vhost.guest.boot import GuestOptions, backend_config
-from avocado_vhost.guest.run import PING_SUMMARY, GuestRun
+from avocado_vhost.guest.run import GuestRun
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.harness import MSIX_TCG_FIXED_IN
 from avocado_vhost.vhost_user.net import NetDevice, Port
@@ -217,10 +217,7 @@ class GuestMigration(GuestTest):
         on_dst = GuestRun(dst, dst_console, dst_be, port, src.responder,
                           options)
         out = on_dst.run("wait; tail -n 3 /tmp/ping.txt", self.scaled(60))
-        summary = PING_SUMMARY.search(out)
-        self.assertIsNotNone(summary, on_dst.explain(
-            "no ping summary from the guest on the destination"))
-        sent, received = (int(n) for n in summary.groups())
+        sent, received = on_dst.ping_summary(out)
         self.log.info("ping across the migration: %d sent, %d received; "
                       "host: %s; ring events:\n%s", sent, received,
                       dict(src.responder.counts), monitor.timeline())
