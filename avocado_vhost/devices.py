@@ -14,7 +14,8 @@ from .vhost_user import BackendConfig, ProtocolFeature, VirtioFeature
 
 __all__ = ["device_config", "DEVICES", "DEVICE_PROTOCOL", "BASE_FEATURES",
            "BLK_CAPACITY", "BLK_SIZE", "BLK_QUEUES", "BLK_F_SEG_MAX",
-           "BLK_F_BLK_SIZE", "BLK_CONFIG", "GPIO_LINES", "GPIO_CONFIG"]
+           "BLK_F_BLK_SIZE", "BLK_CONFIG", "GPIO_LINES", "GPIO_CONFIG",
+           "FS_QUEUES", "FS_OPTIONS"]
 
 DEVICE_PROTOCOL = int(ProtocolFeature.CONFIG | ProtocolFeature.MQ
                       | ProtocolFeature.REPLY_ACK | ProtocolFeature.LOG_SHMFD)
@@ -35,13 +36,20 @@ BLK_CONFIG += bytes(256 - len(BLK_CONFIG))
 GPIO_LINES = 32
 GPIO_CONFIG = struct.pack("<HHI", GPIO_LINES, 0, 0)
 
+#: virtio-fs: the high-priority queue and one request queue
+FS_QUEUES = 2
+#: the QEMU device options of a vhost-user-fs device (its tag lives in
+#: QEMU, not in the back-end's configuration)
+FS_OPTIONS = ["tag=avocado", f"num-request-queues={FS_QUEUES - 1}"]
+
 #: the QEMU device each kind is for
 DEVICES = {"gpio": "vhost-user-gpio-pci", "blk": "vhost-user-blk-pci",
-           "scmi": "vhost-user-scmi-pci"}
+           "scmi": "vhost-user-scmi-pci", "fs": "vhost-user-fs-pci"}
 
 
 def device_config(kind: str) -> BackendConfig:
-    """What the back-end offers as a ``gpio``, ``blk`` or ``scmi`` device."""
+    """What the back-end offers as a ``gpio``, ``blk``, ``fs`` or ``scmi``
+    device."""
     if kind == "gpio":
         return BackendConfig(features=BASE_FEATURES,
                              protocol_features=DEVICE_PROTOCOL,
@@ -51,6 +59,11 @@ def device_config(kind: str) -> BackendConfig:
             features=BASE_FEATURES | BLK_F_SEG_MAX | BLK_F_BLK_SIZE,
             protocol_features=DEVICE_PROTOCOL, config=BLK_CONFIG,
             queue_num=BLK_QUEUES, max_rings=BLK_QUEUES)
+    if kind == "fs":
+        return BackendConfig(features=BASE_FEATURES,
+                             protocol_features=DEVICE_PROTOCOL
+                             & ~ProtocolFeature.CONFIG,
+                             max_rings=FS_QUEUES)
     if kind == "scmi":
         return BackendConfig(features=BASE_FEATURES,
                              protocol_features=DEVICE_PROTOCOL, max_rings=2)

@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Sequence, Tuple)
 
-from . import params
+from . import known_defects, params
 from .chart import write_chart
 from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
 from .guest import assets as guest_assets
@@ -54,16 +54,13 @@ from .qemu.watch import FolderWatch
 from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
                       remove_all_orphans)
 from .watchdog import start_watchdog
-from .vhost_user import BackendConfig, Fault, VhostUserBackend
+from .vhost_user import (BackendConfig, BackendFailure, Fault,
+                         VhostUserBackend)
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
 from .vhost_user.trace import Trace
 
-__all__ = ["Harness", "MSIX_TCG_FIXED_IN"]
-
-#: The first QEMU release whose source was read to be free of the MSI-X
-#: crash under TCG (``Harness.qemu_died``).
-MSIX_TCG_FIXED_IN = (10, 0, 0)
+__all__ = ["Harness"]
 
 if TYPE_CHECKING:  # the flavours are TestCases: their assert* methods
     import unittest
@@ -91,15 +88,40 @@ class Harness(_Base):
             setattr(self, name, self._then_check_backends(method))
         self._violations_expected: List[str] = []
         self._failure_expected: List[str] = []
+        #: ids of the known QEMU defects this test ran into
+        self.known_defects_found: List[str] = []
 
     def _then_check_backends(self, method: Callable[[], Any]
                              ) -> Callable[[], Any]:
         @functools.wraps(method)
         def checked() -> Any:
-            result = method()
-            self.check_backends()
+            try:
+                result = method()
+                self.check_backends()
+            except (AssertionError, BackendFailure) as exc:
+                self._known_defect(str(exc))
+                raise
             return result
         return checked
+
+    def _known_defect(self, failure: str) -> None:
+        """A failure that is a known defect of the QEMU under test ends the
+        test as that defect's report (CANCEL naming the fix), recorded for
+        the result plugin; anything else stays a failure."""
+        caps = getattr(self, "caps", None)
+        if caps is None:
+            return
+        defect = known_defects.match(failure, caps.version_tuple)
+        if defect is None:
+            return
+        self.known_defects_found.append(defect.id)
+        self.log.error("known QEMU defect %s (fixed by %s in %s): %s",
+                       defect.id, defect.describe(),
+                       ".".join(map(str, defect.fixed_in)), failure)
+        self.cancel(f"KNOWN QEMU DEFECT {defect.id} (not a pass): QEMU "
+                    f"{caps.version} carries it; fixed by {defect.describe()}"
+                    f" in {'.'.join(map(str, defect.fixed_in))}. "
+                    f"{failure}")
 
     def _runner_param(self, name: str) -> Optional[object]:
         raise NotImplementedError
@@ -201,7 +223,11 @@ class Harness(_Base):
                 "qemu_version": caps.version if caps else None,
                 "arch": caps.arch if caps else None,
                 "accel": getattr(self, "accel", None),
-                "traces": list(getattr(self, "traces_written", []))}
+                "traces": list(getattr(self, "traces_written", [])),
+                "known_defects": [
+                    {"id": d, "commit": known_defects.DEFECTS[d].commit,
+                     "title": known_defects.DEFECTS[d].title}
+                    for d in self.known_defects_found]}
 
     # --- requirements -----------------------------------------------------
     def _choose_accel(self) -> str:
@@ -306,33 +332,34 @@ class Harness(_Base):
         testpmd.start(self.scaled(30), until)
         return testpmd
 
-    def qemu_died(self, vm: VhostVM, msix: bool, when: str) -> NoReturn:
+    def qemu_ended(self, vm: VhostVM, when: str, context: str = ""
+                   ) -> NoReturn:
         """QEMU is ending or ended on its own: FAIL with how (its exit
-        signal, version, output) -- or CANCEL as a known QEMU defect when it
-        is the MSI-X-under-TCG crash of QEMU < 10.0 (see
-        ``tests/functional/test_interrupts.py``), never a pass."""
+        signal or status, version, output).  A crash that is a known QEMU
+        defect of this version becomes its report (see
+        :mod:`avocado_vhost.known_defects`), never a pass."""
         code = vm.wait_exit(self.scaled(5))
-        try:
-            with open(vm.log_path, encoding="utf-8", errors="replace") as log:
-                tail = " | ".join(log.read().strip().splitlines()[-3:])
-        except FileNotFoundError:
-            tail = ""
         how = ("still running" if code is None else
                f"signal {-code}" if code < 0 else f"status {code}")
         evidence = (f"QEMU {self.caps.version} ({self.qemu_bin}) exited with "
-                    f"{how} {when} (MSI-X {'on' if msix else 'off'}, accel "
-                    f"{vm.spec.accel}); its output: {tail or '(none)'}")
+                    f"{how} {when}" + (f" ({context})" if context else "")
+                    + f"; its output: {self.qemu_output(vm) or '(none)'}")
         self.log.error("%s", evidence)
-        if msix and code == -11 and self.caps.version_tuple < MSIX_TCG_FIXED_IN:
-            self.cancel(
-                "KNOWN QEMU DEFECT (not a pass): " + evidence + ". QEMU < "
-                "10.0 dereferences proxy->vector_irqfd (NULL without KVM "
-                "irqfd) in kvm_virtio_pci_irqfd_use via "
-                "virtio_pci_set_guest_notifiers -> msix_set_vector_notifiers "
-                "-> virtio_pci_one_vector_unmask, because vhost-user net "
-                "clears use_guest_notifier_mask; fixed in 10.0 (see "
-                "tests/functional/test_interrupts.py)")
         self.fail(evidence)
+
+    def qemu_died(self, vm: VhostVM, msix: bool, when: str) -> NoReturn:
+        """:meth:`qemu_ended` for a device started with MSI-X on or off."""
+        self.qemu_ended(vm, when, f"MSI-X {'on' if msix else 'off'}, accel "
+                        f"{vm.spec.accel}")
+
+    @staticmethod
+    def qemu_output(vm: VhostVM, lines: int = 3) -> str:
+        """The last ``lines`` lines QEMU wrote, on one line."""
+        try:
+            with open(vm.log_path, encoding="utf-8", errors="replace") as log:
+                return " | ".join(log.read().strip().splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
 
     def require_guest(self) -> GuestAssets:
         """The real guest's kernel and initramfs for the QEMU's target

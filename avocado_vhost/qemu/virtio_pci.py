@@ -215,6 +215,7 @@ class VirtioPciDevice:
         #: MSI-X vectors when enabled (vector 0: configuration, 1 + i: queue
         #: i); empty when the device interrupts through INTx and the ISR.
         self.vectors: List[MsixVector] = []
+        self._msix_table = 0
 
     # --- configuration space ---------------------------------------------
     def _walk_caps(self) -> None:
@@ -283,6 +284,7 @@ class VirtioPciDevice:
         else:
             bar_addr = self.bar_addr
         table = bar_addr + (where & ~7)
+        self._msix_table = table
         vectors = []
         for index in range(count):
             target = alloc.alloc(4, 4)
@@ -299,6 +301,14 @@ class VirtioPciDevice:
         self.func.write32(cap, (old & ~(0x4000 << 16)) | (0x8000 << 16))
         self.vectors = vectors
         return vectors
+
+    def msix_mask(self, vector: MsixVector, masked: bool) -> None:
+        """Mask or unmask one MSI-X table entry, as a guest does around its
+        interrupt handling; QEMU moves the queue's interrupt to an internal
+        eventfd while masked (``guest_notifier_mask``) and back on unmask,
+        then looks for an interrupt that arrived meanwhile."""
+        self.qtest.write(self._msix_table + 16 * vector.index + 12, 4,
+                         int(masked))
 
     def msix_fired(self, vector: MsixVector) -> bool:
         """Whether QEMU delivered ``vector`` since the last call (its marker

@@ -16,9 +16,12 @@ import os
 import signal
 import re
 import subprocess
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from qemu.qmp.protocol import StateError
 
 from ..vhost_user.connection import check_socket_path
 from .driver import DriverQueue, PackedDriverQueue
@@ -55,6 +58,7 @@ TRANSITIONAL = frozenset({"virtio-net-pci", "vhost-user-blk-pci",
 DEVICE_TYPES = {
     "virtio-net-pci": 1,
     "vhost-user-blk-pci": 2,
+    "vhost-user-fs-pci": 26,
     "vhost-user-gpio-pci": 41,
     "vhost-user-scmi-pci": 32,
 }
@@ -163,6 +167,9 @@ class VMSpec:
 
 #: a QMP event to wait for: its name, and fields it must match (or None)
 EventSpec = Tuple[str, Optional[Dict[str, Any]]]
+
+#: how soon :meth:`VhostVM.events_or_exit` sees that QEMU has died
+EXIT_SEEN_WITHIN = 0.25
 
 
 class VhostVM:
@@ -348,6 +355,33 @@ class VhostVM:
         """The first of ``events`` (name, match) within ``timeout`` s."""
         event = self.machine.events_wait(list(events), timeout=timeout)
         return None if event is None else dict(event)
+
+    def events_or_exit(self, events: Sequence[EventSpec], timeout: float,
+                       what: str) -> Optional[Dict[str, Any]]:
+        """The first of ``events``, or None as soon as QEMU has exited
+        (seen within :data:`EXIT_SEEN_WITHIN` s: QMP gives no event for a
+        process that died, so the wait is cut into slices that look at the
+        process between them).
+
+        :raise TimeoutError: neither within ``timeout``; names ``what``.
+        """
+        deadline = time.monotonic() + timeout
+        while self.machine.is_running():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no {what} within "
+                                   f"{timeout}s (QEMU still runs)")
+            try:
+                event = self.machine.events_wait(
+                    list(events), timeout=min(left, EXIT_SEEN_WITHIN))
+            except TimeoutError:
+                continue
+            except (ConnectionError, EOFError, StateError):
+                break  # the monitor went away with QEMU
+            if event is not None:
+                return dict(event)
+        self.wait_exit(EXIT_SEEN_WITHIN * 4)
+        return None
 
     def early_events(self) -> List[Dict[str, Any]]:
         """QMP events QEMU sent before its capabilities reply (QEMU 10's

@@ -15,18 +15,21 @@ not, and a :class:`DirtyLogReport` of what the destination sees.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..handoff import RingHandoffMonitor
 from ..qemu.platform import SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
-from ..vhost_user import Fault, FaultAction, Request, VhostUserBackend
+from ..vhost_user import (BackendConfig, Fault, FaultAction, Request,
+                         VhostUserBackend)
 
 if TYPE_CHECKING:
     from ..harness import Harness
 
 __all__ = ["MigrationPair", "start_pair", "migrate", "wait_migration",
+           "MigrationOutcome", "wait_outcome",
            "DirtyLogReport", "dirty_log_handoff", "LOG_CHUNK", "expected_log_size"]
 
 #: one u64 word of the dirty log covers 64 pages of 4 KiB
@@ -51,15 +54,21 @@ class MigrationPair:
     uri: str
 
 
-def start_pair(test: "Harness", rings: int = 2, **spec: Any) -> MigrationPair:
-    """The source launched with ``rings`` rings started; the destination
-    launched with ``-incoming``."""
-    src_be = test.make_backend("src")
-    dst_be = test.make_backend("dst")
+def start_pair(test: "Harness", rings: int = 2,
+               config: Optional[BackendConfig] = None, features: int = 0,
+               driver_queues: Optional[int] = None,
+               **spec: Any) -> MigrationPair:
+    """The source launched with ``rings`` rings started (the test's driver
+    asks for ``features`` and sets up ``driver_queues`` queues, default
+    ``rings``); the destination launched with ``-incoming``; both
+    back-ends offer ``config``."""
+    src_be = test.make_backend("src", copy.deepcopy(config))
+    dst_be = test.make_backend("dst", copy.deepcopy(config))
     src = test.make_vm("src", src_be.listener_path, **spec)
     uri = "unix:" + test.socket_path("migration")
     dst = test.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
-    test.start_vm(src, src_be, rings=rings)
+    test.start_vm(src, src_be, rings=rings, features=features,
+                  queues=rings if driver_queues is None else driver_queues)
     dst.launch()
     return MigrationPair(src_be, dst_be, src, dst, uri)
 
@@ -106,6 +115,73 @@ def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
         tail = log.read().strip().splitlines()[-4:]
     return "migration failed on the destination; destination QEMU: " \
         + " | ".join(tail)
+
+
+@dataclass
+class MigrationOutcome:
+    """How a migration ended, as both QEMUs tell it.
+
+    :param status: the source's last MIGRATION status (``completed``,
+        ``failed``, ``cancelled``), or ``source died`` / ``timed out``.
+    :param error: the source's ``query-migrate`` error description.
+    :param source_exit: the source QEMU's exit code (negative: signal), or
+        None while it runs.
+    :param source_running: the source's run state after the migration
+        (``running``, ``postmigrate``, ...), None when it is gone.
+    :param destination_resumed: the destination sent RESUME.
+    """
+
+    status: str
+    error: Optional[str]
+    source_exit: Optional[int]
+    source_running: Optional[str]
+    destination_resumed: bool
+
+    @property
+    def failed_cleanly(self) -> bool:
+        """Failed, reported, and the VM runs on on the source."""
+        return (self.status == "failed" and self.source_exit is None
+                and self.source_running == "running")
+
+    def __str__(self) -> str:
+        exit_ = ("runs" if self.source_exit is None else
+                 f"killed by signal {-self.source_exit}"
+                 if self.source_exit < 0 else f"exited {self.source_exit}")
+        return (f"migration {self.status}"
+                + (f" ({self.error})" if self.error else "")
+                + f"; source QEMU {exit_}"
+                + (f", {self.source_running}" if self.source_running else "")
+                + f"; destination {'resumed' if self.destination_resumed else 'did not resume'}")
+
+
+_END = ("completed", "failed", "cancelled")
+
+
+def wait_outcome(test: "Harness", src: VhostVM, dst: VhostVM,
+                 timeout: float = 30.0) -> MigrationOutcome:
+    """Wait for the migration started by :func:`migrate` to end, one way
+    or another (the source's MIGRATION event, or the source's death), and
+    say how it ended."""
+    try:
+        event = src.events_or_exit(
+            [("MIGRATION", {"data": {"status": s}}) for s in _END],
+            test.scaled(timeout), "end of the migration")
+        status = "source died" if event is None else event["data"]["status"]
+    except TimeoutError:
+        status = "timed out"
+    error = running = None
+    if src.is_running():
+        info = src.qmp("query-migrate")
+        assert isinstance(info, dict)
+        error = info.get("error-desc")
+        state = src.qmp("query-status")
+        assert isinstance(state, dict)
+        running = str(state.get("status"))
+    resumed = False
+    if status == "completed" and dst.is_running():
+        resumed = dst.events_or_exit([("RESUME", None)], test.scaled(timeout),
+                                     "RESUME") is not None
+    return MigrationOutcome(status, error, src.exitcode, running, resumed)
 
 
 @dataclass

@@ -40,12 +40,13 @@ trace around the first error; the Avocado harness calls it after every test.
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import select
 import threading
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
 from .connection import Connection, Listener, connect, signal_eventfd
@@ -54,7 +55,8 @@ from .error import (BackendFailure, ConnectionClosed, MalformedMessage,
                     PeerStuck)
 from .faults import Fault
 from .handlers import CloseConnection
-from .message import VirtioFeature, feature_names
+from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, BackendRequest,
+                      Payload, VirtioFeature, VringArea, feature_names)
 from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
                       Records, RingEvent)
 from .session import Session
@@ -503,6 +505,37 @@ class VhostUserBackend(BackendWaits):
                                      "eventfd to signal (no SET_VRING_CALL)")
             signal_eventfd(ring.call_fd)
             self.trace_event(Event.CALL, f"ring {index} signalled by the test")
+
+    def backend_request(self, request: BackendRequest, payload: Payload,
+                        fds: Sequence[int] = (), need_reply: bool = True
+                        ) -> Optional[int]:
+        """Send a request on the back-end channel (BACKEND_REQ) of the
+        current connection; with ``need_reply``, the front-end's REPLY_ACK
+        (0: done).  Runs on the caller's thread, without the back-end's
+        lock: the front-end answers from its main loop, which may itself be
+        waiting for this back-end.
+
+        :raise BackendFailure: there is no back-end channel (no
+            SET_BACKEND_REQ_FD on this connection).
+        """
+        with self._cond:
+            channel = self.state.backend_channel
+        if channel is None:
+            raise BackendFailure(f"[{self.name}] no back-end channel: the "
+                                 "front-end sent no SET_BACKEND_REQ_FD")
+        return channel.request(request, payload, fds, need_reply)
+
+    def host_notifier(self, ring: int, fd: Optional[int], offset: int = 0,
+                      size: int = mmap.PAGESIZE) -> Optional[int]:
+        """Ask the front-end to map ``size`` bytes of ``fd`` at ``offset``
+        as ring ``ring``'s notification area (VRING_HOST_NOTIFIER_MSG), or
+        with ``fd`` None to unmap it; the front-end's REPLY_ACK."""
+        flags = ring & VRING_IDX_MASK
+        if fd is None:
+            flags |= VRING_NOFD_FLAG
+        return self.backend_request(
+            BackendRequest.VRING_HOST_NOTIFIER_MSG,
+            VringArea(flags, size, offset), () if fd is None else (fd,))
 
     def mark_dirty(self, gpa: int, length: int = 1) -> None:
         """Set the dirty-log bits of ``[gpa, gpa+length)``."""

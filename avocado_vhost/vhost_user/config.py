@@ -39,6 +39,12 @@ class BackendConfig:
     :param max_mem_slots: GET_MAX_MEM_SLOTS answer.
     :param config: device config space served by GET/SET_CONFIG.
     :param message_timeout: bound on the arrival of a started message.
+    :param unmap_replaced_log: take SET_LOG_BASE as DPDK's vhost library
+        does -- the log in use is unmapped at once for the new one -- and
+        record an error when a SET_LOG_BASE replaces a log that was in use
+        (logging on, a ring running): a back-end whose data path writes
+        the log from other threads, as DPDK's does, may then write an
+        unmapped log and crash.  Off, a replaced log is just replaced.
     """
 
     features: int = int(NET_FEATURES)
@@ -48,6 +54,7 @@ class BackendConfig:
     max_mem_slots: int = 32
     config: bytes = b""
     message_timeout: float = 5.0
+    unmap_replaced_log: bool = False
 
     @property
     def ring_limit(self) -> int:

@@ -105,6 +105,12 @@ class Connection:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether something (a message, or EOF) arrives within
+        ``timeout`` seconds."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(ready)
+
     @property
     def closed(self) -> bool:
         return self.sock.fileno() < 0

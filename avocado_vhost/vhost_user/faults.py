@@ -3,8 +3,9 @@ Scripted misbehaviour of the back-end, for tests of the front-end.
 
 A :class:`Fault` picks messages (by request, by number on the connection,
 by any predicate) and does one :class:`FaultAction` to them: drop the
-connection before or after answering, answer with other bytes, or hold
-the answer until the test releases it.  The session applies them
+connection before or after answering (a back-end that dies at a chosen
+message), answer with other bytes, fail the request, or hold the answer
+until the test releases it (a back-end that answers, and applies, late).  The session applies them
 (:mod:`.session`); nothing else in the back-end knows about faults.
 """
 
@@ -31,6 +32,11 @@ class FaultAction(str, enum.Enum):
     REPLY = "reply"
     #: do not answer until ``release`` is set (or ``hold_timeout``)
     HOLD = "hold"
+    #: fail the request as a back-end that cannot carry it out: it is not
+    #: applied, and the answer is a non-zero REPLY_ACK when the front-end
+    #: asked for one (a request always answered with a body, which has no
+    #: way to say "failed", ends the connection instead)
+    FAIL = "fail"
 
 
 @dataclass

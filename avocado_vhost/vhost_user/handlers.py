@@ -26,6 +26,7 @@ import os
 from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..virtio.features import VirtioFeature
+from .channel import BackendChannel
 from .connection import close_fds
 from .error import MalformedMessage, ProtocolError
 from .memory import DirtyLog
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from .config import BackendConfig
     from .device import Device
+    from .trace import Trace
 
     class HandlerHost(Protocol):
         """What request handling needs of the back-end that runs it."""
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
         config: BackendConfig
         device: Optional[Device]
         vring_base_override: Optional[int]
+        trace: Trace
 
         def record_error(self, text: str) -> None: ...
 
@@ -80,9 +83,12 @@ class CloseConnection(Exception):
 class RequestHandlers:
     """The requests of one connection, applied to its device state."""
 
-    def __init__(self, state: DeviceState, host: "HandlerHost"):
+    def __init__(self, state: DeviceState, host: "HandlerHost",
+                 number: int = 0):
         self.state = state
         self.host = host
+        #: the connection's number (for the back-end channel's trace)
+        self.number = number
 
     def handler(self, request: Request) -> Handler:
         """The method for ``request`` (:meth:`refuse` if there is none)."""
@@ -189,6 +195,16 @@ class RequestHandlers:
             raise MalformedMessage("SET_LOG_BASE without a log fd "
                                    "(LOG_SHMFD needs one)")
         if self.state.log is not None:
+            if (self.host.config.unmap_replaced_log
+                    and self.state.feature_acked(VirtioFeature.LOG_ALL)
+                    and self.state.started_rings()):
+                self.host.record_error(
+                    f"SET_LOG_BASE replaced the dirty log in use (logging "
+                    f"on, rings {self.state.started_rings()} running): a "
+                    "back-end that unmaps the old log, as DPDK's does, may "
+                    "crash writing it from its data path (QEMU sends "
+                    "SET_LOG_BASE once per device since its fix "
+                    "7c211eb078)")
             self.state.log.close()
             self.state.log = None
         self.state.log = DirtyLog(fds[0], payload.size, payload.offset)
@@ -322,8 +338,19 @@ class RequestHandlers:
         self.state.mtu = payload.value
 
     def set_backend_req_fd(self, payload: Empty, fds: Fds) -> None:
-        self.state.backend_req_fd = _replace_fd(self.state.backend_req_fd,
-                                                fds[0])
+        kind = _fd_kind(fds[0])
+        if not kind.startswith("socket:"):
+            close_fds(fds)
+            raise ProtocolError(
+                f"the back-end channel fd is {kind}, not a socket "
+                "(vhost-user: \"a new communication channel ... the file "
+                "descriptor is passed as ancillary data\", one end of a "
+                "socketpair)")
+        if self.state.backend_channel is not None:
+            self.state.backend_channel.close()
+        self.state.backend_channel = BackendChannel(
+            fds[0], self.host.trace, self.number,
+            self.host.config.message_timeout)
 
     def iotlb_msg(self, payload: IotlbMsg, fds: Fds) -> U64:
         self.state.iotlb.append(payload)

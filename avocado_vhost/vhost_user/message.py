@@ -39,7 +39,8 @@ __all__ = [
     "Request", "BackendRequest", "VirtioFeature", "ProtocolFeature",
     "Header", "VringState", "VringAddr", "MemoryRegion", "MemoryTable",
     "SingleRegion", "LogDescription", "IotlbMsg", "ConfigSpace",
-    "InflightDescription", "SharedObject", "DeviceStateParams", "Payload",
+    "InflightDescription", "SharedObject", "DeviceStateParams", "VringArea",
+    "Payload",
     "PAYLOAD_TYPES", "REPLY_TYPES", "REPLY_BODY", "FD_RULES", "FdRule",
     "Fixed", "U64", "Empty", "Opaque", "fd_rule",
     "decode_header", "decode_payload", "decode_reply", "encode",
@@ -276,6 +277,17 @@ class IotlbMsg(Fixed, fmt="=QQQBB6x"):
 
 
 @dataclass(frozen=True)
+class VringArea(Fixed, fmt="=QQQ"):
+    """``VhostUserVringArea`` (VRING_HOST_NOTIFIER_MSG): the ring index
+    (bits 0-7) and the no-fd flag (bit 8), then the size and offset of the
+    area in the fd that comes with the message."""
+
+    u64: int
+    size: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class DeviceStateParams(Fixed, fmt="=II"):
     """SET_DEVICE_STATE_FD: ``u32 direction`` (0 save, 1 load), ``u32 phase``."""
 
@@ -450,7 +462,7 @@ class Opaque:
 
 Payload = Union[U64, VringState, VringAddr, MemoryTable, SingleRegion,
                 LogDescription, IotlbMsg, ConfigSpace, InflightDescription,
-                SharedObject, DeviceStateParams, Empty, Opaque]
+                SharedObject, DeviceStateParams, VringArea, Empty, Opaque]
 
 #: Request payload type of every front-end request.
 PAYLOAD_TYPES: Dict[Request, Any] = {

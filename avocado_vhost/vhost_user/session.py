@@ -71,7 +71,7 @@ class Session:
         self.conn = conn
         self.state = state
         self.host = host
-        self.handlers = RequestHandlers(state, host)
+        self.handlers = RequestHandlers(state, host, number)
         self.messages = 0
         self._lock = lock
 
@@ -105,6 +105,9 @@ class Session:
         fault = self._fault_for(msgno, req, payload)
         if fault is not None:
             self._before(fault, msgno, req, fds)
+            if fault.action is FaultAction.FAIL:
+                self._fail(header, req, fds, msgno)
+                return
         answer = self._call(header, req, payload, fds, msgno)
         if answer is None:
             return  # refused, and the refusal was the answer
@@ -166,6 +169,18 @@ class Session:
                                       f"cannot answer {req.name}: {exc}"
                                       ) from None
             return None, 1
+
+    def _fail(self, header: Header, req: Request, fds: List[int],
+              msgno: int) -> None:
+        """A FAIL fault: the request is not applied; its failure is
+        answered where the protocol has a way to say it."""
+        close_fds(fds)
+        if header.need_reply and self._reply_ack:
+            self.send(req, U64(1))
+        elif req in REPLY_BODY:
+            raise CloseConnection(DisconnectCause.FAULT, f"failed message "
+                                  f"{msgno} ({req.name}), which has no "
+                                  "failure answer")
 
     def _after_bad_message(self, header: Header, exc: ProtocolError) -> None:
         """A message that could not be decoded: answer a failure if one is

@@ -30,6 +30,8 @@ __all__ = ["Vring", "DeviceState", "Cursor"]
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from .channel import BackendChannel
+
     class Cursor(Protocol):
         """A running ring, as the ring state sees it."""
 
@@ -106,7 +108,8 @@ class DeviceState:
     vrings: Dict[int, Vring] = field(default_factory=dict)
     status: int = 0
     config: bytearray = field(default_factory=bytearray)
-    backend_req_fd: Optional[int] = None
+    #: the back-end channel (SET_BACKEND_REQ_FD), if the front-end gave one
+    backend_channel: Optional["BackendChannel"] = None
     inflight_fd: Optional[int] = None
     iotlb: List[object] = field(default_factory=list)
     postcopy: str = "none"  # none -> advised -> listening -> ended
@@ -144,6 +147,9 @@ class DeviceState:
         if self.log is not None:
             self.log.close()
             self.log = None
-        close_fds([fd for fd in (self.log_fd, self.backend_req_fd,
-                                 self.inflight_fd) if fd is not None])
-        self.log_fd = self.backend_req_fd = self.inflight_fd = None
+        close_fds([fd for fd in (self.log_fd, self.inflight_fd)
+                   if fd is not None])
+        self.log_fd = self.inflight_fd = None
+        if self.backend_channel is not None:
+            self.backend_channel.close()
+            self.backend_channel = None

@@ -102,10 +102,16 @@ class BackendWaits:
                       "SET_LOG_BASE", timeout)
 
     def wait_request(self, request: Request, count: int = 1,
-                     timeout: float = 10.0) -> None:
+                     timeout: float = 10.0,
+                     conn: Optional[int] = None) -> None:
+        """``count`` x ``request`` received (on connection ``conn``, or on
+        any)."""
         self.wait_for(
-            lambda: len(self.trace.select(TraceKind.RX, request)) >= count,
-            f"{count} x {request.name}", timeout)
+            lambda: len(self.trace.select(TraceKind.RX, request, conn))
+            >= count,
+            f"{count} x {request.name}"
+            + (f" on connection {conn}" if conn is not None else ""),
+            timeout)
 
     # --- the verdict ------------------------------------------------------
     def _failure_text(self, context: str, what: str = "errors",

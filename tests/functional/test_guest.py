@@ -13,7 +13,7 @@ interface counted.
 from avocado_vhost.guest.boot import GuestOptions, backend_config
 from avocado_vhost.guest.run import GuestRun
 from avocado_vhost.handoff import RingHandoffMonitor
-from avocado_vhost.harness import MSIX_TCG_FIXED_IN
+from avocado_vhost.known_defects import DEFECTS
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
@@ -54,10 +54,11 @@ class GuestTest(VhostUserTest):
 
     def options(self, **kwargs):
         """The device for a feature test: MSI-X on (the device default)
-        where QEMU survives it under TCG; off on QEMU < 10.0, whose
-        MSI-X crash test_msix_on reports, so that the feature is still
-        tested there."""
-        msix = self.caps.version_tuple >= MSIX_TCG_FIXED_IN
+        where QEMU survives it under TCG; off on a QEMU that carries the
+        MSI-X crash (test_msix_on reports it), so that the feature is
+        still tested there."""
+        msix = not DEFECTS["msix-tcg-irqfd"].carried_by(
+            self.caps.version_tuple)
         if not msix:
             self.log.info("MSI-X off: QEMU %s has the MSI-X crash under TCG "
                           "(test_msix_on reports it)", self.caps.version)
@@ -72,8 +73,8 @@ class Guest(GuestTest):
     """
 
     def test_msix_on(self):
-        """MSI-X on, the device default (QEMU < 10.0: the known defect,
-        reported as such, never a pass)."""
+        """MSI-X on, the device default (QEMU < 8.0: the known defect
+        msix-tcg-irqfd, reported as such, never a pass)."""
         self.traffic(GuestOptions(msix=True))
 
     def test_msix_off(self):

@@ -25,11 +25,15 @@ as CANCEL naming the defect with QEMU's exit signal and version; a crash
 anywhere else, or on 10.0 or later, FAILs.
 """
 
+import threading
 import time
 
+from avocado_vhost.devices import FS_OPTIONS, FS_QUEUES, device_config
 from avocado_vhost.qemu.qtest import QtestError
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import WaitTimeout
+from avocado_vhost.vhost_user import (Fault, FaultAction, Request,
+                                      WaitTimeout)
+from avocado_vhost.vhost_user.message import FLAG_NEED_REPLY
 
 RINGS = 2
 
@@ -85,18 +89,18 @@ class Interrupts(VhostUserTest):
                     return True
         return False
 
-    def wait_until(self, probe, what):
+    def wait_until(self, probe, what, bound=5.0):
         """Poll the guest side over qtest until ``probe()`` holds: each try
         is a round trip through QEMU's main loop, which is where QEMU turns
         the call eventfd into an interrupt; bounded, no sleep."""
-        deadline = time.monotonic() + self.scaled(5)
+        deadline = time.monotonic() + self.scaled(bound)
         tries = 0
         while time.monotonic() < deadline:
             tries += 1
             if probe():
                 return
-        self.fail(f"waited {self.scaled(5)}s ({tries} reads) for {what}; "
-                  "it never came")
+        self.fail(f"waited {self.scaled(bound)}s ({tries} reads) for "
+                  f"{what}; it never came")
 
     def test_msix(self):
         """A call signalled on ring r arrives as MSI-X vector 1 + r, alone."""
@@ -134,6 +138,60 @@ class Interrupts(VhostUserTest):
                             f"ring {ring}'s call eventfd")
             self.assertEqual(device.isr_status(), 0,
                              "reading the ISR did not clear it")
+
+    def test_interrupt_while_the_call_fd_changes(self):
+        """vhost-user-fs (virtiofs), MSI-X: the guest masks a queue's
+        vector and unmasks it.  QEMU hands the back-end a new call fd each
+        time (SET_VRING_CALL); a back-end applies it a little late and, in
+        between, signals the fd it still has.  That interrupt must reach
+        the guest: QEMU may look for interrupts left on the masked fd only
+        once the back-end uses the new one -- which it knows only from the
+        back-end's REPLY_ACK (QEMU fix 1ba9a52203: before it, QEMU did not
+        ask for one, looked too early, and the interrupt was lost; virtiofs
+        mounts hung)."""
+        self.require_device("vhost-user-fs-pci")
+        ring = 1  # the request queue
+        backend = self.make_backend("backend", device_config("fs"))
+        vm = self.make_vm("vm", backend.listener_path,
+                          device="vhost-user-fs-pci", device_opts=FS_OPTIONS)
+        vm.launch()
+        device = vm.drive_device(queues=FS_QUEUES, msix=True)
+        backend.wait_rings_started(FS_QUEUES, timeout=self.scaled(10))
+        backend.wait_for(lambda: self.call_after_kick(backend, ring),
+                         "SET_VRING_CALL after the ring's SET_VRING_KICK",
+                         timeout=self.scaled(10))
+        vector = device.queue_vector(ring)
+        calls = len(backend.trace.payloads(Request.SET_VRING_CALL))
+
+        device.msix_mask(vector, True)
+        backend.wait_request(Request.SET_VRING_CALL, calls + 1,
+                             timeout=self.scaled(10))
+        late = Fault(FaultAction.HOLD, request=Request.SET_VRING_CALL,
+                     hold_timeout=self.scaled(10))
+        backend.faults.append(late)
+        self.cleanup(late.release.set)
+        unmask = threading.Thread(target=device.msix_mask,
+                                  args=(vector, False))
+        unmask.start()
+        self.assertTrue(late.reached.wait(self.scaled(10)),
+                        "QEMU sent no SET_VRING_CALL when the guest "
+                        "unmasked the vector")
+        backend.signal_call(ring)  # on the fd the back-end still has
+        held = backend.trace.select("rx", Request.SET_VRING_CALL)[-1]
+        if not held.flags & FLAG_NEED_REPLY:
+            # QEMU does not wait for the back-end: its unmask is done.
+            unmask.join(self.scaled(10))
+        late.release.set()
+        unmask.join(self.scaled(10))
+        self.assertFalse(unmask.is_alive(), "the guest's unmask never "
+                         "completed")
+        self.wait_until(lambda: device.msix_fired(vector),
+                        f"MSI-X vector {vector.index}: the interrupt the "
+                        "back-end signalled while QEMU switched the call "
+                        f"fd (SET_VRING_CALL flags 0x{held.flags:x}, "
+                        "without NEED_REPLY QEMU looks for it before the "
+                        "back-end applies the new fd) was lost",
+                        bound=1.0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ GET_QUEUE_NUM, ...) come once, from the first pair.  QEMU's C test checks 2
 pairs; here 2, 4 and 8, and every ring must start and see SET_VRING_ENABLE.
 """
 
+from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, Request
 from avocado_vhost.virtio import VirtioFeature
@@ -51,6 +52,28 @@ class Multiqueue(VhostUserTest):
                              f"for {pairs} queue pairs; once is the rule")
         self.assertGreaterEqual(received.count("SET_FEATURES"), pairs,
                                 "feature negotiation not repeated per pair")
+
+    def test_migration_hands_over_the_log_once(self):
+        """Live migration with two queue pairs: the dirty log is
+        device-wide, so SET_LOG_BASE comes once on the socket, not once per
+        pair.  The back-end takes it as DPDK's vhost library does (a new
+        SET_LOG_BASE unmaps the log in use), which a repeat while logging
+        would crash (QEMU fix 7c211eb078)."""
+        pairs, rings = 2, 4
+        config = BackendConfig(queue_num=pairs, max_rings=rings,
+                               unmap_replaced_log=True)
+        config.features |= int(MQ)
+        pair = migration.start_pair(self, rings=rings, config=config,
+                                    features=MQ, driver_queues=rings + 1,
+                                    queues=pairs)
+        migration.migrate(self, pair.src, pair.dst, pair.uri)
+        outcome = migration.wait_outcome(self, pair.src, pair.dst)
+        log_bases = pair.src_backend.trace.received(conn=1).count(
+            "SET_LOG_BASE")
+        self.assertEqual(log_bases, 1, f"SET_LOG_BASE sent {log_bases} "
+                         f"times on one socket for {pairs} queue pairs "
+                         "during one migration; once is the rule")
+        self.assertEqual(outcome.status, "completed", str(outcome))
 
     def test_two_pairs(self):
         self.run_pairs(2)

@@ -11,9 +11,10 @@ QEMU's chardev is ``server=on``: the back-end connects, and reconnects the
 moment a connection ends (``reconnect_path``), so no delay is involved.
 """
 
+from avocado_vhost.devices import BLK_QUEUES, device_config
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause, Fault,
-                                      Request)
+                                      FaultAction, Request, WaitTimeout)
 
 DROPS = 5
 
@@ -92,6 +93,34 @@ class Reconnect(VhostUserTest):
             backend.disconnect()
             self.wait_restarted(backend, drop + 2)
 
+
+    def test_reconnect_after_a_failed_reconnect(self):
+        """vhost-user-blk with QEMU as the client: the back-end drops the
+        running device, then drops QEMU's reconnect at its first request
+        (GET_FEATURES).  QEMU must connect again and restart the device
+        from scratch (QEMU fix 6eaf0e612b: before it, a reconnect that
+        failed in vhost_dev_init left the chardev without its event
+        handler, and QEMU never spoke on a connection again)."""
+        self.require_device("vhost-user-blk-pci")
+        delay = 50 if self.caps.reconnect_ms else 1
+        backend = self.make_backend("backend", device_config("blk"))
+        backend.faults.append(Fault(FaultAction.DISCONNECT, connection=2,
+                                    request=Request.GET_FEATURES))
+        vm = self.make_vm("vm", backend.listener_path, reconnect=delay,
+                          device="vhost-user-blk-pci",
+                          device_opts=[f"num-queues={BLK_QUEUES}"])
+        self.start_vm(vm, backend, rings=BLK_QUEUES)
+        backend.disconnect()
+        backend.wait_connected(3, timeout=self.scaled(10))
+        try:
+            backend.wait_request(Request.GET_FEATURES, conn=3,
+                                 timeout=self.scaled(3))
+        except WaitTimeout:
+            self.fail("QEMU reconnected after its reconnect failed at "
+                      "GET_FEATURES, but never spoke on the new connection: "
+                      "the device is lost (its chardev handler was not "
+                      "reinstated)")
+        self.wait_restarted(backend, 3, rings=BLK_QUEUES)
 
 
 if __name__ == "__main__":

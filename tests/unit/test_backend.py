@@ -7,6 +7,7 @@ fd was leaked.
 """
 
 import os
+import socket
 import struct
 import threading
 import unittest
@@ -257,17 +258,20 @@ class DeviceRequests(BackendTestCase):
     def test_rarp_mtu_backend_req_inflight(self):
         self.fe.send(Request.SEND_RARP, U64(0x525400123456))
         self.fe.send(Request.NET_SET_MTU, U64(1500))
-        a, b = os.pipe()
-        self.fe.send(Request.SET_BACKEND_REQ_FD, fds=[a])
+        a, channel = socket.socketpair()
+        r, b = os.pipe()
+        self.fe.send(Request.SET_BACKEND_REQ_FD, fds=[a.fileno()])
         self.fe.send(Request.SET_INFLIGHT_FD,
                      InflightDescription(4096, 0, 2, 256), fds=[b])
-        os.close(a)
+        a.close()
+        channel.close()
+        os.close(r)
         os.close(b)
         self.sync()
         state = self.backend.state
         self.assertEqual(state.rarp, [0x525400123456])
         self.assertEqual(state.mtu, 1500)
-        self.assertIsNotNone(state.backend_req_fd)
+        self.assertIsNotNone(state.backend_channel)
         self.assertIsNotNone(state.inflight_fd)
         self.backend.check()
 

@@ -1,0 +1,173 @@
+"""
+QEMU vhost-user front-end defects that QEMU has fixed, and which releases
+still carry them.
+
+A test never asks the version whether to expect a bug: it provokes the
+behaviour and fails when QEMU misbehaves, whatever the version.  Only then
+is this registry asked whether the failure is a *known* one: its message
+matches a defect's ``signature`` (the sentence the test writes when that
+behaviour breaks) **and** the QEMU under test is a release known to carry
+the defect.  Then the test ends as a known-defect report that names the
+fix (CANCEL "KNOWN QEMU DEFECT", listed by the result plugin as found),
+neither a pass nor a silent skip.  Any other failure -- the same symptom
+on a QEMU that has the fix (a regression), or another symptom -- is a FAIL.
+
+Which releases carry what was established from the sources: QEMU's history
+(``github:pbo-linaro/qemu-ci``) for where a fix landed, and the source
+packages this project builds and tests (Debian's 7.2+dfsg-7+deb12u18,
+10.0.13, 10.2.2), because Debian and QEMU's stable branches backport fixes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+__all__ = ["Version", "QemuDefect", "DEFECTS", "match", "defect_for_test"]
+
+Version = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class QemuDefect:
+    """One fixed QEMU defect.
+
+    :param id: a short name, used by tests and reports.
+    :param commit: the fix in QEMU's tree.
+    :param title: the fix's title.
+    :param fixed_in: the first release with the fix.
+    :param introduced_in: the first release with the defect ((0, 0, 0):
+        before any release the suite runs on).
+    :param backported_to: stable releases known to carry the fix although
+        older than ``fixed_in`` (read in their source): a release of that
+        series at or after it is fixed.
+    :param signature: a regular expression over the failure message of the
+        test that provokes it.
+    :param tests: the tests written for it (``file:Class.method``).
+    :param symptom: what a user of that QEMU sees.
+    """
+
+    id: str
+    commit: str
+    title: str
+    fixed_in: Version
+    signature: str
+    tests: Tuple[str, ...]
+    symptom: str
+    introduced_in: Version = (0, 0, 0)
+    backported_to: Tuple[Version, ...] = ()
+
+    def carried_by(self, version: Version) -> bool:
+        """Whether QEMU ``version`` is known to carry the defect."""
+        if not self.introduced_in <= version < self.fixed_in:
+            return False
+        return not any(version[:2] == fixed[:2] and version >= fixed
+                       for fixed in self.backported_to)
+
+    def describe(self) -> str:
+        return f"{self.commit} \"{self.title}\""
+
+
+DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
+    QemuDefect(
+        "msix-tcg-irqfd", "1680542862",
+        "virtio-pci: add support for configure interrupt", (8, 0, 0),
+        r"exited with signal 11 .*MSI-X on",
+        ("test_interrupts.py:Interrupts.test_msix",
+         "test_guest.py:Guest.test_msix"),
+        "SIGSEGV when a vhost-user net device starts with MSI-X and no KVM "
+        "irqfd (TCG): virtio_pci_set_guest_notifiers installs vector "
+        "notifiers because the class has guest_notifier_mask, though vhost-"
+        "user net clears use_guest_notifier_mask, and "
+        "kvm_virtio_pci_irqfd_use reads the NULL proxy->vector_irqfd"),
+    QemuDefect(
+        "vring-file-async", "1ba9a52203",
+        "vhost-user: make vhost_set_vring_file() synchronous", (10, 2, 0),
+        r"interrupt the back-end signalled while QEMU switched the call fd",
+        ("test_interrupts.py:Interrupts."
+         "test_interrupt_while_the_call_fd_changes",),
+        "SET_VRING_KICK/CALL/ERR sent without NEED_REPLY although REPLY_ACK "
+        "is negotiated: on unmask QEMU looks for pending interrupts before "
+        "the back-end uses the new call fd, and loses the guest's "
+        "interrupt (virtiofs mounts hang)"),
+    QemuDefect(
+        "log-base-per-pair", "7c211eb078",
+        "vhost-user: Skip unnecessary duplicated VHOST_USER_SET_LOG_BASE "
+        "requests", (9, 1, 0),
+        r"SET_LOG_BASE sent \d+ times on one socket",
+        ("test_multiqueue.py:Multiqueue."
+         "test_migration_hands_over_the_log_once",),
+        "with several queue pairs SET_LOG_BASE is sent once per pair on the "
+        "same socket; a back-end that unmaps the old log (DPDK) crashes "
+        "during migration"),
+    QemuDefect(
+        "lost-reconnect", "6eaf0e612b", "vhost-user: fix lost reconnect "
+        "again", (9, 1, 0),
+        r"never spoke on the new connection",
+        ("test_reconnect.py:Reconnect."
+         "test_reconnect_after_a_failed_reconnect",),
+        "a reconnect that fails at GET_FEATURES (vhost_dev_init) leaves the "
+        "chardev without its event handler: vhost-user-blk, -scsi and the "
+        "vhost-user-base devices never reconnect"),
+    QemuDefect(
+        "abort-on-log-start", "c1997099dc",
+        "vhost: Do not abort on log-start error", (10, 1, 0),
+        r"(refused to start logging|died as logging started).*source QEMU "
+        r"killed by signal 6",
+        ("test_migrate_faults.py:MigrateFaults."
+         "test_refused_logging_fails_the_migration",
+         "test_migrate_faults.py:MigrateFaults."
+         "test_backend_gone_at_log_start_fails_the_migration"),
+        "a back-end that fails or dies when logging starts makes QEMU "
+        "abort() instead of failing the migration",
+        backported_to=((10, 0, 13),)),
+    QemuDefect(
+        "migration-ignores-backend-crash", "bc85aae420",
+        "vhost-user: return failure if backend crash when live migration",
+        (10, 1, 0),
+        r"died while QEMU stopped the rings.*migration completed",
+        ("test_migrate_faults.py:MigrateFaults."
+         "test_backend_gone_while_rings_stop_fails_the_migration",),
+        "a back-end that crashes while QEMU stops the rings: the migration "
+        "is reported as successful and the destination resumes from ring "
+        "positions nobody reported"),
+    QemuDefect(
+        "unplug-notifier-abort", "963b027645",
+        "virtio/vhost-user: fix qemu abort when hotunplug vhost-user-net "
+        "device", (9, 2, 0),
+        r"signal 6 .*after the unplug of a vhost-user-net device",
+        ("test_hotplug.py:Hotplug.test_unplug_after_a_host_notifier",),
+        "device_del of a vhost-user-net device whose back-end sent "
+        "host-notifier messages queues the notifier for RCU freeing twice; "
+        "QEMU aborts"),
+    QemuDefect(
+        "unplug-skips-vhost-stop", "d72479b117",
+        "hw/virtio: Fix the de-initialization of vhost-user devices",
+        (9, 1, 0),
+        r"the vhost device was never stopped",
+        ("test_hotplug.py:Hotplug."
+         "test_unplug_stops_the_device_and_it_plugs_again",),
+        "virtio_device_should_start(vdev, 0) is true once a device started: "
+        "unrealize skips vhost clean-up, and plugging the device again "
+        "fails", introduced_in=(8, 0, 0)),
+)}
+
+
+def match(message: str, version: Version) -> Optional[QemuDefect]:
+    """The known defect that ``message`` (a test's failure) shows on QEMU
+    ``version``, if ``version`` is known to carry it."""
+    for defect in DEFECTS.values():
+        if defect.carried_by(version) and re.search(defect.signature,
+                                                    message, re.S):
+            return defect
+    return None
+
+
+def defect_for_test(test: str) -> Optional[QemuDefect]:
+    """The defect a test (``file:Class.method``, or a longer id that ends
+    so) was written for."""
+    for defect in DEFECTS.values():
+        if any(test.endswith(t) or t in test for t in defect.tests):
+            return defect
+    return None

@@ -1,0 +1,96 @@
+"""
+PCI hot-plug and hot-unplug of a device, with the test as the guest.
+
+Plugging needs nothing from the guest (``device_add``).  Unplugging does:
+QEMU's ``device_del`` only *asks* the guest to let go of the device, and
+the device goes only when the guest ejects it.  On x86's ``pc`` machine
+the guest's ACPI code does that by writing the slot's bit into the PIIX4
+PCI hot-plug controller's eject register (I/O port 0xAE08, QEMU's
+``hw/acpi/pcihp.c``); the test writes it over qtest, as QEMU's own libqos
+does (``qpci_unplug_acpi_device_test``), and then waits for QEMU's
+``DEVICE_DELETED`` event.  Other machines (``virt``: PCIe native hot-plug
+through a root port) are not driven here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from qemu.qmp import ExecuteError
+
+from .vm import TRANSITIONAL, VhostVM
+
+__all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "unplug", "plug",
+           "can_unplug", "drain_rcu"]
+
+#: PIIX4's ACPI PCI hot-plug eject register (ACPI_PCIHP_ADDR 0xAE00 +
+#: PCI_EJ_BASE 0x08): a 1 in bit ``slot`` ejects the device in that slot
+ACPI_PCIHP_EJECT = 0xAE08
+
+
+class HotplugError(Exception):
+    """A plug or unplug did not happen (QEMU's answer is in the text)."""
+
+
+def can_unplug(vm: VhostVM) -> Optional[str]:
+    """None when the test can eject a device of ``vm``; else why not."""
+    if vm.spec.platform.machine != "pc":
+        return (f"hot-unplug is driven through the pc machine's ACPI PCI "
+                f"hot-plug register; {vm.spec.platform.machine} has none")
+    if vm.qtest is None:
+        return "hot-unplug needs the test's qtest link (no firmware VM)"
+    return None
+
+
+def unplug(vm: VhostVM, device_id: str, slot: int, timeout: float) -> None:
+    """``device_del`` ``device_id`` (in PCI slot ``slot`` of bus 0), eject
+    it as the guest's ACPI code would, and wait for ``DEVICE_DELETED``.
+
+    :raise HotplugError: QEMU did not delete the device within ``timeout``.
+    """
+    why = can_unplug(vm)
+    if why is not None:
+        raise HotplugError(why)
+    assert vm.qtest is not None
+    vm.qmp("device_del", id=device_id)
+    vm.qtest.outl(ACPI_PCIHP_EJECT, 1 << slot)
+    event = vm.events_or_exit([("DEVICE_DELETED",
+                                {"data": {"device": device_id}})],
+                              timeout, f"DEVICE_DELETED of {device_id}")
+    if event is None:
+        raise HotplugError(f"QEMU exited ({vm.exitcode}) while {device_id} "
+                           "was being unplugged")
+
+
+def drain_rcu(vm: VhostVM) -> None:
+    """Return once QEMU has run every RCU callback queued so far.
+
+    QEMU frees much of an unplugged device through RCU callbacks, on its
+    RCU thread, some time after the QMP command that removed it: a defect
+    there (a use after free, a node queued twice) strikes later, at an
+    unknown moment.  QMP has no command to wait for them, but a
+    ``device_add`` that fails calls ``drain_call_rcu()`` before answering
+    (``qmp_device_add`` in system/qdev-monitor.c: "user might expect that
+    this interface will finish its job completely once qmp command returns
+    result"), so a ``device_add`` of a driver that does not exist is the
+    barrier.  A QEMU that dies there raises what its monitor raises.
+    """
+    try:
+        vm.qmp("device_add", driver="avocado-vhost-rcu-barrier")
+    except ExecuteError:
+        return  # the expected refusal, after the drain
+    raise HotplugError("QEMU added a device named "
+                       "'avocado-vhost-rcu-barrier'")
+
+
+def plug(vm: VhostVM, driver: str, device_id: str, slot: int,
+         **props: Any) -> None:
+    """``device_add`` a ``driver`` device as ``device_id`` in PCI slot
+    ``slot`` of bus 0 (a ``romfile`` is never loaded: the test is the
+    guest)."""
+    args: Dict[str, Any] = {"driver": driver, "id": device_id,
+                            "addr": f"0x{slot:x}", "romfile": ""}
+    if driver in TRANSITIONAL:
+        args["disable-legacy"] = "on"  # the test's driver is modern-only
+    args.update(props)
+    vm.qmp("device_add", **args)

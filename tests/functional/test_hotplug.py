@@ -1,0 +1,121 @@
+"""
+Hot-unplug and re-plug of vhost-user devices.
+
+Unplugging a running vhost-user device must stop it as the spec stops a
+device -- every started ring stopped with GET_VRING_BASE -- and release
+everything the back-end gave QEMU (host notifiers), so that the same
+device can be plugged again on the same back-end and started afresh.
+
+The test is the guest: it drives each device to DRIVER_OK over qtest and
+ejects it through the pc machine's ACPI PCI hot-plug register
+(``avocado_vhost.qemu.hotplug``), which is x86-only.
+"""
+
+import mmap
+import os
+
+from avocado_vhost.devices import BLK_QUEUES, device_config
+from avocado_vhost.qemu import hotplug
+from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
+from avocado_vhost.virtio import VirtioFeature
+
+SLOT = 5
+
+
+class Hotplug(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,hotplug
+    """
+
+    def unplug(self, vm, device_id):
+        why = hotplug.can_unplug(vm)
+        if why:
+            self.cancel(why)
+        try:
+            hotplug.unplug(vm, device_id, SLOT, self.scaled(10))
+        except hotplug.HotplugError as exc:
+            self.qemu_ended(vm, f"while unplugging {device_id}: {exc}")
+
+    def test_unplug_stops_the_device_and_it_plugs_again(self):
+        """vhost-user-blk, unplugged twice and plugged again in between:
+        each unplug stops the started ring (GET_VRING_BASE), and the device
+        plugged again on the same back-end starts afresh (QEMU fix
+        d72479b117: between 8.x and 9.1 an unplugged vhost-user device was
+        never stopped, and plugging it again failed)."""
+        self.require_device("vhost-user-blk-pci")
+        backend = self.make_backend("backend", device_config("blk"))
+        opts = [f"num-queues={BLK_QUEUES}", "id=blk0", f"addr=0x{SLOT:x}"]
+        vm = self.make_vm("vm", backend.listener_path,
+                          device="vhost-user-blk-pci", device_opts=opts)
+        self.start_vm(vm, backend, rings=BLK_QUEUES)
+        for round_ in (1, 2):
+            stops = len(backend.trace.select("rx", Request.GET_VRING_BASE))
+            self.unplug(vm, "blk0")
+            self.assertEqual(
+                backend.state.started_rings(), [],
+                f"unplug {round_}: QEMU removed the device but left ring(s) "
+                f"{backend.state.started_rings()} running on the back-end "
+                "(no GET_VRING_BASE): the vhost device was never stopped")
+            self.assertGreater(
+                len(backend.trace.select("rx", Request.GET_VRING_BASE)),
+                stops, f"unplug {round_}: no GET_VRING_BASE")
+            hotplug.plug(vm, "vhost-user-blk-pci", "blk0", SLOT,
+                         chardev="vu0", **{"num-queues": BLK_QUEUES})
+            vm.drive_device(queues=BLK_QUEUES)
+            backend.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
+
+    def test_unplug_after_a_host_notifier(self):
+        """vhost-user-net with two queue pairs, the guest using one: the
+        back-end maps a host notifier for a queue of the unused pair (as a
+        vDPA back-end maps every queue's doorbell).  Unplugging the device
+        and deleting its netdev must release the notifier; a new netdev and
+        device on the same back-end then start afresh (QEMU fix 963b027645:
+        before it, QEMU queued the notifier for freeing twice and aborted).
+        """
+        pairs = 2
+        config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
+        config.features |= int(VirtioFeature.NET_F_MQ
+                               | VirtioFeature.NET_F_CTRL_VQ)
+        config.protocol_features |= int(ProtocolFeature.BACKEND_REQ
+                                        | ProtocolFeature.HOST_NOTIFIER)
+        backend = self.make_backend("backend", config)
+        opts = ["id=nic0", f"addr=0x{SLOT:x}", "page-per-vq=on"]
+        vm = self.make_vm("vm", backend.listener_path, queues=pairs,
+                          device_opts=opts)
+        self.start_vm(vm, backend, rings=2)  # one pair: no MQ negotiated
+        doorbell = os.memfd_create("doorbell")
+        self.cleanup(os.close, doorbell)
+        os.ftruncate(doorbell, mmap.PAGESIZE)
+        ack = backend.host_notifier(2, doorbell)
+        self.assertEqual(ack, 0, "QEMU refused to map the host notifier "
+                         "of queue 2 (REPLY_ACK non-zero)")
+
+        self.unplug(vm, "nic0")
+        try:
+            vm.qmp("netdev_del", id="net0")
+            hotplug.drain_rcu(vm)  # the notifier is freed by now
+            # The chardev went with the netdev: a new one, a new connection.
+            vm.qmp("chardev-add", id="vu1", backend={
+                "type": "socket", "data": {
+                    "addr": {"type": "unix",
+                             "data": {"path": backend.listener_path}},
+                    "server": False}})
+            vm.qmp("netdev_add", type="vhost-user", id="net1",
+                   chardev="vu1", queues=pairs)
+            hotplug.plug(vm, "virtio-net-pci", "nic1", SLOT, netdev="net1",
+                         mq=True, **{"page-per-vq": True})
+            vm.drive_device(queues=2)
+        except Exception as exc:  # QEMU gone under the monitor or qtest?
+            if vm.is_running():
+                raise
+            self.qemu_ended(vm, "after the unplug of a vhost-user-net device"
+                            " whose back-end had mapped a host notifier "
+                            f"({type(exc).__name__}: {exc})")
+        backend.wait_connected(2, timeout=self.scaled(10))
+        backend.wait_rings_started(2, timeout=self.scaled(10))
+
+
+if __name__ == "__main__":
+    main()
