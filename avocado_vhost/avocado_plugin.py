@@ -66,10 +66,11 @@ def _whiteboard(test: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class VhostResult(Result):
-    """QEMU binary and version, and trace links, in the job's results."""
+    """QEMU binary and version, trace links, known QEMU defects and spec
+    violations in the job's results."""
 
     name = "vhost"
-    description = "avocado-vhost: QEMU and trace paths in results.json"
+    description = "avocado-vhost: QEMU, traces, known defects, violations"
 
     def render(self, result: Any, job: Any) -> None:
         path = os.path.join(job.logdir, "results.json")
@@ -78,7 +79,8 @@ class VhostResult(Result):
                 results = json.load(src)
         except (OSError, ValueError):
             return  # the json result was disabled
-        summary: Dict[str, Any] = {"qemu": {}, "tests": {}}
+        summary: Dict[str, Any] = {"qemu": {}, "tests": {},
+                                   "known_defects": {}, "violations": {}}
         for test in results.get("tests", []):
             info = _whiteboard(test)
             if not info:
@@ -88,11 +90,22 @@ class VhostResult(Result):
             traces: List[str] = [os.path.join(test.get("logdir", ""), name)
                                   for name in info.get("traces", [])]
             test["traces"] = traces
-            summary["qemu"][info.get("qemu")] = info.get("qemu_version")
+            test["known_defects"] = info.get("known_defects", [])
+            test["violations"] = info.get("violations", [])
+            summary["qemu"][info.get("qemu")] = {
+                "version": info.get("qemu_version"),
+                "arch": info.get("arch"), "accel": info.get("accel")}
             summary["tests"][test.get("name")] = {
                 "status": test.get("status"), "traces": traces,
                 "qemu": info.get("qemu"),
                 "accel": info.get("accel"), "arch": info.get("arch")}
+            for defect in test["known_defects"]:
+                found = summary["known_defects"].setdefault(
+                    defect["id"], dict(defect, tests=[]))
+                found["tests"].append(test.get("name"))
+            if test["violations"]:
+                summary["violations"][test.get("name")] = test["violations"]
+        results["known_defects"] = list(summary["known_defects"].values())
         with open(path, "w", encoding="utf-8") as out:
             json.dump(results, out, indent=4)
         _add_to_xunit(os.path.join(job.logdir, "results.xml"),
@@ -102,7 +115,8 @@ class VhostResult(Result):
             json.dump(summary, out, indent=4)
         with open(os.path.join(job.logdir, "vhost.html"), "w",
                   encoding="utf-8") as out:
-            out.write(_html_page(job.logdir, results.get("tests", [])))
+            out.write(_html_page(job.logdir, results.get("tests", []),
+                                 summary))
 
 
 def _add_to_xunit(path: str, tests: Dict[str, Any],
@@ -119,7 +133,8 @@ def _add_to_xunit(path: str, tests: Dict[str, Any],
             continue
         props = document.createElement("properties")
         values = [("qemu", info.get("qemu") or ""),
-                  ("qemu_version", qemu.get(info.get("qemu"), "") or ""),
+                  ("qemu_version",
+                   (qemu.get(info.get("qemu")) or {}).get("version") or ""),
                   ("accel", info.get("accel") or "")]
         values += [("trace", trace) for trace in info.get("traces", [])]
         for name, value in values:
@@ -132,31 +147,79 @@ def _add_to_xunit(path: str, tests: Dict[str, Any],
         document.writexml(out, encoding="UTF-8")
 
 
-def _html_page(job_dir: str, tests: List[Dict[str, Any]]) -> str:
-    """One row per test, every link relative to the job directory."""
-    rows = []
+_STYLE = ("body{font-family:sans-serif;max-width:80em} td,th{padding:4px 8px;"
+          "border-bottom:1px solid #ddd;vertical-align:top;text-align:left;"
+          "overflow-wrap:anywhere} table{border-collapse:collapse;"
+          "width:100%} .PASS{color:green}.FAIL,.ERROR,.INTERRUPT{color:red}"
+          ".CANCEL,.SKIP,.WARN{color:#a60} .links a{margin-right:.6em}")
+
+
+def _links(job_dir: str, test: Dict[str, Any]) -> str:
+    """The chart first, then the test's logs and traces."""
+    logdir = test.get("logdir", "")
+    files = sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []
+    shown = [f for f in files if f == "chart.html"] + [
+        f for f in files if f.endswith(".log") or f.endswith(".txt")]
+    return " ".join(
+        f'<a href="{html.escape(os.path.relpath(os.path.join(logdir, f), job_dir))}">'
+        f"{html.escape(f)}</a>" for f in shown)
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_page(job_dir: str, tests: List[Dict[str, Any]],
+               summary: Dict[str, Any]) -> str:
+    """What a reader needs first -- the QEMU under test, the counts, the
+    known QEMU defects found, the spec violations found, the failures --
+    then every test; links relative to the job directory."""
+    esc = html.escape
+    counts: Dict[str, int] = {}
     for test in tests:
-        logdir = test.get("logdir", "")
-        files = sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []
-        links = " ".join(
-            f'<a href="{html.escape(os.path.relpath(os.path.join(logdir, f), job_dir))}">'
-            f"{html.escape(f)}</a>"
-            for f in files if f.endswith(".log") or f.endswith(".txt"))
-        status = html.escape(str(test.get("status")))
-        reason = "" if status == "PASS" else str(test.get("fail_reason") or "")
-        rows.append(
-            f"<tr><td>{html.escape(str(test.get('name')))}</td>"
-            f'<td class="{status}">{status}</td>'
-            f"<td>{html.escape(str(test.get('qemu_version') or ''))}</td>"
-            f"<td>{html.escape(reason)}</td>"
-            f"<td>{links}</td></tr>")
+        counts[str(test.get("status"))] = counts.get(
+            str(test.get("status")), 0) + 1
+    qemus = _table(["QEMU", "version", "target", "accelerator"], [
+        [esc(str(path)), esc(str(q.get("version"))), esc(str(q.get("arch"))),
+         esc(str(q.get("accel")))] for path, q in summary["qemu"].items()])
+    defects = summary["known_defects"]
+    defect_part = _table(["defect", "fixed by", "tests that hit it"], [
+        [esc(d["id"]), f"{esc(d['commit'])} {esc(d['title'])}",
+         "<br>".join(esc(str(t)) for t in d["tests"])]
+        for d in defects.values()]) if defects else "<p>none</p>"
+    violations = summary["violations"]
+    violation_part = _table(["test", "violation"], [
+        [esc(str(name)), "<br>".join(esc(v) for v in found)]
+        for name, found in violations.items()]) if violations \
+        else "<p>none</p>"
+
+    def row(test: Dict[str, Any]) -> List[str]:
+        status = esc(str(test.get("status")))
+        reason = "" if status == "PASS" else str(test.get("fail_reason")
+                                                 or "")
+        return [esc(str(test.get("name"))),
+                f'<span class="{status}">{status}</span>', esc(reason),
+                f'<span class="links">{_links(job_dir, test)}</span>']
+
+    bad = [t for t in tests
+           if t.get("status") in ("FAIL", "ERROR", "INTERRUPTED")]
+    rest = [t for t in tests if t not in bad]
+    header = ["test", "status", "reason", "chart, logs and traces"]
+    failures = _table(header, [row(t) for t in bad]) if bad \
+        else "<p>none</p>"
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            "<title>avocado-vhost job</title><style>"
-            "body{font-family:sans-serif} td{padding:4px 8px;"
-            "border-bottom:1px solid #ddd;vertical-align:top}"
-            ".PASS{color:green}.FAIL,.ERROR,.INTERRUPT{color:red}"
-            ".CANCEL,.SKIP{color:#a60}</style></head><body>"
-            "<h1>avocado-vhost: tests, QEMU, traces</h1><table>"
-            "<tr><th>test</th><th>status</th><th>QEMU</th><th>reason</th>"
-            "<th>logs and vhost-user traces</th></tr>"
-            + "".join(rows) + "</table></body></html>\n")
+            f"<title>avocado-vhost job</title><style>{_STYLE}</style></head>"
+            "<body><h1>avocado-vhost</h1>"
+            f"<h2>QEMU under test</h2>{qemus}"
+            "<h2>Results</h2><p>" + ", ".join(
+                f'<span class="{esc(k)}">{esc(k)} {v}</span>'
+                for k, v in sorted(counts.items()))
+            + f" (known QEMU defects: {len(defects)})</p>"
+            f"<h2>Known QEMU defects found</h2>{defect_part}"
+            f"<h2>Spec violations found</h2>{violation_part}"
+            f"<h2>Failures</h2>{failures}"
+            f"<h2>Every other test</h2>{_table(header, [row(t) for t in rest])}"
+            "</body></html>\n")

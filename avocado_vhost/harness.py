@@ -170,6 +170,7 @@ class Harness(_Base):
         self._stack.callback(self._write_chart)
         self.traces_written: List[str] = []
         self.backends: List[VhostUserBackend] = []
+        self.proxies: List[Proxy] = []
         self.vms: List[VhostVM] = []
         strange = params.unknown(self._runner_param_names())
         if strange:
@@ -227,7 +228,13 @@ class Harness(_Base):
                 "known_defects": [
                     {"id": d, "commit": known_defects.DEFECTS[d].commit,
                      "title": known_defects.DEFECTS[d].title}
-                    for d in self.known_defects_found]}
+                    for d in self.known_defects_found],
+                # every spec rule a peer broke, allowed by the test or not
+                "violations": [
+                    f"{peer.name}: {problem}"
+                    for peer in [*getattr(self, "backends", []),
+                                 *getattr(self, "proxies", [])]
+                    for problem in peer.violations]}
 
     # --- requirements -----------------------------------------------------
     def _choose_accel(self) -> str:
@@ -425,6 +432,7 @@ class Harness(_Base):
         so the test's chart shows it), at tear-down."""
         proxy = Proxy(self.socket_path(name), backend_socket, name)
         proxy.start()
+        self.proxies.append(proxy)
 
         def _finish() -> None:
             proxy.stop()

@@ -75,7 +75,7 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "virtio-pci: add support for configure interrupt", (8, 0, 0),
         r"exited with signal 11 .*MSI-X on",
         ("test_interrupts.py:Interrupts.test_msix",
-         "test_guest.py:Guest.test_msix"),
+         "test_guest.py:Guest.test_msix_on"),
         "SIGSEGV when a vhost-user net device starts with MSI-X and no KVM "
         "irqfd (TCG): virtio_pci_set_guest_notifiers installs vector "
         "notifiers because the class has guest_notifier_mask, though vhost-"
@@ -92,15 +92,16 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "the back-end uses the new call fd, and loses the guest's "
         "interrupt (virtiofs mounts hang)"),
     QemuDefect(
-        "log-base-per-pair", "7c211eb078",
-        "vhost-user: Skip unnecessary duplicated VHOST_USER_SET_LOG_BASE "
-        "requests", (9, 1, 0),
+        "log-base-per-pair", "c98ac64cfb",
+        "vhost-user: send set log base message only once", (8, 0, 0),
         r"SET_LOG_BASE sent \d+ times on one socket",
         ("test_multiqueue.py:Multiqueue."
          "test_migration_hands_over_the_log_once",),
         "with several queue pairs SET_LOG_BASE is sent once per pair on the "
         "same socket; a back-end that unmaps the old log (DPDK) crashes "
-        "during migration"),
+        "during migration.  7c211eb078 (\"vhost-user: Skip unnecessary "
+        "duplicated VHOST_USER_SET_LOG_BASE requests\", 9.1) guards "
+        "vhost_user_write against it a second time"),
     QemuDefect(
         "lost-reconnect", "6eaf0e612b", "vhost-user: fix lost reconnect "
         "again", (9, 1, 0),
@@ -147,10 +148,11 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         (9, 1, 0),
         r"the vhost device was never stopped",
         ("test_hotplug.py:Hotplug."
-         "test_unplug_stops_the_device_and_it_plugs_again",),
+         "test_gpio_unplug_stops_the_device_and_it_plugs_again",),
         "virtio_device_should_start(vdev, 0) is true once a device started: "
-        "unrealize skips vhost clean-up, and plugging the device again "
-        "fails", introduced_in=(8, 0, 0)),
+        "the unrealize of vhost-user-base, -fs, -scmi, -vsock devices, "
+        "which call their own set_status(0), skips vhost clean-up, and "
+        "plugging the device again fails", introduced_in=(8, 0, 0)),
 )}
 
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 
 from qemu.qmp import ExecuteError
 
+from .platform import Platform
 from .vm import TRANSITIONAL, VhostVM
 
 __all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "unplug", "plug",
@@ -32,13 +33,12 @@ class HotplugError(Exception):
     """A plug or unplug did not happen (QEMU's answer is in the text)."""
 
 
-def can_unplug(vm: VhostVM) -> Optional[str]:
-    """None when the test can eject a device of ``vm``; else why not."""
-    if vm.spec.platform.machine != "pc":
+def can_unplug(platform: Platform) -> Optional[str]:
+    """None when the test can eject a device on ``platform``; else why
+    not."""
+    if platform.machine != "pc":
         return (f"hot-unplug is driven through the pc machine's ACPI PCI "
-                f"hot-plug register; {vm.spec.platform.machine} has none")
-    if vm.qtest is None:
-        return "hot-unplug needs the test's qtest link (no firmware VM)"
+                f"hot-plug register (x86_64); {platform.machine} has none")
     return None
 
 
@@ -48,10 +48,11 @@ def unplug(vm: VhostVM, device_id: str, slot: int, timeout: float) -> None:
 
     :raise HotplugError: QEMU did not delete the device within ``timeout``.
     """
-    why = can_unplug(vm)
+    why = can_unplug(vm.spec.platform)
     if why is not None:
         raise HotplugError(why)
-    assert vm.qtest is not None
+    if vm.qtest is None:
+        raise HotplugError("hot-unplug needs the test's qtest link")
     vm.qmp("device_del", id=device_id)
     vm.qtest.outl(ACPI_PCIHP_EJECT, 1 << slot)
     event = vm.events_or_exit([("DEVICE_DELETED",

@@ -21,7 +21,9 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from qemu.machine.machine import AbnormalShutdown
 from qemu.qmp.protocol import StateError
+from qemu.qmp.qmp_client import ExecInterruptedError
 
 from ..vhost_user.connection import check_socket_path
 from .driver import DriverQueue, PackedDriverQueue
@@ -402,7 +404,16 @@ class VhostVM:
         """Stop QEMU (quit, then kill) and close the qtest link."""
         try:
             if self.machine.is_running():
-                self.machine.shutdown(timeout=10)
+                try:
+                    self.machine.shutdown(timeout=10)
+                except AbnormalShutdown as exc:
+                    # It was exiting on its own (a failed incoming
+                    # migration) as "quit" went out: the monitor hung up
+                    # instead of answering.  Anything else is a real hang.
+                    if not isinstance(exc.__cause__, (ExecInterruptedError,
+                                                      EOFError,
+                                                      ConnectionError)):
+                        raise
             else:
                 # Exited by itself (a failed migration, a crash): collect
                 # it without asking a dead monitor to quit.

@@ -11,6 +11,7 @@ descriptors.
 
 import random
 import struct
+import time
 
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest, main
@@ -211,6 +212,16 @@ class ReconnectUnderTraffic(Datapath):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,datapath,reconnect
     """
 
+    def wait_used(self, queue, index):
+        """Until the device's used index of ``queue`` reaches ``index``
+        (read over qtest: each read is a round trip through QEMU)."""
+        deadline = time.monotonic() + self.scaled(10)
+        while queue.used_idx() != index:
+            if time.monotonic() > deadline:
+                self.fail(f"the used index of ring {queue.q.index} stayed at "
+                          f"{queue.used_idx()} for {self.scaled(10)}s; "
+                          f"{index} expected")
+
     def test_reconnect_under_traffic(self):
         """The back-end drops the connection with transmit work left in the
         ring; after the reconnect, the ring continues from the position
@@ -237,21 +248,35 @@ class ReconnectUnderTraffic(Datapath):
         txq.post_out([NET_HDR + f for f in pending])
         port.wait_sent(35, timeout=self.scaled(10))
 
+        before = len(port.sent)  # 30 + the 5 the budget let through
         backend.disconnect()
         backend.wait_connected(2, timeout=self.scaled(10))
         backend.wait_rings_started(2, timeout=self.scaled(10))
+        resumed = [p.num for p in backend.trace.payloads(
+            Request.SET_VRING_BASE, conn=2) if p.index == 1][-1]
+        # Where QEMU resumes depends on when its virtio-net code saw the
+        # link go down: it completes (drops) the frames still in the ring
+        # if it handles their kick first.  Either way the frames between
+        # where the back-end stopped and the resumed position went back to
+        # the guest unsent, and the back-end owes exactly the rest.
+        self.assertTrue(before <= resumed <= 30 + len(pending),
+                        f"QEMU resumed the transmit ring at {resumed}, "
+                        f"outside [{before}, {30 + len(pending)}]: where the "
+                        "back-end stopped, up to the last pending frame")
+        owed = pending[resumed - 30:]
         with backend.lock():
             device.tx_budget = None
-        resumed = backend.state.vrings[1].base
-        used = txq.used_idx()
-        self.log.info("transmit ring resumed at %d; used index %d; "
-                      "%d of the %d pending frames were sent before the "
-                      "drop", resumed, used, len(port.sent) - 30,
-                      len(pending))
-        resumed_at = [p.num for p in backend.trace.payloads(
-            Request.SET_VRING_BASE, conn=2) if p.index == 1]
-        self.assertEqual(resumed_at[-1:], [used],
-                         "QEMU resumed the ring away from its used index")
+        backend.poke()
+        port.wait_sent(before + len(owed), timeout=self.scaled(10))
+        self.wait_used(txq, 30 + len(pending))
+        self.log.info("transmit ring resumed at %d; %d pending frames sent "
+                      "before the drop, %d dropped by QEMU, %d sent after",
+                      resumed, before - 30, len(pending) - (before - 30)
+                      - len(owed), len(owed))
+        self.assertEqual([s.data for s in port.sent[before:]], owed,
+                         f"after the reconnect the back-end did not send "
+                         f"exactly the frames from position {resumed} on, "
+                         "where QEMU resumed the ring")
         completed = txq.reap()
         self.assertEqual(len(completed), len(pending),
                          "pending transmit buffers never came back")

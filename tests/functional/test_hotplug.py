@@ -29,42 +29,64 @@ class Hotplug(VhostUserTest):
     :avocado: tags=arch:x86_64,vhost-user,hotplug
     """
 
-    def unplug(self, vm, device_id):
-        why = hotplug.can_unplug(vm)
+    def setUp(self):
+        super().setUp()
+        why = hotplug.can_unplug(self.platform)
         if why:
             self.cancel(why)
+
+    def unplug(self, vm, device_id):
         try:
             hotplug.unplug(vm, device_id, SLOT, self.scaled(10))
         except hotplug.HotplugError as exc:
             self.qemu_ended(vm, f"while unplugging {device_id}: {exc}")
 
-    def test_unplug_stops_the_device_and_it_plugs_again(self):
-        """vhost-user-blk, unplugged twice and plugged again in between:
-        each unplug stops the started ring (GET_VRING_BASE), and the device
-        plugged again on the same back-end starts afresh (QEMU fix
-        d72479b117: between 8.x and 9.1 an unplugged vhost-user device was
-        never stopped, and plugging it again failed)."""
-        self.require_device("vhost-user-blk-pci")
-        backend = self.make_backend("backend", device_config("blk"))
-        opts = [f"num-queues={BLK_QUEUES}", "id=blk0", f"addr=0x{SLOT:x}"]
-        vm = self.make_vm("vm", backend.listener_path,
-                          device="vhost-user-blk-pci", device_opts=opts)
-        self.start_vm(vm, backend, rings=BLK_QUEUES)
+    def unplug_and_plug_again(self, driver, kind, rings, **props):
+        """``driver`` on the back-end of ``kind``, started, unplugged and
+        plugged again twice: each unplug must stop every started ring
+        (GET_VRING_BASE), and the device plugged again on the same
+        connection must start afresh."""
+        self.require_device(driver)
+        backend = self.make_backend("backend", device_config(kind))
+        opts = [f"{k}={v}" for k, v in props.items()]
+        vm = self.make_vm("vm", backend.listener_path, device=driver,
+                          device_opts=opts + ["id=dev0", f"addr=0x{SLOT:x}"])
+        self.start_vm(vm, backend, rings=rings)
         for round_ in (1, 2):
             stops = len(backend.trace.select("rx", Request.GET_VRING_BASE))
-            self.unplug(vm, "blk0")
-            self.assertEqual(
-                backend.state.started_rings(), [],
-                f"unplug {round_}: QEMU removed the device but left ring(s) "
-                f"{backend.state.started_rings()} running on the back-end "
-                "(no GET_VRING_BASE): the vhost device was never stopped")
+            self.unplug(vm, "dev0")
+            running = backend.state.started_rings()
+            if running:
+                self.fail(f"unplug {round_} of {driver}: QEMU removed the "
+                          f"device but left ring(s) {running} running on the "
+                          "back-end (no GET_VRING_BASE): the vhost device was"
+                          " never stopped")
             self.assertGreater(
                 len(backend.trace.select("rx", Request.GET_VRING_BASE)),
                 stops, f"unplug {round_}: no GET_VRING_BASE")
-            hotplug.plug(vm, "vhost-user-blk-pci", "blk0", SLOT,
-                         chardev="vu0", **{"num-queues": BLK_QUEUES})
-            vm.drive_device(queues=BLK_QUEUES)
-            backend.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
+            try:
+                hotplug.plug(vm, driver, "dev0", SLOT, chardev="vu0", **props)
+                vm.drive_device(queues=rings)
+            except Exception as exc:
+                if vm.is_running():
+                    raise
+                self.qemu_ended(vm, f"when {driver} was plugged again "
+                                f"({type(exc).__name__}: {exc})")
+            backend.wait_rings_started(rings, timeout=self.scaled(10))
+
+    def test_gpio_unplug_stops_the_device_and_it_plugs_again(self):
+        """vhost-user-gpio (a vhost-user-base device, whose unrealize stops
+        vhost through its own set_status(0)), unplugged twice and plugged
+        again in between (QEMU fix d72479b117: from 8.0 to 9.0 such an
+        unplug never stopped the vhost device, and plugging it again
+        failed)."""
+        self.unplug_and_plug_again("vhost-user-gpio-pci", "gpio", rings=2)
+
+    def test_blk_unplug_stops_the_device_and_it_plugs_again(self):
+        """vhost-user-blk, unplugged twice and plugged again in between."""
+        self.unplug_and_plug_again("vhost-user-blk-pci", "blk",
+                                   rings=BLK_QUEUES,
+                                   **{"num-queues": BLK_QUEUES})
 
     def test_unplug_after_a_host_notifier(self):
         """vhost-user-net with two queue pairs, the guest using one: the

@@ -176,12 +176,14 @@ class Interrupts(VhostUserTest):
         self.assertTrue(late.reached.wait(self.scaled(10)),
                         "QEMU sent no SET_VRING_CALL when the guest "
                         "unmasked the vector")
-        backend.signal_call(ring)  # on the fd the back-end still has
         held = backend.trace.select("rx", Request.SET_VRING_CALL)[-1]
         if not held.flags & FLAG_NEED_REPLY:
-            # QEMU does not wait for the back-end: its unmask is done.
+            # QEMU does not wait for the back-end: the guest's unmask, and
+            # with it QEMU's look for interrupts on the masked fd, is done
+            # (the qtest write returns once QEMU handled it).
             unmask.join(self.scaled(10))
-        late.release.set()
+        backend.signal_call(ring)  # on the fd the back-end still has
+        late.release.set()  # ... and now it applies the new one
         unmask.join(self.scaled(10))
         self.assertFalse(unmask.is_alive(), "the guest's unmask never "
                          "completed")
