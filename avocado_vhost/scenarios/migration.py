@@ -170,6 +170,15 @@ def wait_outcome(test: "Harness", src: VhostVM, dst: VhostVM,
     except TimeoutError:
         status = "timed out"
     error = running = None
+    if status in ("failed", "cancelled") and src.is_running():
+        # The source runs the VM again a moment after it reports the
+        # failure (vm_start, which sends RESUME); until then it reads
+        # "finish-migrate" or the like.
+        try:
+            src.events_or_exit([("RESUME", None)], test.scaled(timeout),
+                               "RESUME of the source after the failure")
+        except TimeoutError:
+            pass  # judged below: the source never ran again
     if src.is_running():
         info = src.qmp("query-migrate")
         assert isinstance(info, dict)
