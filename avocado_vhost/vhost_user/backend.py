@@ -43,13 +43,15 @@ import enum
 import mmap
 import os
 import select
+import socket
 import threading
 import time
 import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
-from .connection import Connection, Listener, connect, signal_eventfd
+from .connection import (Connection, Listener, connect, read_eventfd,
+                         signal_eventfd)
 from .device import Device
 from .error import (BackendFailure, ConnectionClosed, MalformedMessage,
                     PeerStuck)
@@ -104,8 +106,8 @@ class VhostUserBackend(BackendWaits):
                  device: Optional[Device] = None):
         self.name = name
         self.config = config or BackendConfig()
-        self.trace = Trace(name)
-        self.records = Records()
+        self.trace = Trace(name, self.config.max_trace)
+        self.records = Records(self.config.max_records)
         self.faults: List[Fault] = []
         self.ring_listeners: List[RingListener] = []
         #: Answer GET_VRING_BASE with this instead of the ring's position
@@ -169,8 +171,10 @@ class VhostUserBackend(BackendWaits):
 
     # --- lifecycle ------------------------------------------------------
     def listen(self, path: str) -> None:
-        """Bind ``path`` now (before QEMU starts); accept from the thread."""
+        """Bind ``path`` now (before QEMU starts); accept from the thread
+        (which is woken, should it run already)."""
         self._listener = Listener(path)
+        self._wake()
 
     @property
     def listener_path(self) -> str:
@@ -209,16 +213,24 @@ class VhostUserBackend(BackendWaits):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and release every fd, mapping and socket.
 
-        Works while QEMU waits for an answer: the socket is closed and QEMU
-        sees the back-end disconnect.  Returns within ``timeout`` whatever
-        the thread is doing (a stuck thread is recorded as an error).
+        Returns within ``timeout`` whatever the peer did, with the thread
+        gone: the thread makes no syscall that can wait on a peer (every
+        peer fd is read and written without waiting, every wait is bounded
+        by ``message_timeout``), and the connection is shut down here,
+        which ends a bounded wait at once.  Works while QEMU waits for an
+        answer: QEMU sees the back-end disconnect.
         """
-        with self._cond:
-            if self.runstate is Runstate.STOPPED:
-                return
-            self.runstate = Runstate.STOPPING
-            for fault in self.faults:  # a held answer must not delay this
-                fault.release.set()
+        if self.runstate is Runstate.STOPPED:
+            return
+        self.runstate = Runstate.STOPPING
+        for fault in list(self.faults):  # a held answer must not delay this
+            fault.release.set()
+        session = self._session
+        if session is not None:
+            try:  # ends a select() on it at once; the thread closes it
+                session.conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -240,6 +252,11 @@ class VhostUserBackend(BackendWaits):
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
+
+    @property
+    def thread_alive(self) -> bool:
+        """Whether the back-end's thread runs (False once stop() returned)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> "VhostUserBackend":
         return self
@@ -310,8 +327,9 @@ class VhostUserBackend(BackendWaits):
                             self.device.check_stalls(now)
                             self._notify()
         except BaseException:  # a bug here must reach the test
-            self.record_error("back-end thread crashed:\n"
-                              + traceback.format_exc())
+            self.record(Problem(ProblemKind.ERROR, "back-end thread crashed:"
+                                "\n" + traceback.format_exc(),
+                                self.connections), always=True)
         finally:
             with self._cond:
                 self._notify()
@@ -360,9 +378,9 @@ class VhostUserBackend(BackendWaits):
 
     def _kicked(self, fd: int, index: int) -> None:
         try:
-            os.eventfd_read(fd)
-        except (BlockingIOError, OSError):
-            pass  # consumed already, or replaced by a newer kick fd
+            read_eventfd(fd)  # None: the peer drained it meanwhile
+        except OSError:
+            pass  # replaced (closed) by a newer kick fd
         with self._cond:
             ring = self.state.vrings.get(index)
             if (self.device is not None and ring is not None
@@ -402,7 +420,7 @@ class VhostUserBackend(BackendWaits):
             if not self.stopping:
                 self.runstate = Runstate.WAITING
             record = Disconnect(session.number, cause, detail)
-            self.records.disconnects[session.number] = record
+            self.records.disconnected(record)
             self.trace.event(session.number, Event.DISCONNECTED, str(record))
             if self.reconnect_path is not None and not self.stopping:
                 self._reconnect(self.reconnect_path)
@@ -441,10 +459,11 @@ class VhostUserBackend(BackendWaits):
             self._notify()
 
     # --- records (the session's and the device's host interface) ---------
-    def record(self, problem: Problem) -> None:
-        """Keep ``problem`` and trace it."""
+    def record(self, problem: Problem, always: bool = False) -> None:
+        """Keep ``problem`` (unless too many of its kind were: it is then
+        counted; ``always`` keeps it whatever the count) and trace it."""
         with self._cond:
-            self.records.add(problem)
+            self.records.add(problem, always)
             self.trace.add(problem.conn, problem.kind.value,
                            problem.request.name if problem.request is not None
                            and problem.kind is ProblemKind.REFUSAL else "",
@@ -503,8 +522,17 @@ class VhostUserBackend(BackendWaits):
             if ring is None or ring.call_fd is None:
                 raise BackendFailure(f"[{self.name}] ring {index} has no call "
                                      "eventfd to signal (no SET_VRING_CALL)")
-            signal_eventfd(ring.call_fd)
+            self.signal(ring)
             self.trace_event(Event.CALL, f"ring {index} signalled by the test")
+
+    def signal(self, ring: Vring) -> None:
+        """Signal ``ring``'s call eventfd without ever waiting; what was
+        wrong with the fd is recorded (call with the lock held)."""
+        if ring.call_fd is None:
+            return
+        problem = signal_eventfd(ring.call_fd)
+        if problem is not None:
+            self.record_error(f"call fd of ring {ring.index}: {problem}")
 
     def backend_request(self, request: BackendRequest, payload: Payload,
                         fds: Sequence[int] = (), need_reply: bool = True

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from ..virtio.features import VirtioFeature
 from .message import ProtocolFeature
+from .records import MAX_RECORDS
+from .trace import MAX_ENTRIES
 
 __all__ = ["BackendConfig", "NET_FEATURES", "NET_PROTOCOL_FEATURES",
-           "MAX_RINGS"]
+           "MAX_RINGS", "MAX_MAPPED"]
 
 #: What a virtio-net back-end offers by default: enough for QEMU to start
 #: the device and to migrate it (LOG_ALL + LOG_SHMFD).
@@ -26,6 +28,10 @@ NET_PROTOCOL_FEATURES = (ProtocolFeature.LOG_SHMFD | ProtocolFeature.MQ
 
 #: QEMU's VIRTIO_QUEUE_MAX: no device has more rings
 MAX_RINGS = 1024
+
+#: what the back-end maps at most by default: 1 TiB of the 128 TiB a
+#: process has (the suite's guests have up to a few GiB)
+MAX_MAPPED = 1 << 40
 
 
 @dataclass
@@ -39,6 +45,11 @@ class BackendConfig:
     :param max_mem_slots: GET_MAX_MEM_SLOTS answer.
     :param config: device config space served by GET/SET_CONFIG.
     :param message_timeout: bound on the arrival of a started message.
+    :param max_records: problems of each kind kept (the rest counted).
+    :param max_trace: trace entries kept (its start and its recent past).
+    :param max_mapped: bytes of guest memory and dirty log the back-end
+        maps at most; a memory table beyond it is refused with the reason
+        (a front-end's sizes must not take the address space).
     :param unmap_replaced_log: take SET_LOG_BASE as DPDK's vhost library
         does -- the log in use is unmapped at once for the new one -- and
         record an error when a SET_LOG_BASE replaces a log that was in use
@@ -55,6 +66,9 @@ class BackendConfig:
     config: bytes = b""
     message_timeout: float = 5.0
     unmap_replaced_log: bool = False
+    max_records: int = MAX_RECORDS
+    max_trace: int = MAX_ENTRIES
+    max_mapped: int = MAX_MAPPED
 
     @property
     def ring_limit(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import select
 import socket
@@ -31,8 +32,8 @@ from .error import ConnectionClosed, MalformedMessage, PeerStuck
 from .message import HEADER_SIZE, MAX_PAYLOAD, Header, decode_header
 
 __all__ = ["Connection", "Listener", "connect", "close_fds", "socketpair",
-           "signal_eventfd", "check_socket_path", "SUN_PATH_MAX",
-           "MAX_FDS"]
+           "signal_eventfd", "read_eventfd", "ensure_nonblocking",
+           "check_socket_path", "SUN_PATH_MAX", "MAX_FDS", "EVENTFD_MAX"]
 
 #: Most fds one message may bring (SET_MEM_TABLE: 8); room for a few more so
 #: that an excess is detected and closed instead of truncated by the kernel.
@@ -77,13 +78,70 @@ def check_socket_path(path: str) -> None:
             "directory)")
 
 
-def signal_eventfd(fd: int) -> None:
-    """Add 1 to an eventfd without ever blocking: a counter at its maximum
-    already signals, so the write may be dropped."""
+#: the largest value an eventfd counter holds; a write past it waits
+EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
+
+
+def ensure_nonblocking(fd: int) -> bool:
+    """Set O_NONBLOCK on ``fd`` if it is clear; whether it was clear.
+
+    A peer that handed us an fd shares its file description, status flags
+    included: it can clear O_NONBLOCK at any time, so the flag is checked
+    right before each write instead of once on arrival.
+    """
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & os.O_NONBLOCK:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return True
+
+
+def read_eventfd(fd: int) -> Optional[int]:
+    """Read (and so reset) an eventfd's counter without ever waiting: its
+    value, or None when it is 0 (a peer holding the same eventfd may have
+    drained it between our poll and this read).
+
+    ``preadv2(RWF_NOWAIT)`` makes this one read non-blocking whatever the
+    file's flags (Linux 5.12 and later honour it on eventfds); where it is
+    refused, the flag is set first.
+    """
+    buf = bytearray(8)
+    try:
+        os.preadv(fd, [buf], -1, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        ensure_nonblocking(fd)
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            return None
+    return int.from_bytes(buf, "little")
+
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 8)
+
+
+def signal_eventfd(fd: int) -> Optional[str]:
+    """Add 1 to an eventfd without ever waiting.
+
+    :return: None when signalled as asked; otherwise what was wrong with
+        the fd, in a sentence for the record: its O_NONBLOCK had been
+        cleared (set again, and the signal sent), or its counter is at its
+        maximum -- a signal is pending already, and the peer does not read
+        it -- so this one was dropped.
+    """
+    problems = []
+    if ensure_nonblocking(fd):
+        problems.append("its peer had cleared O_NONBLOCK on it (set again)")
     try:
         os.eventfd_write(fd, 1)
     except BlockingIOError:
-        pass
+        problems.append("its counter is at its maximum, so the peer does not"
+                        " read it: the signal was dropped, not waited for")
+    return "; ".join(problems) or None
 
 
 class Connection:
@@ -108,32 +166,43 @@ class Connection:
     def wait_readable(self, timeout: float) -> bool:
         """Whether something (a message, or EOF) arrives within
         ``timeout`` seconds."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(ready)
+        return self._wait(False, time.monotonic() + timeout)
 
     @property
     def closed(self) -> bool:
         return self.sock.fileno() < 0
 
+    def _wait(self, write: bool, deadline: float) -> bool:
+        """Whether the socket turns readable (or writable) by ``deadline``;
+        a hang-up counts (the next call then says what happened).  poll(),
+        not select(): it reports a hang-up whatever was asked, and takes
+        fds past 1023."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT if write else select.POLLIN)
+        left = max(0.0, deadline - time.monotonic())
+        return bool(poller.poll(left * 1000))
+
     def _recv_exact(self, want: int, fds: List[int], first: bool,
-                    deadline: Optional[float] = None) -> bytes:
+                    deadline: float) -> bytes:
         """Read exactly ``want`` bytes, collecting fds from each piece, by
-        ``deadline`` (monotonic) once the first byte is in."""
+        ``deadline`` (monotonic).
+
+        Every read is MSG_DONTWAIT: whatever the socket's flags (a socket
+        that came as an fd from the peer shares them with the peer), a read
+        never waits; the waiting is a select() bounded by ``deadline``.
+        """
         chunks = []
         got = 0
         while got < want:
-            if not first or got:
-                if deadline is None:
-                    deadline = time.monotonic() + self.message_timeout
-                left = max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select([self.sock], [], [], left)
-                if not ready:
+            try:
+                data, ancdata, flags, _ = self.sock.recvmsg(
+                    want - got, _CMSG_SPACE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not self._wait(False, deadline):
                     raise MalformedMessage(
                         f"truncated message: {got} of {want} bytes arrived "
                         f"within {self.message_timeout}s of its start")
-            try:
-                data, ancdata, flags, _ = self.sock.recvmsg(
-                    want - got, _CMSG_SPACE)
+                continue
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise ConnectionClosed(f"connection reset: {exc}",
                                        partial=bool(got or not first))
@@ -156,8 +225,8 @@ class Connection:
     def recv(self) -> Tuple[Header, bytes, List[int]]:
         """Receive one message: header, raw payload and the fds it carried.
 
-        Blocks until the first byte arrives (callers poll first), then for at
-        most ``message_timeout`` for the whole rest of the message.
+        Waits at most ``message_timeout`` for the whole message (callers
+        poll for its first byte first, so normally it is all there).
 
         :raise ConnectionClosed: EOF, possibly in the middle of a message.
         :raise MalformedMessage: truncated, oversized or too many fds; the
@@ -181,34 +250,38 @@ class Connection:
         return header, payload, fds
 
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        """Send one whole message, with ``fds`` as SCM_RIGHTS.
+        """Send one whole message, with ``fds`` as SCM_RIGHTS on its first
+        byte, within ``message_timeout``.
 
+        Every write is MSG_DONTWAIT, the waiting a bounded select(): a
+        front-end that reads no replies fills the socket buffer, and must
+        not hang the back-end's thread.
+
+        :raise PeerStuck: the peer read nothing for ``message_timeout``.
         :raise ConnectionClosed: the peer is gone.
         """
         anc = []
         if fds:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                     array.array("i", fds).tobytes())]
-        # A front-end that reads no replies fills the socket buffer; the
-        # send is bounded so that it cannot hang the back-end's thread.
-        self.sock.settimeout(self.message_timeout)
-        try:
-            sent = self.sock.sendmsg([data], anc)
-            if sent < len(data):
-                self.sock.sendall(data[sent:])
-        except socket.timeout:
-            raise PeerStuck(
-                f"the peer read nothing for {self.message_timeout}s: its "
-                "receive buffer is full")
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ConnectionClosed(f"peer gone while sending: {exc}")
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+        deadline = time.monotonic() + self.message_timeout
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += self.sock.sendmsg([view[sent:]], anc if not sent
+                                          else [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not self._wait(True, deadline):
+                    raise PeerStuck(
+                        f"the peer read nothing for {self.message_timeout}s:"
+                        " its receive buffer is full")
+            except (BrokenPipeError, ConnectionResetError) as exc:
                 raise ConnectionClosed(f"peer gone while sending: {exc}")
-            raise
-        finally:
-            if self.sock.fileno() >= 0:
-                self.sock.settimeout(None)
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                    raise ConnectionClosed(f"peer gone while sending: {exc}")
+                raise
 
     def close(self) -> None:
         self.sock.close()

@@ -11,7 +11,9 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
   simply has none, and its rings are configured but never processed.
 * :class:`DeviceHost` -- all a device may use of its back-end: its name
   (for records), the device state negotiated so far (memory table, dirty
-  log, rings, features) and a way to report an error.  It does not see
+  log, rings, features), a way to report an error, and the one syscall a
+  device makes on a front-end's fd -- signalling a ring's call eventfd,
+  which the back-end does without ever waiting.  It does not see
   connections, the trace, faults or the lock.
 """
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
         def state(self) -> "DeviceState": ...
 
         def record_error(self, text: str) -> None: ...
+
+        def signal(self, ring: "Vring") -> None: ...
 
     class Device(Protocol):
         """What a back-end asks of the device it hosts."""

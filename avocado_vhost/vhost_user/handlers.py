@@ -23,6 +23,7 @@ drive it; the hosted :class:`.device.Device` hears of every change.
 from __future__ import annotations
 
 import os
+import stat
 from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..virtio.features import VirtioFeature
@@ -154,6 +155,14 @@ class RequestHandlers:
         mem = self.state.memory
         mem.clear()
         try:
+            try:
+                for fd in fds:
+                    _require_kind(fd, "file", "memory region")
+                self._within_mapping_limit(
+                    sum(r.size for r in payload.regions), "the memory table")
+            except ProtocolError:
+                close_fds(fds)
+                raise
             for i, (region, fd) in enumerate(zip(payload.regions, fds)):
                 try:
                     mem.add(region, fd)
@@ -168,12 +177,31 @@ class RequestHandlers:
 
     def add_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
         slots = self.host.config.max_mem_slots
-        if len(self.state.memory) >= slots:
+        try:
+            if len(self.state.memory) >= slots:
+                raise MalformedMessage(
+                    f"ADD_MEM_REG beyond the {slots} slots offered")
+            _require_kind(fds[0], "file", "memory region")
+            self._within_mapping_limit(
+                self.state.memory.mapped_bytes + payload.region.size,
+                "the memory table with this region")
+        except ProtocolError:
             close_fds(fds)
-            raise MalformedMessage(
-                f"ADD_MEM_REG beyond the {slots} slots offered")
+            raise
         self.state.memory.add(payload.region, fds[0])
         self._memory_changed()
+
+    def _within_mapping_limit(self, size: int, what: str) -> None:
+        """Refuse to map more than ``max_mapped`` bytes in all (guest
+        memory and dirty log): a front-end's sizes must not take the
+        back-end's address space."""
+        log = self.state.log.size if self.state.log is not None else 0
+        limit = self.host.config.max_mapped
+        if size + log > limit:
+            raise MalformedMessage(
+                f"{what} would map {size + log:#x} bytes (with the dirty "
+                f"log), more than this back-end maps at most (max_mapped = "
+                f"{limit:#x})")
 
     def rem_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
         close_fds(fds)
@@ -194,6 +222,16 @@ class RequestHandlers:
         if not fds:
             raise MalformedMessage("SET_LOG_BASE without a log fd "
                                    "(LOG_SHMFD needs one)")
+        try:
+            _require_kind(fds[0], "file", "dirty log")
+            if payload.size > self.host.config.max_mapped:
+                raise MalformedMessage(
+                    f"a dirty log of {payload.size:#x} bytes is more than "
+                    "this back-end maps at most (max_mapped = "
+                    f"{self.host.config.max_mapped:#x})")
+        except ProtocolError:
+            close_fds(fds)
+            raise
         if self.state.log is not None:
             if (self.host.config.unmap_replaced_log
                     and self.state.feature_acked(VirtioFeature.LOG_ALL)
@@ -214,6 +252,12 @@ class RequestHandlers:
         return U64(0)
 
     def set_log_fd(self, payload: Empty, fds: Fds) -> None:
+        try:
+            _require_kind(fds[0], "eventfd", "log fd")
+        except ProtocolError:
+            close_fds(fds)
+            raise
+        os.set_blocking(fds[0], False)
         self.state.log_fd = _replace_fd(self.state.log_fd, fds[0])
 
     # --- rings ----------------------------------------------------------
@@ -338,14 +382,11 @@ class RequestHandlers:
         self.state.mtu = payload.value
 
     def set_backend_req_fd(self, payload: Empty, fds: Fds) -> None:
-        kind = _fd_kind(fds[0])
-        if not kind.startswith("socket:"):
+        try:
+            _require_kind(fds[0], "socket", "back-end channel fd")
+        except ProtocolError:
             close_fds(fds)
-            raise ProtocolError(
-                f"the back-end channel fd is {kind}, not a socket "
-                "(vhost-user: \"a new communication channel ... the file "
-                "descriptor is passed as ancillary data\", one end of a "
-                "socketpair)")
+            raise
         if self.state.backend_channel is not None:
             self.state.backend_channel.close()
         self.state.backend_channel = BackendChannel(
@@ -382,7 +423,9 @@ class RequestHandlers:
 
     def set_inflight_fd(self, payload: InflightDescription,
                         fds: Fds) -> None:
-        self.state.inflight_fd = _replace_fd(self.state.inflight_fd, fds[0])
+        # GET_INFLIGHT_FD is refused: there is no in-flight area to take.
+        close_fds(fds)
+        raise Refused("inflight I/O tracking is not implemented")
 
 
 def _replace_fd(old: Optional[int], new: Optional[int]) -> Optional[int]:
@@ -403,3 +446,19 @@ def _fd_kind(fd: int) -> str:
 
 def _is_eventfd(fd: int) -> bool:
     return _fd_kind(fd) == "anon_inode:[eventfd]"
+
+
+_KINDS = {
+    "eventfd": ("an eventfd", _is_eventfd),
+    "socket": ("a socket", lambda fd: stat.S_ISSOCK(os.fstat(fd).st_mode)),
+    # memfds, hugetlbfs and tmpfs files, plain files: all regular files
+    "file": ("a regular file", lambda fd: stat.S_ISREG(os.fstat(fd).st_mode)),
+}
+
+
+def _require_kind(fd: int, kind: str, what: str) -> None:
+    """:raise ProtocolError: ``fd`` is not of ``kind`` (named in the text,
+    with what it is instead)."""
+    name, test = _KINDS[kind]
+    if not test(fd):
+        raise ProtocolError(f"the {what} is {_fd_kind(fd)}, not {name}")

@@ -152,6 +152,11 @@ class GuestMemory:
     def __len__(self) -> int:
         return len(self._regions)
 
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of guest memory mapped now."""
+        return sum(r.desc.size for r in self._regions)
+
     def add(self, desc: MemoryRegion, fd: int) -> None:
         """Map and add one region; on failure the fd is closed."""
         try:

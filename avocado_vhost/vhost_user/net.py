@@ -25,7 +25,6 @@ from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple,
 
 from ..virtio.features import VirtioFeature
 from ..virtio.net import NET_HDR_LEN, net_header
-from .connection import signal_eventfd
 from .message import VRING_F_LOG
 from .virtq import PackedRing, RingError, SplitRing
 
@@ -305,8 +304,8 @@ class NetDevice:
             self.broken[ring.index] = str(exc)
             self._host().record_error(f"ring {ring.index} broken, not "
                                        f"processed until reset: {exc}")
-        if split.should_notify() and ring.call_fd is not None:
-            signal_eventfd(ring.call_fd)
+        if split.should_notify():
+            self._host().signal(ring)
 
     def check_stalls(self, now: float) -> None:
         """Record rings that have had work posted, and made no progress,

@@ -94,17 +94,58 @@ class RingEvent(str, enum.Enum):
     DISABLED = "disabled"
 
 
+#: problems of each kind a back-end keeps by default (the first ones: the
+#: rest of a flood is counted)
+MAX_RECORDS = 1000
+
+
 @dataclass
 class Records:
-    """Everything a back-end recorded, by kind."""
+    """Everything a back-end recorded, by kind, bounded: of each kind the
+    first ``keep`` problems are kept and the rest counted in
+    :attr:`dropped` (a problem recorded with ``always`` -- the thread's
+    death -- is kept whatever the count)."""
 
+    keep: int = MAX_RECORDS
     errors: List[Problem] = field(default_factory=list)
     violations: List[Problem] = field(default_factory=list)
     refusals: List[Problem] = field(default_factory=list)
-    #: why each connection ended, by connection number
+    #: why each connection ended, by connection number (the first
+    #: ``keep // 2`` connections and the most recent ones)
     disconnects: Dict[int, Disconnect] = field(default_factory=dict)
+    #: problems recorded but not kept, by kind
+    dropped: Dict[ProblemKind, int] = field(default_factory=lambda: {
+        kind: 0 for kind in ProblemKind})
 
-    def add(self, problem: Problem) -> None:
-        {ProblemKind.ERROR: self.errors,
-         ProblemKind.VIOLATION: self.violations,
-         ProblemKind.REFUSAL: self.refusals}[problem.kind].append(problem)
+    def of(self, kind: ProblemKind) -> List[Problem]:
+        return {ProblemKind.ERROR: self.errors,
+                ProblemKind.VIOLATION: self.violations,
+                ProblemKind.REFUSAL: self.refusals}[kind]
+
+    def add(self, problem: Problem, always: bool = False) -> None:
+        kept = self.of(problem.kind)
+        if always or len(kept) < self.keep:
+            kept.append(problem)
+        else:
+            self.dropped[problem.kind] += 1
+
+    def total(self, kind: ProblemKind) -> int:
+        """Problems of ``kind`` recorded so far, kept or not."""
+        return len(self.of(kind)) + self.dropped[kind]
+
+    @property
+    def errors_total(self) -> int:
+        return self.total(ProblemKind.ERROR)
+
+    def disconnected(self, record: Disconnect) -> None:
+        self.disconnects[record.conn] = record
+        if len(self.disconnects) > self.keep:
+            # drop the oldest after the kept head
+            head = self.keep // 2
+            del self.disconnects[list(self.disconnects)[head]]
+
+    def clear(self) -> None:
+        """Forget every problem (a test that provoked them on purpose)."""
+        for kind in ProblemKind:
+            self.of(kind).clear()
+            self.dropped[kind] = 0

@@ -110,7 +110,6 @@ class DeviceState:
     config: bytearray = field(default_factory=bytearray)
     #: the back-end channel (SET_BACKEND_REQ_FD), if the front-end gave one
     backend_channel: Optional["BackendChannel"] = None
-    inflight_fd: Optional[int] = None
     iotlb: List[object] = field(default_factory=list)
     postcopy: str = "none"  # none -> advised -> listening -> ended
     mtu: Optional[int] = None
@@ -147,9 +146,9 @@ class DeviceState:
         if self.log is not None:
             self.log.close()
             self.log = None
-        close_fds([fd for fd in (self.log_fd, self.inflight_fd)
-                   if fd is not None])
-        self.log_fd = self.inflight_fd = None
+        if self.log_fd is not None:
+            close_fds([self.log_fd])
+            self.log_fd = None
         if self.backend_channel is not None:
             self.backend_channel.close()
             self.backend_channel = None

@@ -137,21 +137,40 @@ class TraceEntry:
         return f"{head}{self.kind.upper()}: {self.request} {self.detail}".rstrip()
 
 
-class Trace:
-    """Thread-safe, append-only list of :class:`TraceEntry`."""
+#: entries a trace keeps by default (a few MiB): a test's conversation fits
+#: many times over; a soak or a long-running proxy keeps its start and its
+#: recent past
+MAX_ENTRIES = 50_000
 
-    def __init__(self, name: str = "backend"):
+
+class Trace:
+    """Thread-safe list of :class:`TraceEntry`, bounded: past
+    ``max_entries`` it keeps its first quarter (the start-up a failure is
+    usually explained by) and its most recent entries, and counts what it
+    dropped between them (:attr:`dropped`; the text and JSON forms say so
+    where the gap is)."""
+
+    def __init__(self, name: str = "backend",
+                 max_entries: int = MAX_ENTRIES):
+        if max_entries < 8:
+            raise ValueError(f"a trace of {max_entries} entries keeps nothing"
+                             " useful (at least 8)")
         self.name = name
+        self.max_entries = max_entries
+        #: entries dropped to stay within ``max_entries``
+        self.dropped = 0
         # Raw tuples on the hot path (a tuple is much cheaper to make than
-        # an object); TraceEntry objects are built when the trace is read.
+        # an object); TraceEntry objects are built when the trace is read,
+        # for a prefix of _raw (same indexes).
         self._raw: List[Tuple[Any, ...]] = []
         self._entries: List[TraceEntry] = []
+        self._head = max_entries // 4
         self._seq = itertools.count()
         self._t0 = time.monotonic()
         # Entries are stamped on the monotonic clock (cheap, never jumps)
         # and shown on the wall clock too, to line up with test logs.
         self._wall0 = time.time()
-        self._lock = threading.Lock()  # readers only
+        self._lock = threading.Lock()
         #: Called with each entry's text as it is added (``python -m
         #: avocado_vhost serve`` prints the conversation live); None on
         #: the suite's hot path.
@@ -165,28 +184,34 @@ class Trace:
             size: int = 0, nfds: int = 0, detail: object = "") -> None:
         if isinstance(kind, TraceKind):  # kept as plain text: it is a dict
             kind = kind.value             # key, and enums hash by name
-        # next() on a count and list.append are atomic under the GIL: no
-        # lock for the writers, and sequence numbers stay unique.
-        self._raw.append((next(self._seq), time.monotonic(), conn, kind,
-                          request, flags, size, nfds, detail))
+        with self._lock:
+            self._raw.append((next(self._seq), time.monotonic(), conn, kind,
+                              request, flags, size, nfds, detail))
+            if len(self._raw) > self.max_entries:
+                self._drop_middle()
         if self.live is not None:
             self.live(str(self.entries[-1]))
 
+    def _drop_middle(self) -> None:
+        """Drop a block of the oldest entries after the kept head (a
+        quarter of the bound at once, so the cost is amortised)."""
+        start = self._head
+        stop = start + max(1, self.max_entries // 4)
+        del self._raw[start:stop]
+        del self._entries[start:min(stop, len(self._entries))]
+        self.dropped += stop - start
+
     @property
     def entries(self) -> List[TraceEntry]:
-        """Every entry so far, in sequence order."""
+        """Every entry kept so far, in sequence order."""
         with self._lock:
             done = len(self._entries)
-            fresh = self._raw[done:]
             t0, wall0 = self._t0, self._wall0
             self._entries.extend(
                 TraceEntry(seq, t - t0, conn, kind, request, flags, size,
                            nfds, detail, wall=wall0 + t - t0)
                 for seq, t, conn, kind, request, flags, size, nfds, detail
-                in fresh)
-            # Two threads may append out of sequence order: sort what changed.
-            if fresh:
-                self._entries.sort(key=lambda e: e.seq)
+                in self._raw[done:])
             return list(self._entries)
 
     def select(self, kind: Optional[str] = None,
@@ -224,7 +249,8 @@ class Trace:
         entry."""
         import json
         with open(path, "w", encoding="utf-8") as out:
-            json.dump({"name": self.name, "entries": [
+            json.dump({"name": self.name, "dropped": self.dropped,
+                       "entries": [
                 {"seq": e.seq, "time": round(e.time, 6),
                  "wall": round(e.wall, 6), "conn": e.conn, "kind": e.kind,
                  "request": e.request, "flags": e.flags, "size": e.size,
@@ -236,4 +262,8 @@ class Trace:
             out.write(f"# vhost-user trace of back-end '{self.name}': seq, "
                       "wall clock (as in the test's log), seconds since the "
                       "back-end started, connection, direction\n")
+            if self.dropped:
+                out.write(f"# {self.dropped} entries were dropped to keep the "
+                          f"trace within {self.max_entries}: see the gap in "
+                          "the sequence numbers\n")
             out.write(self.format() + "\n")

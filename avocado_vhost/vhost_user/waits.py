@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 from .error import BackendFailure, WaitTimeout
 from .message import Request
+from .records import ProblemKind
 from .trace import TraceKind
 
 if TYPE_CHECKING:
@@ -64,9 +65,9 @@ class BackendWaits:
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            errors_before = len(self.records.errors)
+            errors_before = self.records.errors_total
             while not predicate():
-                if len(self.records.errors) > errors_before:
+                if self.records.errors_total > errors_before:
                     raise BackendFailure(self._failure_text(
                         f"while waiting for {what}"))
                 left = deadline - time.monotonic()
@@ -115,10 +116,14 @@ class BackendWaits:
 
     # --- the verdict ------------------------------------------------------
     def _failure_text(self, context: str, what: str = "errors",
-                      items: Optional[List[object]] = None) -> str:
+                      items: Optional[List[object]] = None,
+                      dropped: int = 0) -> str:
         listed = self.records.errors if items is None else items
+        if items is None:
+            dropped = self.records.dropped[ProblemKind.ERROR]
+        more = f"\n  (and {dropped} more not kept)" if dropped else ""
         return (f"[{self.name}] back-end {what} {context}:\n  - "
-                + "\n  - ".join(map(str, listed))
+                + "\n  - ".join(map(str, listed)) + more
                 + f"\ntrace (last 30):\n{self.trace.tail(30)}")
 
     def check(self, allow_violations: bool = False) -> None:
@@ -129,13 +134,15 @@ class BackendWaits:
             checks them itself.
         """
         with self._cond:
-            if self.records.errors:
+            if self.records.errors_total:
                 raise BackendFailure(self._failure_text("recorded"))
             stalls = self.device.stalls if self.device is not None else []
             if stalls:
                 raise BackendFailure(self._failure_text(
                     "found", "stalled rings", list(stalls)))
-            if self.records.violations and not allow_violations:
+            if (self.records.total(ProblemKind.VIOLATION)
+                    and not allow_violations):
                 raise BackendFailure(self._failure_text(
                     "recorded", "conformance violations",
-                    list(self.records.violations)))
+                    list(self.records.violations),
+                    self.records.dropped[ProblemKind.VIOLATION]))

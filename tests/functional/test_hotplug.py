@@ -68,8 +68,8 @@ class Hotplug(VhostUserTest):
                 hotplug.plug(vm, driver, "dev0", SLOT, chardev="vu0", **props)
                 vm.drive_device(queues=rings)
             except Exception as exc:
-                if vm.is_running():
-                    raise
+                if vm.wait_exit(self.scaled(2)) is None:
+                    raise  # QEMU runs on: another failure
                 self.qemu_ended(vm, f"when {driver} was plugged again "
                                 f"({type(exc).__name__}: {exc})")
             backend.wait_rings_started(rings, timeout=self.scaled(10))
@@ -130,8 +130,8 @@ class Hotplug(VhostUserTest):
                          mq=True, **{"page-per-vq": True})
             vm.drive_device(queues=2)
         except Exception as exc:  # QEMU gone under the monitor or qtest?
-            if vm.is_running():
-                raise
+            if vm.wait_exit(self.scaled(2)) is None:
+                raise  # QEMU runs on: another failure
             self.qemu_ended(vm, "after the unplug of a vhost-user-net device"
                             " whose back-end had mapped a host notifier "
                             f"({type(exc).__name__}: {exc})")

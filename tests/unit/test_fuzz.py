@@ -19,7 +19,8 @@ import random
 import time
 import unittest
 
-from avocado_vhost.vhost_user import BackendConfig, VhostUserBackend
+from avocado_vhost.vhost_user import (BackendConfig, ProblemKind,
+                                      VhostUserBackend)
 from avocado_vhost.vhost_user.error import ConnectionClosed
 from avocado_vhost.vhost_user.frontend import FrontEnd
 from avocado_vhost.vhost_user.message import (HEADER, MAX_PAYLOAD,
@@ -156,7 +157,7 @@ class Fuzz(unittest.TestCase):
                             f"fuzz run too slow at message {i}")
             make = self.malformed if i % 2 else self.well_framed
             data, fds, kind = make()
-            errors_before = len(self.backend.errors)
+            errors_before = self.backend.records.errors_total
             try:
                 self.fe.send_raw(data, fds)
             except (BrokenPipeError, ConnectionResetError):
@@ -168,7 +169,7 @@ class Fuzz(unittest.TestCase):
             counts[kind] = counts.get(kind, 0) + 1
             if kind != "random":
                 self.backend.wait_for(
-                    lambda: len(self.backend.errors) > errors_before,
+                    lambda: self.backend.records.errors_total > errors_before,
                     f"an error for malformed message {i} ({kind}: "
                     f"{data[:24].hex()})", timeout=5)
             if not alive:
@@ -182,9 +183,10 @@ class Fuzz(unittest.TestCase):
                          [e for e in self.backend.errors if "crashed" in e.text])
         print(f"fuzz: {MESSAGES} messages in {elapsed:.1f}s, "
               f"{self.backend.connections} connections, "
-              f"{len(self.backend.errors)} errors, "
-              f"{len(self.backend.violations)} violations, "
-              f"{len(self.backend.refused)} refusals; kinds {counts}")
+              f"{self.backend.records.errors_total} errors, "
+              f"{self.backend.records.total(ProblemKind.VIOLATION)} "
+              f"violations, {self.backend.records.total(ProblemKind.REFUSAL)}"
+              f" refusals; kinds {counts}")
 
 
 if __name__ == "__main__":
