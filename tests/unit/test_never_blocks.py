@@ -168,10 +168,10 @@ class Lifecycle(unittest.TestCase):
     def test_listen_after_start_serves_the_first_connection(self):
         """listen() on a running back-end: the first front-end is served
         at once, not when something else wakes the thread."""
+        folder = tempfile.mkdtemp(prefix="avh-unit-")
+        self.addCleanup(os.rmdir, folder)  # last: stop() unlinks the socket
         backend = VhostUserBackend("late").start()
         self.addCleanup(backend.stop)
-        folder = tempfile.mkdtemp(prefix="avh-")
-        self.addCleanup(os.rmdir, folder)
         path = os.path.join(folder, "late.sock")
         backend.listen(path)
         fe = FrontEnd(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
