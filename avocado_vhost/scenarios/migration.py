@@ -111,10 +111,8 @@ def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
     if event and event["event"] == "RESUME":
         return None
     dst.wait_exit(test.scaled(timeout))
-    with open(dst.log_path, encoding="utf-8", errors="replace") as log:
-        tail = log.read().strip().splitlines()[-4:]
-    return "migration failed on the destination; destination QEMU: " \
-        + " | ".join(tail)
+    return ("migration failed on the destination; destination QEMU: "
+            + test.qemu_output(dst, 4))
 
 
 @dataclass

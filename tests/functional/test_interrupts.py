@@ -11,18 +11,18 @@ status register (``vectors`` unused, MSI-X left disabled).
 Negative controls: before any signal no vector has fired and the ISR reads
 0; a signal on one ring fires that ring's vector and no other.
 
-**Known QEMU defect.**  QEMU 7.2 dies of SIGSEGV when a vhost-user
-virtio-net device starts with MSI-X enabled and no KVM irqfd (TCG):
-``virtio_pci_set_guest_notifiers`` (hw/virtio/virtio-pci.c) installs MSI-X
-vector notifiers whenever the device class has ``guest_notifier_mask``,
-but vhost-user net clears ``use_guest_notifier_mask`` (hw/net/vhost_net.c),
-so ``virtio_pci_one_vector_unmask`` takes ``kvm_virtio_pci_irqfd_use``,
-which reads ``proxy->vector_irqfd[vector]`` -- allocated only with irqfds,
-NULL here.  QEMU 10.0 installs the notifiers only when
-``use_guest_notifier_mask && guest_notifier_mask`` (or with irqfds), and
-passes.  On a QEMU older than 10.0 that dies this way, the MSI-X test ends
-as CANCEL naming the defect with QEMU's exit signal and version; a crash
-anywhere else, or on 10.0 or later, FAILs.
+**Known QEMU defects** (``avocado_vhost/known_defects.py``).  QEMU 7.2
+dies of SIGSEGV when a vhost-user virtio-net device starts with MSI-X
+enabled and no KVM irqfd (TCG): ``virtio_pci_set_guest_notifiers``
+installs MSI-X vector notifiers whenever the device class has
+``guest_notifier_mask``, but vhost-user net clears
+``use_guest_notifier_mask``, so ``virtio_pci_one_vector_unmask`` takes
+``kvm_virtio_pci_irqfd_use``, which reads the NULL
+``proxy->vector_irqfd``; 8.0 fixed it (1680542862).  Before 10.2 QEMU
+sent SET_VRING_CALL without asking for an ack, so on an unmask it looked
+for interrupts left on the masked fd before the back-end used the new one
+(1ba9a52203).  On a QEMU known to carry either, the test that hits it
+ends as that defect's report; anywhere else it FAILs.
 """
 
 import threading
