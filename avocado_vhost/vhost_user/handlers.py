@@ -155,9 +155,8 @@ class RequestHandlers:
         mem = self.state.memory
         mem.clear()
         try:
+            _require_kind(fds, "file", "memory region")
             try:
-                for fd in fds:
-                    _require_kind(fd, "file", "memory region")
                 self._within_mapping_limit(
                     sum(r.size for r in payload.regions), "the memory table")
             except ProtocolError:
@@ -177,11 +176,11 @@ class RequestHandlers:
 
     def add_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
         slots = self.host.config.max_mem_slots
+        _require_kind(fds, "file", "memory region")
         try:
             if len(self.state.memory) >= slots:
                 raise MalformedMessage(
                     f"ADD_MEM_REG beyond the {slots} slots offered")
-            _require_kind(fds[0], "file", "memory region")
             self._within_mapping_limit(
                 self.state.memory.mapped_bytes + payload.region.size,
                 "the memory table with this region")
@@ -222,8 +221,8 @@ class RequestHandlers:
         if not fds:
             raise MalformedMessage("SET_LOG_BASE without a log fd "
                                    "(LOG_SHMFD needs one)")
+        _require_kind(fds, "file", "dirty log")
         try:
-            _require_kind(fds[0], "file", "dirty log")
             if payload.size > self.host.config.max_mapped:
                 raise MalformedMessage(
                     f"a dirty log of {payload.size:#x} bytes is more than "
@@ -241,8 +240,8 @@ class RequestHandlers:
                     f"on, rings {self.state.started_rings()} running): a "
                     "back-end that unmaps the old log, as DPDK's does, may "
                     "crash writing it from its data path (QEMU sends "
-                    "SET_LOG_BASE once per device since its fix "
-                    "7c211eb078)")
+                    "SET_LOG_BASE once per device since c98ac64cfb, 8.0, "
+                    "and 7c211eb078, 9.1)")
             self.state.log.close()
             self.state.log = None
         self.state.log = DirtyLog(fds[0], payload.size, payload.offset)
@@ -252,11 +251,7 @@ class RequestHandlers:
         return U64(0)
 
     def set_log_fd(self, payload: Empty, fds: Fds) -> None:
-        try:
-            _require_kind(fds[0], "eventfd", "log fd")
-        except ProtocolError:
-            close_fds(fds)
-            raise
+        _require_kind(fds, "eventfd", "log fd")
         os.set_blocking(fds[0], False)
         self.state.log_fd = _replace_fd(self.state.log_fd, fds[0])
 
@@ -382,11 +377,7 @@ class RequestHandlers:
         self.state.mtu = payload.value
 
     def set_backend_req_fd(self, payload: Empty, fds: Fds) -> None:
-        try:
-            _require_kind(fds[0], "socket", "back-end channel fd")
-        except ProtocolError:
-            close_fds(fds)
-            raise
+        _require_kind(fds, "socket", "back-end channel fd")
         if self.state.backend_channel is not None:
             self.state.backend_channel.close()
         self.state.backend_channel = BackendChannel(
@@ -456,9 +447,15 @@ _KINDS = {
 }
 
 
-def _require_kind(fd: int, kind: str, what: str) -> None:
-    """:raise ProtocolError: ``fd`` is not of ``kind`` (named in the text,
-    with what it is instead)."""
+def _require_kind(fds: Fds, kind: str, what: str) -> None:
+    """Every fd of a request must be of ``kind``.
+
+    :raise ProtocolError: one is not (named in the text, with what it is
+        instead); every fd of the request is closed first.
+    """
     name, test = _KINDS[kind]
-    if not test(fd):
-        raise ProtocolError(f"the {what} is {_fd_kind(fd)}, not {name}")
+    for fd in fds:
+        if not test(fd):
+            found = _fd_kind(fd)
+            close_fds(fds)
+            raise ProtocolError(f"the {what} is {found}, not {name}")
