@@ -377,9 +377,11 @@ class Harness(_Base):
             self.cancel(f"the real guest needs TCG: "
                         f"{self.caps.accel_error('tcg')}")
         try:
-            return guest_assets.load(self.caps.arch)
+            assets = guest_assets.load(self.caps.arch)
         except guest_assets.AssetsMissing as exc:
             self.cancel(str(exc))
+        self.log.info("guest made of %s", guest_assets.describe(assets))
+        return assets
 
     def start_guest(self, options: GuestOptions, name: str = "guest",
                     backend_name: str = "backend",

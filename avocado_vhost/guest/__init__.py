@@ -2,7 +2,7 @@
 A real Linux guest for the suite: Debian's kernel and its virtio-net
 driver, booted under TCG from an initramfs made of busybox.
 
-``assets``      the pinned Debian packages, and the kernel + initramfs
+``assets``      Debian's current packages, and the kernel + initramfs
                 made from them (cached outside the clone)
 ``initramfs``   a newc cpio writer (the host has no cpio)
 ``console``     the guest's serial console: every byte logged, pattern

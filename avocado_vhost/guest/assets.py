@@ -1,17 +1,25 @@
 """
-The real guest's kernel and initramfs, made from pinned Debian packages.
+The real guest's kernel and initramfs, made from Debian's current packages.
 
 Nothing is committed and nothing comes from anywhere but Debian's package
-archive (through the machine's own apt): ``linux-image-*-amd64`` (the
-kernel, and its virtio / virtio-net modules, never installed on the host)
-and ``busybox-static``.  Each package is pinned by name, version and the
-SHA-256 of its .deb (checked here as well as by apt).  The result goes to
-``$AVOCADO_VHOST_CACHE/guest/<pins>/`` (one per target: x86_64 and
-aarch64, downloaded through a private apt state for the target's Debian
-architecture) outside the clone: ``vmlinuz``,
-``initrd.img`` and ``manifest.json``; a second run finds it and does
-nothing.  When it cannot be made, the reason is written to ``ERROR`` there
-and the guest tests CANCEL with it.
+archive (through the machine's own apt, with a private state): the kernel
+package ``linux-image-<arch>`` depends on today (the kernel, and its virtio
+/ virtio-net modules, never installed on the host) and ``busybox-static``.
+Nothing is pinned, so nothing rots when the archive drops a kernel at its
+next security update; apt's signed indexes vouch for the files, and their
+SHA-256 is checked here too.  What was taken (name, version, SHA-256) goes
+to ``manifest.json`` and into every guest test's log.  What the tests check
+does not depend on the version: the module list and ``/init`` are the
+suite's (a missing module is an error at set-up), and the tests judge the
+device and the back-end, not the kernel.
+
+The result goes to ``$AVOCADO_VHOST_CACHE/guest/<packages>+<recipe>/``
+outside the clone (per target: x86_64 and aarch64), and
+``guest/current-<arch>`` names it for the tests, which never ask apt.  A
+second set-up asks apt (cheap: the state is kept) and does nothing unless
+the archive moved on; without network it keeps what it made.  When nothing
+can be made, the reason goes to ``current-<arch>.ERROR`` and the guest
+tests CANCEL with it.
 
     python -m avocado_vhost.guest.assets        # make (set-up runs this)
     python -m avocado_vhost.guest.assets --show # where, what, or why not
@@ -35,7 +43,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .initramfs import Initramfs
 
-__all__ = ["Pin", "PINS", "ARCHES", "GuestArch", "GuestAssets",
+__all__ = ["Pin", "ARCHES", "resolve", "GuestArch", "GuestAssets",
            "AssetsMissing", "load", "make", "MODULES", "cache_dir"]
 
 
@@ -50,33 +58,28 @@ class Pin:
 
 @dataclass(frozen=True)
 class GuestArch:
-    """One target's guest: its Debian architecture, packages and console."""
+    """One target's guest: its Debian architecture, what to take from
+    Debian's archive (resolved to exact versions at set-up) and console."""
 
     arch: str
     debian: str
     console: str
-    pins: Tuple[Pin, ...]
+    #: the kernel: the metapackage whose dependency names the current one
+    kernel_meta: str
+    packages: Tuple[str, ...] = ("busybox-static",)
 
 
-#: What the guest is made of, per target (Debian 12 "bookworm").  When the
-#: archive drops a version (a kernel security update), set-up says so;
-#: take the new one's name, version and SHA256 from ``apt-cache show``.
+#: What the guest is made of, per target (Debian 12 "bookworm").  Nothing
+#: is pinned: a pinned kernel rots the day Debian's archive drops it (each
+#: kernel security update).  Set-up takes what ``linux-image-<arch>``
+#: depends on today and the current ``busybox-static``; apt's signed
+#: indexes vouch for them, and what was taken (name, version, SHA256) is
+#: written to the manifest and into every guest test's log.
 ARCHES = {
-    "x86_64": GuestArch("x86_64", "amd64", "ttyS0", (
-        Pin("linux-image-6.1.0-56-amd64", "6.1.192-2",
-            "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1"),
-        Pin("busybox-static", "1:1.35.0-4+deb12u1+b1",
-            "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"),
-    )),
-    "aarch64": GuestArch("aarch64", "arm64", "ttyAMA0", (
-        Pin("linux-image-6.1.0-56-arm64", "6.1.192-2",
-            "6f4ed2d1cb9106bc977c2b1960008f175e2eed5740340634b7894e65ef5acc82"),
-        Pin("busybox-static", "1:1.35.0-4+deb12u1+b1",
-            "732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5"),
-    )),
+    "x86_64": GuestArch("x86_64", "amd64", "ttyS0", "linux-image-amd64"),
+    "aarch64": GuestArch("aarch64", "arm64", "ttyAMA0", "linux-image-arm64"),
 }
-#: the x86_64 pins (what the README and the closing notes quote)
-PINS = ARCHES["x86_64"].pins
+
 
 #: The virtio-net driver and what it needs, in load order (Debian's 6.1
 #: builds them as modules -- on arm64 virtio and virtio_ring are built in;
@@ -115,13 +118,24 @@ class GuestAssets:
     target: GuestArch
 
 
-def cache_dir(arch: str = "x86_64") -> str:
+def _base() -> str:
     base = os.environ.get("AVOCADO_VHOST_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
         "avocado-vhost")
+    return os.path.join(base, "guest")
+
+
+def cache_dir(arch: str, pins: Tuple[Pin, ...]) -> str:
+    """Where the assets made of exactly ``pins`` live."""
     tag = "+".join(f"{p.package}_{p.version}".replace(":", "_")
-                   for p in ARCHES[arch].pins)
-    return os.path.join(base, "guest", f"{tag}+{_recipe()}")
+                   for p in pins)
+    return os.path.join(_base(), f"{tag}+{_recipe()}")
+
+
+def _current(arch: str) -> str:
+    """The file naming the assets set-up made last for ``arch`` (tests
+    read it: they never ask apt)."""
+    return os.path.join(_base(), f"current-{arch}")
 
 
 def _recipe() -> str:
@@ -132,7 +146,7 @@ def _recipe() -> str:
 
 
 def load(arch: str = "x86_64") -> GuestAssets:
-    """The made assets for target ``arch``.
+    """The assets set-up made last for target ``arch``.
 
     :raise AssetsMissing: not made (the reason set-up recorded, if any),
         or no guest for this target.
@@ -140,22 +154,64 @@ def load(arch: str = "x86_64") -> GuestAssets:
     if arch not in ARCHES:
         raise AssetsMissing(f"no real guest for {arch} (targets: "
                             f"{', '.join(ARCHES)})")
-    where = cache_dir(arch)
-    manifest = os.path.join(where, "manifest.json")
-    if not os.path.exists(manifest):
+    hint = ("(./setup.sh makes them: python -m avocado_vhost.guest.assets "
+            f"--arch {arch})")
+    try:
+        with open(_current(arch), encoding="utf-8") as f:
+            where = os.path.join(_base(), f.read().strip())
+    except FileNotFoundError:
         why = "not made"
         try:
-            with open(os.path.join(where, "ERROR"), encoding="utf-8") as f:
+            with open(_current(arch) + ".ERROR", encoding="utf-8") as f:
                 why = f.read().strip()
         except FileNotFoundError:
             pass
-        raise AssetsMissing(f"guest kernel and initramfs in {where}: {why} "
-                            "(./setup.sh makes them: python -m "
-                            f"avocado_vhost.guest.assets --arch {arch})")
+        raise AssetsMissing(f"guest kernel and initramfs for {arch}: {why} "
+                            f"{hint}") from None
+    manifest = os.path.join(where, "manifest.json")
+    if not os.path.exists(manifest):
+        raise AssetsMissing(f"{manifest} is gone {hint}")
     with open(manifest, encoding="utf-8") as f:
         data = json.load(f)
     return GuestAssets(os.path.join(where, "vmlinuz"),
                        os.path.join(where, "initrd.img"), data, ARCHES[arch])
+
+
+def _field(record: str, name: str) -> str:
+    for line in record.splitlines():
+        if line.startswith(f"{name}: "):
+            return line.split(": ", 1)[1].strip()
+    raise AssetsMissing(f"no {name} in apt's record:\n{record[:400]}")
+
+
+def _apt(options: List[str], *args: str) -> str:
+    proc = subprocess.run(["apt-cache", *options, *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise AssetsMissing(f"apt-cache {' '.join(args)} failed: "
+                            f"{proc.stdout.strip()[-400:]}")
+    return proc.stdout
+
+
+def _pin(options: List[str], package: str) -> Pin:
+    """``package`` at the version apt would take today, with the SHA256
+    from apt's (signed) index."""
+    record = _apt(options, "show", "--no-all-versions", package)
+    return Pin(package, _field(record, "Version"), _field(record, "SHA256"))
+
+
+def resolve(target: GuestArch, options: List[str]) -> Tuple[Pin, ...]:
+    """What the guest is made of today: the kernel package that
+    ``target.kernel_meta`` depends on, then ``target.packages``."""
+    depends = _apt(options, "depends", "--important", target.kernel_meta)
+    kernels = [line.split(":", 1)[1].strip() for line in depends.splitlines()
+               if line.strip().startswith("Depends: linux-image-")]
+    if not kernels:
+        raise AssetsMissing(f"{target.kernel_meta} names no kernel "
+                            f"package:\n{depends[:400]}")
+    return tuple(_pin(options, name)
+                 for name in (kernels[0], *target.packages))
 
 
 def _sha256(path: str) -> str:
@@ -199,15 +255,14 @@ def _download(pin: Pin, into: str, options: List[str]) -> str:
     if proc.returncode != 0:
         raise AssetsMissing(
             f"cannot download {spec} from Debian's archive: "
-            f"{proc.stdout.strip()[-400:]} -- if the archive dropped this "
-            "version, pin the current one in avocado_vhost/guest/assets.py")
+            f"{proc.stdout.strip()[-400:]}")
     debs = glob.glob(os.path.join(into, f"{pin.package}_*.deb"))
     if len(debs) != 1:
         raise AssetsMissing(f"apt-get download {spec} left {debs}")
     got = _sha256(debs[0])
     if got != pin.sha256:
-        raise AssetsMissing(f"{debs[0]} has SHA256 {got}, pinned "
-                            f"{pin.sha256}")
+        raise AssetsMissing(f"{debs[0]} has SHA256 {got}, apt's index "
+                            f"says {pin.sha256}")
     return debs[0]
 
 
@@ -216,20 +271,45 @@ def _extract(deb: str, into: str) -> None:
 
 
 def make(arch: str = "x86_64") -> GuestAssets:
-    """Make the assets for target ``arch`` unless they are there."""
-    try:
-        return load(arch)
-    except AssetsMissing:
-        if arch not in ARCHES:
-            raise
+    """Make the assets for target ``arch`` from what Debian's archive
+    holds today, unless they are made already; point ``load`` at them.
+
+    Where the archive cannot be asked (no network), assets made before
+    are kept, and said so.
+    """
+    if arch not in ARCHES:
+        raise AssetsMissing(f"no real guest for {arch}")
     target = ARCHES[arch]
-    where = cache_dir(arch)
-    os.makedirs(where, exist_ok=True)
+    # apt's state is kept beside the assets: a second update is a check.
+    try:
+        options = _private_apt(os.path.join(_base(), f"apt-{target.debian}"),
+                               target.debian)
+        pins = resolve(target, options)
+    except AssetsMissing as exc:
+        try:
+            made = load(arch)
+        except AssetsMissing:
+            raise exc from None
+        print(f"guest assets ({arch}): keeping {describe(made)}: "
+              f"{exc}", file=sys.stderr)
+        return made
+    where = cache_dir(arch, pins)
+    if not os.path.exists(os.path.join(where, "manifest.json")):
+        _build(target, pins, where, options)
+    with open(_current(arch) + ".tmp", "w", encoding="utf-8") as f:
+        f.write(os.path.basename(where) + "\n")
+    os.replace(_current(arch) + ".tmp", _current(arch))
+    return load(arch)
+
+
+def _build(target: GuestArch, pins: Tuple[Pin, ...], where: str,
+           options: List[str]) -> None:
+    """Download ``pins``, check them, and write ``where``: the kernel, the
+    initramfs and ``manifest.json`` (complete or absent, never half)."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="guest-assets-") as tmp:
         root = os.path.join(tmp, "root")
-        options = _private_apt(os.path.join(tmp, "apt"), target.debian)
-        for pin in target.pins:
+        for pin in pins:
             _extract(_download(pin, tmp, options), root)
         kernels = glob.glob(os.path.join(root, "boot", "vmlinuz-*"))
         if len(kernels) != 1:
@@ -269,9 +349,9 @@ def make(arch: str = "x86_64") -> GuestAssets:
         with open(os.path.join(partial, "initrd.img"), "wb") as f:
             f.write(image.build())
     manifest: Dict[str, object] = {
-        "arch": arch,
+        "arch": target.arch,
         "packages": [{"package": p.package, "version": p.version,
-                      "sha256": p.sha256} for p in target.pins],
+                      "sha256": p.sha256} for p in pins],
         "built_in": sorted(m for m in MODULES if m in builtin),
         "kernel": os.path.basename(kernels[0]),
         "modules": sizes,
@@ -284,9 +364,15 @@ def make(arch: str = "x86_64") -> GuestAssets:
     with open(os.path.join(partial, "manifest.json"), "w",
               encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
-    shutil.rmtree(where)
+    shutil.rmtree(where, ignore_errors=True)
     os.rename(partial, where)  # complete or absent, never half made
-    return load(arch)
+
+
+def describe(assets: GuestAssets) -> str:
+    """What the guest is made of, one line (for test logs)."""
+    packages = assets.manifest.get("packages", [])
+    assert isinstance(packages, list)
+    return ", ".join(f"{p['package']} {p['version']}" for p in packages)
 
 
 def _builtin_modules(root: str) -> List[str]:
@@ -328,14 +414,17 @@ def _make(arch: str) -> int:
     try:
         assets = make(arch)
     except (AssetsMissing, OSError, subprocess.CalledProcessError) as exc:
-        os.makedirs(cache_dir(arch), exist_ok=True)
-        with open(os.path.join(cache_dir(arch), "ERROR"), "w",
-                  encoding="utf-8") as f:
+        os.makedirs(_base(), exist_ok=True)
+        with open(_current(arch) + ".ERROR", "w", encoding="utf-8") as f:
             f.write(str(exc))
         print(f"guest assets ({arch}): error: {exc}", file=sys.stderr)
         return 1
-    print(f"guest assets ({arch}): {assets.kernel}, {assets.initrd} "
-          f"({assets.manifest['seconds_to_make']} s to make)")
+    try:
+        os.remove(_current(arch) + ".ERROR")
+    except FileNotFoundError:
+        pass
+    print(f"guest assets ({arch}): {describe(assets)}: {assets.kernel}, "
+          f"{assets.initrd} ({assets.manifest['seconds_to_make']} s to make)")
     return 0
 
 
