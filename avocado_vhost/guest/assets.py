@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .initramfs import Initramfs
+from .vmlinux import pvh_elf
 
 __all__ = ["Pin", "ARCHES", "resolve", "GuestArch", "GuestAssets",
            "AssetsMissing", "load", "make", "MODULES", "cache_dir"]
@@ -141,7 +142,7 @@ def _current(arch: str) -> str:
 def _recipe() -> str:
     """What else makes the assets (the init script, the module list): a
     change makes them again instead of using a stale cache."""
-    text = INIT + " ".join(MODULES)
+    text = INIT + " ".join(MODULES) + " boot: pvh when it can"
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -173,7 +174,9 @@ def load(arch: str = "x86_64") -> GuestAssets:
         raise AssetsMissing(f"{manifest} is gone {hint}")
     with open(manifest, encoding="utf-8") as f:
         data = json.load(f)
-    return GuestAssets(os.path.join(where, "vmlinuz"),
+    # "boot": the file -kernel takes (vmlinux: the ELF inside an x86
+    # bzImage, booted through PVH; see vmlinux.py)
+    return GuestAssets(os.path.join(where, str(data.get("boot", "vmlinuz"))),
                        os.path.join(where, "initrd.img"), data, ARCHES[arch])
 
 
@@ -346,6 +349,13 @@ def _build(target: GuestArch, pins: Tuple[Pin, ...], where: str,
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         shutil.copyfile(kernels[0], os.path.join(partial, "vmlinuz"))
+        with open(kernels[0], "rb") as f:
+            elf = pvh_elf(f.read())
+        boot = "vmlinuz"
+        if elf is not None:  # x86: QEMU boots it without a decompressor
+            boot = "vmlinux"
+            with open(os.path.join(partial, boot), "wb") as f:
+                f.write(elf)
         with open(os.path.join(partial, "initrd.img"), "wb") as f:
             f.write(image.build())
     manifest: Dict[str, object] = {
@@ -354,11 +364,12 @@ def _build(target: GuestArch, pins: Tuple[Pin, ...], where: str,
                       "sha256": p.sha256} for p in pins],
         "built_in": sorted(m for m in MODULES if m in builtin),
         "kernel": os.path.basename(kernels[0]),
+        "boot": boot,
         "modules": sizes,
         "sizes": {n: os.path.getsize(os.path.join(partial, n))
-                  for n in ("vmlinuz", "initrd.img")},
+                  for n in (boot, "initrd.img")},
         "sha256": {n: _sha256(os.path.join(partial, n))
-                   for n in ("vmlinuz", "initrd.img")},
+                   for n in (boot, "initrd.img")},
         "seconds_to_make": round(time.monotonic() - start, 1),
     }
     with open(os.path.join(partial, "manifest.json"), "w",
