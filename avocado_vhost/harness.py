@@ -49,6 +49,7 @@ from .qemu.platform import Platform, platform_for
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       hugetlbfs_mounted)
+from .phases import CLOCK, phase
 from .qemu.launcher import call_in_launcher, die_with_parent
 from .qemu.watch import FolderWatch
 from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
@@ -165,6 +166,11 @@ class Harness(_Base):
     workdir_short: str
 
     def setUp(self) -> None:
+        CLOCK.reset()
+        with phase("setup"):
+            self._set_up()
+
+    def _set_up(self) -> None:
         self._stack = ExitStack()
         # Runs last: every back-end has written its trace by then.
         self._stack.callback(self._write_chart)
@@ -214,7 +220,12 @@ class Harness(_Base):
     def tearDown(self) -> None:
         stack = getattr(self, "_stack", None)
         if stack is not None:
-            stack.close()
+            with phase("teardown"):
+                stack.close()
+        try:
+            CLOCK.write(os.path.join(self.logdir, "phases.json"))
+        except OSError as exc:
+            self.log.warning("no phases.json: %s", exc)
 
     def run_info(self) -> dict:  # type: ignore[type-arg]
         """What this test ran, for result files: QEMU, target, accelerator
@@ -336,7 +347,8 @@ class Harness(_Base):
         testpmd = Testpmd(binary, prefix, vdev,
                           os.path.join(self.logdir, f"{name}.log"), app_args)
         self._stack.callback(testpmd.close)
-        testpmd.start(self.scaled(30), until)
+        with phase("testpmd-start"):
+            testpmd.start(self.scaled(30), until)
         return testpmd
 
     def qemu_ended(self, vm: VhostVM, when: str, context: str = ""
@@ -525,8 +537,9 @@ class Harness(_Base):
         back-end has ``rings`` rings started."""
         vm.launch()
         queues = drive.pop("queues", rings)
-        vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
-        backend.wait_rings_started(rings, timeout=self.scaled(10))
+        with phase("driver-setup"):
+            vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+            backend.wait_rings_started(rings, timeout=self.scaled(10))
 
     def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",
                            faults: Sequence[Fault] = (),

@@ -9,7 +9,9 @@ It prints the job's wall time; the sum of the tests' times and how busy
 that kept the job's parallel slots (the sum over wall x the most tests seen
 running at once); the time spent with fewer tests running than slots
 (cores left idle, above all at the end, when a long test started last);
-the time per tag (guest, dpdk, migration, ...) and the slowest tests.  It
+the time per tag (guest, dpdk, migration, ...); the time per phase (QEMU's
+launch, driver set-up, guest boot, link, migration, tear-down, the check
+itself: what each test wrote to its ``phases.json``); the slowest tests.  It
 is the measure behind issue 24 (the suite's own cost): run it after
 ``avocado run tests/functional`` to see what to cut first.
 """
@@ -47,6 +49,32 @@ def concurrency(spans: List[Tuple[float, float]]
     return peak, dict(spent)
 
 
+def phase_lines(tests: List[Dict[str, Any]], total: float) -> List[str]:
+    """The job's test time split by phase, from each test's
+    ``phases.json`` (``avocado_vhost/phases.py``); what Avocado's runner
+    spent inside a test's time (its process, logging) is the rest."""
+    spent: Dict[str, float] = defaultdict(float)
+    counted = 0
+    for t in tests:
+        try:
+            with open(os.path.join(t.get("logdir") or "", "phases.json"),
+                      encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        counted += 1
+        for name, seconds in record["phases"].items():
+            spent[name] += seconds
+    if not counted:
+        return []
+    spent["avocado's runner"] = max(0.0, total - sum(spent.values()))
+    lines = [f"by phase ({counted} of {len(tests)} tests recorded them; "
+             "seconds, share of test time):"]
+    lines += [f"  {name:18} {sec:7.1f} {100 * sec / max(total, 1e-9):4.0f}%"
+              for name, sec in sorted(spent.items(), key=lambda kv: -kv[1])]
+    return lines
+
+
 def report(results: Dict[str, Any], top: int) -> str:
     tests = results["tests"]
     spans = [(t["time_start"], t["time_end"]) for t in tests]
@@ -60,6 +88,9 @@ def report(results: Dict[str, Any], top: int) -> str:
              f"{100 * total / max(wall * peak, 1e-9):.0f}% busy"]
     lines += [f"  {k} running: {spent.get(k, 0.0):6.1f} s"
               for k in range(peak + 1) if spent.get(k, 0.0) >= 0.05]
+    lines.append(f"slot time outside every test (Avocado starting the next "
+                 f"test's process, or nothing left to start): "
+                 f"{max(0.0, wall * peak - total):.1f} s")
     by_tag: Dict[str, List[float]] = defaultdict(list)
     for t in tests:
         for tag in (t.get("tags") or {}):
@@ -68,6 +99,7 @@ def report(results: Dict[str, Any], top: int) -> str:
     lines.append("by tag (tests, seconds):")
     lines += [f"  {tag:16} {len(v):3} {sum(v):7.1f}" for tag, v in
               sorted(by_tag.items(), key=lambda kv: -sum(kv[1]))]
+    lines += phase_lines(tests, total)
     lines.append(f"slowest {top}:")
     lines += [f"  {t['time_elapsed']:6.1f} s  {t['status']:6} {t['name']}"
               for t in sorted(tests, key=lambda t: -t["time_elapsed"])[:top]]

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Tuple
 
+from ..phases import phase
 from ..qemu.vm import VhostVM
 from ..vhost_user import VhostUserBackend
 from ..vhost_user.net import Port
@@ -60,13 +61,15 @@ class GuestRun:
         """Until /init (started after console position ``since``) loaded
         the driver, and eth0 has carrier and its address."""
         try:
-            self.console.wait_for(READY, timeout, "the guest's /init",
-                                  since=since)
+            with phase("guest-boot"):
+                self.console.wait_for(READY, timeout, "the guest's /init",
+                                      since=since)
         except ConsoleTimeout as exc:
             raise GuestFailure(self.explain(str(exc))) from None
         if "AVH-INSMOD-FAILED" in self.console.tail(4000):
             raise GuestFailure(self.explain("a module did not load"))
-        self.link_up(timeout)
+        with phase("link-up"):
+            self.link_up(timeout)
 
     def link_up(self, timeout: float = 30.0) -> None:
         """eth0 up with the guest's address, carrier on (bounded in the

@@ -4,9 +4,12 @@ Guest memory and I/O access over QEMU's qtest protocol.
 Debian's QEMU has no ``-accel qtest``, so :class:`qemu.machine.QEMUQtestMachine`
 cannot start it; the qtest *protocol* still works beside TCG with
 ``-qtest unix:path=SOCK``.  :class:`QtestLink` listens on that socket before
-QEMU starts, accepts QEMU's connection after ``launch()`` and wraps it in
-``qemu.machine.qtest.QEMUQtestProtocol`` (given the connected socket, so no
-listening socket is left behind).
+QEMU starts, accepts QEMU's connection after ``launch()`` (then closes the
+listening socket) and speaks the line protocol itself: it waits for each
+answer in short slices and, between them, asks the VM whether QEMU can
+still answer at all (``why_silent``: exited, or stopped by a signal), so a
+dead or frozen QEMU is reported within a quarter of a second instead of at
+the answer's bound.
 
 Every command's answer is checked: qtest answers ``OK [value]`` or ``FAIL``,
 and a FAIL becomes :class:`QtestError` with the command that caused it.
@@ -15,12 +18,15 @@ and a FAIL becomes :class:`QtestError` with the command that caused it.
 from __future__ import annotations
 
 import base64
+import select
 import socket
-from typing import List, Optional
+import time
+from typing import Callable, List, Optional
 
-from qemu.machine.qtest import QEMUQtestProtocol
+__all__ = ["QtestError", "QtestLink", "SLICE"]
 
-__all__ = ["QtestError", "QtestLink"]
+#: how often a wait for an answer asks whether QEMU can still give one
+SLICE = 0.25
 
 
 class QtestError(Exception):
@@ -44,7 +50,10 @@ class QtestLink:
             socket.AF_UNIX, socket.SOCK_STREAM)
         self._listen.bind(path)
         self._listen.listen(1)
-        self._proto: Optional[QEMUQtestProtocol] = None
+        self._conn: Optional[socket.socket] = None
+        self._pending = b""
+        #: set by the VM: why QEMU cannot answer (gone, stopped), or None
+        self.why_silent: Callable[[], Optional[str]] = lambda: None
 
     @property
     def qemu_args(self) -> List[str]:
@@ -67,17 +76,44 @@ class QtestLink:
             self._listen.close()
             self._listen = None
         conn.settimeout(self.timeout)
-        self._proto = QEMUQtestProtocol(sock=conn)
-        self._proto.connect()
+        self._conn = conn
+
+    def _answer(self, line: str) -> str:
+        """The next line QEMU sends, within ``timeout``; a QEMU that
+        cannot answer any more is seen within :data:`SLICE`."""
+        assert self._conn is not None
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QtestError(f"qtest '{line}': no answer within "
+                                 f"{self.timeout}s (QEMU still runs)")
+            poller = select.poll()  # not select(): fds past 1023
+            poller.register(self._conn, select.POLLIN)
+            if not poller.poll(min(SLICE, left) * 1000):
+                reason = self.why_silent()
+                if reason:
+                    raise QtestError(f"qtest '{line}': no answer: {reason}")
+                continue
+            data = self._conn.recv(65536)
+            if not data:
+                raise QtestError(f"qtest '{line}': QEMU closed the link"
+                                 + (f" ({self.why_silent() or 'exiting'})"))
+            self._pending += data
+        answer, self._pending = self._pending.split(b"\n", 1)
+        return answer.decode("utf-8", "replace")
 
     def cmd(self, line: str) -> str:
         """Send one command; return what follows ``OK``."""
-        if self._proto is None:
+        if self._conn is None:
             raise QtestError(f"qtest not connected (command: {line})")
         try:
-            answer = self._proto.cmd(line).strip()
+            self._conn.sendall((line + "\n").encode())
+            answer = self._answer(line).strip()
         except (socket.timeout, OSError) as exc:
-            raise QtestError(f"qtest '{line}': {exc}") from None
+            reason = self.why_silent()
+            raise QtestError(f"qtest '{line}': {exc}"
+                             + (f" ({reason})" if reason else "")) from None
         if not answer.startswith("OK"):
             raise QtestError(f"qtest '{line}' answered {answer!r}")
         return answer[2:].strip()
@@ -115,6 +151,6 @@ class QtestLink:
         if self._listen is not None:
             self._listen.close()
             self._listen = None
-        if self._proto is not None:
-            self._proto.close()
-            self._proto = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -25,6 +25,7 @@ from qemu.machine.machine import AbnormalShutdown
 from qemu.qmp.protocol import StateError
 from qemu.qmp.qmp_client import ExecInterruptedError
 
+from ..phases import phase
 from ..vhost_user.connection import check_socket_path
 from .driver import DriverQueue, PackedDriverQueue
 from .launcher import (call_in_launcher, die_with_parent,
@@ -192,6 +193,8 @@ class VhostVM:
                       log_path=os.path.join(log_dir,
                                             f"{spec.name}-qtest.log"))
             if qtest else None)
+        if self.qtest is not None:
+            self.qtest.why_silent = self.why_silent
         # A monitor socket path (not a socketpair) bounds QMP's start-up
         # with qmp_timer: a QEMU stuck before its monitor runs fails the
         # launch instead of hanging it.
@@ -231,10 +234,11 @@ class VhostVM:
             announces "waiting for connection" in its log, and that is
             awaited with inotify, not by polling.
         """
-        if connect is None:
-            call_in_launcher(self.machine.launch)
-        else:
-            self._launch_and_connect(connect, timeout)
+        with phase("qemu-launch"):
+            if connect is None:
+                call_in_launcher(self.machine.launch)
+            else:
+                self._launch_and_connect(connect, timeout)
 
     def _qemu_waits_for_backend(self) -> bool:
         try:
@@ -286,11 +290,12 @@ class VhostVM:
         assert self.qtest is not None, "driving the device needs qtest"
         platform = self.spec.platform
         vtype = DEVICE_TYPES[self.spec.device]
-        func = find_function(config_space(self.qtest, platform),
-                             VIRTIO_VENDOR, modern_device_id(vtype))
-        self.device = VirtioPciDevice(self.qtest, func, platform.bar_base)
-        self.device.setup(GuestAllocator(*platform.window(window)), features,
-                          queues, queue_size, msix)
+        with phase("driver-setup"):
+            func = find_function(config_space(self.qtest, platform),
+                                 VIRTIO_VENDOR, modern_device_id(vtype))
+            self.device = VirtioPciDevice(self.qtest, func, platform.bar_base)
+            self.device.setup(GuestAllocator(*platform.window(window)),
+                              features, queues, queue_size, msix)
         return self.device
 
     def net_queues(self) -> List[DriverQueue]:
@@ -303,7 +308,14 @@ class VhostVM:
         return [kind(self.qtest, q, alloc) for q in self.device.queues]
 
     def qmp(self, cmd: str, **args: object) -> object:
-        """Run a QMP command and return its result (raises on error)."""
+        """Run a QMP command and return its result (raises on error).
+
+        :raise TimeoutError: QEMU is stopped by a signal: the answer would
+            never come (QEMUMachine's commands have no bound).
+        """
+        if self._stopped():
+            raise TimeoutError(f"{self.name}: QMP {cmd}: QEMU is stopped "
+                               "by a signal")
         return self.machine.cmd(cmd, args_dict=args)
 
     def ram_ranges(self, memdev: str = "mem0") -> List[Tuple[int, int]]:
@@ -346,6 +358,30 @@ class VhostVM:
         pid = self.machine.get_pid()
         return None if pid is None else int(pid)
 
+    def _stopped(self) -> bool:
+        """QEMU is stopped by a signal (SIGSTOP, a debugger): it runs no
+        code and answers nothing until continued."""
+        pid = self.pid
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                # "pid (comm) S ...": comm may hold spaces and parentheses
+                return stat.read().rsplit(")", 1)[1].split()[0] in "tT"
+        except (OSError, IndexError):
+            return False
+
+    def why_silent(self) -> Optional[str]:
+        """Why QEMU cannot answer at all (it exited, or a signal stopped
+        it), or None while it might: asked between the slices of a wait,
+        so that such a QEMU is seen at once rather than at the wait's
+        bound."""
+        code = self.machine._subp.poll() if self.machine._subp else None
+        if code is not None:
+            return (f"QEMU exited (killed by signal {-code})" if code < 0
+                    else f"QEMU exited with code {code}")
+        if self._stopped():
+            return "QEMU is stopped by a signal (SIGSTOP, or a debugger)"
+        return None
+
     def event_wait(self, name: str, timeout: float
                    ) -> Optional[Dict[str, Any]]:
         """The next QMP event ``name`` within ``timeout`` s (None if none)."""
@@ -373,6 +409,9 @@ class VhostVM:
             if left <= 0:
                 raise TimeoutError(f"{self.name}: no {what} within "
                                    f"{timeout}s (QEMU still runs)")
+            if self._stopped():
+                raise TimeoutError(f"{self.name}: no {what}: QEMU is "
+                                   "stopped by a signal")
             try:
                 event = self.machine.events_wait(
                     list(events), timeout=min(left, EXIT_SEEN_WITHIN))
@@ -402,8 +441,15 @@ class VhostVM:
 
     def shutdown(self) -> None:
         """Stop QEMU (quit, then kill) and close the qtest link."""
+        with phase("qemu-shutdown"):
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         try:
-            if self.machine.is_running():
+            if self.machine.is_running() and self._stopped():
+                # Frozen by a signal: it would never answer "quit".
+                self.machine.kill()
+            elif self.machine.is_running():
                 try:
                     self.machine.shutdown(timeout=10)
                 except AbnormalShutdown as exc:

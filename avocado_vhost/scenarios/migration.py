@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..handoff import RingHandoffMonitor
+from ..phases import phase
 from ..qemu.platform import SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
 from ..vhost_user import (BackendConfig, Fault, FaultAction, Request,
@@ -104,10 +105,11 @@ def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
     """
     # The destination has the last word: it may refuse what the source
     # sent successfully.  Both sides need the "events" capability.
-    event = dst.events_wait(
-        [("RESUME", None),
-         ("MIGRATION", {"data": {"status": "failed"}})],
-        timeout=test.scaled(timeout))
+    with phase("migration"):
+        event = dst.events_wait(
+            [("RESUME", None),
+             ("MIGRATION", {"data": {"status": "failed"}})],
+            timeout=test.scaled(timeout))
     if event and event["event"] == "RESUME":
         return None
     dst.wait_exit(test.scaled(timeout))
