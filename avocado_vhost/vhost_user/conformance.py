@@ -128,6 +128,19 @@ def inband_needs_channel(req: Request, payload: Payload, header: Header,
     return None
 
 
+def inflight_base_needs_shmfd(req: Request, payload: Payload,
+                              header: Header,
+                              state: DeviceState) -> Optional[str]:
+    """GET_VRING_BASE_INFLIGHT "must only be negotiated if
+    VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is also negotiated"."""
+    if req is Request.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
+        value = payload.value
+        if (value & ProtocolFeature.GET_VRING_BASE_INFLIGHT
+                and not value & ProtocolFeature.INFLIGHT_SHMFD):
+            return "GET_VRING_BASE_INFLIGHT negotiated without INFLIGHT_SHMFD"
+    return None
+
+
 def iotlb_needs_platform(req: Request, payload: Payload, header: Header,
                          state: DeviceState) -> Optional[str]:
     if req is Request.IOTLB_MSG and not state.feature_acked(
@@ -272,6 +285,7 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     features_subset: frozenset({Request.SET_FEATURES,
                                 Request.SET_PROTOCOL_FEATURES}),
     inband_needs_channel: frozenset({Request.SET_PROTOCOL_FEATURES}),
+    inflight_base_needs_shmfd: frozenset({Request.SET_PROTOCOL_FEATURES}),
     iotlb_needs_platform: frozenset({Request.IOTLB_MSG}),
     reserved_num_zero: frozenset({Request.GET_VRING_BASE,
                                   Request.VRING_KICK}),
@@ -312,3 +326,18 @@ def check(req: Request, payload: Payload, header: Header, state: DeviceState,
         if msg is not None:
             found.append(msg)
     return found
+
+
+#: the postcopy phase each request moves the conversation to
+_POSTCOPY_PHASE = {Request.POSTCOPY_ADVISE: "advised",
+                   Request.POSTCOPY_LISTEN: "listening",
+                   Request.POSTCOPY_END: "ended"}
+
+
+def observe(req: Request, state: DeviceState) -> None:
+    """What the judge remembers of a request whatever its handler did: the
+    front-end's conduct, not the back-end's answer (a judge that refuses
+    POSTCOPY_ADVISE still saw the front-end advise)."""
+    phase = _POSTCOPY_PHASE.get(req)
+    if phase is not None:
+        state.postcopy = phase

@@ -158,6 +158,9 @@ class Connection:
     def __init__(self, sock: socket.socket, message_timeout: float = 5.0):
         self.sock = sock
         self.message_timeout = message_timeout
+        #: fds of the last message that came after its first read (the spec
+        #: has the front-end send them with the header's first byte)
+        self.late_fds = 0
         self.sock.settimeout(None)
 
     def fileno(self) -> int:
@@ -206,7 +209,10 @@ class Connection:
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise ConnectionClosed(f"connection reset: {exc}",
                                        partial=bool(got or not first))
-            fds.extend(_fds_from_ancdata(ancdata))
+            came = _fds_from_ancdata(ancdata)
+            if came and (got or not first):
+                self.late_fds += len(came)
+            fds.extend(came)
             if flags & _MSG_CTRUNC:
                 raise MalformedMessage(
                     f"more than {MAX_FDS} fds attached to one message")
@@ -233,6 +239,7 @@ class Connection:
             fds received so far are closed and the exception's ``fds`` is [].
         """
         fds: List[int] = []
+        self.late_fds = 0
         deadline = time.monotonic() + self.message_timeout
         try:
             header = decode_header(self._recv_exact(HEADER_SIZE, fds, True,

@@ -151,6 +151,7 @@ class ProtocolFeature(enum.IntFlag):
     XEN_MMAP = 1 << 17
     SHARED_OBJECT = 1 << 18
     DEVICE_STATE = 1 << 19
+    GET_VRING_BASE_INFLIGHT = 1 << 20
 
 
 @dataclass(frozen=True)

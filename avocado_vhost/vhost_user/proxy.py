@@ -313,6 +313,12 @@ class _Pair:
                     side = "front-end" if conn is self.front else "back-end"
                     self.proxy._violation(side, f"unreadable message: {exc}")
                     return f"{side} sent an unreadable message"
+                if conn is self.front and conn.late_fds:
+                    self.proxy._violation(
+                        "front-end", f"message {self.msgno + 1}: "
+                        f"{conn.late_fds} fd(s) arrived after the first read"
+                        " of the message (they should come with the "
+                        "header's first byte)")
                 try:
                     if conn is self.front:
                         self._from_front(header, raw, fds)

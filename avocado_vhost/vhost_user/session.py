@@ -25,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from .conformance import check as conformance_check
+from .conformance import observe as conformance_observe
 from .connection import Connection, close_fds
 from .error import (FdCountError, MalformedMessage, ProtocolError,
                     UnknownRequest)
@@ -97,8 +98,15 @@ class Session:
             return
         self.host.trace.add(self.number, TraceKind.RX, req.name,
                             header.flags, header.size, len(fds), payload)
-        for violation in conformance_check(req, payload, header, self.state,
-                                           self.host.config.max_rings):
+        violations = conformance_check(req, payload, header, self.state,
+                                       self.host.config.max_rings)
+        if self.conn.late_fds:
+            violations.append(
+                f"{self.conn.late_fds} fd(s) arrived after the first read of "
+                "the message: the front-end should send them with the "
+                "header's first byte")
+        conformance_observe(req, self.state)
+        for violation in violations:
             self._problem(ProblemKind.VIOLATION,
                           f"message {msgno} {req.name}: {violation}",
                           msgno, req)

@@ -24,6 +24,10 @@ from avocado_vhost.vhost_user.message import (
     LogDescription, MemoryRegion, MemoryTable, ProtocolFeature, SingleRegion,
     U64, VirtioFeature, VringAddr, VringState, encode)
 
+from avocado_vhost.vhost_user import conformance
+from avocado_vhost.vhost_user.message import Header
+from avocado_vhost.vhost_user.state import DeviceState
+
 from helpers import ALL_PROTOCOL, BackendTestCase, memfd, open_fds
 
 UVA = 0x7F0000000000
@@ -515,6 +519,59 @@ class Conformance(BackendTestCase):
         self.assertTrue(any("postcopy state 'none'" in v.text
                             for v in self.backend.violations))
         self.backend.violations.clear()
+
+    def test_postcopy_in_order_is_no_violation(self):
+        """The judge follows the front-end's postcopy phases whatever the
+        back-end answered: ADVISE, LISTEN, END in order breaks no rule."""
+        state = DeviceState(
+            acked_protocol_features=int(ProtocolFeature.PAGEFAULT))
+        for req in (Request.POSTCOPY_ADVISE, Request.POSTCOPY_LISTEN,
+                    Request.POSTCOPY_END):
+            self.assertEqual(conformance.check(req, None, Header(req, 1, 0),
+                                               state), [], req.name)
+            conformance.observe(req, state)
+        # negative control: END again, after the end, is out of order
+        self.assertTrue(conformance.check(
+            Request.POSTCOPY_END, None, Header(Request.POSTCOPY_END, 1, 0),
+            state))
+
+    def test_inflight_base_needs_inflight_shmfd(self):
+        """GET_VRING_BASE_INFLIGHT "must only be negotiated if
+        VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is also negotiated"."""
+        def judged(bits):
+            return conformance.inflight_base_needs_shmfd(
+                Request.SET_PROTOCOL_FEATURES, U64(int(bits)),
+                Header(Request.SET_PROTOCOL_FEATURES, 1, 8), DeviceState())
+        self.assertIn("INFLIGHT_SHMFD", judged(
+            ProtocolFeature.GET_VRING_BASE_INFLIGHT) or "")
+        self.assertIsNone(judged(ProtocolFeature.GET_VRING_BASE_INFLIGHT
+                                 | ProtocolFeature.INFLIGHT_SHMFD))
+        self.assertIn(conformance.inflight_base_needs_shmfd,
+                      conformance.RULES)
+
+    def test_fds_after_the_first_byte(self):
+        """fds should come with the header's first byte: a front-end that
+        sends them with the payload is judged."""
+        self.negotiate()
+        fd = os.eventfd(0)
+        try:
+            message = encode(Request.SET_VRING_KICK, U64(0))
+            self.fe.send_raw(message[:12])
+            self.fe.send_raw(message[12:], [fd])
+            self.violation("after the first read")
+        finally:
+            os.close(fd)
+
+    def test_negative_control_fds_with_the_first_byte(self):
+        self.negotiate()
+        fd = os.eventfd(0)
+        try:
+            self.fe.send(Request.SET_VRING_KICK, U64(0), fds=[fd])
+            self.sync()
+            self.assertFalse(any("after the first read" in v.text
+                                 for v in self.backend.violations))
+        finally:
+            os.close(fd)
 
 
 class FaultsAndWaits(BackendTestCase):
