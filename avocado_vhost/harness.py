@@ -537,8 +537,8 @@ class Harness(_Base):
         back-end has ``rings`` rings started."""
         vm.launch()
         queues = drive.pop("queues", rings)
-        with phase("driver-setup"):
-            vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+        vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+        with phase("rings-start"):
             backend.wait_rings_started(rings, timeout=self.scaled(10))
 
     def launch_server_mode(self, name: str = "vm", backend_name: str = "backend",

@@ -1,6 +1,6 @@
 """
 Where one test's time goes, by phase: QEMU's launch (to QMP ready), the
-test-side driver's set-up, a guest's boot to its ready marker and its link,
+test-side driver's set-up and the back-end's rings starting, a guest's boot to its ready marker and its link,
 a migration, tear-down, and what is left: the check itself.
 
 Each phase is timed where it happens (``with phase("guest-boot"):``), in

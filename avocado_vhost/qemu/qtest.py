@@ -83,13 +83,13 @@ class QtestLink:
         cannot answer any more is seen within :data:`SLICE`."""
         assert self._conn is not None
         deadline = time.monotonic() + self.timeout
+        poller = select.poll()  # not select(): fds past 1023
+        poller.register(self._conn, select.POLLIN)
         while b"\n" not in self._pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise QtestError(f"qtest '{line}': no answer within "
                                  f"{self.timeout}s (QEMU still runs)")
-            poller = select.poll()  # not select(): fds past 1023
-            poller.register(self._conn, select.POLLIN)
             if not poller.poll(min(SLICE, left) * 1000):
                 reason = self.why_silent()
                 if reason:

@@ -184,7 +184,7 @@ class GuestMigration(GuestTest):
     @staticmethod
     def missing_replies(run):
         """Which echo replies the guest's ping never saw (its per-reply
-        lines name each seq), with the ring handoff times in the log."""
+        lines name each seq; the ring handoff times are in the log)."""
         out = run.run("grep -o 'seq=[0-9]*' /tmp/ping.txt | "
                       "tr -d 'seq=' | tr '\\n' ' '")
         seen = {int(n) for n in out.split() if n.isdigit()}
