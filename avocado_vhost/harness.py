@@ -56,9 +56,11 @@ from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
                       remove_all_orphans)
 from .watchdog import start_watchdog
 from .vhost_user import (BackendConfig, BackendFailure, Fault,
-                         VhostUserBackend)
+                         ProtocolFeature, VhostUserBackend)
+from .vhost_user.offers import DEFAULT_OFFER, OFFERS, names
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
+from .vhost_user.records import Problem
 from .vhost_user.trace import Trace
 
 __all__ = ["Harness"]
@@ -193,6 +195,9 @@ class Harness(_Base):
                       self.qemu_bin, self.caps.version, self.caps.arch,
                       self.accel)
         self.timeout_scale = float(self.param("timeout_scale") or 1.0)
+        self.offer = OFFERS[self.param("offer") or DEFAULT_OFFER]
+        self.log.info("back-ends offer '%s': %s", self.offer.name,
+                      self.offer.summary)
         # What a killed test process left behind is removed by the next
         # test (only dirs whose owner process is gone).
         for path in remove_all_orphans(default_tmpdir()):
@@ -295,6 +300,22 @@ class Harness(_Base):
             return path
         return None
 
+    def require_qemu(self, version: Tuple[int, int, int], why: str) -> None:
+        """Cancel when the QEMU under test is older than ``version``, for
+        a behaviour QEMU only gained then (``why`` names the commit); never
+        used to excuse a defect, which is a failure (see
+        :mod:`.known_defects`)."""
+        if self.caps.version_tuple < version:
+            self.cancel(f"QEMU {self.caps.version} is older than "
+                        f"{'.'.join(map(str, version))}: {why}")
+
+    def require_protocol(self, wanted: ProtocolFeature, why: str) -> None:
+        """Cancel when the run's offer (``-p offer=``) takes away a protocol
+        feature of ``wanted``; ``why`` says what the test needs it for."""
+        lacking = self.offer.lacks(wanted)
+        if lacking:
+            self.cancel(f"offer={self.offer.name} lacks {names(lacking)}: {why}")
+
     def scaled(self, seconds: float) -> float:
         """A wait bound, scaled by ``-p timeout_scale=``."""
         return seconds * self.timeout_scale
@@ -306,8 +327,10 @@ class Harness(_Base):
         """A started back-end thread; listens at ``<tmp>/<name>.sock``.
 
         Stopped, and its trace written to ``<logdir>/<name>.trace``, at
-        tear-down.
+        tear-down.  What it offers is ``config`` (default: virtio-net's)
+        as the run's offer (``-p offer=``) changes it.
         """
+        config = self.offer.apply(config or BackendConfig())
         backend = VhostUserBackend(name, config, device)
         if listen:
             backend.listen(self.socket_path(name))
@@ -579,4 +602,28 @@ class Harness(_Base):
         for backend in backends or tuple(self.backends):
             if backend.name not in self._failure_expected:
                 backend.check(allow_violations=backend.name
-                              in self._violations_expected)
+                              in self._violations_expected,
+                              known=self._known_in_passing)
+
+    def _known_in_passing(self, violation: Problem) -> bool:
+        """Whether ``violation`` is a known defect of the QEMU under test
+        that this test only ran into on its way (it was written for
+        something else).  It is reported -- in the log and as a found
+        defect in the results -- and does not fail the test, so that a
+        QEMU that carries one defect is still tested for everything else;
+        the tests written for the defect fail on it (and end as its known
+        defect report)."""
+        caps = getattr(self, "caps", None)
+        if caps is None:
+            return False
+        defect = known_defects.match(str(violation), caps.version_tuple)
+        if defect is None or known_defects.defect_for_test(self.id()) \
+                is defect:
+            return False
+        if defect.id not in self.known_defects_found:
+            self.known_defects_found.append(defect.id)
+            self.log.error("known QEMU defect %s seen in passing (fixed by "
+                           "%s in %s; its own test fails on it): %s",
+                           defect.id, defect.describe(),
+                           ".".join(map(str, defect.fixed_in)), violation)
+        return True

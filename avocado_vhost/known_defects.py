@@ -153,6 +153,16 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "the unrealize of vhost-user-base, -fs, -scmi, -vsock devices, "
         "which call their own set_status(0), skips vhost clean-up, and "
         "plugging the device again fails", introduced_in=(8, 0, 0)),
+    QemuDefect(
+        "status-reset-before-vring-base", "6f8be29ec1",
+        "vhost-user: send SET_STATUS 0 after GET_VRING_BASE", (8, 1, 0),
+        r"GET_VRING_BASE after SET_STATUS 0",
+        ("test_status.py:Status.test_rings_stop_before_the_status_reset",),
+        "with the STATUS protocol feature, stopping the device sends "
+        "SET_STATUS 0 (a virtio reset) before GET_VRING_BASE: a back-end "
+        "that resets as the status says loses the ring positions QEMU then "
+        "asks for, and the migrated or restarted device resumes from the "
+        "wrong place", introduced_in=(7, 2, 0)),
 )}
 
 

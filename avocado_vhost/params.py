@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
+from .vhost_user.offers import DEFAULT_OFFER, OFFERS
+
 __all__ = ["Param", "PARAMS", "ParamError", "resolve", "unknown",
            "AVOCADO_OWN"]
 
@@ -76,6 +78,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "an external back-end to put under test (tag external): a "
           "command with {socket} (where it must listen), {queues} and "
           "{name} (unique per instance) filled in"),
+    Param("offer", "AVOCADO_VHOST_OFFER", DEFAULT_OFFER,
+          "what the suite's back-ends offer (the capability matrix): "
+          + "; ".join(f"{o.name}: {o.summary}" for o in OFFERS.values()),
+          _one_of(*OFFERS)),
     Param("timeout_scale", "AVOCADO_VHOST_TIMEOUT_SCALE", "1.0",
           "multiplies every bounded wait (slow machines)", _positive(float)),
 )}

@@ -276,6 +276,43 @@ def postcopy_order(req: Request, payload: Payload, header: Header,
     return None
 
 
+#: virtio device status bits (virtio 1.x, 2.1 "Device Status Field")
+STATUS_FEATURES_OK = 8
+STATUS_DRIVER_OK = 4
+
+
+def status_only_grows(req: Request, payload: Payload, header: Header,
+                      state: DeviceState) -> Optional[str]:
+    """SET_STATUS carries the virtio device status: the driver never clears
+    a bit but by writing 0, which resets the device, and sets DRIVER_OK
+    only after FEATURES_OK (virtio 3.1.1)."""
+    if not isinstance(payload, U64):
+        return None
+    new, old = payload.value, state.status
+    if new and old & ~new:
+        return (f"status {new:#x} clears bits of {old:#x}: a driver "
+                "never clears a status bit except by writing 0 (a reset)")
+    if new & STATUS_DRIVER_OK and not new & STATUS_FEATURES_OK:
+        return (f"status {new:#x} sets DRIVER_OK without FEATURES_OK: the "
+                "driver sets FEATURES_OK first (virtio 3.1.1)")
+    return None
+
+
+def no_ring_state_after_reset(req: Request, payload: Payload,
+                              header: Header,
+                              state: DeviceState) -> Optional[str]:
+    """Writing 0 to the device status resets the device, rings and all
+    (virtio 2.1); a GET_VRING_BASE after it asks the back-end for ring
+    positions it no longer has.  QEMU sent SET_STATUS 0 first from 7.2
+    (923b8921d2) until 6f8be29ec1 ("vhost-user: send SET_STATUS 0 after
+    GET_VRING_BASE")."""
+    if state.reset_by_status:
+        return ("GET_VRING_BASE after SET_STATUS 0: the status write "
+                "reset the device, whose ring positions are gone (virtio "
+                "2.1: writing 0 to the device status resets the device)")
+    return None
+
+
 #: Every rule, with the requests it concerns (it is only run for those).
 RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     protocol_features_offered: frozenset({
@@ -299,6 +336,8 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     log_covers_memory: frozenset({Request.SET_LOG_BASE}),
     postcopy_order: frozenset({Request.POSTCOPY_LISTEN,
                                Request.POSTCOPY_END}),
+    status_only_grows: frozenset({Request.SET_STATUS}),
+    no_ring_state_after_reset: frozenset({Request.GET_VRING_BASE}),
 }
 RULES: List[Rule] = list(RULE_SCOPE) + [need_reply_needs_ack]
 
@@ -334,10 +373,17 @@ _POSTCOPY_PHASE = {Request.POSTCOPY_ADVISE: "advised",
                    Request.POSTCOPY_END: "ended"}
 
 
-def observe(req: Request, state: DeviceState) -> None:
+def observe(req: Request, payload: Payload, state: DeviceState) -> None:
     """What the judge remembers of a request whatever its handler did: the
     front-end's conduct, not the back-end's answer (a judge that refuses
     POSTCOPY_ADVISE still saw the front-end advise)."""
     phase = _POSTCOPY_PHASE.get(req)
     if phase is not None:
         state.postcopy = phase
+    if req is Request.SET_STATUS and isinstance(payload, U64):
+        # A reset of a live device; rings set up again start afresh.
+        state.reset_by_status = payload.value == 0 and bool(
+            state.status & STATUS_DRIVER_OK or state.reset_by_status)
+    elif req in (Request.SET_VRING_BASE, Request.RESET_DEVICE,
+                 Request.RESET_OWNER):
+        state.reset_by_status = False

@@ -105,7 +105,7 @@ class Session:
                 f"{self.conn.late_fds} fd(s) arrived after the first read of "
                 "the message: the front-end should send them with the "
                 "header's first byte")
-        conformance_observe(req, self.state)
+        conformance_observe(req, payload, self.state)
         for violation in violations:
             self._problem(ProblemKind.VIOLATION,
                           f"message {msgno} {req.name}: {violation}",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .connection import close_fds
 from .memory import DirtyLog, GuestMemory
-from .message import VirtioFeature, VringAddr
+from .message import ProtocolFeature, Request, VirtioFeature, VringAddr
 
 __all__ = ["Vring", "DeviceState", "Cursor"]
 
@@ -107,6 +107,8 @@ class DeviceState:
     log_fd: Optional[int] = None
     vrings: Dict[int, Vring] = field(default_factory=dict)
     status: int = 0
+    #: SET_STATUS 0 reset the live device and no ring was set up since
+    reset_by_status: bool = False
     config: bytearray = field(default_factory=bytearray)
     #: the back-end channel (SET_BACKEND_REQ_FD), if the front-end gave one
     backend_channel: Optional["BackendChannel"] = None
@@ -119,6 +121,15 @@ class DeviceState:
         """Whether protocol feature ``bit`` (a mask) is in force."""
         acked = self.acked_protocol_features
         return acked is not None and bool(acked & int(bit))
+
+    @property
+    def memory_request(self) -> Request:
+        """How guest memory reaches the back-end on this connection: one
+        SET_MEM_TABLE, or, with CONFIGURE_MEM_SLOTS, an ADD_MEM_REG per
+        region (REM_MEM_REG for what goes away)."""
+        if self.protocol_negotiated(ProtocolFeature.CONFIGURE_MEM_SLOTS):
+            return Request.ADD_MEM_REG
+        return Request.SET_MEM_TABLE
 
     def feature_acked(self, bit: int) -> bool:
         acked = self.acked_features

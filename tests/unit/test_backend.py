@@ -529,11 +529,55 @@ class Conformance(BackendTestCase):
                     Request.POSTCOPY_END):
             self.assertEqual(conformance.check(req, None, Header(req, 1, 0),
                                                state), [], req.name)
-            conformance.observe(req, state)
+            conformance.observe(req, None, state)
         # negative control: END again, after the end, is out of order
         self.assertTrue(conformance.check(
             Request.POSTCOPY_END, None, Header(Request.POSTCOPY_END, 1, 0),
             state))
+
+    def judge(self, state, req, payload=None):
+        """The violations of ``req`` in ``state``; then the judge
+        remembers it as the session does."""
+        found = conformance.check(req, payload, Header(req, 1, 8), state)
+        conformance.observe(req, payload, state)
+        if req is Request.SET_STATUS:
+            state.status = payload.value
+        return found
+
+    def test_status_grows_and_driver_ok_needs_features_ok(self):
+        """The driver "MUST NOT clear a device status bit" but by writing
+        0, and sets FEATURES_OK before DRIVER_OK (virtio 3.1.1)."""
+        state = DeviceState(acked_protocol_features=int(
+            ProtocolFeature.STATUS))
+        for value in (0x8, 0xF, 0x0, 0x8, 0xF):  # QEMU's sequence
+            self.assertEqual(self.judge(state, Request.SET_STATUS,
+                                        U64(value)), [], hex(value))
+        # negative controls
+        self.assertIn("clears bits", " ".join(self.judge(
+            state, Request.SET_STATUS, U64(0x7))))
+        state.status = 0
+        self.assertIn("DRIVER_OK without FEATURES_OK", " ".join(self.judge(
+            state, Request.SET_STATUS, U64(0x7))))
+
+    def test_ring_positions_are_fetched_before_the_status_reset(self):
+        """Writing 0 to the status resets the device: GET_VRING_BASE must
+        come first (QEMU 7.2 to 8.0 sent it after, 6f8be29ec1)."""
+        fixed = DeviceState(acked_protocol_features=int(
+            ProtocolFeature.STATUS))
+        broken = DeviceState(acked_protocol_features=int(
+            ProtocolFeature.STATUS))
+        for state in (fixed, broken):
+            self.judge(state, Request.SET_STATUS, U64(0xF))
+        self.assertEqual(self.judge(fixed, Request.GET_VRING_BASE,
+                                    VringState(0, 0)), [])
+        self.judge(fixed, Request.SET_STATUS, U64(0))
+        self.judge(broken, Request.SET_STATUS, U64(0))
+        self.assertIn("after SET_STATUS 0", " ".join(self.judge(
+            broken, Request.GET_VRING_BASE, VringState(0, 0))))
+        # a device set up again after the reset has ring state again
+        self.judge(broken, Request.SET_VRING_BASE, VringState(0, 0))
+        self.assertEqual(self.judge(broken, Request.GET_VRING_BASE,
+                                    VringState(0, 0)), [])
 
     def test_inflight_base_needs_inflight_shmfd(self):
         """GET_VRING_BASE_INFLIGHT "must only be negotiated if
