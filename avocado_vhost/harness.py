@@ -118,12 +118,10 @@ class Harness(_Base):
         if defect is None:
             return
         self.known_defects_found.append(defect.id)
-        self.log.error("known QEMU defect %s (fixed by %s in %s): %s",
-                       defect.id, defect.describe(),
-                       ".".join(map(str, defect.fixed_in)), failure)
+        self.log.error("known QEMU defect %s (%s): %s", defect.id,
+                       defect.fix_text(), failure)
         self.cancel(f"KNOWN QEMU DEFECT {defect.id} (not a pass): QEMU "
-                    f"{caps.version} carries it; fixed by {defect.describe()}"
-                    f" in {'.'.join(map(str, defect.fixed_in))}. "
+                    f"{caps.version} carries it; {defect.fix_text()}. "
                     f"{failure}")
 
     def _runner_param(self, name: str) -> Optional[object]:
@@ -617,13 +615,12 @@ class Harness(_Base):
         if caps is None:
             return False
         defect = known_defects.match(str(violation), caps.version_tuple)
-        if defect is None or known_defects.defect_for_test(self.id()) \
-                is defect:
+        if defect is None or defect in known_defects.defects_for_test(
+                self.id()):
             return False
         if defect.id not in self.known_defects_found:
             self.known_defects_found.append(defect.id)
-            self.log.error("known QEMU defect %s seen in passing (fixed by "
-                           "%s in %s; its own test fails on it): %s",
-                           defect.id, defect.describe(),
-                           ".".join(map(str, defect.fixed_in)), violation)
+            self.log.error("known QEMU defect %s seen in passing (%s; its "
+                           "own test fails on it): %s", defect.id,
+                           defect.fix_text(), violation)
         return True

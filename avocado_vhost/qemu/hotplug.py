@@ -21,12 +21,19 @@ from qemu.qmp import ExecuteError
 from .platform import Platform
 from .vm import TRANSITIONAL, VhostVM
 
-__all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "unplug", "plug",
-           "can_unplug", "drain_rcu"]
+__all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "ACPI_MEMHP_BASE", "unplug",
+           "plug", "can_unplug", "drain_rcu", "plug_dimm", "unplug_dimm"]
 
 #: PIIX4's ACPI PCI hot-plug eject register (ACPI_PCIHP_ADDR 0xAE00 +
 #: PCI_EJ_BASE 0x08): a 1 in bit ``slot`` ejects the device in that slot
 ACPI_PCIHP_EJECT = 0xAE08
+
+#: the pc machine's ACPI memory hot-plug registers (docs/specs/
+#: acpi_mem_hotplug.rst): a write of the DIMM slot at +0 selects it, a
+#: write of 8 (eject) to its control byte at +0x14 removes it, which is
+#: what the guest's _EJ0 method does
+ACPI_MEMHP_BASE = 0xA00
+_MEMHP_EJECT = 8
 
 
 class HotplugError(Exception):
@@ -95,3 +102,39 @@ def plug(vm: VhostVM, driver: str, device_id: str, slot: int,
         args["disable-legacy"] = "on"  # the test's driver is modern-only
     args.update(props)
     vm.qmp("device_add", **args)
+
+
+def plug_dimm(vm: VhostVM, dimm_id: str, size: int, qom: str) -> None:
+    """Hot-plug a ``pc-dimm`` ``dimm_id`` of ``size`` bytes, backed by a
+    shared memory backend of type ``qom`` (``memory-backend-memfd`` ...),
+    named ``<dimm_id>-mem`` (as ``ram_ranges`` knows it): a vhost-user
+    back-end can only map memory shared with it."""
+    vm.qmp("object-add", **{"qom-type": qom, "id": f"{dimm_id}-mem",
+                            "size": size, "share": True})
+    vm.qmp("device_add", driver="pc-dimm", id=dimm_id,
+           memdev=f"{dimm_id}-mem")
+
+
+def unplug_dimm(vm: VhostVM, dimm_id: str, timeout: float) -> None:
+    """``device_del`` DIMM ``dimm_id``, eject it as the guest's ACPI code
+    would (select its slot, write the eject bit) and wait for
+    ``DEVICE_DELETED``; then remove its memory backend.
+
+    :raise HotplugError: not on this machine, or QEMU did not delete it.
+    """
+    why = can_unplug(vm.spec.platform)
+    if why is not None:
+        raise HotplugError(why)
+    if vm.qtest is None:
+        raise HotplugError("hot-unplug needs the test's qtest link")
+    slot = vm.qmp("qom-get", path=dimm_id, property="slot")
+    vm.qmp("device_del", id=dimm_id)
+    vm.qtest.outl(ACPI_MEMHP_BASE, int(str(slot)))
+    vm.qtest.outb(ACPI_MEMHP_BASE + 0x14, _MEMHP_EJECT)
+    event = vm.events_or_exit([("DEVICE_DELETED",
+                                {"data": {"device": dimm_id}})],
+                              timeout, f"DEVICE_DELETED of {dimm_id}")
+    if event is None:
+        raise HotplugError(f"QEMU exited ({vm.exitcode}) while {dimm_id} "
+                           "was being unplugged")
+    vm.qmp("object-del", id=f"{dimm_id}-mem")

@@ -147,6 +147,9 @@ class QtestLink:
     def outl(self, port: int, value: int) -> None:
         self.cmd(f"outl 0x{port:x} 0x{value:x}")
 
+    def outb(self, port: int, value: int) -> None:
+        self.cmd(f"outb 0x{port:x} 0x{value:x}")
+
     def close(self) -> None:
         if self._listen is not None:
             self._listen.close()

@@ -108,6 +108,9 @@ class VMSpec:
     accel: str = "tcg"
     mem_backend: str = "memfd"
     mem_mb: int = 256
+    #: DIMM slots and the RAM ceiling for memory hot-plug (0: none)
+    mem_slots: int = 0
+    maxmem_mb: int = 0
     mem_path: Optional[str] = None
     vhost_server: bool = False
     reconnect: Optional[int] = None
@@ -126,7 +129,10 @@ class VMSpec:
         opts = [qom, "id=mem0", f"size={self.mem_mb}M", "share=on"]
         if self.mem_backend in ("memfile", "hugetlbfs"):
             opts.append(f"mem-path={self.mem_path or self.workdir}")
-        return (["-m", f"{self.mem_mb}M", "-object", ",".join(opts)]
+        size = f"{self.mem_mb}M"
+        if self.mem_slots:
+            size += f",slots={self.mem_slots},maxmem={self.maxmem_mb}M"
+        return (["-m", size, "-object", ",".join(opts)]
                 + self.platform.machine_args("mem0"))
 
     def chardev_args(self) -> List[str]:
@@ -277,6 +283,17 @@ class VhostVM:
     def log_path(self) -> str:
         """QEMU's output (QEMUMachine writes ``<log_dir>/<name>.log``)."""
         return os.path.join(self.log_dir, f"{self.spec.name}.log")
+
+    def log_text(self) -> str:
+        """What QEMU has written to its output so far ("" before launch):
+        QEMU writes its errors unbuffered, so a step QEMU took
+        synchronously (a qtest write, a QMP command) has said its part."""
+        try:
+            with open(self.log_path, encoding="utf-8",
+                      errors="replace") as log:
+                return log.read()
+        except FileNotFoundError:
+            return ""
 
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from typing import TYPE_CHECKING, List, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from ..guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                         pattern)
@@ -33,14 +33,16 @@ __all__ = ["assert_guest_memory_agrees", "dump_guest_memory"]
 
 
 def assert_guest_memory_agrees(test: "Harness", vm: VhostVM,
-                               backend: VhostUserBackend) -> None:
+                               backend: VhostUserBackend,
+                               memdevs: Sequence[str] = ("mem0",)) -> None:
     """Fail ``test`` unless ``backend`` and ``vm`` agree on every byte of
-    guest RAM (the three checks above)."""
+    guest RAM -- the RAM of the memory backends ``memdevs``, hot-plugged
+    DIMMs included (the three checks above)."""
     assert vm.qtest is not None, "read-guest-mem needs qtest"
     memory = backend.state.memory
     regions = list(memory.ram_ranges())
     test.log.info("back-end memory table: %s", _ranges(regions))
-    ranges = vm.ram_ranges()
+    ranges = [r for memdev in memdevs for r in vm.ram_ranges(memdev)]
     test.log.info("RAM in QEMU's address space: %s", _ranges(ranges))
     test.assertTrue(ranges, "QEMU shows no RAM of the memory backend")
     for gpa, size in ranges:

@@ -23,8 +23,8 @@ from ..handoff import RingHandoffMonitor
 from ..phases import phase
 from ..qemu.platform import SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
-from ..vhost_user import (BackendConfig, Fault, FaultAction, Request,
-                         VhostUserBackend)
+from ..vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
+                          Request, VhostUserBackend)
 
 if TYPE_CHECKING:
     from ..harness import Harness
@@ -55,6 +55,14 @@ class MigrationPair:
     uri: str
 
 
+def need_log_fd(test: "Harness") -> None:
+    """Cancel where the run's offer has no LOG_SHMFD: QEMU then blocks
+    the migration ("vhost-user backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD
+    feature"), as it should."""
+    test.require_protocol(ProtocolFeature.LOG_SHMFD, "QEMU migrates a "
+                          "vhost-user device only with a dirty-log fd")
+
+
 def start_pair(test: "Harness", rings: int = 2,
                config: Optional[BackendConfig] = None, features: int = 0,
                driver_queues: Optional[int] = None,
@@ -82,6 +90,7 @@ def migrate(test: "Harness", src: VhostVM, dst: VhostVM, uri: str,
         GET_VRING_BASE; the returned fault's ``reached`` is set when QEMU
         waits for it, and the test sets its ``release``.
     """
+    need_log_fd(test)
     fault = None
     if hold is not None:
         fault = Fault(FaultAction.HOLD, request=Request.GET_VRING_BASE,

@@ -15,6 +15,7 @@ from avocado_vhost.guest.run import GuestFailure, GuestRun
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.known_defects import DEFECTS
 from avocado_vhost.vhost_user.net import NetDevice, Port
+from avocado_vhost.scenarios import migration
 from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request
@@ -204,6 +205,7 @@ class GuestMigration(GuestTest):
         into guest buffers is in the dirty log.  So every request is
         answered once, and the guest counts every frame the host sent.
         """
+        migration.need_log_fd(self)
         options = self.options()
         port = Port()
         src = self.start_guest(options, name="src", backend_name="src",

@@ -47,7 +47,11 @@ class Hotplug(VhostUserTest):
         (GET_VRING_BASE), and the device plugged again on the same
         connection must start afresh."""
         self.require_device(driver)
-        backend = self.make_backend("backend", device_config(kind))
+        config = device_config(kind)
+        if config.config:
+            self.require_protocol(ProtocolFeature.CONFIG, "the device's "
+                                  "configuration comes from the back-end")
+        backend = self.make_backend("backend", config)
         opts = [f"{k}={v}" for k, v in props.items()]
         vm = self.make_vm("vm", backend.listener_path, device=driver,
                           device_opts=opts + ["id=dev0", f"addr=0x{SLOT:x}"])

@@ -31,7 +31,8 @@ import time
 from avocado_vhost.devices import FS_OPTIONS, FS_QUEUES, device_config
 from avocado_vhost.qemu.qtest import QtestError
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import (Fault, FaultAction, Request,
+from avocado_vhost.vhost_user import (Fault, FaultAction, ProtocolFeature,
+                                      Request,
                                       WaitTimeout)
 from avocado_vhost.vhost_user.message import FLAG_NEED_REPLY
 
@@ -177,6 +178,7 @@ class Interrupts(VhostUserTest):
                         "QEMU sent no SET_VRING_CALL when the guest "
                         "unmasked the vector")
         held = backend.trace.select("rx", Request.SET_VRING_CALL)[-1]
+        acked = backend.state.protocol_negotiated(ProtocolFeature.REPLY_ACK)
         if not held.flags & FLAG_NEED_REPLY:
             # QEMU does not wait for the back-end: the guest's unmask, and
             # with it QEMU's look for interrupts on the masked fd, is done
@@ -190,9 +192,11 @@ class Interrupts(VhostUserTest):
         self.wait_until(lambda: device.msix_fired(vector),
                         f"MSI-X vector {vector.index}: the interrupt the "
                         "back-end signalled while QEMU switched the call "
-                        f"fd (SET_VRING_CALL flags 0x{held.flags:x}, "
-                        "without NEED_REPLY QEMU looks for it before the "
-                        "back-end applies the new fd) was lost",
+                        f"fd was lost (SET_VRING_CALL flags "
+                        f"0x{held.flags:x}; REPLY_ACK negotiated: "
+                        f"{'yes' if acked else 'no'}: without NEED_REPLY, "
+                        "or without QEMU waiting otherwise, QEMU looks for "
+                        "it before the back-end applies the new fd)",
                         bound=1.0)
 
 

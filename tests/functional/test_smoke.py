@@ -1,7 +1,7 @@
 """Start-up against the QEMU under test: negotiation, memory table, rings."""
 
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import Request
+from avocado_vhost.vhost_user import BackendConfig, Request, VirtioFeature
 
 
 class StartUp(VhostUserTest):
@@ -32,6 +32,26 @@ class StartUp(VhostUserTest):
                         received.index("SET_VRING_ADDR"))
         self.assertEqual(backend.state.started_rings(), [0, 1])
         self.assertGreater(len(backend.state.memory), 0)
+
+    def test_backend_without_protocol_features(self):
+        """A back-end that does not offer VHOST_USER_F_PROTOCOL_FEATURES is
+        legal: "the ring starts directly in the enabled state".  QEMU must
+        start its rings."""
+        config = BackendConfig()
+        config.features &= ~int(VirtioFeature.PROTOCOL_FEATURES)
+        # built by hand: the run's offer (-p offer=) changes only what
+        # goes into the protocol features, which this back-end has none of
+        backend = self.make_backend("backend", config)
+        vm = self.make_vm("vm", backend.listener_path)
+        vm.launch()
+        vm.drive_device(queues=2)
+        # QEMU starts vhost within the guest's DRIVER_OK write, which has
+        # returned: it started the rings, or it said why not.
+        said = vm.log_text()
+        if "unable to start vhost net" in said:
+            self.fail(f"QEMU could not start a back-end without protocol "
+                      f"features: {said.strip()}")
+        backend.wait_rings_started(2, timeout=self.scaled(10))
 
     def test_firmware(self):
         """Realism check: SeaBIOS and iPXE, not the test, drive the NIC.
