@@ -326,9 +326,18 @@ class Harness(_Base):
 
         Stopped, and its trace written to ``<logdir>/<name>.trace``, at
         tear-down.  What it offers is ``config`` (default: virtio-net's)
-        as the run's offer (``-p offer=``) changes it.
+        as the run's offer (``-p offer=``) changes it; CANCEL when the
+        offer lacks what ``config`` cannot work without (MQ for several
+        queue pairs, CONFIG for a config space).
         """
-        config = self.offer.apply(config or BackendConfig())
+        config = config or BackendConfig()
+        if config.queue_num > 1:
+            self.require_protocol(ProtocolFeature.MQ, f"{config.queue_num} "
+                                  "queue pairs on one socket")
+        if config.config:
+            self.require_protocol(ProtocolFeature.CONFIG, "the device's "
+                                  "configuration comes from the back-end")
+        config = self.offer.apply(config)
         backend = VhostUserBackend(name, config, device)
         if listen:
             backend.listen(self.socket_path(name))

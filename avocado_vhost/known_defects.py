@@ -185,6 +185,16 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "asks for, and the migrated or restarted device resumes from the "
         "wrong place", introduced_in=(7, 2, 0)),
     QemuDefect(
+        "blk-config-change-capacity-only", "f67d296b6e",
+        "vhost-user-blk: simplify and fix "
+        "vhost_user_blk_handle_config_change", (9, 0, 0),
+        r"configuration change reached the guest without its geometry",
+        ("test_backend_channel.py:BackendChannel."
+         "test_every_field_of_a_change_reaches_the_guest",),
+        "a back-end's CONFIG_CHANGE_MSG updates only the capacity the guest "
+        "sees (\"valid for resize only\"): a resize that changes the "
+        "geometry leaves the guest with the old geometry"),
+    QemuDefect(
         "vring-file-async-without-reply-ack", "1ba9a52203",
         "vhost-user: make vhost_set_vring_file() synchronous", OPEN,
         r"interrupt the back-end signalled while QEMU switched the call "

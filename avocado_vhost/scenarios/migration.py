@@ -179,10 +179,12 @@ def wait_outcome(test: "Harness", src: VhostVM, dst: VhostVM,
     except TimeoutError:
         status = "timed out"
     error = running = None
-    if status in ("failed", "cancelled") and src.is_running():
-        # The source runs the VM again a moment after it reports the
-        # failure (vm_start, which sends RESUME); until then it reads
-        # "finish-migrate" or the like.
+    if status in ("failed", "cancelled") and src.is_running() \
+            and _runstate(src) != "running":
+        # A source that had stopped the VM runs it again a moment after it
+        # reports the failure (vm_start, which sends RESUME); until then it
+        # reads "finish-migrate" or the like.  One that failed before it
+        # stopped the VM (at log start) never stopped: no RESUME comes.
         try:
             src.events_or_exit([("RESUME", None)], test.scaled(timeout),
                                "RESUME of the source after the failure")
@@ -192,14 +194,18 @@ def wait_outcome(test: "Harness", src: VhostVM, dst: VhostVM,
         info = src.qmp("query-migrate")
         assert isinstance(info, dict)
         error = info.get("error-desc")
-        state = src.qmp("query-status")
-        assert isinstance(state, dict)
-        running = str(state.get("status"))
+        running = _runstate(src)
     resumed = False
     if status == "completed" and dst.is_running():
         resumed = dst.events_or_exit([("RESUME", None)], test.scaled(timeout),
                                      "RESUME") is not None
     return MigrationOutcome(status, error, src.exitcode, running, resumed)
+
+
+def _runstate(vm: VhostVM) -> str:
+    state = vm.qmp("query-status")
+    assert isinstance(state, dict)
+    return str(state.get("status"))
 
 
 @dataclass

@@ -13,7 +13,6 @@ from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
                                    device_config)
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import ProtocolFeature
 
 
 class Devices(VhostUserTest):
@@ -25,9 +24,6 @@ class Devices(VhostUserTest):
     def run_device(self, device, config, rings, device_opts=(),
                    want_features=0):
         self.require_device(device)
-        if config.config:
-            self.require_protocol(ProtocolFeature.CONFIG, "the device's "
-                                  "configuration comes from the back-end")
         backend = self.make_backend("backend", config)
         vm = self.make_vm("vm", backend.listener_path, device=device,
                           device_opts=list(device_opts))

@@ -48,9 +48,6 @@ class Hotplug(VhostUserTest):
         connection must start afresh."""
         self.require_device(driver)
         config = device_config(kind)
-        if config.config:
-            self.require_protocol(ProtocolFeature.CONFIG, "the device's "
-                                  "configuration comes from the back-end")
         backend = self.make_backend("backend", config)
         opts = [f"{k}={v}" for k, v in props.items()]
         vm = self.make_vm("vm", backend.listener_path, device=driver,
@@ -100,6 +97,8 @@ class Hotplug(VhostUserTest):
         device on the same back-end then start afresh (QEMU fix 963b027645:
         before it, QEMU queued the notifier for freeing twice and aborted).
         """
+        self.require_protocol(ProtocolFeature.BACKEND_REQ, "host notifiers "
+                              "are offered on the back-end channel")
         pairs = 2
         config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
         config.features |= int(VirtioFeature.NET_F_MQ

@@ -15,7 +15,8 @@ the destination resumes from.
 from avocado_vhost.devices import BLK_QUEUES, device_config
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import Fault, FaultAction, Request, VirtioFeature
+from avocado_vhost.vhost_user import (Fault, FaultAction, ProtocolFeature,
+                                      Request, VirtioFeature)
 
 
 def starts_logging(request, payload):
@@ -41,6 +42,8 @@ class MigrateFaults(VhostUserTest):
         """A back-end that refuses to start logging (a failed REPLY_ACK to
         SET_FEATURES with VHOST_F_LOG_ALL) fails the migration; the source
         VM keeps running (QEMU fix c1997099dc: before it, QEMU aborted)."""
+        self.require_protocol(ProtocolFeature.REPLY_ACK, "a back-end "
+                              "refuses SET_FEATURES only in a REPLY_ACK")
         pair, outcome = self.migrate_with_fault(
             Fault(FaultAction.FAIL, request=Request.SET_FEATURES,
                   match=starts_logging))
