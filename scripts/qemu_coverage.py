@@ -4,7 +4,8 @@ How much of QEMU's vhost-user front-end the suite runs, next to upstream's
 own vhost-user qtests: gcov line and function coverage, measured on QEMU.
 
     .venv/bin/python scripts/qemu_coverage.py [--series 10.2] [--build DIR]
-        [--no-upstream] [--suite-args '...'] [--json FILE]
+        [--no-upstream] [--suite-args '...'] [--offers modern,legacy,...]
+        [--json FILE]
 
 (``scripts/test-all`` runs it with ``--suite-args --filter-by-tags=smoke``:
 a check that it still runs, not the figure.)
@@ -13,7 +14,8 @@ a check that it still runs, not the figure.)
    directory of its own (``QEMU_GCOV=1 scripts/build-qemu``; cached like
    the other builds: cold, about 10 minutes on 2 cores);
 2. runs the functional suite against it (without DPDK's interop tests,
-   which start no QEMU), and reads the counters;
+   which start no QEMU), once per offer of ``--offers`` (the capability
+   matrix reaches QEMU's legacy paths too), and reads the counters;
 3. clears them and runs every vhost-user path of upstream's
    ``tests/qtest/qos-test`` from the same build, one process per path, as
    QEMU's ``meson test`` does, and reads them again;
@@ -125,8 +127,7 @@ def run_suite(build: str, extra: List[str]) -> str:
             [os.path.join(ROOT, ".venv/bin/avocado"), "run",
              "--job-results-dir", results, os.path.join(ROOT,
                                                         "tests/functional"),
-             *(extra or ["--filter-by-tags=-dpdk",
-                         "--filter-by-tags-include-empty"])],
+             *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             check=False)
     summary = [line for line in proc.stdout.decode().splitlines()
@@ -220,6 +221,11 @@ def main() -> int:
     parser.add_argument("--suite-args", default="",
                         help="avocado run arguments instead of the default "
                         "tag filter (which leaves out DPDK's tests)")
+    parser.add_argument("--offers", default="modern",
+                        help="comma-separated offers of the suite's "
+                        "back-ends (-p offer=), one suite run each; the "
+                        "counts add up (the capability matrix: "
+                        "modern,legacy,no-reply-ack,no-mq)")
     parser.add_argument("--json", default=None,
                         help="also write the counters here")
     args = parser.parse_args()
@@ -228,7 +234,12 @@ def main() -> int:
         sys.exit(f"{build} has no gcov notes for {FILES[0]}: not a gcov "
                  "build (QEMU_GCOV=1 scripts/build-qemu)")
     reset(build)
-    print(f"suite: {run_suite(build, args.suite_args.split())}", flush=True)
+    for offer in args.offers.split(","):
+        extra = args.suite_args.split() or ["--filter-by-tags=-dpdk",
+                                            "--filter-by-tags-include-empty"]
+        print(f"suite, offer={offer}: "
+              f"{run_suite(build, [*extra, '-p', f'offer={offer}'])}",
+              flush=True)
     suite = collect(build)
     upstream: Optional[Dict[str, FileCoverage]] = None
     if not args.no_upstream:

@@ -56,6 +56,10 @@ class BackendConfig:
         (logging on, a ring running): a back-end whose data path writes
         the log from other threads, as DPDK's does, may then write an
         unmapped log and crash.  Off, a replaced log is just replaced.
+    :param judge: this back-end only judges a conversation another
+        back-end answers (the proxy's judge): what it refuses or cannot
+        answer is recorded and never ends the connection, so that every
+        request of the conversation is judged to its end.
     """
 
     features: int = int(NET_FEATURES)
@@ -66,6 +70,7 @@ class BackendConfig:
     config: bytes = b""
     message_timeout: float = 5.0
     unmap_replaced_log: bool = False
+    judge: bool = False
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED

@@ -233,7 +233,7 @@ class _Pair:
         self.bases: Dict[int, int] = {}
         self.started: Set[int] = set()
         self.judge = VhostUserBackend(f"{proxy.name}-judge", BackendConfig(
-            features=0, protocol_features=0, max_mem_slots=32))
+            features=0, protocol_features=0, max_mem_slots=32, judge=True))
         with proxy._lock:
             proxy._judges.append(self.judge)
         self.judge_fe, conn = FrontEnd.pair(proxy.message_timeout)
@@ -387,9 +387,10 @@ class _Pair:
                 return
             self.judge_queue.popleft()
             try:
+                # as sent: the flags are judged too (NEED_REPLY without
+                # REPLY_ACK); the judge's answers are drained
                 self.judge_fe.send_raw(HEADER.pack(
-                    header.request, header.flags & ~FLAG_NEED_REPLY,
-                    header.size) + raw, fds)
+                    header.request, header.flags, header.size) + raw, fds)
             except OSError:
                 pass  # the judge hung up on a malformed message
             finally:

@@ -167,12 +167,15 @@ class Session:
             if header.need_reply and self._reply_ack:
                 self.send(req, U64(1))
                 return None
+            if self.host.config.judge:
+                return None  # the real back-end answers; judge on
             raise CloseConnection(DisconnectCause.REFUSED,
                                   f"refused {req.name}: {exc}") from None
         except ProtocolError as exc:
             self._problem(ProblemKind.ERROR, f"message {msgno} {req.name}: "
                           f"{exc}", msgno, req)
-            if req in REPLY_BODY and not header.need_reply:
+            if req in REPLY_BODY and not header.need_reply \
+                    and not self.host.config.judge:
                 raise CloseConnection(DisconnectCause.PROTOCOL,
                                       f"cannot answer {req.name}: {exc}"
                                       ) from None
@@ -203,7 +206,7 @@ class Session:
                                   str(exc)) from None
         if header.need_reply and self._reply_ack:
             self.send(req, U64(1))
-        elif req in REPLY_BODY:
+        elif req in REPLY_BODY and not self.host.config.judge:
             raise CloseConnection(DisconnectCause.PROTOCOL,
                                   f"cannot answer malformed {req.name}")
 

@@ -6,9 +6,11 @@ import socket
 import tempfile
 import unittest
 
-from avocado_vhost.vhost_user import BackendConfig, Request, VhostUserBackend
+from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature, Request,
+                                      VhostUserBackend)
 from avocado_vhost.vhost_user.frontend import FrontEnd
-from avocado_vhost.vhost_user.message import U64, VirtioFeature, VringState
+from avocado_vhost.vhost_user.message import (InflightDescription, U64,
+                                              VirtioFeature, VringState)
 from avocado_vhost.vhost_user.proxy import Proxy
 
 from helpers import open_fds
@@ -84,6 +86,51 @@ class ProxyTest(unittest.TestCase):
         self.assertTrue(any(e.request == "DISCONNECTED"
                             and "back-end closed" in e.detail
                             for e in self.proxy.trace.select("event")))
+
+
+
+class JudgeToTheEnd(unittest.TestCase):
+    """The proxy's judge refuses what it does not implement (here
+    GET_INFLIGHT_FD, which DPDK answers); the conversation goes on with the
+    real back-end, so the judge must read on and judge what follows."""
+
+    def judged_after_a_refusal(self, judge):
+        inflight = int(ProtocolFeature.INFLIGHT_SHMFD)
+        backend = VhostUserBackend("judge", BackendConfig(
+            judge=judge, protocol_features=inflight))
+        fe, conn = FrontEnd.pair(5)
+        backend.adopt(conn)
+        backend.start()
+        try:
+            fe.call(Request.GET_FEATURES)
+            fe.call(Request.GET_PROTOCOL_FEATURES)
+            fe.send(Request.SET_PROTOCOL_FEATURES, U64(inflight))
+            fe.send(Request.GET_INFLIGHT_FD, InflightDescription(0, 0, 1,
+                                                                 256))
+            fe.send(Request.SET_VRING_NUM, VringState(0, 100))  # not 2^n
+            if judge:
+                backend.wait_for(lambda: backend.violations, "the "
+                                 "violation after the refusal", 5)
+            else:
+                backend.wait_disconnected(5)
+            return ([v for v in backend.violations
+                     if "SET_VRING_NUM" in v.text], backend.connected)
+        finally:
+            fe.close()
+            backend.stop()
+
+    def test_a_refusal_does_not_end_judging(self):
+        violations, connected = self.judged_after_a_refusal(judge=True)
+        self.assertTrue(connected)
+        self.assertIn("SET_VRING_NUM", violations[0].text)
+
+    def test_negative_control_a_back_end_ends_the_conversation(self):
+        """Without ``judge``, the refusal ends the connection (the spec's
+        answer when no ack was asked for) and the violation after it is
+        never seen: what the proxy's judge did before."""
+        violations, connected = self.judged_after_a_refusal(judge=False)
+        self.assertFalse(connected)
+        self.assertEqual(violations, [])
 
 
 if __name__ == "__main__":
