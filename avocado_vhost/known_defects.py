@@ -195,6 +195,18 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "sees (\"valid for resize only\"): a resize that changes the "
         "geometry leaves the guest with the old geometry"),
     QemuDefect(
+        "gpio-abort-without-config", "5ba587580d",
+        "hw/virtio: derive vhost-user-gpio from vhost-user-base", (9, 0, 0),
+        r"exited with signal 6 on a gpio back-end without CONFIG",
+        ("test_devices.py:Devices.test_gpio_backend_without_config",),
+        "a vhost-user-gpio back-end that does not offer CONFIG makes QEMU "
+        "abort at start-up (vhost_dev_get_config: Assertion "
+        "'hdev->vhost_ops' failed): the realize retry finds the device "
+        "'connected' after vhost_dev_init failed and cleaned it up.  Fixed "
+        "at the latest by the rewrite onto vhost-user-base (9.0), perhaps "
+        "by daae36c13a (8.0); no 8.x build was run here to tell",
+        introduced_in=(7, 2, 0)),
+    QemuDefect(
         "vring-file-async-without-reply-ack", "1ba9a52203",
         "vhost-user: make vhost_set_vring_file() synchronous", OPEN,
         r"interrupt the back-end signalled while QEMU switched the call "

@@ -13,6 +13,7 @@ from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
                                    device_config)
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import ProtocolFeature
 
 
 class Devices(VhostUserTest):
@@ -70,6 +71,33 @@ class Devices(VhostUserTest):
         self.assertEqual(capacity, BLK_CAPACITY)
         self.assertEqual(driver.config_read(20, 4), BLK_SIZE)
         self.assertEqual(driver.config_read(34, 2), BLK_QUEUES)
+
+    def test_gpio_backend_without_config(self):
+        """A vhost-user-gpio back-end that does not offer CONFIG: QEMU may
+        refuse the device, with a reason, but a back-end must never crash
+        it (7.2 asserted in vhost_dev_get_config on the failed device)."""
+        self.require_device("vhost-user-gpio-pci")
+        config = device_config("gpio")
+        config.config = b""  # nothing to serve: no offer adds CONFIG
+        config.protocol_features &= ~int(ProtocolFeature.CONFIG)
+        backend = self.make_backend("backend", config)
+        vm = self.make_vm("vm", backend.listener_path,
+                          device="vhost-user-gpio-pci")
+        try:
+            vm.launch()
+        except Exception:  # refused at start-up: how it ended is judged
+            code = vm.wait_exit(self.scaled(5))
+            if code is not None and code < 0:
+                self.qemu_ended(vm, "on a gpio back-end without CONFIG")
+            self.log.info("QEMU refused the device (status %s): %s", code,
+                          self.qemu_output(vm))
+            return
+        vm.drive_device(queues=2)
+        if not vm.is_running():
+            self.qemu_ended(vm, "driving a gpio device whose back-end "
+                            "lacks CONFIG")
+        self.log.info("QEMU started the device; its output: %s",
+                      self.qemu_output(vm) or "(none)")
 
     def test_scmi(self):
         """vhost-user-scmi-pci (QEMU 8.1+): an ARM device.
