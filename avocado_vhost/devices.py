@@ -14,7 +14,8 @@ from .vhost_user import BackendConfig, ProtocolFeature, VirtioFeature
 
 __all__ = ["device_config", "DEVICES", "DEVICE_PROTOCOL", "BASE_FEATURES",
            "BLK_CAPACITY", "BLK_SIZE", "BLK_QUEUES", "BLK_F_SEG_MAX",
-           "BLK_F_BLK_SIZE", "BLK_CONFIG", "GPIO_LINES", "GPIO_CONFIG",
+           "BLK_F_BLK_SIZE", "BLK_F_CONFIG_WCE", "BLK_WCE_OFFSET",
+           "BLK_CONFIG", "GPIO_LINES", "GPIO_CONFIG",
            "FS_QUEUES", "FS_OPTIONS"]
 
 DEVICE_PROTOCOL = int(ProtocolFeature.CONFIG | ProtocolFeature.MQ
@@ -28,6 +29,9 @@ BLK_SIZE = 4096
 BLK_QUEUES = 1
 BLK_F_SEG_MAX = 1 << 2
 BLK_F_BLK_SIZE = 1 << 6
+#: the guest may switch the cache mode (the writeback byte at offset 32)
+BLK_F_CONFIG_WCE = 1 << 11
+BLK_WCE_OFFSET = 32
 BLK_CONFIG = struct.pack("<QIIHBBIBBHIBBH", BLK_CAPACITY, 0, 126, 0, 0, 0,
                          BLK_SIZE, 0, 0, 0, 0, 0, 0, BLK_QUEUES)
 BLK_CONFIG += bytes(256 - len(BLK_CONFIG))

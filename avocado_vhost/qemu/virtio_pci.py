@@ -360,6 +360,11 @@ class VirtioPciDevice:
         """Read the device-specific configuration space."""
         return self.qtest.read(self._cap_addr(_DEVICE) + offset, size)
 
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """Write the device-specific configuration space (the few fields a
+        driver may write, such as virtio-blk's writeback)."""
+        self.qtest.write(self._cap_addr(_DEVICE) + offset, size, value)
+
     @property
     def packed(self) -> bool:
         """Whether VIRTIO_F_RING_PACKED was negotiated."""

@@ -9,11 +9,12 @@ from the back-end through QEMU.
 """
 
 from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
+                                   BLK_F_CONFIG_WCE, BLK_WCE_OFFSET,
                                    BLK_QUEUES, BLK_SIZE, GPIO_LINES,
                                    device_config)
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import ProtocolFeature
+from avocado_vhost.vhost_user import ProtocolFeature, Request
 
 
 class Devices(VhostUserTest):
@@ -71,6 +72,28 @@ class Devices(VhostUserTest):
         self.assertEqual(capacity, BLK_CAPACITY)
         self.assertEqual(driver.config_read(20, 4), BLK_SIZE)
         self.assertEqual(driver.config_read(34, 2), BLK_QUEUES)
+
+    def test_blk_writeback_reaches_the_back_end(self):
+        """vhost-user-blk-pci with CONFIG_WCE: the guest switches the cache
+        to writeback by writing the config space; the back-end gets
+        SET_CONFIG of that one byte (offset 32) and serves it from then
+        on."""
+        config = device_config("blk")
+        config.features |= BLK_F_CONFIG_WCE
+        driver = self.run_device("vhost-user-blk-pci", config,
+                                 rings=BLK_QUEUES,
+                                 device_opts=[f"num-queues={BLK_QUEUES}",
+                                              "config-wce=on"],
+                                 want_features=BLK_F_CONFIG_WCE)
+        self.assertEqual(driver.config_read(BLK_WCE_OFFSET, 1), 0)
+        driver.config_write(BLK_WCE_OFFSET, 1, 1)
+        self.backend.wait_request(Request.SET_CONFIG,
+                                  timeout=self.scaled(10))
+        written = self.backend.trace.payloads(Request.SET_CONFIG)[-1]
+        self.assertEqual((written.offset, written.size, written.data),
+                         (BLK_WCE_OFFSET, 1, b"\x01"))
+        self.assertEqual(self.backend.state.config[BLK_WCE_OFFSET], 1)
+        self.assertEqual(driver.config_read(BLK_WCE_OFFSET, 1), 1)
 
     def test_gpio_backend_without_config(self):
         """A vhost-user-gpio back-end that does not offer CONFIG: QEMU may
