@@ -18,7 +18,7 @@ from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.scenarios import migration
 from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import Request
+from avocado_vhost.vhost_user import ProtocolFeature, Request
 
 PINGS = 50
 FRAMES = 200
@@ -111,14 +111,29 @@ class Guest(GuestTest):
         conformance rules judge every message; traffic resumes."""
         guest = self.traffic(self.options())
         stops = guest.backend.trace.payloads(Request.GET_VRING_BASE)
+        resets = self.resets(guest)
         guest.run("rmmod virtio_net && insmod /lib/modules/virtio_net.ko")
         guest.link_up(self.scaled(30))
         self.assertGreater(
             len(guest.backend.trace.payloads(Request.GET_VRING_BASE)),
             len(stops), guest.explain("the rings were never stopped"))
+        self.assert_reset_reached_the_back_end(guest, resets)
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reload"))
+
+    def resets(self, guest):
+        return len(guest.backend.trace.select("rx", Request.RESET_DEVICE))
+
+    def assert_reset_reached_the_back_end(self, guest, before):
+        """With RESET_DEVICE offered, QEMU 9.1+ passes the driver's virtio
+        reset on (2688e8df60, "virtio: Always reset vhost devices")."""
+        if (guest.backend.state.protocol_negotiated(
+                ProtocolFeature.RESET_DEVICE)
+                and self.caps.version_tuple >= (9, 1, 0)):
+            self.assertGreater(self.resets(guest), before, guest.explain(
+                "the guest reset the device; the back-end got no "
+                "RESET_DEVICE"))
 
     def test_backend_reconnect(self):
         """The back-end drops the connection while the guest runs: QEMU
@@ -151,9 +166,11 @@ class Guest(GuestTest):
         """The guest reboots (``reboot -f``): the device is reset, the
         kernel boots again, and traffic resumes."""
         guest = self.traffic(self.options())
+        resets = self.resets(guest)
         mark = guest.console.position
         guest.console.write("reboot -f\n")
         guest.wait_ready(self.scaled(90), since=mark)
+        self.assert_reset_reached_the_back_end(guest, resets)
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
                          guest.explain("no traffic after the reboot"))
