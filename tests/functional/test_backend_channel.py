@@ -9,16 +9,21 @@ device configuration space has changed"; QEMU fetches the new space with
 GET_CONFIG and tells the guest (the configuration-change interrupt).  Here
 a vhost-user-blk back-end grows its disk, as a storage daemon does on a
 resize, and the guest (the test, over qtest) must see the interrupt and
-the new capacity.  Host notifiers, the other request QEMU maps, are tested
-with hot-unplug (``test_hotplug.py``).
+the new capacity.  A host notifier (VRING_HOST_NOTIFIER_MSG) hands QEMU a
+page of the back-end's memory to map as a ring's doorbell: the guest's
+kicks are then writes into the back-end's page (how a vDPA-like back-end
+takes them without an eventfd); its removal is tested with hot-unplug too
+(``test_hotplug.py``).
 """
 
+import mmap
+import os
 import struct
 
 from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE, BLK_QUEUES,
                                    device_config)
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import ProtocolFeature, Request
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 from avocado_vhost.vhost_user.message import BackendRequest, Empty
 
 #: ISR status bit of a configuration change (virtio 4.1.4.5)
@@ -35,9 +40,9 @@ class BackendChannel(VhostUserTest):
         super().setUp()
         self.require_protocol(ProtocolFeature.BACKEND_REQ,
                               "the test is about the back-end channel")
-        self.require_device("vhost-user-blk-pci")
 
     def start_blk(self):
+        self.require_device("vhost-user-blk-pci")
         backend = self.make_backend("backend", device_config("blk"))
         vm = self.make_vm("vm", backend.listener_path,
                           device="vhost-user-blk-pci",
@@ -94,6 +99,41 @@ class BackendChannel(VhostUserTest):
         self.assertEqual(seen, geometry, "the configuration change reached "
                          "the guest without its geometry: only the "
                          "capacity was taken")
+
+    def test_a_host_notifier_takes_the_guest_kicks(self):
+        """VRING_HOST_NOTIFIER_MSG for ring 1 (``page-per-vq=on``): QEMU
+        maps the back-end's page as the ring's doorbell, and the guest's
+        kick -- the ring's index written to its notify address -- lands in
+        that page; after the notifier is removed (no fd), the page sees
+        kicks no more."""
+        config = BackendConfig()
+        config.protocol_features |= int(ProtocolFeature.HOST_NOTIFIER)
+        backend = self.make_backend("backend", config)
+        vm = self.make_vm("vm", backend.listener_path,
+                          device_opts=["page-per-vq=on"])
+        self.start_vm(vm, backend, rings=2)
+        doorbell = os.memfd_create("doorbell")
+        self.cleanup(os.close, doorbell)
+        os.ftruncate(doorbell, mmap.PAGESIZE)
+        page = mmap.mmap(doorbell, mmap.PAGESIZE)
+        self.cleanup(page.close)
+        kick = vm.device.queues[1].notify_addr
+
+        vm.qtest.write(kick, 2, 1)
+        self.assertEqual(page[0:2], b"\0\0", "a kick reached the page "
+                         "before it was mapped (the check below could not "
+                         "fail)")
+        self.assertEqual(backend.host_notifier(1, doorbell), 0,
+                         "QEMU refused to map the host notifier")
+        vm.qtest.write(kick, 2, 1)
+        self.assertEqual(page[0:2], b"\1\0", "the guest's kick of ring 1 "
+                         "did not land in the back-end's doorbell page")
+        self.assertEqual(backend.host_notifier(1, None), 0,
+                         "QEMU refused to remove the host notifier")
+        page[0:2] = b"\0\0"
+        vm.qtest.write(kick, 2, 1)
+        self.assertEqual(page[0:2], b"\0\0", "a kick landed in the page "
+                         "after the notifier was removed")
 
 
 if __name__ == "__main__":
