@@ -57,7 +57,7 @@ from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
 from .watchdog import start_watchdog
 from .vhost_user import (BackendConfig, BackendFailure, Fault,
                          ProtocolFeature, VhostUserBackend)
-from .vhost_user.offers import DEFAULT_OFFER, OFFERS, names
+from .vhost_user.offers import DEFAULT_OFFER, OFFERS, ORDINARY, names
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
 from .vhost_user.records import Problem
@@ -307,7 +307,7 @@ class Harness(_Base):
             self.cancel(f"QEMU {self.caps.version} is older than "
                         f"{'.'.join(map(str, version))}: {why}")
 
-    def require_protocol(self, wanted: ProtocolFeature, why: str) -> None:
+    def require_protocol(self, wanted: int, why: str) -> None:
         """Cancel when the run's offer (``-p offer=``) takes away a protocol
         feature of ``wanted``; ``why`` says what the test needs it for."""
         lacking = self.offer.lacks(wanted)
@@ -328,7 +328,8 @@ class Harness(_Base):
         tear-down.  What it offers is ``config`` (default: virtio-net's)
         as the run's offer (``-p offer=``) changes it; CANCEL when the
         offer lacks what ``config`` cannot work without (MQ for several
-        queue pairs, CONFIG for a config space).
+        queue pairs, CONFIG for a config space, a protocol feature the
+        test added on purpose).
         """
         config = config or BackendConfig()
         if config.queue_num > 1:
@@ -337,6 +338,8 @@ class Harness(_Base):
         if config.config:
             self.require_protocol(ProtocolFeature.CONFIG, "the device's "
                                   "configuration comes from the back-end")
+        self.require_protocol(config.protocol_features & ~ORDINARY,
+                              "the test's back-end offers it on purpose")
         config = self.offer.apply(config)
         backend = VhostUserBackend(name, config, device)
         if listen:

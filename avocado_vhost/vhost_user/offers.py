@@ -42,13 +42,20 @@ from typing import Dict
 from .config import BackendConfig
 from .message import ProtocolFeature
 
-__all__ = ["Offer", "OFFERS", "DEFAULT_OFFER", "MODERN_EXTRAS", "names"]
+__all__ = ["Offer", "OFFERS", "DEFAULT_OFFER", "MODERN_EXTRAS", "ORDINARY",
+           "names"]
 
 #: what a current back-end offers beyond the device's own protocol features
 MODERN_EXTRAS = (ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.STATUS
                  | ProtocolFeature.RESET_DEVICE | ProtocolFeature.BACKEND_REQ)
 
 _ALL = ProtocolFeature(sum(ProtocolFeature))
+
+#: what the offers are about; a protocol feature outside these in a
+#: back-end's configuration was asked for by the test, on purpose
+ORDINARY = (ProtocolFeature.LOG_SHMFD | ProtocolFeature.MQ
+            | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
+            | MODERN_EXTRAS)
 
 
 def names(features: int) -> str:
@@ -83,9 +90,15 @@ class Offer:
         protocol = int((config.protocol_features | adds) & ~self.removes)
         return dataclasses.replace(config, protocol_features=protocol)
 
-    def lacks(self, wanted: ProtocolFeature) -> ProtocolFeature:
+    def lacks(self, wanted: int) -> ProtocolFeature:
         """The features of ``wanted`` this offer takes away."""
-        return wanted & self.removes
+        return ProtocolFeature(wanted & self.removes)
+
+    def lacks_on_purpose(self, config: BackendConfig) -> ProtocolFeature:
+        """The protocol features ``config`` asks for on purpose (beyond
+        :data:`ORDINARY`) that this offer takes away: a test that offers
+        NET_MTU to test NET_SET_MTU cannot run on an offer without it."""
+        return self.lacks(config.protocol_features & ~ORDINARY)
 
 
 OFFERS: Dict[str, Offer] = {o.name: o for o in (

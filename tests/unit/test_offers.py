@@ -1,0 +1,54 @@
+"""The offers of the capability matrix change a back-end's configuration
+as their names say, and say what a test's back-end cannot have."""
+
+import unittest
+
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
+from avocado_vhost.vhost_user.offers import MODERN_EXTRAS, OFFERS, names
+
+P = ProtocolFeature
+
+
+class Offers(unittest.TestCase):
+
+    def offered(self, offer, config=None):
+        return OFFERS[offer].apply(config or BackendConfig()).protocol_features
+
+    def test_modern_adds_what_a_current_back_end_offers(self):
+        got = self.offered("modern")
+        self.assertEqual(got & MODERN_EXTRAS, MODERN_EXTRAS)
+        self.assertTrue(got & P.REPLY_ACK and got & P.MQ)
+        self.assertFalse(got & P.CONFIG, "CONFIG without a config space")
+        self.assertTrue(self.offered("modern", BackendConfig(config=b"x"))
+                        & P.CONFIG)
+
+    def test_each_other_offer_takes_away_its_feature(self):
+        self.assertEqual(self.offered("legacy"), 0)
+        self.assertFalse(self.offered("no-reply-ack") & P.REPLY_ACK)
+        self.assertFalse(self.offered("no-mq") & P.MQ)
+        for offer in ("no-reply-ack", "no-mq"):
+            self.assertEqual(self.offered(offer) & MODERN_EXTRAS,
+                             MODERN_EXTRAS, offer)
+
+    def test_the_configuration_given_is_not_changed(self):
+        config = BackendConfig()
+        before = config.protocol_features
+        OFFERS["legacy"].apply(config)
+        self.assertEqual(config.protocol_features, before)
+
+    def test_a_feature_asked_for_on_purpose(self):
+        config = BackendConfig()
+        config.protocol_features |= int(P.NET_MTU)
+        self.assertEqual(OFFERS["legacy"].lacks_on_purpose(config), P.NET_MTU)
+        self.assertEqual(OFFERS["no-mq"].lacks_on_purpose(config), P(0))
+        # the ordinary features are the offers' business, not the test's
+        self.assertEqual(OFFERS["legacy"].lacks_on_purpose(BackendConfig()),
+                         P(0))
+
+    def test_names(self):
+        self.assertEqual(names(int(P.MQ | P.REPLY_ACK)), "MQ|REPLY_ACK")
+        self.assertEqual(names(0), "none")
+
+
+if __name__ == "__main__":
+    unittest.main()
