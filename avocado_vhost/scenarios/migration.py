@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..handoff import RingHandoffMonitor
 from ..phases import phase
@@ -83,8 +83,11 @@ def start_pair(test: "Harness", rings: int = 2,
 
 
 def migrate(test: "Harness", src: VhostVM, dst: VhostVM, uri: str,
-            hold: Optional[VhostUserBackend] = None) -> Optional[Fault]:
-    """Start migrating ``src`` to ``dst`` (migration events on for both).
+            hold: Optional[VhostUserBackend] = None,
+            capabilities: Sequence[str] = ()) -> Optional[Fault]:
+    """Start migrating ``src`` to ``dst`` (migration events on for both,
+    and the migration ``capabilities`` named, such as ``return-path``: the
+    destination tells the source whether it loaded the state).
 
     :param hold: a back-end that holds its answer to the first
         GET_VRING_BASE; the returned fault's ``reached`` is set when QEMU
@@ -100,7 +103,8 @@ def migrate(test: "Harness", src: VhostVM, dst: VhostVM, uri: str,
         test.cleanup(fault.release.set)
     for vm in (src, dst):
         vm.qmp("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True}])
+            {"capability": name, "state": True}
+            for name in ("events", *capabilities)])
     src.qmp("migrate", uri=uri)
     return fault
 

@@ -9,6 +9,7 @@ thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from ..virtio.features import VirtioFeature
 from .message import ProtocolFeature
@@ -56,6 +57,11 @@ class BackendConfig:
         (logging on, a ring running): a back-end whose data path writes
         the log from other threads, as DPDK's does, may then write an
         unmapped log and crash.  Off, a replaced log is just replaced.
+    :param device_state: the back-end's internal state, which a source
+        back-end saves into the migration (DEVICE_STATE); the destination
+        records what it loads in its state's ``loaded_device_state``.
+    :param device_state_wire: a fault: what a source writes to the pipe
+        instead of its framed state (garbage, a truncated frame).
     :param judge: this back-end only judges a conversation another
         back-end answers (the proxy's judge): what it refuses or cannot
         answer is recorded and never ends the connection, so that every
@@ -71,6 +77,8 @@ class BackendConfig:
     message_timeout: float = 5.0
     unmap_replaced_log: bool = False
     judge: bool = False
+    device_state: bytes = b""
+    device_state_wire: Optional[Callable[[bytes], bytes]] = None
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED

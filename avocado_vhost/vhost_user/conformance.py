@@ -313,6 +313,18 @@ def no_ring_state_after_reset(req: Request, payload: Payload,
     return None
 
 
+def device_state_of_a_stopped_device(req: Request, payload: Payload,
+                                     header: Header,
+                                     state: DeviceState) -> Optional[str]:
+    """The only migration phase is "stopped": "both the source and
+    destination devices are suspended" while the state moves."""
+    running = state.started_rings()
+    if running:
+        return (f"SET_DEVICE_STATE_FD while ring(s) {running} run: the state "
+                "moves only while the device is stopped")
+    return None
+
+
 #: Every rule, with the requests it concerns (it is only run for those).
 RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     protocol_features_offered: frozenset({
@@ -338,6 +350,8 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
                                Request.POSTCOPY_END}),
     status_only_grows: frozenset({Request.SET_STATUS}),
     no_ring_state_after_reset: frozenset({Request.GET_VRING_BASE}),
+    device_state_of_a_stopped_device: frozenset({
+        Request.SET_DEVICE_STATE_FD}),
 }
 RULES: List[Rule] = list(RULE_SCOPE) + [need_reply_needs_ack]
 

@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..virtio.features import VirtioFeature
 from .channel import BackendChannel
+from .devstate import (INVALID_FD, LOAD, PHASE_STOPPED, SAVE,
+                       StateTransfer, frame, unframe)
 from .connection import close_fds
 from .error import MalformedMessage, ProtocolError
 from .memory import DirtyLog
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
-                      Empty, IotlbMsg, LogDescription, MemoryTable, Payload,
+                      DeviceStateParams, Empty, IotlbMsg, LogDescription, MemoryTable, Payload,
                       ProtocolFeature, Request, SingleRegion, U64, VringAddr,
                       VringState, InflightDescription)
 from .records import DisconnectCause, RingEvent
@@ -419,6 +421,56 @@ class RequestHandlers:
         raise Refused("inflight I/O tracking is not implemented")
 
 
+    # --- back-end state migration (DEVICE_STATE) --------------------------
+    def set_device_state_fd(self, payload: DeviceStateParams,
+                            fds: Fds) -> U64:
+        """Start the transfer on a thread of its own and answer at once:
+        QEMU reads or writes the pipe only after this answer."""
+        _require_kind(fds, "fifo", "device state fd")
+        if payload.phase != PHASE_STOPPED:
+            close_fds(fds)
+            raise MalformedMessage(f"migration phase {payload.phase}: the "
+                                   "spec knows only 0 (stopped)")
+        if payload.direction not in (SAVE, LOAD):
+            close_fds(fds)
+            raise MalformedMessage(f"transfer direction {payload.direction}"
+                                   ": the spec knows 0 (save) and 1 (load)")
+        config = self.host.config
+        if self.state.transfer is not None:
+            self.state.transfer.close()
+        data = frame(config.device_state)
+        if config.device_state_wire is not None:
+            data = config.device_state_wire(data)
+        self.state.transfer = StateTransfer(
+            fds[0], payload.direction, data,
+            limit=config.max_mapped, timeout=config.message_timeout).start()
+        return U64(INVALID_FD)  # success, no fd of our own
+
+    def check_device_state(self, payload: Empty, fds: Fds) -> U64:
+        """Whether the transfer succeeded; a loaded state must be one whole,
+        intact frame (a garbled or truncated state is refused, as a real
+        back-end's deserializer refuses it)."""
+        transfer = self.state.transfer
+        if transfer is None:
+            self.host.record_error("CHECK_DEVICE_STATE without a transfer "
+                                   "(no SET_DEVICE_STATE_FD)")
+            return U64(1)
+        self.state.transfer = None
+        why = transfer.finish(self.host.config.message_timeout)
+        transfer.close()
+        if why is None and transfer.direction == LOAD:
+            try:
+                self.state.loaded_device_state = unframe(
+                    transfer.received)
+            except ValueError as exc:
+                why = f"the state loaded is not valid: {exc}"
+        if why is not None:
+            what = "save" if transfer.direction == SAVE else "load"
+            self.host.record_error(f"device state {what} failed: {why}")
+            return U64(1)
+        return U64(0)
+
+
 def _replace_fd(old: Optional[int], new: Optional[int]) -> Optional[int]:
     """Close ``old`` (if any) and return ``new``: a request that hands over
     a second fd for the same purpose must not leak the first."""
@@ -444,6 +496,8 @@ _KINDS = {
     "socket": ("a socket", lambda fd: stat.S_ISSOCK(os.fstat(fd).st_mode)),
     # memfds, hugetlbfs and tmpfs files, plain files: all regular files
     "file": ("a regular file", lambda fd: stat.S_ISREG(os.fstat(fd).st_mode)),
+    # a pipe, or a FIFO: what SET_DEVICE_STATE_FD's "behave like a pipe" means
+    "fifo": ("a pipe", lambda fd: stat.S_ISFIFO(os.fstat(fd).st_mode)),
 }
 
 

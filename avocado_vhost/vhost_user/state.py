@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     from .channel import BackendChannel
+    from .devstate import StateTransfer
 
     class Cursor(Protocol):
         """A running ring, as the ring state sees it."""
@@ -114,6 +115,10 @@ class DeviceState:
     backend_channel: Optional["BackendChannel"] = None
     iotlb: List[object] = field(default_factory=list)
     postcopy: str = "none"  # none -> advised -> listening -> ended
+    #: the device-state transfer under way (SET_DEVICE_STATE_FD)
+    transfer: Optional["StateTransfer"] = None
+    #: the state a destination loaded and found whole (CHECK_DEVICE_STATE)
+    loaded_device_state: Optional[bytes] = None
     mtu: Optional[int] = None
     rarp: List[int] = field(default_factory=list)
 
@@ -163,3 +168,6 @@ class DeviceState:
         if self.backend_channel is not None:
             self.backend_channel.close()
             self.backend_channel = None
+        if self.transfer is not None:
+            self.transfer.close()
+            self.transfer = None
