@@ -426,15 +426,25 @@ class RequestHandlers:
                             fds: Fds) -> U64:
         """Start the transfer on a thread of its own and answer at once:
         QEMU reads or writes the pipe only after this answer."""
-        _require_kind(fds, "fifo", "device state fd")
-        if payload.phase != PHASE_STOPPED:
-            close_fds(fds)
-            raise MalformedMessage(f"migration phase {payload.phase}: the "
-                                   "spec knows only 0 (stopped)")
-        if payload.direction not in (SAVE, LOAD):
-            close_fds(fds)
-            raise MalformedMessage(f"transfer direction {payload.direction}"
-                                   ": the spec knows 0 (save) and 1 (load)")
+        # The reply says failure itself (bits 0-7): a bad request is
+        # answered, not a reason to close the connection.
+        why = None
+        try:
+            _require_kind(fds, "fifo", "device state fd")  # closes if not
+        except ProtocolError as exc:
+            why = str(exc)
+        else:
+            if payload.phase != PHASE_STOPPED:
+                why = (f"migration phase {payload.phase}: the spec knows "
+                       "only 0 (stopped)")
+            elif payload.direction not in (SAVE, LOAD):
+                why = (f"transfer direction {payload.direction}: the spec "
+                       "knows 0 (save) and 1 (load)")
+            if why is not None:
+                close_fds(fds)
+        if why is not None:
+            self.host.record_error(f"SET_DEVICE_STATE_FD: {why}")
+            return U64(INVALID_FD | 1)
         config = self.host.config
         if self.state.transfer is not None:
             self.state.transfer.close()

@@ -886,7 +886,6 @@ class Refusals(BackendTestCase):
         Request.POSTCOPY_LISTEN: None,
         Request.POSTCOPY_END: None,
         Request.GET_SHARED_OBJECT: None,
-        Request.CHECK_DEVICE_STATE: None,
     }
 
     def test_nack_with_reply_ack(self):
@@ -907,16 +906,21 @@ class Refusals(BackendTestCase):
                 self.assertIs(self.backend.refused[-1].request, request)
         self.backend.violations.clear()  # their features are not negotiated
 
-    def test_device_state_fd_refused(self):
+    def test_device_state_fd_must_be_a_pipe(self):
+        """SET_DEVICE_STATE_FD's fd "must behave like a pipe": a memfd is
+        an error, answered as a failure; CHECK_DEVICE_STATE without a
+        transfer is a failure too."""
         from avocado_vhost.vhost_user.message import DeviceStateParams
         self.negotiate()
-        a, b = os.pipe()
-        self.fe.send(Request.SET_DEVICE_STATE_FD, DeviceStateParams(0, 0),
-                     fds=[a])
-        os.close(a)
-        os.close(b)
-        # It has a reply body: without REPLY_ACK-style nack semantics for
-        # it, the back-end closes the connection.
-        self.assertTrue(self.fe.closed_by_peer())
-        self.assertIn("SET_DEVICE_STATE_FD", self.backend.refused[-1].text)
+        fd = memfd(4096)
+        _, _, reply = self.fe.call(Request.SET_DEVICE_STATE_FD,
+                                   DeviceStateParams(0, 0), fds=[fd])
+        os.close(fd)
+        self.assertNotEqual(U64.unpack(reply).value & 0xFF, 0)
+        _, _, reply = self.fe.call(Request.CHECK_DEVICE_STATE)
+        self.assertNotEqual(U64.unpack(reply).value, 0)
+        errors = " ".join(e.text for e in self.backend.errors)
+        self.assertIn("not a pipe", errors)
+        self.assertIn("without a transfer", errors)
+        self.backend.errors.clear()
         self.backend.violations.clear()
