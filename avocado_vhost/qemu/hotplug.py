@@ -14,11 +14,12 @@ through a root port) are not driven here.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from qemu.qmp import ExecuteError
 
 from .platform import Platform
+from .qtest import QtestLink
 from .vm import TRANSITIONAL, VhostVM
 
 __all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "ACPI_MEMHP_BASE", "unplug",
@@ -55,13 +56,22 @@ def unplug(vm: VhostVM, device_id: str, slot: int, timeout: float) -> None:
 
     :raise HotplugError: QEMU did not delete the device within ``timeout``.
     """
+    def eject(qtest: QtestLink) -> None:
+        qtest.outl(ACPI_PCIHP_EJECT, 1 << slot)
+    _delete(vm, device_id, eject, timeout)
+
+
+def _delete(vm: VhostVM, device_id: str, eject: Callable[[QtestLink], None],
+            timeout: float) -> None:
+    """``device_del``, then ``eject`` as the guest's ACPI code would, then
+    wait for ``DEVICE_DELETED``."""
     why = can_unplug(vm.spec.platform)
     if why is not None:
         raise HotplugError(why)
     if vm.qtest is None:
         raise HotplugError("hot-unplug needs the test's qtest link")
     vm.qmp("device_del", id=device_id)
-    vm.qtest.outl(ACPI_PCIHP_EJECT, 1 << slot)
+    eject(vm.qtest)
     event = vm.events_or_exit([("DEVICE_DELETED",
                                 {"data": {"device": device_id}})],
                               timeout, f"DEVICE_DELETED of {device_id}")
@@ -122,19 +132,10 @@ def unplug_dimm(vm: VhostVM, dimm_id: str, timeout: float) -> None:
 
     :raise HotplugError: not on this machine, or QEMU did not delete it.
     """
-    why = can_unplug(vm.spec.platform)
-    if why is not None:
-        raise HotplugError(why)
-    if vm.qtest is None:
-        raise HotplugError("hot-unplug needs the test's qtest link")
-    slot = vm.qmp("qom-get", path=dimm_id, property="slot")
-    vm.qmp("device_del", id=dimm_id)
-    vm.qtest.outl(ACPI_MEMHP_BASE, int(str(slot)))
-    vm.qtest.outb(ACPI_MEMHP_BASE + 0x14, _MEMHP_EJECT)
-    event = vm.events_or_exit([("DEVICE_DELETED",
-                                {"data": {"device": dimm_id}})],
-                              timeout, f"DEVICE_DELETED of {dimm_id}")
-    if event is None:
-        raise HotplugError(f"QEMU exited ({vm.exitcode}) while {dimm_id} "
-                           "was being unplugged")
+    slot = int(str(vm.qmp("qom-get", path=dimm_id, property="slot")))
+
+    def eject(qtest: QtestLink) -> None:
+        qtest.outl(ACPI_MEMHP_BASE, slot)
+        qtest.outb(ACPI_MEMHP_BASE + 0x14, _MEMHP_EJECT)
+    _delete(vm, dimm_id, eject, timeout)
     vm.qmp("object-del", id=f"{dimm_id}-mem")
