@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Sequence, Tuple)
 
-from . import known_defects, params
+from . import allowlist, known_defects, params
 from .chart import write_chart
 from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
 from .guest import assets as guest_assets
@@ -614,6 +614,36 @@ class Harness(_Base):
                 backend.check(allow_violations=backend.name
                               in self._violations_expected,
                               known=self._known_in_passing)
+
+    def check_proxy(self, proxy: Proxy) -> List[str]:
+        """The proxy's verdict, asserted: fail on a problem of the proxy
+        itself, and on any violation of either side that is neither a known
+        defect of the QEMU under test (reported as found) nor listed in
+        ``-p backend_allow=`` (logged with its reason).
+
+        :return: the violations accepted, with why.
+        """
+        self.assertEqual(proxy.errors, [], proxy.trace.tail(20))
+        path = self.param("backend_allow")
+        try:
+            entries = allowlist.load(path) if path else []
+        except allowlist.AllowListError as exc:
+            self.error(str(exc))
+        accepted, broken = [], []
+        for violation in proxy.violations:
+            entry = allowlist.allowed(violation.text, entries)
+            if entry is not None:
+                accepted.append(f"{violation} (allowed: {entry.why})")
+            elif self._known_in_passing(violation):
+                accepted.append(f"{violation} (a known QEMU defect)")
+            else:
+                broken.append(str(violation))
+        for line in accepted:
+            self.log.warning("accepted deviation: %s", line)
+        self.assertEqual(broken, [], "rules broken through the proxy (list "
+                         "a known deviation of the back-end with -p "
+                         "backend_allow=FILE, with why)")
+        return accepted
 
     def _known_in_passing(self, violation: Problem) -> bool:
         """Whether ``violation`` is a known defect of the QEMU under test

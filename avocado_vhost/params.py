@@ -78,6 +78,10 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "an external back-end to put under test (tag external): a "
           "command with {socket} (where it must listen), {queues} and "
           "{name} (unique per instance) filled in"),
+    Param("backend_allow", "AVOCADO_VHOST_BACKEND_ALLOW", None,
+          "a file of the external back-end's known deviations, one "
+          "'side | text | why' per line; any other violation fails the "
+          "scenario (avocado_vhost.allowlist)"),
     Param("offer", "AVOCADO_VHOST_OFFER", DEFAULT_OFFER,
           "what the suite's back-ends offer (the capability matrix): "
           + "; ".join(f"{o.name}: {o.summary}" for o in OFFERS.values()),
