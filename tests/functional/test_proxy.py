@@ -53,6 +53,10 @@ class Proxy(VhostUserTest):
                          self.scaled(10))
         self.assertIn("back-end: reply to message 1 GET_FEATURES names "
                       "request GET_PROTOCOL_FEATURES", proxy.violations[0].text)
+        # ... and the verdict the external scenarios assert fails on it
+        with self.assertRaises(AssertionError) as ctx:
+            self.check_proxy(proxy)
+        self.assertIn("rules broken through the proxy", str(ctx.exception))
 
     def test_dpdk_vhost_pmd_behind_the_proxy(self):
         """An external back-end nobody here wrote, DPDK's vhost PMD, behind
