@@ -135,14 +135,17 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
     QemuDefect(
         "abort-on-log-start", "c1997099dc",
         "vhost: Do not abort on log-start error", (10, 1, 0),
-        r"(refused to start logging|died as logging started).*source QEMU "
+        r"(refused to start logging|as logging started).*source QEMU "
         r"killed by signal 6",
         ("test_migrate_faults.py:MigrateFaults."
          "test_refused_logging_fails_the_migration",
          "test_migrate_faults.py:MigrateFaults."
-         "test_backend_gone_at_log_start_fails_the_migration"),
-        "a back-end that fails or dies when logging starts makes QEMU "
-        "abort() instead of failing the migration",
+         "test_backend_gone_at_log_start_fails_the_migration",
+         "test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_migration_message_ends_cleanly"),
+        "a back-end that fails or dies when logging starts (SET_LOG_BASE, "
+        "SET_FEATURES with LOG_ALL, SET_VRING_ADDR with the log flag) "
+        "makes QEMU abort() instead of failing the migration",
         backported_to=((10, 0, 13),)),
     QemuDefect(
         "migration-ignores-backend-crash", "bc85aae420",
@@ -150,7 +153,9 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         (10, 1, 0),
         r"died while QEMU stopped the rings.*migration completed",
         ("test_migrate_faults.py:MigrateFaults."
-         "test_backend_gone_while_rings_stop_fails_the_migration",),
+         "test_backend_gone_while_rings_stop_fails_the_migration",
+         "test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_migration_message_ends_cleanly"),
         "a back-end that crashes while QEMU stops the rings: the migration "
         "is reported as successful and the destination resumes from ring "
         "positions nobody reported"),
@@ -219,6 +224,32 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "does not fall back on the GET_FEATURES barrier that "
         "vhost_user_write_sync uses for such back-ends -- and the guest's "
         "interrupt is still lost on unmask"),
+    QemuDefect(
+        "log-base-failure-ignored", "162bba7fa8",
+        "vhost: do not assert() on vhost_ops failure", OPEN,
+        r"as logging started \(SET_LOG_BASE\): migration completed",
+        ("test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_migration_message_ends_cleanly",),
+        "a back-end that does not accept the dirty log (its answer to "
+        "SET_LOG_BASE is not SET_LOG_BASE's) does not stop the migration: "
+        "vhost_dev_log_resize only logs 'vhost_set_log_base failed' and "
+        "QEMU migrates as though the back-end marked the pages it writes -- "
+        "pages it dirties may reach the destination stale",
+        introduced_in=(2, 7, 0)),
+    QemuDefect(
+        "net-vring-base-failure-ignored", "bc85aae420",
+        "vhost-user: return failure if backend crash when live migration",
+        OPEN,
+        r"(died|answered another request) while QEMU stopped the rings: "
+        r"migration completed",
+        ("test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_migration_message_ends_cleanly",),
+        "the fix that fails a migration whose back-end cannot report the "
+        "ring positions (bc85aae420, 10.1) does not reach virtio-net: "
+        "vhost_net_stop_one ignores vhost_dev_stop's result, so a back-end "
+        "that answers GET_VRING_BASE wrongly (or dies there, without "
+        "DEVICE_STATE) lets the migration complete, and the destination "
+        "resumes from the used index instead of the back-end's position"),
     QemuDefect(
         "net-start-without-protocol-features", "bfc6cf31ce",
         "vhost-net: save & restore vring enable state", OPEN,

@@ -65,17 +65,21 @@ def need_log_fd(test: "Harness") -> None:
 
 def start_pair(test: "Harness", rings: int = 2,
                config: Optional[BackendConfig] = None, features: int = 0,
-               driver_queues: Optional[int] = None,
+               driver_queues: Optional[int] = None, prefix: str = "",
                **spec: Any) -> MigrationPair:
     """The source launched with ``rings`` rings started (the test's driver
     asks for ``features`` and sets up ``driver_queues`` queues, default
     ``rings``); the destination launched with ``-incoming``; both
-    back-ends offer ``config``."""
-    src_be = test.make_backend("src", copy.deepcopy(config))
-    dst_be = test.make_backend("dst", copy.deepcopy(config))
-    src = test.make_vm("src", src_be.listener_path, **spec)
-    uri = "unix:" + test.socket_path("migration")
-    dst = test.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
+    back-ends offer ``config``.  VMs and back-ends are named
+    ``<prefix>src`` and ``<prefix>dst`` (a prefix per pair, for a test
+    that migrates several)."""
+    need_log_fd(test)
+    src_be = test.make_backend(f"{prefix}src", copy.deepcopy(config))
+    dst_be = test.make_backend(f"{prefix}dst", copy.deepcopy(config))
+    src = test.make_vm(f"{prefix}src", src_be.listener_path, **spec)
+    uri = "unix:" + test.socket_path(f"{prefix}migration")
+    dst = test.make_vm(f"{prefix}dst", dst_be.listener_path, incoming=uri,
+                       **spec)
     test.start_vm(src, src_be, rings=rings, features=features,
                   queues=rings if driver_queues is None else driver_queues)
     dst.launch()
