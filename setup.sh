@@ -118,6 +118,23 @@ PY
 # kernel after a security update) and makes them again only then.  When
 # they cannot be made the reason is printed and recorded, and the guest
 # tests CANCEL with it: the rest of the suite still runs.
+# Huge pages for membackend=hugetlbfs (test_read_guest_mem.py): a mount and
+# enough free 2 MiB pages for one 256 MiB guest and some slack.  Root only,
+# and only what is missing; elsewhere those tests CANCEL with the reason.
+huge_pages=160
+if [ "$(id -u)" -eq 0 ]; then
+    if ! grep -q ' hugetlbfs ' /proc/mounts; then
+        mkdir -p /dev/hugepages && mount -t hugetlbfs none /dev/hugepages \
+            || say "could not mount hugetlbfs: the hugetlbfs tests will CANCEL"
+    fi
+    free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+    total=$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)
+    if [ "${free:-0}" -lt "$huge_pages" ]; then
+        echo $(( total + huge_pages - free )) > /proc/sys/vm/nr_hugepages \
+            || say "could not reserve huge pages: the hugetlbfs tests will CANCEL"
+    fi
+fi
+
 "$venv/bin/python" -m avocado_vhost.guest.assets \
     || say "error: the guest assets could not be made (above); the guest tests will CANCEL"
 

@@ -48,7 +48,7 @@ from .guest.run import GuestFailure, GuestRun
 from .qemu.platform import Platform, platform_for
 from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
-                      hugetlbfs_mounted)
+                      huge_pages_free, hugetlbfs_mounted, hugetlbfs_mounts)
 from .phases import CLOCK, phase
 from .qemu.launcher import call_in_launcher, die_with_parent
 from .qemu.watch import FolderWatch
@@ -290,11 +290,21 @@ class Harness(_Base):
         if backend == "hugetlbfs":
             path = self.param("hugetlbfs_path")
             if not path:
-                self.cancel("membackend=hugetlbfs needs -p hugetlbfs_path= "
-                            "(or QTEST_HUGETLBFS_PATH) naming a hugetlbfs "
-                            "mount")
+                mounts = hugetlbfs_mounts()
+                if not mounts:
+                    self.cancel("membackend=hugetlbfs: no hugetlbfs mount "
+                                "here (./setup.sh run as root mounts one "
+                                "and reserves huge pages), and no -p "
+                                "hugetlbfs_path=")
+                path = mounts[0]
             if not os.path.isdir(path) or not hugetlbfs_mounted(path):
                 self.cancel(f"hugetlbfs_path={path} is not a hugetlbfs mount")
+            need = int(self.param("mem_mb") or 256) << 20
+            free = huge_pages_free()
+            if free < need:
+                self.cancel(f"membackend=hugetlbfs: {free >> 20} MiB of "
+                            f"free huge pages, the guest needs {need >> 20} "
+                            "MiB (./setup.sh run as root reserves them)")
             return path
         return None
 

@@ -69,7 +69,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "guest memory backend: memfd, memfile, hugetlbfs or shm",
           _one_of("memfd", "memfile", "hugetlbfs", "shm")),
     Param("hugetlbfs_path", "QTEST_HUGETLBFS_PATH", None,
-          "a hugetlbfs mount, for membackend=hugetlbfs"),
+          "a hugetlbfs mount, for membackend=hugetlbfs (default: the "
+          "first one mounted)"),
     Param("mem_mb", "AVOCADO_VHOST_MEM_MB", "256",
           "guest RAM in MiB", _positive(int)),
     Param("testpmd", "AVOCADO_VHOST_TESTPMD", None,

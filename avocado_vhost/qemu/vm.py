@@ -87,6 +87,25 @@ def hugetlbfs_mounted(path: str) -> bool:
     return fstype == "hugetlbfs"
 
 
+def hugetlbfs_mounts() -> List[str]:
+    """Every hugetlbfs mount point, from /proc/mounts."""
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        return [line.split()[1] for line in mounts
+                if line.split()[2:3] == ["hugetlbfs"]]
+
+
+def huge_pages_free() -> int:
+    """Bytes of free huge pages of the default size (/proc/meminfo)."""
+    info = {}
+    with open("/proc/meminfo", encoding="utf-8") as meminfo:
+        for line in meminfo:
+            key, _, value = line.partition(":")
+            info[key] = value.split()
+    free = int(info.get("HugePages_Free", ["0"])[0])
+    size_kib = int(info.get("Hugepagesize", ["0"])[0])
+    return free * size_kib * 1024
+
+
 @dataclass
 class VMSpec:
     """What one VM is; :meth:`args` turns it into a QEMU command line.

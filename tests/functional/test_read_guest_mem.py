@@ -35,7 +35,9 @@ class ReadGuestMem(VhostUserTest):
         self._read_guest_mem("memfile")
 
     def test_hugetlbfs(self):
-        """Needs ``-p hugetlbfs_path=`` naming a hugetlbfs mount.
+        """Guest RAM in huge pages: a hugetlbfs mount (``-p
+        hugetlbfs_path=``, else the first one mounted) with free huge pages
+        for the guest; ``./setup.sh`` run as root provides both.
 
         :avocado: tags=membackend:hugetlbfs
         """
