@@ -34,9 +34,10 @@ from .connection import close_fds
 from .error import MalformedMessage, ProtocolError
 from .memory import DirtyLog
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
-                      DeviceStateParams, Empty, IotlbMsg, LogDescription, MemoryTable, Payload,
-                      ProtocolFeature, Request, SingleRegion, U64, VringAddr,
-                      VringState, InflightDescription)
+                      DeviceStateParams, Empty, IotlbMsg, LogDescription,
+                      MemoryTable, Payload, ProtocolFeature, Request,
+                      SingleRegion, U64, VringAddr, VringState,
+                      InflightDescription)
 from .records import DisconnectCause, RingEvent
 from .state import DeviceState, Vring
 from .trace import Event
@@ -419,7 +420,6 @@ class RequestHandlers:
         # GET_INFLIGHT_FD is refused: there is no in-flight area to take.
         close_fds(fds)
         raise Refused("inflight I/O tracking is not implemented")
-
 
     # --- back-end state migration (DEVICE_STATE) --------------------------
     def set_device_state_fd(self, payload: DeviceStateParams,
