@@ -251,6 +251,22 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "DEVICE_STATE) lets the migration complete, and the destination "
         "resumes from the used index instead of the back-end's position"),
     QemuDefect(
+        "interrupt-at-ring-start-discarded", "vhost_virtqueue_start",
+        "/* Clear and discard previous events if any. */", OPEN,
+        r"signalled as ring 0 started, before QEMU's SET_VRING_CALL: QEMU "
+        r"discarded it",
+        ("test_interrupts.py:Interrupts."
+         "test_an_interrupt_as_the_ring_starts_reaches_the_guest",),
+        "QEMU starts a ring with SET_VRING_KICK and only then hands over "
+        "the guest's call fd (SET_VRING_CALL); what the back-end signalled "
+        "in between, on the fd it had, is thrown away (and after "
+        "RESET_DEVICE, which resets the rings, it has none).  A back-end that "
+        "uses buffers at once -- the destination of a migration resuming a "
+        "filled receive ring -- loses that interrupt, and with EVENT_IDX "
+        "the queue stalls for good (seen as a guest that stops receiving "
+        "after a migration).  libvhost-user works around it by signalling "
+        "every new call fd", introduced_in=(2, 1, 0)),
+    QemuDefect(
         "net-start-without-protocol-features", "bfc6cf31ce",
         "vhost-net: save & restore vring enable state", OPEN,
         r"could not start a back-end without protocol features",

@@ -528,6 +528,9 @@ class VhostUserBackend(BackendWaits):
     def signal(self, ring: Vring) -> None:
         """Signal ``ring``'s call eventfd without ever waiting; what was
         wrong with the fd is recorded (call with the lock held)."""
+        # Owed until a call fd takes it (see set_vring_call): a ring may
+        # run before the front-end hands over the guest's call fd.
+        ring.signalled_since_call = True
         if ring.call_fd is None:
             return
         problem = signal_eventfd(ring.call_fd)

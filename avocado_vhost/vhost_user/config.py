@@ -62,6 +62,11 @@ class BackendConfig:
         records what it loads in its state's ``loaded_device_state``.
     :param device_state_wire: a fault: what a source writes to the pipe
         instead of its framed state (garbage, a truncated frame).
+    :param resignal_on_call_switch: a ring signalled since its last call
+        fd is signalled again on the new one (SET_VRING_CALL), as
+        libvhost-user does: QEMU discards an interrupt raised between a
+        ring's SET_VRING_KICK and its SET_VRING_CALL.  Off, a test sees
+        what QEMU alone does.
     :param judge: this back-end only judges a conversation another
         back-end answers (the proxy's judge): what it refuses or cannot
         answer is recorded and never ends the connection, so that every
@@ -77,6 +82,7 @@ class BackendConfig:
     message_timeout: float = 5.0
     unmap_replaced_log: bool = False
     judge: bool = False
+    resignal_on_call_switch: bool = True
     device_state: bytes = b""
     device_state_wire: Optional[Callable[[bytes], bytes]] = None
     max_records: int = MAX_RECORDS

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
         def ring_event(self, ring: Vring, event: RingEvent) -> None: ...
 
+        def signal(self, ring: Vring) -> None: ...
+
 __all__ = ["RequestHandlers", "Refused", "CloseConnection", "Fds",
            "Handler"]
 
@@ -286,7 +288,20 @@ class RequestHandlers:
         self.ring_started(ring)
 
     def set_vring_call(self, payload: U64, fds: Fds) -> None:
-        self._ring_fd(payload, fds, "call")
+        ring = self._ring_fd(payload, fds, "call")
+        # QEMU starts a ring (SET_VRING_KICK) before it hands over the
+        # guest's call fd: an interrupt raised in between, on the fd the
+        # ring had (QEMU discards what its masked notifier got,
+        # vhost_virtqueue_start) or owed without one (after RESET_DEVICE),
+        # is lost.  Raise it again on the new fd, as libvhost-user does on
+        # every SET_VRING_CALL; a spurious interrupt costs the guest one
+        # look at the used ring.
+        again = ring.signalled_since_call and ring.call_fd is not None
+        ring.signalled_since_call = False
+        if again and self.host.config.resignal_on_call_switch:
+            self.host.trace_event(Event.CALL, f"ring {ring.index} signalled "
+                                  "again on its new call fd")
+            self.host.signal(ring)
 
     def set_vring_err(self, payload: U64, fds: Fds) -> None:
         self._ring_fd(payload, fds, "err")

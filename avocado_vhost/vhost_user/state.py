@@ -59,6 +59,9 @@ class Vring:
     kick_fd: Optional[int] = None
     call_fd: Optional[int] = None
     err_fd: Optional[int] = None
+    #: An interrupt was raised since the last SET_VRING_CALL (on the fd the
+    #: ring had then, or owed while it had none).
+    signalled_since_call: bool = False
     #: Set when SET_VRING_KICK carried the no-fd flag: the ring is polled.
     polling: bool = False
     enabled: bool = False

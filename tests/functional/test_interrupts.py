@@ -31,8 +31,8 @@ import time
 from avocado_vhost.devices import FS_OPTIONS, FS_QUEUES, device_config
 from avocado_vhost.qemu.qtest import QtestError
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import (Fault, FaultAction, ProtocolFeature,
-                                      Request,
+from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
+                                      ProtocolFeature, Request, RingEvent,
                                       WaitTimeout)
 from avocado_vhost.vhost_user.message import FLAG_NEED_REPLY
 
@@ -140,6 +140,49 @@ class Interrupts(VhostUserTest):
             self.assertEqual(device.isr_status(), 0,
                              "reading the ISR did not clear it")
 
+    def test_an_interrupt_as_the_ring_starts_reaches_the_guest(self):
+        """A ring is started by SET_VRING_KICK (spec, "Ring states"); a
+        back-end that uses buffers at once -- the destination of a
+        migration, resuming a receive ring the guest had filled -- signals
+        the call fd it has then, before QEMU sends the guest's own
+        (SET_VRING_CALL comes after the kick).  That interrupt must reach
+        the guest: with EVENT_IDX, a lost one stalls the queue for good (the
+        guest never moves used_event again).  QEMU 10.2 discards it
+        (vhost_virtqueue_start: "Clear and discard previous events").
+        The back-end's own remedy is off here: QEMU alone is judged."""
+        self.signal_as_ring_0_starts(resignal=False)
+
+    def test_a_back_end_that_signals_again_loses_no_interrupt(self):
+        """The same, with the remedy libvhost-user uses: on SET_VRING_CALL,
+        a ring signalled since its last call fd is signalled again on the
+        new one -- the guest gets its interrupt whatever QEMU discarded
+        (the suite's back-end does it by default)."""
+        self.signal_as_ring_0_starts(resignal=True)
+
+    def signal_as_ring_0_starts(self, resignal):
+        backend = self.make_backend(
+            "backend", BackendConfig(resignal_on_call_switch=resignal))
+
+        had_fd = []
+
+        def signal_at_start(be, ring, event):
+            if event is RingEvent.STARTED and ring.index == 0:
+                had_fd.append(ring.call_fd is not None)
+                be.signal(ring)  # on the call fd it has now, if any
+        backend.ring_listeners.append(signal_at_start)
+        vm = self.make_vm("vm", backend.listener_path)
+        vm.launch()
+        device = vm.drive_device(queues=RINGS, msix=False)
+        backend.wait_for(lambda: self.call_after_kick(backend, 0),
+                         "SET_VRING_CALL after ring 0's SET_VRING_KICK",
+                         timeout=self.scaled(10))
+        how = ("on the fd it had, which QEMU discards" if had_fd[0] else
+               "while it had no call fd (RESET_DEVICE reset the rings)")
+        self.wait_until(lambda: device.isr_status() & 1,
+                        "the interrupt the back-end signalled as ring 0 "
+                        "started, before QEMU's SET_VRING_CALL: QEMU "
+                        f"discarded it ({how})", bound=1.0)
+
     def test_interrupt_while_the_call_fd_changes(self):
         """vhost-user-fs (virtiofs), MSI-X: the guest masks a queue's
         vector and unmasks it.  QEMU hands the back-end a new call fd each
@@ -152,7 +195,9 @@ class Interrupts(VhostUserTest):
         mounts hung)."""
         self.require_device("vhost-user-fs-pci")
         ring = 1  # the request queue
-        backend = self.make_backend("backend", device_config("fs"))
+        config = device_config("fs")
+        config.resignal_on_call_switch = False  # QEMU alone is judged
+        backend = self.make_backend("backend", config)
         vm = self.make_vm("vm", backend.listener_path,
                           device="vhost-user-fs-pci", device_opts=FS_OPTIONS)
         vm.launch()
