@@ -114,30 +114,27 @@ def features_subset(req: Request, payload: Payload, header: Header,
     return None
 
 
-def inband_needs_channel(req: Request, payload: Payload, header: Header,
-                         state: DeviceState) -> Optional[str]:
-    """INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK is an error
-    (spec: "In-band notifications")."""
-    if req is Request.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
-        value = payload.value
-        if value & ProtocolFeature.INBAND_NOTIFICATIONS:
-            need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
-            if value & need != need:
-                return ("INBAND_NOTIFICATIONS negotiated without BACKEND_REQ "
-                        "and REPLY_ACK")
-    return None
+#: A protocol feature that may only be negotiated together with others
+#: (spec: "In-band notifications" needs BACKEND_REQ and REPLY_ACK;
+#: GET_VRING_BASE_INFLIGHT "must only be negotiated if
+#: VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is also negotiated").
+PROTOCOL_FEATURE_NEEDS: Dict[ProtocolFeature, ProtocolFeature] = {
+    ProtocolFeature.INBAND_NOTIFICATIONS:
+        ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK,
+    ProtocolFeature.GET_VRING_BASE_INFLIGHT: ProtocolFeature.INFLIGHT_SHMFD,
+}
 
 
-def inflight_base_needs_shmfd(req: Request, payload: Payload,
-                              header: Header,
-                              state: DeviceState) -> Optional[str]:
-    """GET_VRING_BASE_INFLIGHT "must only be negotiated if
-    VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is also negotiated"."""
+def protocol_feature_needs(req: Request, payload: Payload, header: Header,
+                           state: DeviceState) -> Optional[str]:
+    """A protocol feature acked without those it needs
+    (:data:`PROTOCOL_FEATURE_NEEDS`)."""
     if req is Request.SET_PROTOCOL_FEATURES and isinstance(payload, U64):
         value = payload.value
-        if (value & ProtocolFeature.GET_VRING_BASE_INFLIGHT
-                and not value & ProtocolFeature.INFLIGHT_SHMFD):
-            return "GET_VRING_BASE_INFLIGHT negotiated without INFLIGHT_SHMFD"
+        for feature, need in PROTOCOL_FEATURE_NEEDS.items():
+            if value & feature and value & need != need:
+                return (f"{feature.name} negotiated without "
+                        + feature_names(need & ~value, ProtocolFeature))
     return None
 
 
@@ -333,8 +330,7 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     protocol_feature_gate: frozenset(REQUIRED_PROTOCOL_FEATURE),
     features_subset: frozenset({Request.SET_FEATURES,
                                 Request.SET_PROTOCOL_FEATURES}),
-    inband_needs_channel: frozenset({Request.SET_PROTOCOL_FEATURES}),
-    inflight_base_needs_shmfd: frozenset({Request.SET_PROTOCOL_FEATURES}),
+    protocol_feature_needs: frozenset({Request.SET_PROTOCOL_FEATURES}),
     iotlb_needs_platform: frozenset({Request.IOTLB_MSG}),
     reserved_num_zero: frozenset({Request.GET_VRING_BASE,
                                   Request.VRING_KICK}),

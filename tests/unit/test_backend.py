@@ -583,14 +583,14 @@ class Conformance(BackendTestCase):
         """GET_VRING_BASE_INFLIGHT "must only be negotiated if
         VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is also negotiated"."""
         def judged(bits):
-            return conformance.inflight_base_needs_shmfd(
+            return conformance.protocol_feature_needs(
                 Request.SET_PROTOCOL_FEATURES, U64(int(bits)),
                 Header(Request.SET_PROTOCOL_FEATURES, 1, 8), DeviceState())
         self.assertIn("INFLIGHT_SHMFD", judged(
             ProtocolFeature.GET_VRING_BASE_INFLIGHT) or "")
         self.assertIsNone(judged(ProtocolFeature.GET_VRING_BASE_INFLIGHT
                                  | ProtocolFeature.INFLIGHT_SHMFD))
-        self.assertIn(conformance.inflight_base_needs_shmfd,
+        self.assertIn(conformance.protocol_feature_needs,
                       conformance.RULES)
 
     def test_fds_after_the_first_byte(self):
