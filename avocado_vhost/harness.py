@@ -57,7 +57,8 @@ from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
 from .watchdog import start_watchdog
 from .vhost_user import (BackendConfig, BackendFailure, Fault,
                          ProtocolFeature, VhostUserBackend)
-from .vhost_user.offers import DEFAULT_OFFER, OFFERS, ORDINARY, names
+from .vhost_user.offers import (DEFAULT_OFFER, OFFERS, asked_on_purpose,
+                                names)
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
 from .vhost_user.records import Problem
@@ -348,7 +349,7 @@ class Harness(_Base):
         if config.config:
             self.require_protocol(ProtocolFeature.CONFIG, "the device's "
                                   "configuration comes from the back-end")
-        self.require_protocol(config.protocol_features & ~ORDINARY,
+        self.require_protocol(asked_on_purpose(config),
                               "the test's back-end offers it on purpose")
         config = self.offer.apply(config)
         backend = VhostUserBackend(name, config, device)

@@ -43,7 +43,7 @@ from .config import BackendConfig
 from .message import ProtocolFeature
 
 __all__ = ["Offer", "OFFERS", "DEFAULT_OFFER", "MODERN_EXTRAS", "ORDINARY",
-           "names"]
+           "asked_on_purpose", "names"]
 
 #: what a current back-end offers beyond the device's own protocol features
 MODERN_EXTRAS = (ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.STATUS
@@ -56,6 +56,13 @@ _ALL = ProtocolFeature(sum(ProtocolFeature))
 ORDINARY = (ProtocolFeature.LOG_SHMFD | ProtocolFeature.MQ
             | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
             | MODERN_EXTRAS)
+
+
+def asked_on_purpose(config: BackendConfig) -> int:
+    """The protocol features ``config`` offers beyond :data:`ORDINARY`: a
+    test that offers NET_MTU to test NET_SET_MTU cannot run on an offer
+    that takes it away."""
+    return config.protocol_features & ~ORDINARY
 
 
 def names(features: int) -> str:
@@ -93,12 +100,6 @@ class Offer:
     def lacks(self, wanted: int) -> ProtocolFeature:
         """The features of ``wanted`` this offer takes away."""
         return ProtocolFeature(wanted & self.removes)
-
-    def lacks_on_purpose(self, config: BackendConfig) -> ProtocolFeature:
-        """The protocol features ``config`` asks for on purpose (beyond
-        :data:`ORDINARY`) that this offer takes away: a test that offers
-        NET_MTU to test NET_SET_MTU cannot run on an offer without it."""
-        return self.lacks(config.protocol_features & ~ORDINARY)
 
 
 OFFERS: Dict[str, Offer] = {o.name: o for o in (
