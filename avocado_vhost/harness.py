@@ -59,6 +59,7 @@ from .vhost_user import (BackendConfig, BackendFailure, Fault,
                          ProtocolFeature, VhostUserBackend)
 from .vhost_user.offers import (DEFAULT_OFFER, OFFERS, asked_on_purpose,
                                 names)
+from .vhost_user.device import Device
 from .vhost_user.net import NetDevice, Port
 from .vhost_user.proxy import Proxy
 from .vhost_user.records import Problem
@@ -332,7 +333,7 @@ class Harness(_Base):
     # --- factories ----------------------------------------------------------
     def make_backend(self, name: str, config: Optional[BackendConfig] = None,
                      listen: bool = True,
-                     device: Optional[NetDevice] = None) -> VhostUserBackend:
+                     device: Optional[Device] = None) -> VhostUserBackend:
         """A started back-end thread; listens at ``<tmp>/<name>.sock``.
 
         Stopped, and its trace written to ``<logdir>/<name>.trace``, at
@@ -589,7 +590,7 @@ class Harness(_Base):
                            faults: Sequence[Fault] = (),
                            on_connect: Optional[Callable[..., None]] = None,
                            config: Optional[BackendConfig] = None,
-                           device: Optional[NetDevice] = None,
+                           device: Optional[Device] = None,
                            **spec: object) -> Tuple[VhostVM, VhostUserBackend]:
         """QEMU's chardev listens (``server=on``); the back-end connects as
         soon as QEMU waits for it, and reconnects whenever a connection

@@ -8,7 +8,8 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
   the connection reset, and twice a second a look for stalled rings.  The
   virtio-net data path (:class:`.net.NetDevice`) implements it; a device
   without a data path (gpio, blk and scmi in :mod:`avocado_vhost.devices`)
-  simply has none, and its rings are configured but never processed.
+  simply has none, and its rings are configured but never processed;
+  :class:`.blk.BlkDevice` serves virtio-blk with in-flight tracking.
 * :class:`DeviceHost` -- all a device may use of its back-end: its name
   (for records), the device state negotiated so far (memory table, dirty
   log, rings, features), a way to report an error, and the one syscall a
@@ -19,7 +20,7 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -51,6 +52,11 @@ if TYPE_CHECKING:
 
         def ring_started(self, ring: "Vring") -> None: ...
 
+        def quiesce(self, ring: "Vring") -> None:
+            """GET_VRING_BASE is about to stop ``ring``: finish the
+            requests in flight (or, with GET_VRING_BASE_INFLIGHT, leave
+            them recorded).  Not called when the connection is lost."""
+
         def ring_stopped(self, ring: "Vring") -> None: ...
 
         def memory_changed(self) -> None: ...
@@ -65,4 +71,21 @@ if TYPE_CHECKING:
 else:
     DeviceHost = Device = object
 
-__all__ = ["Device", "DeviceHost"]
+__all__ = ["Device", "DeviceHost", "HostedDevice"]
+
+
+class HostedDevice:
+    """What every device does with its host: remember it when attached,
+    and reach the state the front-end negotiated through it."""
+
+    host: Optional["DeviceHost"] = None
+
+    def attach(self, host: "DeviceHost") -> None:
+        self.host = host
+
+    def _host(self) -> "DeviceHost":
+        assert self.host is not None, "the device is not attached"
+        return self.host
+
+    def _state(self) -> "DeviceState":
+        return self._host().state

@@ -12,7 +12,7 @@ from __future__ import annotations
 import array
 import select
 import socket
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .connection import Connection, _fds_from_ancdata, close_fds, socketpair
 from .error import ConnectionClosed
@@ -50,7 +50,9 @@ class FrontEnd:
         flags = VERSION | (FLAG_NEED_REPLY if need_reply else 0)
         self.send_raw(encode(request, payload, flags), fds)
 
-    def _recv_exact(self, n: int) -> bytes:
+    def _recv_exact(self, n: int, keep: Optional[List[int]] = None) -> bytes:
+        """``n`` bytes; fds that come with them are closed, or appended to
+        ``keep`` (the caller owns them then)."""
         buf = b""
         while len(buf) < n:
             ready, _, _ = select.select([self.sock], [], [], self.timeout)
@@ -58,7 +60,11 @@ class FrontEnd:
                 raise TimeoutError(f"no reply within {self.timeout}s "
                                    f"({len(buf)} of {n} bytes)")
             data, anc, _, _ = self.sock.recvmsg(n - len(buf), 256)
-            close_fds(_fds_from_ancdata(anc))
+            fds = _fds_from_ancdata(anc)
+            if keep is None:
+                close_fds(fds)
+            else:
+                keep.extend(fds)
             if not data:
                 raise ConnectionClosed("back-end closed the connection",
                                        partial=bool(buf))
@@ -69,6 +75,17 @@ class FrontEnd:
         """One reply: ``(request, flags, payload)``."""
         request, flags, size = HEADER.unpack(self._recv_exact(HEADER_SIZE))
         return request, flags, self._recv_exact(size) if size else b""
+
+    def call_for_fds(self, request: Request,
+                     payload: Optional[Payload] = None
+                     ) -> Tuple[int, int, bytes, List[int]]:
+        """Send a request and read a reply that carries fds (the caller
+        closes them): ``(request, flags, payload, fds)``."""
+        self.send(request, payload)
+        fds: List[int] = []
+        request_no, flags, size = HEADER.unpack(
+            self._recv_exact(HEADER_SIZE, fds))
+        return request_no, flags, self._recv_exact(size, fds), fds
 
     def call(self, request: Request, payload: Optional[Payload] = None,
              fds: Sequence[int] = (), need_reply: bool = False

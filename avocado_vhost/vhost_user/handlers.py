@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
 
 from ..virtio.features import VirtioFeature
 from .channel import BackendChannel
@@ -38,6 +38,7 @@ from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       MemoryTable, Payload, ProtocolFeature, Request,
                       SingleRegion, U64, VringAddr, VringState,
                       InflightDescription)
+from .inflight import InflightArea, region_size
 from .records import DisconnectCause, RingEvent
 from .state import DeviceState, Vring
 from .trace import Event
@@ -66,11 +67,21 @@ if TYPE_CHECKING:
         def signal(self, ring: Vring) -> None: ...
 
 __all__ = ["RequestHandlers", "Refused", "CloseConnection", "Fds",
-           "Handler"]
+           "Handler", "WithFds"]
 
 #: The fds that came with a request; the handler owns them.
 Fds = List[int]
-Handler = Callable[[Payload, Fds], Optional[Payload]]
+
+
+class WithFds(NamedTuple):
+    """A reply that carries fds (GET_INFLIGHT_FD's area): sent with the
+    reply's first byte; the back-end keeps its own copies."""
+
+    payload: Payload
+    fds: List[int]
+
+
+Handler = Callable[[Payload, Fds], Union[None, Payload, WithFds]]
 
 
 class Refused(Exception):
@@ -274,6 +285,7 @@ class RequestHandlers:
         ring = self.vring(payload.index)
         device = self.host.device
         if device is not None and ring.started:
+            device.quiesce(ring)  # spec: in-flight requests finish first
             device.ring_stopped(ring)  # the base is where it stopped
         override = self.host.vring_base_override
         ring.reported_base = ring.base if override is None else override
@@ -425,16 +437,45 @@ class RequestHandlers:
         self.state.config[payload.offset:end] = payload.data
 
     def get_inflight_fd(self, payload: InflightDescription,
-                        fds: Fds) -> InflightDescription:
-        # Answering needs a shared buffer sized per the spec's inflight
-        # layout; this back-end does not track inflight I/O.
-        raise Refused("inflight I/O tracking is not implemented")
+                        fds: Fds) -> "WithFds":
+        """A new in-flight area for ``num_queues`` rings of
+        ``queue_size``, on a memfd that goes back with the answer; the
+        front-end keeps it across this back-end's death."""
+        close_fds(fds)
+        limit = self.host.config.ring_limit
+        if payload.num_queues > limit:
+            raise MalformedMessage(f"GET_INFLIGHT_FD for {payload.num_queues}"
+                                   f" queues, the device has {limit}")
+        if not 0 < payload.queue_size <= 32768:
+            raise MalformedMessage(f"GET_INFLIGHT_FD for queues of "
+                                   f"{payload.queue_size} descriptors")
+        size = payload.num_queues * region_size(payload.queue_size)
+        self._within_mapping_limit(self.state.memory.mapped_bytes + size,
+                                   "the in-flight area")
+        area = InflightArea.create(payload.num_queues, payload.queue_size)
+        self._adopt_inflight(area)
+        self.host.trace_event(Event.INFLIGHT, f"new area: {area.desc}")
+        return WithFds(area.desc, [area.fd])
 
     def set_inflight_fd(self, payload: InflightDescription,
                         fds: Fds) -> None:
-        # GET_INFLIGHT_FD is refused: there is no in-flight area to take.
-        close_fds(fds)
-        raise Refused("inflight I/O tracking is not implemented")
+        """The area the front-end kept: map it; rings that start now
+        resubmit what it holds."""
+        _require_kind(fds, "file", "in-flight area")
+        try:
+            self._within_mapping_limit(
+                self.state.memory.mapped_bytes + payload.mmap_size,
+                "the in-flight area")
+        except ProtocolError:
+            close_fds(fds)
+            raise
+        self._adopt_inflight(InflightArea(fds[0], payload))
+        self.host.trace_event(Event.INFLIGHT, f"area handed over: {payload}")
+
+    def _adopt_inflight(self, area: InflightArea) -> None:
+        if self.state.inflight is not None:
+            self.state.inflight.close()
+        self.state.inflight = area
 
     # --- back-end state migration (DEVICE_STATE) --------------------------
     def set_device_state_fd(self, payload: DeviceStateParams,

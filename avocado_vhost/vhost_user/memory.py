@@ -35,7 +35,7 @@ class AddressError(LookupError):
     """An address (or range) that no mapped region covers."""
 
 
-def _check_extent(fd: int, end: int, what: str) -> None:
+def check_extent(fd: int, end: int, what: str) -> None:
     """Refuse a mapping that would reach past the end of its file.
 
     mmap() itself accepts it, but the first access beyond the end raises
@@ -93,7 +93,7 @@ class MappedRegion:
             if base + desc.size > 1 << 64:
                 raise MalformedMessage(f"memory region {desc}: its {name} "
                                        "addresses wrap past 2^64")
-        _check_extent(fd, desc.mmap_offset + desc.size, f"region {desc}")
+        check_extent(fd, desc.mmap_offset + desc.size, f"region {desc}")
         #: whether the file can no longer shrink under the mapping
         self.sealed = seal_shrink(fd)
         try:
@@ -279,7 +279,7 @@ class DirtyLog:
         try:
             if size == 0:
                 raise MalformedMessage("dirty log of size 0")
-            _check_extent(fd, offset + size, "dirty log")
+            check_extent(fd, offset + size, "dirty log")
         except MalformedMessage:
             os.close(fd)
             raise

@@ -26,6 +26,7 @@ from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple,
 from ..virtio.features import VirtioFeature
 from ..virtio.net import NET_HDR_LEN, net_header
 from .message import VRING_F_LOG
+from .device import HostedDevice
 from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ _RX_BATCH = 64
 _EVENT_IDX_ROUNDS = 8
 
 
-class NetDevice:
+class NetDevice(HostedDevice):
     """The data path of one back-end; runs in the back-end's thread.
 
     :param port: where frames come from and go to.
@@ -184,16 +185,6 @@ class NetDevice:
         self._still: Dict[int, Tuple[int, float]] = {}
 
     # --- called by the back-end (its lock held) --------------------------
-    def attach(self, host: "DeviceHost") -> None:
-        self.host = host
-
-    def _host(self) -> "DeviceHost":
-        assert self.host is not None, "the device is not attached"
-        return self.host
-
-    def _state(self) -> "DeviceState":
-        return self._host().state
-
     def ring_started(self, ring: "Vring") -> None:
         backend = self._host()
         if ring.addr is None:
@@ -254,6 +245,9 @@ class NetDevice:
                 ring.base, ring.cursor = split.next_avail, None
                 self._host().record_error(f"ring {index} after a memory "
                                            f"table change: {exc}")
+
+    def quiesce(self, ring: "Vring") -> None:
+        """Nothing to finish: a frame is taken and completed at once."""
 
     def ring_stopped(self, ring: "Vring") -> None:
         self.broken.pop(ring.index, None)

@@ -49,8 +49,8 @@ from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
 from .frontend import FrontEnd
 from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY, U64,
                       VERSION, BackendRequest, Header, ProtocolFeature,
-                      Request, VringState, decode_payload, decode_reply,
-                      request_name)
+                      Request, VirtioFeature, VringState, decode_payload,
+                      decode_reply, request_name)
 from .records import Problem, ProblemKind
 from .trace import Event, Trace, TraceKind
 
@@ -456,8 +456,43 @@ class _Pair:
                     "back-end", f"{where}: ring {ring} never started since "
                     f"its base was {self.bases[ring]}, the reply says "
                     f"{payload.num}")
+            elif ring in self.started:
+                self._judge_stop_with_requests_taken(where, ring, payload.num)
             self.started.discard(ring)
             self.bases[ring] = payload.num
+
+    def _judge_stop_with_requests_taken(self, where: str, ring: int,
+                                        base: int) -> None:
+        """A split ring stopped by GET_VRING_BASE must have every request
+        it took completed -- its used index equals the base it reports --
+        unless GET_VRING_BASE_INFLIGHT lets the back-end suspend them.
+
+        The used index is read from guest memory through the judge's own
+        mapping; a ring the judge cannot locate is not judged.
+        """
+        judge = self.judge
+        with judge.lock():
+            state = judge.state
+            vring = state.vrings.get(ring)
+            if (vring is None or vring.addr is None
+                    or state.feature_acked(VirtioFeature.RING_PACKED)
+                    or state.protocol_negotiated(
+                        ProtocolFeature.GET_VRING_BASE_INFLIGHT)):
+                return
+            try:
+                gpa = state.memory.uva_to_gpa(vring.addr.used)
+                used = int.from_bytes(state.memory.read(gpa + 2, 2),
+                                      "little")
+            except (LookupError, ValueError):
+                return
+        taken = (base - used) & 0xFFFF
+        if taken:
+            self.proxy._violation(
+                "back-end", f"{where}: ring {ring} stopped with {taken} "
+                f"request(s) taken and not completed (base {base}, used idx "
+                f"{used}); vhost-user: \"By default, the back-end must "
+                "complete all inflight I/O requests for the specified vring "
+                "before stopping it\"")
 
     # --- the back-end channel ---------------------------------------------------
     def _on_channel(self, conn: Connection, header: Header, raw: bytes,

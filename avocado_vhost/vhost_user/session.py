@@ -22,7 +22,7 @@ back-end's lock held, and lets go of it only while a fault holds an answer.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from .conformance import check as conformance_check
 from .conformance import observe as conformance_observe
@@ -30,7 +30,7 @@ from .connection import Connection, close_fds
 from .error import (FdCountError, MalformedMessage, ProtocolError,
                     UnknownRequest)
 from .faults import Fault, FaultAction
-from .handlers import CloseConnection, RequestHandlers, Refused
+from .handlers import CloseConnection, RequestHandlers, Refused, WithFds
 from .message import (FLAG_REPLY, REPLY_BODY, VERSION, Header, Payload,
                       ProtocolFeature, Request, U64, decode_payload, encode,
                       fd_rule, request_name)
@@ -126,6 +126,8 @@ class Session:
             self.host.trace.add(self.number, TraceKind.TX, req.name, 0,
                                 len(data), 0, f"fault reply {data.hex()}")
             self.conn.send(data)
+        elif isinstance(reply, WithFds):
+            self.send(req, reply.payload, reply.fds)
         elif reply is not None:
             self.send(req, reply)
         elif header.need_reply and self._reply_ack:
@@ -156,7 +158,7 @@ class Session:
 
     def _call(self, header: Header, req: Request, payload: Payload,
               fds: List[int], msgno: int
-              ) -> Optional[Tuple[Optional[Payload], int]]:
+              ) -> Optional[Tuple[Union[None, Payload, WithFds], int]]:
         """Run the handler: its reply and the REPLY_ACK status, or None
         when a refusal was acked already."""
         try:

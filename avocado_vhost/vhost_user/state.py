@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .channel import BackendChannel
     from .devstate import StateTransfer
+    from .inflight import InflightArea
 
     class Cursor(Protocol):
         """A running ring, as the ring state sees it."""
@@ -118,6 +119,8 @@ class DeviceState:
     backend_channel: Optional["BackendChannel"] = None
     iotlb: List[object] = field(default_factory=list)
     postcopy: str = "none"  # none -> advised -> listening -> ended
+    #: the in-flight area (GET/SET_INFLIGHT_FD), if one was handed over
+    inflight: Optional["InflightArea"] = None
     #: the device-state transfer under way (SET_DEVICE_STATE_FD)
     transfer: Optional["StateTransfer"] = None
     #: the state a destination loaded and found whole (CHECK_DEVICE_STATE)
@@ -174,3 +177,6 @@ class DeviceState:
         if self.transfer is not None:
             self.transfer.close()
             self.transfer = None
+        if self.inflight is not None:
+            self.inflight.close()
+            self.inflight = None

@@ -59,6 +59,7 @@ class Event(str, enum.Enum):
     LOG_ALL = "LOG-ALL"
     LOG_BASE = "LOG-BASE"
     CALL = "CALL"
+    INFLIGHT = "INFLIGHT"
     # the proxy's two ends
     FRONT_END_CONNECTED = "FRONT-END CONNECTED"
     BACK_END_CONNECTED = "BACK-END CONNECTED"

@@ -408,6 +408,18 @@ class SplitRing(_Ring):
                                 f"beyond {size}")
             index = nxt
 
+    def chain_at(self, head: int) -> Chain:
+        """The chain starting at descriptor ``head``, which the available
+        ring does not name now (a request resubmitted from the in-flight
+        area).
+
+        :raise RingError: ``head`` is beyond the ring or its chain is bad.
+        """
+        if head >= self.num:
+            raise RingError(f"descriptor {head} is beyond the ring's "
+                            f"{self.num}")
+        return self._walk(head)
+
     def push(self, head: int, length: int) -> None:
         """Return a chain to the driver through the used ring: the entry
         first, then the index that publishes it."""

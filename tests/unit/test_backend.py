@@ -18,6 +18,8 @@ from avocado_vhost.vhost_user import (BackendConfig, BackendFailure,
                                       DisconnectCause, Fault,
                                       Request, RingEvent, VhostUserBackend,
                                       WaitTimeout)
+from avocado_vhost.vhost_user.connection import close_fds
+from avocado_vhost.vhost_user.inflight import InflightArea, region_size
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.vhost_user.message import (
     FLAG_REPLY, HEADER, VERSION, ConfigSpace, IotlbMsg, InflightDescription,
@@ -275,12 +277,26 @@ class DeviceRequests(BackendTestCase):
         self.assertIsNotNone(state.backend_channel)
         self.backend.check()
 
-    def test_get_inflight_fd_is_refused_with_nack(self):
-        _, _, reply = self.fe.call(Request.GET_INFLIGHT_FD,
-                                   InflightDescription(0, 0, 2, 256),
-                                   need_reply=True)
-        self.assertNotEqual(U64.unpack(reply).value, 0)
-        self.assertEqual(len(self.backend.refused), 1)
+    def test_get_inflight_fd_answers_a_fresh_area(self):
+        """GET_INFLIGHT_FD: an area in the spec's layout for the queues
+        asked, on an fd that comes with the answer, every region
+        initialised (version 1, nothing in flight)."""
+        _, _, raw, fds = self.fe.call_for_fds(
+            Request.GET_INFLIGHT_FD, InflightDescription(0, 0, 2, 256))
+        try:
+            answer = InflightDescription.unpack(raw)
+            self.assertEqual(answer.mmap_size, 2 * region_size(256))
+            self.assertEqual(len(fds), 1)
+            area = InflightArea(os.dup(fds[0]), answer)
+            try:
+                for index in (0, 1):
+                    self.assertEqual(area.queue(index).version, 1)
+                    self.assertEqual(area.queue(index).in_flight(), [])
+            finally:
+                area.close()
+        finally:
+            close_fds(fds)
+        self.backend.check()
 
     def test_unimplemented_request_without_ack_closes(self):
         a, b = os.pipe()

@@ -95,18 +95,17 @@ class JudgeToTheEnd(unittest.TestCase):
     real back-end, so the judge must read on and judge what follows."""
 
     def judged_after_a_refusal(self, judge):
-        inflight = int(ProtocolFeature.INFLIGHT_SHMFD)
+        pagefault = int(ProtocolFeature.PAGEFAULT)
         backend = VhostUserBackend("judge", BackendConfig(
-            judge=judge, protocol_features=inflight))
+            judge=judge, protocol_features=pagefault))
         fe, conn = FrontEnd.pair(5)
         backend.adopt(conn)
         backend.start()
         try:
             fe.call(Request.GET_FEATURES)
             fe.call(Request.GET_PROTOCOL_FEATURES)
-            fe.send(Request.SET_PROTOCOL_FEATURES, U64(inflight))
-            fe.send(Request.GET_INFLIGHT_FD, InflightDescription(0, 0, 1,
-                                                                 256))
+            fe.send(Request.SET_PROTOCOL_FEATURES, U64(pagefault))
+            fe.send(Request.POSTCOPY_ADVISE)  # refused: no postcopy here
             try:
                 fe.send(Request.SET_VRING_NUM, VringState(0, 100))  # not 2^n
             except OSError:

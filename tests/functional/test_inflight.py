@@ -1,0 +1,217 @@
+"""
+In-flight I/O across a back-end restart (vhost-user, "Inflight I/O
+tracking", INFLIGHT_SHMFD) with vhost-user-blk.
+
+The driver (this test, over qtest) writes eight sectors.  The back-end
+completes the odd requests at once and holds the even ones -- taken off
+the ring, not finished, out of order, as a back-end with slow I/O has
+them -- and then dies.  QEMU keeps the in-flight area the back-end gave it
+(GET_INFLIGHT_FD), resumes the ring at the used index and hands the area
+to the back-end that replaces it (SET_INFLIGHT_FD).  The claim: every
+request completes exactly once with status OK, each sector is written
+exactly once with its own data, and reading the disk back through the
+ring returns it.
+
+The negative control is a successor that ignores the area: from the used
+index alone it takes the odd requests again and never sees requests 0 and
+2, and the same check fails, naming them.
+"""
+
+from collections import Counter
+
+from avocado_vhost.devices import BLK_CAPACITY, BLK_QUEUES, device_config
+from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import ProtocolFeature, Request
+from avocado_vhost.vhost_user.blk import (HEADER, S_OK, SECTOR, T_IN, T_OUT,
+                                          BlkDevice, Disk)
+
+REQUESTS = 8
+#: sectors apart: each request writes its own 4 KiB block
+STRIDE = 8
+
+
+def pattern(number):
+    """The 512 bytes request ``number`` writes."""
+    return bytes((number * 37 + i) & 0xFF for i in range(SECTOR))
+
+
+def held_when_even(request):
+    """The back-end finishes odd requests at once and holds even ones."""
+    return request.sector // STRIDE % 2 == 0
+
+
+class Inflight(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,reconnect,inflight
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.require_device("vhost-user-blk-pci")
+        self.config = device_config("blk")
+        self.config.protocol_features |= int(ProtocolFeature.INFLIGHT_SHMFD)
+        self.disk = Disk(BLK_CAPACITY)
+
+    def start(self):
+        """A blk device whose back-end holds the even requests; QEMU is
+        the client and reconnects by itself."""
+        device = BlkDevice(self.disk, hold=held_when_even)
+        backend = self.make_backend("backend", self.config, device=device)
+        vm = self.make_vm("vm", backend.listener_path,
+                          reconnect=50 if self.caps.reconnect_ms else 1,
+                          device="vhost-user-blk-pci",
+                          device_opts=[f"num-queues={BLK_QUEUES}"])
+        self.start_vm(vm, backend, rings=BLK_QUEUES)
+        self.assertIn("GET_INFLIGHT_FD", backend.trace.received(),
+                      "QEMU never asked for an in-flight area although "
+                      "INFLIGHT_SHMFD was negotiated")
+        return vm, backend, device
+
+    def restart(self, backend, resubmit=True):
+        """Stop ``backend`` (a crash: it finishes nothing) and serve the
+        same disk from a new back-end on the same socket."""
+        path = backend.listener_path
+        backend.stop()
+        device = BlkDevice(self.disk, resubmit=resubmit)
+        successor = self.make_backend("successor", self.config, listen=False,
+                                      device=device)
+        successor.listen(path)
+        successor.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
+        self.assertIn("SET_INFLIGHT_FD", successor.trace.received(),
+                      "QEMU did not hand the in-flight area to the new "
+                      "back-end")
+        return successor, device
+
+    def write_all(self, queue):
+        """Post the eight writes; head descriptor -> (request, status
+        buffer's descriptor)."""
+        posted = {}
+        for number in range(REQUESTS):
+            header = HEADER.pack(T_OUT, 0, number * STRIDE)
+            descs = queue.post_chain([header, pattern(number)], [1])
+            posted[descs[0]] = (number, descs[-1])
+        return posted
+
+    def cut_and_restart(self, resubmit):
+        """Run the scenario; problems found (empty: all as the spec says)
+        and the successor's device."""
+        vm, backend, device = self.start()
+        queue = vm.net_queues()[0]
+        posted = self.write_all(queue)
+        device.wait_fetched(REQUESTS, timeout=self.scaled(10))
+        before = queue.reap()
+        self.log.info("at the cut: %d requests taken, %d completed, %d held",
+                      len(device.fetched), len(before),
+                      sum(map(len, device.held.values())))
+        self.assertEqual(len(before), REQUESTS // 2)
+        successor, fresh = self.restart(backend, resubmit)
+        fresh.wait_completed(REQUESTS // 2, timeout=self.scaled(10))
+        after = queue.reap(strict=False)
+        self.log.info("after the restart: %d resubmitted %s, %d completed "
+                      "by the new back-end", len(fresh.resubmitted.get(0, [])),
+                      fresh.resubmitted.get(0, []), len(after))
+        done = Counter(posted[head][0] for head, _ in before + after
+                       if head in posted)
+        problems = []
+        lost = [n for n in range(REQUESTS) if not done[n]]
+        twice = [n for n in range(REQUESTS) if done[n] > 1]
+        if lost:
+            problems.append(f"requests {lost} never completed")
+        if twice:
+            problems.append(f"requests {twice} completed more than once")
+        for head, (number, status_desc) in posted.items():
+            status = queue.read_buffer(status_desc, 1)[0]
+            if done[number] and status != S_OK:
+                problems.append(f"request {number} ended with status "
+                                f"{status}")
+        for number in range(REQUESTS):
+            writes = self.disk.writes.get(number * STRIDE, 0)
+            if writes != 1:
+                problems.append(f"sector of request {number} written "
+                                f"{writes} times")
+        return problems, queue, successor
+
+    def read_back(self, queue, device):
+        """Read every sector through the ring; the requests whose sector
+        does not hold what they wrote."""
+        heads = {}
+        base = device.completed
+        for number in range(REQUESTS):
+            header = HEADER.pack(T_IN, 0, number * STRIDE)
+            descs = queue.post_chain([header], [SECTOR, 1])
+            heads[descs[0]] = (number, descs[1])
+        device.wait_completed(base + REQUESTS,
+                              timeout=self.scaled(10))
+        self.assertEqual(sorted(h for h, _ in queue.reap()), sorted(heads))
+        return [number for number, data in heads.values()
+                if queue.read_buffer(data, SECTOR) != pattern(number)]
+
+    def test_requests_in_flight_complete_exactly_once(self):
+        """Requests in flight when the back-end died are resubmitted by its
+        successor from the in-flight area, in the order they were taken:
+        each completes once, its data written once, and reads back."""
+        problems, queue, successor = self.cut_and_restart(resubmit=True)
+        self.assertEqual(problems, [])
+        device = successor.device
+        resubmitted = [r.sector // STRIDE for r in device.fetched[
+            :len(device.resubmitted[0])]]
+        self.assertEqual(resubmitted, [0, 2, 4, 6])
+        self.assertEqual(self.read_back(queue, device), [])
+        self.check_backends(successor)
+
+    def test_negative_control_without_resubmission(self):
+        """Negative control: a successor that ignores the in-flight area
+        resumes at the used index, completes requests twice and loses
+        others -- the check above must say so."""
+        problems, _, _ = self.cut_and_restart(resubmit=False)
+        self.log.info("problems found, as they must be: %s", problems)
+        self.assertTrue(any("never completed" in p for p in problems),
+                        problems)
+        self.assertTrue(any("more than once" in p for p in problems),
+                        problems)
+
+
+    def stop_with_requests_held(self, finish_on_stop):
+        """Through the conformance proxy: the back-end holds the even
+        writes, then the VM stops (QEMU stops the ring with
+        GET_VRING_BASE).  The driver's completions once it stopped."""
+        device = BlkDevice(self.disk, hold=held_when_even,
+                           finish_on_stop=finish_on_stop)
+        backend = self.make_backend("backend", self.config, device=device)
+        proxy = self.make_proxy("proxy", backend.listener_path)
+        vm = self.make_vm("vm", self.socket_path("proxy"),
+                          device="vhost-user-blk-pci",
+                          device_opts=[f"num-queues={BLK_QUEUES}"])
+        self.start_vm(vm, backend, rings=BLK_QUEUES)
+        queue = vm.net_queues()[0]
+        self.write_all(queue)
+        device.wait_fetched(REQUESTS, timeout=self.scaled(10))
+        # "stop" returns once QEMU has the answer to GET_VRING_BASE, which
+        # the proxy judged before passing it on
+        vm.qmp("stop")
+        self.assertIn("GET_VRING_BASE", backend.trace.received())
+        return proxy, queue.reap(strict=False)
+
+    def test_stopping_a_ring_completes_what_it_took(self):
+        """vhost-user: "By default, the back-end must complete all
+        inflight I/O requests for the specified vring before stopping
+        it": every write the back-end held is completed by the time its
+        answer to GET_VRING_BASE reaches QEMU, and the proxy judges the
+        stop clean."""
+        proxy, done = self.stop_with_requests_held(finish_on_stop=True)
+        self.assertEqual(len(done), REQUESTS)
+        self.check_proxy(proxy)
+
+    def test_negative_control_a_ring_stopped_with_requests_taken(self):
+        """Negative control: a back-end that answers GET_VRING_BASE with
+        requests taken and not completed is judged by the proxy."""
+        proxy, done = self.stop_with_requests_held(finish_on_stop=False)
+        self.assertEqual(len(done), REQUESTS // 2)
+        texts = [v.text for v in proxy.violations]
+        self.assertTrue(any("stopped with 4 request(s) taken" in t
+                            for t in texts), texts)
+
+
+if __name__ == "__main__":
+    main()
