@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
 
 from ..virtio.features import VirtioFeature
@@ -39,6 +40,7 @@ from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       SingleRegion, U64, VringAddr, VringState,
                       InflightDescription)
 from .inflight import InflightArea, region_size
+from .postcopy import Userfault
 from .records import DisconnectCause, RingEvent
 from .state import DeviceState, Vring
 from .trace import Event
@@ -167,7 +169,8 @@ class RequestHandlers:
         return U64(self.state.status)
 
     # --- memory ---------------------------------------------------------
-    def set_mem_table(self, payload: MemoryTable, fds: Fds) -> None:
+    def set_mem_table(self, payload: MemoryTable,
+                      fds: Fds) -> Optional[MemoryTable]:
         mem = self.state.memory
         mem.clear()
         try:
@@ -189,8 +192,15 @@ class RequestHandlers:
             # Also when the table was refused: started rings must not keep
             # pointing into the mappings just closed.
             self._memory_changed()
+        if self._postcopy_listening():
+            local = {r.desc: r.local_address for r in mem.mapped()}
+            self._register_for_postcopy(Request.SET_MEM_TABLE)
+            return MemoryTable(tuple(
+                replace(r, user_addr=local[r]) for r in payload.regions))
+        return None
 
-    def add_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
+    def add_mem_reg(self, payload: SingleRegion,
+                    fds: Fds) -> Optional[SingleRegion]:
         slots = self.host.config.max_mem_slots
         _require_kind(fds, "file", "memory region")
         try:
@@ -205,6 +215,12 @@ class RequestHandlers:
             raise
         self.state.memory.add(payload.region, fds[0])
         self._memory_changed()
+        if self._postcopy_listening():
+            added = self.state.memory.mapped()[-1]
+            self._register_for_postcopy(Request.ADD_MEM_REG)
+            return SingleRegion(replace(payload.region,
+                                        user_addr=added.local_address))
+        return None
 
     def _within_mapping_limit(self, size: int, what: str) -> None:
         """Refuse to map more than ``max_mapped`` bytes in all (guest
@@ -476,6 +492,60 @@ class RequestHandlers:
         if self.state.inflight is not None:
             self.state.inflight.close()
         self.state.inflight = area
+
+    # --- postcopy (PAGEFAULT) ----------------------------------------------
+    def postcopy_advise(self, payload: Empty, fds: Fds) -> WithFds:
+        """A userfaultfd for the migration to come, sent with the answer;
+        without one (the kernel refused) the answer carries no fd, which
+        QEMU reports as the migration's failure."""
+        close_fds(fds)
+        if self.state.userfault is not None:
+            self.state.userfault.close()
+        try:
+            self.state.userfault = Userfault()
+        except OSError as exc:
+            self.state.userfault = None
+            self.host.record_error(f"POSTCOPY_ADVISE: no userfaultfd: {exc}")
+            return WithFds(Empty(), [])
+        return WithFds(Empty(), [self.state.userfault.fd])
+
+    def postcopy_listen(self, payload: Empty, fds: Fds) -> None:
+        """The memory table that follows is registered for faults."""
+        if self.state.userfault is None:
+            raise MalformedMessage("POSTCOPY_LISTEN without a userfaultfd "
+                                   "(no POSTCOPY_ADVISE answered)")
+
+    def postcopy_end(self, payload: Empty, fds: Fds) -> U64:
+        """Every page arrived: no more faults; the userfaultfd goes."""
+        self.state.memory.fault_in = None
+        if self.state.userfault is not None:
+            self.state.userfault.close()
+            self.state.userfault = None
+        return U64(0)
+
+    def _postcopy_listening(self) -> bool:
+        return (self.state.postcopy == "listening"
+                and self.state.userfault is not None)
+
+    def _register_for_postcopy(self, request: Request) -> None:
+        """Register every mapped region (the kernel ignores a range
+        registered twice over the same fd) and wait for the front-end's
+        acknowledgement before touching memory (spec: "only upon
+        reception of this message may the guest start accessing the
+        memory and generating faults")."""
+        assert self.state.userfault is not None
+        self.state.memory.fault_in = None
+        for region in self.state.memory.mapped():
+            try:
+                self.state.userfault.register(region.map)
+            except OSError as exc:
+                raise MalformedMessage(f"postcopy: region {region.desc} "
+                                       f"cannot be registered: {exc}"
+                                       ) from None
+        self.state.postcopy_ack_due = request
+        self.host.trace_event(Event.POSTCOPY, f"{request.name}: "
+                              f"{len(self.state.memory)} region(s) "
+                              "registered, acknowledgement due")
 
     # --- back-end state migration (DEVICE_STATE) --------------------------
     def set_device_state_fd(self, payload: DeviceStateParams,

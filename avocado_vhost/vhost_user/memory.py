@@ -20,10 +20,11 @@ import os
 import fcntl
 import stat
 import threading
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from .error import MalformedMessage
 from .message import VHOST_LOG_PAGE, MemoryRegion
+from .postcopy import mapping_address
 
 __all__ = ["MappedRegion", "GuestMemory", "DirtyLog", "AddressError",
            "seal_shrink"]
@@ -105,6 +106,12 @@ class MappedRegion:
                 f"cannot map memory region {desc} from fd {fd}: {exc}"
             ) from None
 
+    @property
+    def local_address(self) -> int:
+        """Where the region's first byte is mapped in this process (what a
+        postcopy back-end tells the front-end)."""
+        return mapping_address(self.map) + self._skew
+
     def contains_gpa(self, gpa: int, length: int = 1) -> bool:
         d = self.desc
         return d.guest_addr <= gpa and gpa + length <= d.guest_addr + d.size
@@ -143,6 +150,17 @@ class GuestMemory:
     def __init__(self) -> None:
         self._regions: List[MappedRegion] = []
         self._lock = threading.Lock()
+        #: Postcopy: called as ``(mapping, offset, length)`` before every
+        #: access this object hands out, to fault missing pages in first
+        #: (:class:`.postcopy.FaultIn`); None otherwise.
+        self.fault_in: Optional[Callable[[mmap.mmap, int, int], None]] = None
+
+    def _reach(self, gpa: int, length: int) -> Tuple[MappedRegion, int]:
+        """``_find`` by guest address, with missing pages faulted in."""
+        region, off = self._find(gpa, length, by_uva=False)
+        if self.fault_in is not None:
+            self.fault_in(region.map, off, length)
+        return region, off
 
     @property
     def regions(self) -> List[MemoryRegion]:
@@ -223,7 +241,7 @@ class GuestMemory:
 
         :raise AddressError: not inside one region.
         """
-        region, off = self._find(gpa, length, by_uva=False)
+        region, off = self._reach(gpa, length)
         return region.map, off
 
     def span(self, gpa: int, length: int
@@ -234,9 +252,14 @@ class GuestMemory:
         translate the next buffer without a lookup when it falls in the
         same region (valid until the memory table changes).
 
+        With :attr:`fault_in` set the span is the range itself: every
+        buffer comes back here and has its pages faulted in.
+
         :raise AddressError: not inside one region.
         """
-        region, off = self._find(gpa, length, by_uva=False)
+        region, off = self._reach(gpa, length)
+        if self.fault_in is not None:
+            return region.map, gpa, gpa + length, off - gpa
         d = region.desc
         return region.map, d.guest_addr, d.guest_addr + d.size, off - gpa
 
@@ -247,13 +270,18 @@ class GuestMemory:
 
     def read(self, gpa: int, length: int) -> bytes:
         """Read guest memory at a guest-physical address."""
-        region, off = self._find(gpa, length, by_uva=False)
+        region, off = self._reach(gpa, length)
         return region.map[off:off + length]
 
     def write(self, gpa: int, data: bytes) -> None:
         """Write guest memory at a guest-physical address."""
-        region, off = self._find(gpa, len(data), by_uva=False)
+        region, off = self._reach(gpa, len(data))
         region.map[off:off + len(data)] = data
+
+    def mapped(self) -> List[MappedRegion]:
+        """The regions as mapped now (postcopy registers them with its
+        userfaultfd and reports their local addresses)."""
+        return list(self._regions)
 
     def ram_ranges(self) -> Iterator[Tuple[int, int]]:
         """``(guest address, size)`` of every region, lowest first."""

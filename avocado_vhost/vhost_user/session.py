@@ -31,6 +31,7 @@ from .error import (FdCountError, MalformedMessage, ProtocolError,
                     UnknownRequest)
 from .faults import Fault, FaultAction
 from .handlers import CloseConnection, RequestHandlers, Refused, WithFds
+from .postcopy import FaultIn
 from .message import (FLAG_REPLY, REPLY_BODY, VERSION, Header, Payload,
                       ProtocolFeature, Request, U64, decode_payload, encode,
                       fd_rule, request_name)
@@ -84,6 +85,8 @@ class Session:
         """
         self.messages += 1
         msgno = self.messages
+        if self._postcopy_ack(header, raw, fds):
+            return
         try:
             req, payload = self._decode(header, raw, fds)
         except ProtocolError as exc:
@@ -135,6 +138,34 @@ class Session:
         if fault is not None and fault.action is FaultAction.DISCONNECT_AFTER:
             raise CloseConnection(DisconnectCause.FAULT, f"disconnect after "
                                   f"message {msgno} ({req.name})")
+
+    def _postcopy_ack(self, header: Header, raw: bytes,
+                      fds: List[int]) -> bool:
+        """Take the front-end's acknowledgement of a postcopy memory table
+        (the same request, carrying u64 0; QEMU sends one after the whole
+        table, or after the last ADD_MEM_REG): from then on the back-end
+        may touch guest memory, faulting missing pages in.
+
+        :return: whether this message was that acknowledgement.
+        """
+        due = self.state.postcopy_ack_due
+        if due is None or header.request != due or header.size != 8:
+            return False
+        self.state.postcopy_ack_due = None
+        close_fds(fds)
+        value = U64.unpack(raw).value
+        self.host.trace.add(self.number, TraceKind.RX, due.name,
+                            header.flags, header.size, len(fds),
+                            f"postcopy acknowledgement {value}")
+        if value != 0:
+            self._problem(ProblemKind.ERROR, f"message {self.messages}: the "
+                          f"front-end acknowledged the postcopy memory table "
+                          f"with {value}, not 0", self.messages, due)
+            return True
+        if self.state.fault_in is None:
+            self.state.fault_in = FaultIn()
+        self.state.memory.fault_in = self.state.fault_in
+        return True
 
     def _decode(self, header: Header, raw: bytes,
                 fds: List[int]) -> Tuple[Request, Payload]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .channel import BackendChannel
     from .devstate import StateTransfer
     from .inflight import InflightArea
+    from .postcopy import FaultIn, Userfault
 
     class Cursor(Protocol):
         """A running ring, as the ring state sees it."""
@@ -119,6 +120,13 @@ class DeviceState:
     backend_channel: Optional["BackendChannel"] = None
     iotlb: List[object] = field(default_factory=list)
     postcopy: str = "none"  # none -> advised -> listening -> ended
+    #: the userfaultfd handed over by POSTCOPY_ADVISE (closed at its END)
+    userfault: Optional["Userfault"] = None
+    #: the request whose 8-byte acknowledgement (u64 0) the front-end owes
+    #: after a postcopy memory table; memory is untouched until it comes
+    postcopy_ack_due: Optional[Request] = None
+    #: what faults missing pages in once the acknowledgement came
+    fault_in: Optional["FaultIn"] = None
     #: the in-flight area (GET/SET_INFLIGHT_FD), if one was handed over
     inflight: Optional["InflightArea"] = None
     #: the device-state transfer under way (SET_DEVICE_STATE_FD)
@@ -180,3 +188,10 @@ class DeviceState:
         if self.inflight is not None:
             self.inflight.close()
             self.inflight = None
+        self.memory.fault_in = None
+        if self.userfault is not None:
+            self.userfault.close()
+            self.userfault = None
+        if self.fault_in is not None:
+            self.fault_in.close()
+            self.fault_in = None

@@ -60,6 +60,7 @@ class Event(str, enum.Enum):
     LOG_BASE = "LOG-BASE"
     CALL = "CALL"
     INFLIGHT = "INFLIGHT"
+    POSTCOPY = "POSTCOPY"
     # the proxy's two ends
     FRONT_END_CONNECTED = "FRONT-END CONNECTED"
     BACK_END_CONNECTED = "BACK-END CONNECTED"

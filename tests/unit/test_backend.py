@@ -531,10 +531,12 @@ class Conformance(BackendTestCase):
         self.fe.send(Request.SET_PROTOCOL_FEATURES, U64(int(
             ProtocolFeature.PAGEFAULT)))
         self.fe.send(Request.POSTCOPY_LISTEN)
-        self.assertTrue(self.fe.closed_by_peer())  # refused: not done here
+        self.sync()
         self.assertTrue(any("postcopy state 'none'" in v.text
                             for v in self.backend.violations))
+        self.assertIn("without a userfaultfd", self.backend.errors[-1].text)
         self.backend.violations.clear()
+        self.backend.errors.clear()
 
     def test_postcopy_in_order_is_no_violation(self):
         """The judge follows the front-end's postcopy phases whatever the
@@ -632,6 +634,50 @@ class Conformance(BackendTestCase):
                                  for v in self.backend.violations))
         finally:
             os.close(fd)
+
+
+class Postcopy(BackendTestCase):
+    """The back-end's side of a postcopy migration, against the sequence
+    QEMU's vhost_user_postcopy_* and set_mem_table_postcopy send."""
+
+    config = BackendConfig(
+        protocol_features=int(ALL_PROTOCOL | ProtocolFeature.PAGEFAULT),
+        max_rings=8)
+
+    def test_the_postcopy_sequence(self):
+        self.negotiate(protocol=ALL_PROTOCOL | ProtocolFeature.PAGEFAULT)
+        _, _, raw, fds = self.fe.call_for_fds(Request.POSTCOPY_ADVISE)
+        try:
+            self.assertEqual((raw, len(fds)), (b"", 1))
+            self.assertEqual(os.readlink(f"/proc/self/fd/{fds[0]}"),
+                             "anon_inode:[userfaultfd]")
+        finally:
+            close_fds(fds)
+        _, _, ack = self.fe.call(Request.POSTCOPY_LISTEN, need_reply=True)
+        self.assertEqual(U64.unpack(ack).value, 0)
+        mem = memfd(1 << 20)
+        region = MemoryRegion(0, 1 << 20, 0x7F0000000000, 0)
+        try:
+            request, _, raw = self.fe.call(Request.SET_MEM_TABLE,
+                                           MemoryTable((region,)),
+                                           fds=[mem])
+        finally:
+            os.close(mem)
+        self.assertEqual(request, Request.SET_MEM_TABLE)
+        mapped = MemoryTable.unpack(raw).regions[0]
+        self.assertEqual(mapped.guest_addr, 0)
+        self.assertNotEqual(mapped.user_addr, region.user_addr,
+                            "the reply must give the back-end's address")
+        self.assertIsNone(self.backend.state.memory.fault_in,
+                          "memory touched before QEMU's acknowledgement")
+        self.fe.send_raw(HEADER.pack(int(Request.SET_MEM_TABLE), VERSION, 8)
+                         + U64(0).pack())
+        self.sync()
+        self.assertIsNotNone(self.backend.state.memory.fault_in)
+        _, _, end = self.fe.call(Request.POSTCOPY_END, need_reply=True)
+        self.assertEqual(U64.unpack(end).value, 0)
+        self.assertIsNone(self.backend.state.userfault)
+        self.backend.check()
 
 
 class FaultsAndWaits(BackendTestCase):
@@ -898,9 +944,6 @@ class Refusals(BackendTestCase):
     REFUSED = {
         Request.CREATE_CRYPTO_SESSION: None,
         Request.CLOSE_CRYPTO_SESSION: U64(1),
-        Request.POSTCOPY_ADVISE: None,
-        Request.POSTCOPY_LISTEN: None,
-        Request.POSTCOPY_END: None,
         Request.GET_SHARED_OBJECT: None,
     }
 

@@ -9,7 +9,7 @@ import unittest
 from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature, Request,
                                       VhostUserBackend)
 from avocado_vhost.vhost_user.frontend import FrontEnd
-from avocado_vhost.vhost_user.message import (InflightDescription, U64,
+from avocado_vhost.vhost_user.message import (SharedObject, U64,
                                               VirtioFeature, VringState)
 from avocado_vhost.vhost_user.proxy import Proxy
 
@@ -95,17 +95,18 @@ class JudgeToTheEnd(unittest.TestCase):
     real back-end, so the judge must read on and judge what follows."""
 
     def judged_after_a_refusal(self, judge):
-        pagefault = int(ProtocolFeature.PAGEFAULT)
+        shared = int(ProtocolFeature.SHARED_OBJECT)
         backend = VhostUserBackend("judge", BackendConfig(
-            judge=judge, protocol_features=pagefault))
+            judge=judge, protocol_features=shared))
         fe, conn = FrontEnd.pair(5)
         backend.adopt(conn)
         backend.start()
         try:
             fe.call(Request.GET_FEATURES)
             fe.call(Request.GET_PROTOCOL_FEATURES)
-            fe.send(Request.SET_PROTOCOL_FEATURES, U64(pagefault))
-            fe.send(Request.POSTCOPY_ADVISE)  # refused: no postcopy here
+            fe.send(Request.SET_PROTOCOL_FEATURES, U64(shared))
+            fe.send(Request.GET_SHARED_OBJECT,  # refused: no shared objects
+                    SharedObject(bytes(16)))
             try:
                 fe.send(Request.SET_VRING_NUM, VringState(0, 100))  # not 2^n
             except OSError:

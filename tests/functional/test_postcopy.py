@@ -1,0 +1,148 @@
+"""
+Postcopy live migration with a vhost-user back-end (PAGEFAULT).
+
+In postcopy the destination VM runs before its memory has arrived, and
+the destination back-end touches guest memory QEMU does not have yet.
+The spec's sequence, judged as it runs: POSTCOPY_ADVISE (the back-end
+answers with a userfaultfd), POSTCOPY_LISTEN, a memory table whose reply
+gives the back-end's own addresses, the front-end's acknowledgement, then
+faults on the back-end's mappings that QEMU serves by fetching the page
+from the source, and POSTCOPY_END.
+
+The story: the source back-end sends nothing (its transmit budget is 0),
+so 64 frames wait in the transmit ring in guest memory; 64 receive
+buffers are posted.  The migration is throttled to 1 KiB/s and switched
+to postcopy at once, and 3 MiB of non-zero RAM lie ahead of the rings in
+the stream's path (zero pages cost it nothing), so those pages are still
+on the source when the destination starts.  The destination back-end transmits the 64 frames and
+writes 64 received frames; the claims are that every frame comes out once
+and intact both ways, that the back-end faulted pages in through its
+userfaultfd (counted before each touch), and that the sequence above was
+followed.  Time to switch-over is logged.
+
+What QEMU needs (read in ``migration/postcopy-ram.c`` and
+``hw/virtio/vhost-user.c``): the postcopy-ram capability on both sides,
+the back-end's PAGEFAULT, shared guest memory, a userfaultfd in the
+back-end, and an answer to POSTCOPY_LISTEN -- QEMU always asks for one,
+whether or not REPLY_ACK was negotiated.
+"""
+
+import random
+import time
+
+from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.scenarios import migration
+from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
+from avocado_vhost.vhost_user.net import NetDevice, Port
+from avocado_vhost.virtio import NET_HDR_LEN
+
+FRAMES = 64
+THROTTLE = 1024  # bytes per second: pages come only when asked for
+#: RAM offsets filled before the migration, below the rings (4 MiB)
+BALLAST = (0x100000, 0x400000)
+
+
+class Postcopy(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,migration,postcopy
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.require_protocol(ProtocolFeature.REPLY_ACK, "QEMU waits for an "
+                              "answer to POSTCOPY_LISTEN and POSTCOPY_END")
+
+    def test_frames_cross_a_postcopy_migration(self):
+        """Every frame waiting in guest memory on the source is sent once
+        and intact by the destination, every frame sent to the guest
+        arrives, with pages faulted in through the back-end."""
+        rng = random.Random(11)
+        port = Port()
+        config = BackendConfig()
+        config.protocol_features |= int(ProtocolFeature.PAGEFAULT)
+        src_dev, dst_dev = NetDevice(port), NetDevice(port)
+        src_dev.tx_budget = 0  # the frames wait in guest memory
+        src_be = self.make_backend("src", config, device=src_dev)
+        dst_be = self.make_backend("dst", config, device=dst_dev)
+        src = self.make_vm("src", src_be.listener_path)
+        uri = "unix:" + self.socket_path("migration")
+        dst = self.make_vm("dst", dst_be.listener_path, incoming=uri)
+        self.start_vm(src, src_be, rings=2)
+        dst.launch()
+        # RAM ahead of the rings is not zero: a zero page costs the stream
+        # nothing, and the throttled stream must not reach the frames
+        src.qtest.memset(src.spec.platform.ram(BALLAST[0]),
+                         BALLAST[1] - BALLAST[0], 0xA5)
+        rxq, txq = src.net_queues()
+        sent = [rng.randbytes(1400) for _ in range(FRAMES)]
+        txq.post_out([NET_HDR + f for f in sent])
+        rxq.post_in(FRAMES)
+
+        for vm in (src, dst):
+            vm.qmp("migrate-set-capabilities", capabilities=[
+                {"capability": c, "state": True}
+                for c in ("events", "postcopy-ram")])
+        src.qmp("migrate-set-parameters", **{
+            "max-bandwidth": THROTTLE, "max-postcopy-bandwidth": THROTTLE})
+        migration.need_log_fd(self)
+        src.qmp("migrate", uri=uri)
+        started = time.monotonic()
+        src.qmp("migrate-start-postcopy")
+        if dst.events_or_exit([("RESUME", None)], self.scaled(30),
+                              "the destination to run (postcopy)") is None:
+            self.fail("the destination died at the switch-over: "
+                      + self.qemu_output(dst, 6))
+        switchover = time.monotonic() - started
+        at_switch = src.qmp("query-migrate").get("ram", {})
+        self.log.info("at the switch-over the source had sent %s pages "
+                      "(%s zero)", at_switch.get("normal"),
+                      at_switch.get("duplicate"))
+        dst_be.wait_rings_started(2, timeout=self.scaled(10))
+
+        # The destination takes the frames the source left (faulting their
+        # pages in) and fills the guest's receive buffers.
+        port.wait_sent(FRAMES, self.scaled(30))
+        received = [rng.randbytes(1000) for _ in range(FRAMES)]
+        with port.cond:
+            port.wire.extend(received)
+        dst_be.poke()
+        port.wait_received(FRAMES, self.scaled(30))
+        faults = dst_be.state.fault_in.pages \
+            if dst_be.state.fault_in is not None else 0
+
+        # Let the rest of the memory come, and the migration end.
+        src.qmp("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+        end = src.events_or_exit(
+            [("MIGRATION", {"data": {"status": s}})
+             for s in ("completed", "failed", "cancelled")],
+            self.scaled(60), "the end of the migration")
+        status = end["data"]["status"] if end else "source died"
+        self.assertEqual(status, "completed", self.qemu_output(dst, 6))
+        ram = src.qmp("query-migrate").get("ram", {})
+        self.log.info("switch-over %.2f s after migrate-start-postcopy; %d "
+                      "pages faulted in through the destination back-end; "
+                      "the source served %s page requests and sent %s pages "
+                      "(%s zero)", switchover, faults,
+                      ram.get("postcopy-requests"), ram.get("normal"),
+                      ram.get("duplicate"))
+
+        self.assertEqual([s.data for s in port.sent], sent)
+        self.assertEqual({s.backend for s in port.sent}, {"dst"})
+        for queue in (rxq, txq):
+            queue.move_to(dst.qtest)
+        self.assertEqual(len(txq.reap()), FRAMES)
+        got = [rxq.read_buffer(h, n)[NET_HDR_LEN:] for h, n in rxq.reap()]
+        self.assertEqual(got, received)
+        self.assertGreater(faults, 0, "the destination back-end never met a "
+                           "missing page: the check proved nothing")
+        received_by_dst = dst_be.trace.received()
+        for request in ("POSTCOPY_ADVISE", "POSTCOPY_LISTEN",
+                        "POSTCOPY_END"):
+            self.assertIn(request, received_by_dst)
+        self.check_backends(src_be, dst_be)
+
+
+if __name__ == "__main__":
+    main()
