@@ -16,12 +16,12 @@ not, and a :class:`DirtyLogReport` of what the destination sees.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from ..handoff import RingHandoffMonitor
 from ..phases import phase
-from ..qemu.platform import SCRATCH_WINDOW
+from ..qemu.platform import RING_WINDOW, SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
 from ..vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
                           Request, VhostUserBackend)
@@ -234,15 +234,63 @@ class DirtyLogReport:
     monitor: RingHandoffMonitor
     #: why the migration failed (None: it completed)
     failure: Optional[str]
+    #: the pages where log mistakes hide (:func:`edge_pages`), written and
+    #: logged by the source during the hold
+    edges: List[int] = field(default_factory=list)
+    #: those of them whose write is not on the destination
+    edges_lost: List[int] = field(default_factory=list)
 
 
 #: what the pages hold before, and what the source back-end writes
 OLD, NEW = 0x11, 0x42
 
+PAGE = 4096
+#: one 64-bit word of the dirty log covers 64 pages
+LOG_WORD_SPAN = 64 * PAGE
+#: "the top and bottom 256 KiB" of each region
+EDGE = 256 * 1024
 
-def dirty_log_handoff(test: "Harness") -> DirtyLogReport:
+
+def edge_pages(ranges: Sequence[Tuple[int, int]],
+               exclude: Sequence[Tuple[int, int]] = (),
+               boundaries: int = 4) -> List[int]:
+    """The pages where dirty-log mistakes hide, for RAM ``ranges``
+    (``(guest address, size)``): every page of each region's bottom and
+    top 256 KiB (its first and last page among them), and the pages on
+    either side of its first and last ``boundaries`` log-word boundaries
+    (bit 63 of one word and bit 0 of the next; the log counts pages from
+    address 0).  Pages inside ``exclude`` ranges (``(start, end)``: the
+    rings) are left out."""
+    pages = set()
+    for start, size in ranges:
+        end = start + size
+        first = start - start % PAGE
+        last = end - PAGE - (end - PAGE) % PAGE
+        for base in range(first, min(first + EDGE, end), PAGE):
+            pages.add(base)
+        for base in range(max(last - EDGE + PAGE, first), last + PAGE, PAGE):
+            pages.add(base)
+        inside = list(range(first - first % LOG_WORD_SPAN + LOG_WORD_SPAN,
+                            end, LOG_WORD_SPAN))
+        for boundary in inside[:boundaries] + inside[-boundaries:]:
+            pages.update(p for p in (boundary - PAGE, boundary)
+                         if first <= p <= last)
+    return sorted(p for p in pages
+                  if not any(lo <= p < hi for lo, hi in exclude))
+
+
+def page_mark(page: int) -> bytes:
+    """What the source writes into ``page``: its own address, repeated (a
+    page that arrived at the wrong place is told apart)."""
+    return (page.to_bytes(8, "little") + bytes([NEW]) * 8) * (PAGE // 16)
+
+
+def dirty_log_handoff(test: "Harness",
+                      unlogged_edges: Sequence[int] = ()) -> DirtyLogReport:
     """Migrate with two pages written by the source back-end while QEMU
-    waits for its GET_VRING_BASE answer: one logged, one not."""
+    waits for its GET_VRING_BASE answer, one logged, one not; and the edge
+    pages of every RAM region (:func:`edge_pages`), logged but for
+    ``unlogged_edges`` (indexes into them: a negative control)."""
     pair = start_pair(test)
     logged = test.platform.ram(SCRATCH_WINDOW[0])
     unlogged = logged + 4096
@@ -261,15 +309,24 @@ def dirty_log_handoff(test: "Harness") -> DirtyLogReport:
     if not hold.reached.wait(test.scaled(30)):
         raise AssertionError("QEMU never stopped the source rings (no "
                              "GET_VRING_BASE): " + src_be.describe())
+    rings = test.platform.window(RING_WINDOW)
+    edges = [p for p in edge_pages(list(src_be.state.memory.ram_ranges()),
+                                   [rings])
+             if p not in (logged, unlogged)]
+    skipped = {edges[i] for i in unlogged_edges}
     with src_be.lock():
         for page in (logged, unlogged):
             src_be.state.memory.write(page, bytes([NEW]) * 4096)
         src_be.mark_dirty(logged, 4096)
+        for page in edges:
+            src_be.state.memory.write(page, page_mark(page))
+            if page not in skipped:
+                src_be.mark_dirty(page, PAGE)
     hold.release.set()
     pair.src.event_wait("STOP", timeout=test.scaled(30))
     failure = wait_migration(test, pair.src, pair.dst)
     report = DirtyLogReport(log_size, ram_top, logged, unlogged, b"", b"",
-                            b"", monitor, failure)
+                            b"", monitor, failure, edges)
     if failure is not None:  # the destination is gone: nothing to read
         return report
     pair.dst_backend.wait_rings_started(2, timeout=test.scaled(10))
@@ -277,8 +334,14 @@ def dirty_log_handoff(test: "Harness") -> DirtyLogReport:
     report.unlogged_on_dst = dst_qtest.memread(unlogged, 4096)
     report.logged_on_dst_backend = pair.dst_backend.state.memory.read(
         logged, 4096)
+    dst_memory = pair.dst_backend.state.memory
+    report.edges_lost = [p for p in edges
+                         if dst_memory.read(p, PAGE) != page_mark(p)]
     test.log.info("dirty log %d bytes for RAM up to 0x%x; destination: "
-                  "logged page %02x.., unlogged page %02x..; ring handoff:"
-                  "\n%s", log_size, ram_top, report.logged_on_dst[0],
-                  report.unlogged_on_dst[0], monitor.timeline())
+                  "logged page %02x.., unlogged page %02x.., %d of %d edge "
+                  "pages lost %s; ring handoff:\n%s", log_size, ram_top,
+                  report.logged_on_dst[0], report.unlogged_on_dst[0],
+                  len(report.edges_lost), len(edges),
+                  [hex(p) for p in report.edges_lost[:8]],
+                  monitor.timeline())
     return report

@@ -67,6 +67,24 @@ class Migrate(VhostUserTest):
                          f"logged, reads {report.unlogged_on_dst[:8].hex()}"
                          ".. on the destination: the log check is vacuous")
 
+    def test_writes_at_the_edges_of_memory_arrive(self):
+        """Where log mistakes hide -- the first and last page of every RAM
+        region, its top and bottom 256 KiB, the pages on either side of a
+        log word's boundary: each page the source back-end wrote and
+        logged there is on the destination, byte for byte."""
+        report = self.migrated()
+        self.assertGreater(len(report.edges), 100)
+        self.assertEqual([hex(p) for p in report.edges_lost], [])
+
+    def test_negative_control_an_unlogged_edge_is_lost(self):
+        """Negative control: the same writes with two of them left out of
+        the log -- the 64th edge page and the last page of RAM; the check
+        above must name exactly those."""
+        report = migration.dirty_log_handoff(self, unlogged_edges=(63, -1))
+        self.assertIsNone(report.failure, report.failure)
+        self.assertEqual(sorted(report.edges_lost),
+                         sorted([report.edges[63], report.edges[-1]]))
+
     def test_no_ring_runs_on_both_sides(self):
         """The destination starts a ring only after the source stopped it
         (judged at every start and stop, on either side)."""

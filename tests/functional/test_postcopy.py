@@ -31,6 +31,7 @@ import random
 import time
 
 from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.qemu.platform import SCRATCH_WINDOW
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
@@ -39,8 +40,6 @@ from avocado_vhost.virtio import NET_HDR_LEN
 
 FRAMES = 64
 THROTTLE = 1024  # bytes per second: pages come only when asked for
-#: RAM offsets filled before the migration, below the rings (4 MiB)
-BALLAST = (0x100000, 0x400000)
 
 
 class Postcopy(VhostUserTest):
@@ -73,8 +72,8 @@ class Postcopy(VhostUserTest):
         dst.launch()
         # RAM ahead of the rings is not zero: a zero page costs the stream
         # nothing, and the throttled stream must not reach the frames
-        src.qtest.memset(src.spec.platform.ram(BALLAST[0]),
-                         BALLAST[1] - BALLAST[0], 0xA5)
+        start, end = src.spec.platform.window(SCRATCH_WINDOW)
+        src.qtest.memset(start, end - start, 0xA5)
         rxq, txq = src.net_queues()
         sent = [rng.randbytes(1400) for _ in range(FRAMES)]
         txq.post_out([NET_HDR + f for f in sent])

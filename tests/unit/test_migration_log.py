@@ -80,5 +80,28 @@ class CheckLogging(unittest.TestCase):
         self.assertTrue(any("beyond the log" in f for f in found), found)
 
 
+
+class EdgePages(unittest.TestCase):
+    """Where the dirty-log check writes (scenarios.migration.edge_pages)."""
+
+    def test_a_region_from_one_megabyte(self):
+        from avocado_vhost.scenarios.migration import edge_pages
+        pages = edge_pages([(0x100000, 0xFF00000)], boundaries=1)
+        self.assertEqual(pages[0], 0x100000)            # first page
+        self.assertEqual(pages[-1], 0xFFFF000)          # last page
+        self.assertIn(0x13F000, pages)                  # bottom 256 KiB
+        self.assertIn(0xFFC0000, pages)                 # top 256 KiB
+        # the first log-word boundary inside is at 1 MiB + 256 KiB: it
+        # falls in the bottom 256 KiB already; bit 63 and bit 0 either side
+        self.assertIn(0x13F000, pages)
+        self.assertIn(0x140000, pages)
+        self.assertEqual(len(pages), 64 + 64 + 2)
+
+    def test_excluded_pages_and_small_regions(self):
+        from avocado_vhost.scenarios.migration import edge_pages
+        pages = edge_pages([(0xE0000, 0x10000)], exclude=[(0xE0000, 0xE1000)])
+        self.assertEqual(pages, list(range(0xE1000, 0xF0000, 0x1000)))
+
+
 if __name__ == "__main__":
     unittest.main()
