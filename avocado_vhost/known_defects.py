@@ -279,6 +279,25 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "bit, and QEMU says 'unable to start vhost net: 22: falling back "
         "on userspace virtio' (no data path at all)",
         introduced_in=(2, 7, 0)),
+    QemuDefect(
+        "postcopy-end-races-device-start", "468a7effde",
+        "migration: Refactor all incoming cleanup info "
+        "migration_incoming_destroy()", (10, 2, 0),
+        r"(stalled as the postcopy memory table came|died as postcopy ended "
+        r"\(POSTCOPY_END\)): HUNG",
+        ("test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_postcopy_message_ends_cleanly",),
+        "a destination back-end slow to answer the postcopy memory table "
+        "(a 1 s stall) wedges the migration for good: the postcopy listen "
+        "thread sends POSTCOPY_END on the vhost-user socket while the main "
+        "thread waits there for its ADD_MEM_REG answer, each reads the "
+        "other's reply (\"send_add_regions: Received unexpected msg type. "
+        "Expected 37 received 30\"), the device falls back to userspace "
+        "and the destination never resumes; and a back-end that dies at "
+        "POSTCOPY_END (sent from that thread) leaves the source in "
+        "postcopy-active for good, depending on timing.  Since 468a7effde "
+        "the postcopy clean-up, POSTCOPY_END included, runs in the main "
+        "thread, and neither happens on 10.2"),
 )}
 
 

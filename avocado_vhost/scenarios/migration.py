@@ -175,13 +175,15 @@ _END = ("completed", "failed", "cancelled")
 
 
 def wait_outcome(test: "Harness", src: VhostVM, dst: VhostVM,
-                 timeout: float = 30.0) -> MigrationOutcome:
+                 timeout: float = 30.0,
+                 ends: Sequence[str] = _END) -> MigrationOutcome:
     """Wait for the migration started by :func:`migrate` to end, one way
-    or another (the source's MIGRATION event, or the source's death), and
-    say how it ended."""
+    or another (the source's MIGRATION event with a status of ``ends``, or
+    the source's death), and say how it ended.  A postcopy migration may
+    also end in ``postcopy-paused``: the source waits for a recovery."""
     try:
         event = src.events_or_exit(
-            [("MIGRATION", {"data": {"status": s}}) for s in _END],
+            [("MIGRATION", {"data": {"status": s}}) for s in ends],
             test.scaled(timeout), "end of the migration")
         status = "source died" if event is None else event["data"]["status"]
     except TimeoutError:

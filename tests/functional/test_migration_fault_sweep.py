@@ -60,10 +60,30 @@ POINTS = {
                            "as QEMU checked the state transfer"),
 }
 
+#: a postcopy migration's messages, at the destination back-end
+POSTCOPY = {
+    "POSTCOPY_ADVISE": (Request.POSTCOPY_ADVISE, anything,
+                        "as postcopy was advised (POSTCOPY_ADVISE)"),
+    "POSTCOPY_LISTEN": (Request.POSTCOPY_LISTEN, anything,
+                        "at the postcopy switch-over (POSTCOPY_LISTEN)"),
+    "memory after LISTEN": (
+        None, lambda r, p: r in (Request.ADD_MEM_REG, Request.SET_MEM_TABLE),
+        "as the postcopy memory table came"),
+    "POSTCOPY_END": (Request.POSTCOPY_END, anything,
+                     "as postcopy ended (POSTCOPY_END)"),
+}
+POINTS.update(POSTCOPY)
+POSTCOPY_POINTS = list(POSTCOPY)
+#: past the switch-over the VM runs on the destination and cannot go back:
+#: a failure there may let the migration complete, but QEMU must say so
+PAST_SWITCHOVER = {"memory after LISTEN", "POSTCOPY_END"}
+#: what QEMU prints on every vhost-user net migration, failing or not
+BENIGN = "Vhost user backend fails to broadcast fake RARP"
+
 #: the points whose reply is a status (u64, non-zero: failed)
-STATUS_REPLY = {"SET_DEVICE_STATE_FD", "CHECK_DEVICE_STATE"}
+STATUS_REPLY = {"SET_DEVICE_STATE_FD", "CHECK_DEVICE_STATE", "POSTCOPY_END"}
 #: the points QEMU waits on with a REPLY_ACK (NEED_REPLY)
-ACKED = {"SET_FEATURES+LOG_ALL", "SET_VRING_ADDR+LOG"}
+ACKED = {"SET_FEATURES+LOG_ALL", "SET_VRING_ADDR+LOG", "POSTCOPY_LISTEN"}
 
 
 def status_reply(value):
@@ -137,7 +157,7 @@ class MigrationFaultSweep(VhostUserTest):
 
     def test_a_fault_at_each_migration_message_ends_cleanly(self):
         config = BackendConfig(device_state=b"state" * 100)
-        points = list(POINTS)
+        points = [p for p in POINTS if p not in POSTCOPY]
         if self.caps.version_tuple >= (10, 0, 0) and not self.offer.lacks(
                 ProtocolFeature.DEVICE_STATE):
             config.protocol_features |= int(ProtocolFeature.DEVICE_STATE)
@@ -146,13 +166,20 @@ class MigrationFaultSweep(VhostUserTest):
         self.require_protocol(
             ProtocolFeature.LOG_SHMFD | ProtocolFeature.REPLY_ACK,
             "a migration, and faults answered in acks")
+        self.sweep(points, lambda n, fault, succeeds, point: self.step(
+            n, fault, succeeds, config, ("return-path",)),
+            "migration_fault_sweep")
+
+    def sweep(self, points, step, name):
+        """Run ``step(n, fault, succeeds, point)`` for each way at each point;
+        log and write the table (``<name>.txt``); fail on a finding that
+        is no known defect of this QEMU, and report the known ones."""
         version = self.caps.version_tuple
         rows, bad = [], []
         for point in points:
             doing = POINTS[point][2]
             for way, (fault, succeeds, verb) in self.faults(point).items():
-                text, ok = self.step(len(rows), fault, succeeds, config,
-                                     ("return-path",))
+                text, ok = step(len(rows), fault, succeeds, point)
                 row = f"{point:22s} {way:12s} {text}"
                 if not ok:
                     # in the words the known defects' signatures use
@@ -167,10 +194,10 @@ class MigrationFaultSweep(VhostUserTest):
                         bad.append(row)
                 rows.append(row)
         table = "\n".join(rows)
-        self.log.info("migration fault sweep (QEMU %s):\n%s",
+        self.log.info("%s (QEMU %s):\n%s", name.replace("_", " "),
                       self.caps.version, table)
-        with open(os.path.join(self.logdir, "migration_fault_sweep.txt"),
-                  "w", encoding="utf-8") as out:
+        with open(os.path.join(self.logdir, f"{name}.txt"), "w",
+                  encoding="utf-8") as out:
             out.write(table + "\n")
         self.assertFalse(bad, "faults during a migration that did not end "
                          "cleanly:\n" + "\n".join(bad))
@@ -179,9 +206,60 @@ class MigrationFaultSweep(VhostUserTest):
             self.cancel(f"KNOWN QEMU DEFECT {first} (not a pass)"
                         + (f", and {', '.join(others)}" if others else "")
                         + f": QEMU {self.caps.version} carries them; the "
-                        "other steps ended cleanly (table in "
-                        "migration_fault_sweep.txt)")
+                        f"other steps ended cleanly (table in {name}.txt)")
 
+    def postcopy_step(self, n, fault, succeeds, config, point):
+        """One postcopy migration with ``fault`` in the destination
+        back-end.  Before the switch-over a fault must fail the migration
+        (or pause it for a recovery) with the reason; past it the VM
+        cannot go back to the source, and the migration may complete, but
+        never silently: the destination QEMU must report the back-end's
+        failure."""
+        pair = migration.start_pair(self, config=config, prefix=f"p{n}")
+        pair.dst_backend.faults.append(fault)
+        self.cleanup(fault.release.set)
+        self.expect_failure(pair.dst_backend)  # misbehaves on purpose
+        migration.migrate(self, pair.src, pair.dst, pair.uri,
+                          capabilities=("postcopy-ram",))
+        pair.src.qmp("migrate-start-postcopy")
+        # these migrations take a second or two: ten is a hang
+        outcome = migration.wait_outcome(
+            self, pair.src, pair.dst, timeout=10,
+            ends=("completed", "failed", "cancelled", "postcopy-paused"))
+        reached = any(e.request == "FAULT"
+                      for e in pair.dst_backend.trace.select("event"))
+        said = [line for line in self.qemu_output(pair.dst, 6).split(" | ")
+                if line.strip() and BENIGN not in line]
+        for vm in (pair.src, pair.dst):
+            vm.shutdown()
+        if not reached:
+            return "QEMU never sent it", True
+        if outcome.source_exit is not None and outcome.source_exit < 0:
+            return f"CRASHED: {outcome}", False
+        if outcome.status == "timed out":
+            return f"HUNG: {outcome}", False
+        if succeeds:
+            return str(outcome), (outcome.status == "completed"
+                                  and outcome.destination_resumed)
+        if point in PAST_SWITCHOVER and outcome.status == "completed":
+            if not said:
+                return f"SILENT: {outcome}, nothing reported", False
+            return f"{outcome}; QEMU reported: {said[-1].strip()}", True
+        return str(outcome), outcome.status in ("failed", "postcopy-paused")
+
+    def test_a_fault_at_each_postcopy_message_ends_cleanly(self):
+        """The same sweep over a postcopy migration, at the destination
+        back-end: POSTCOPY_ADVISE (still precopy), POSTCOPY_LISTEN (the
+        switch-over), the memory table after it, POSTCOPY_END."""
+        self.require_protocol(
+            ProtocolFeature.LOG_SHMFD | ProtocolFeature.REPLY_ACK,
+            "a migration, and QEMU waits for answers to POSTCOPY_LISTEN "
+            "and POSTCOPY_END")
+        config = BackendConfig()
+        config.protocol_features |= int(ProtocolFeature.PAGEFAULT)
+        self.sweep(POSTCOPY_POINTS, lambda n, fault, succeeds, point:
+                   self.postcopy_step(n, fault, succeeds, config, point),
+                   "postcopy_fault_sweep")
 
 if __name__ == "__main__":
     main()
