@@ -131,6 +131,18 @@ class MigrationFaultSweep(VhostUserTest):
                              else "refused")
         return ways
 
+    @staticmethod
+    def judged_alike(outcome, reached):
+        """The row every step judges the same way -- a fault QEMU never
+        reached, a crash, a hang -- or None."""
+        if not reached:
+            return "QEMU never sent it", True
+        if outcome.source_exit is not None and outcome.source_exit < 0:
+            return f"CRASHED: {outcome}", False
+        if outcome.status == "timed out":
+            return f"HUNG: {outcome}", False
+        return None
+
     def step(self, n, fault, succeeds, config, capabilities):
         pair = migration.start_pair(self, config=config, prefix=f"s{n}")
         pair.src_backend.faults.append(fault)
@@ -143,12 +155,9 @@ class MigrationFaultSweep(VhostUserTest):
                       for e in pair.src_backend.trace.select("event"))
         for vm in (pair.src, pair.dst):
             vm.shutdown()
-        if not reached:
-            return "QEMU never sent it", True
-        if outcome.source_exit is not None and outcome.source_exit < 0:
-            return f"CRASHED: {outcome}", False
-        if outcome.status == "timed out":
-            return f"HUNG: {outcome}", False
+        judged = self.judged_alike(outcome, reached)
+        if judged is not None:
+            return judged
         if succeeds:
             ok = outcome.status == "completed" and outcome.destination_resumed
         else:
@@ -232,12 +241,9 @@ class MigrationFaultSweep(VhostUserTest):
                 if line.strip() and BENIGN not in line]
         for vm in (pair.src, pair.dst):
             vm.shutdown()
-        if not reached:
-            return "QEMU never sent it", True
-        if outcome.source_exit is not None and outcome.source_exit < 0:
-            return f"CRASHED: {outcome}", False
-        if outcome.status == "timed out":
-            return f"HUNG: {outcome}", False
+        judged = self.judged_alike(outcome, reached)
+        if judged is not None:
+            return judged
         if succeeds:
             return str(outcome), (outcome.status == "completed"
                                   and outcome.destination_resumed)
