@@ -298,6 +298,31 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "postcopy-active for good, depending on timing.  Since 468a7effde "
         "the postcopy clean-up, POSTCOPY_END included, runs in the main "
         "thread, and neither happens on 10.2"),
+    QemuDefect(
+        "get-shared-object-without-uuid", "1609476662",
+        "vhost-user: add shared_object msg", OPEN,
+        r"GET_SHARED_OBJECT carries no UUID",
+        ("test_shared_objects.py:SharedObjects."
+         "test_qemu_asks_the_exporter_for_the_object_by_its_uuid",),
+        "vhost_user_get_shared_object copies the UUID into the message but "
+        "never sets its size: only the 12-byte header goes out, and the "
+        "exporting back-end cannot tell which object is asked for (a strict "
+        "one refuses it and the lookup fails; libvhost-user reads whatever "
+        "its buffer held)",
+        introduced_in=(8, 2, 0)),
+    QemuDefect(
+        "shared-object-lookup-fd-lost", "1609476662",
+        "vhost-user: add shared_object msg", OPEN,
+        r"answered SHARED_OBJECT_LOOKUP without the object's fd",
+        ("test_shared_objects.py:SharedObjects."
+         "test_a_lookup_brings_the_exporters_object",),
+        "the answer to SHARED_OBJECT_LOOKUP never carries the object: "
+        "vhost_user_backend_handle_shared_object_lookup attaches the fd to "
+        "the importer's main socket (qemu_chr_fe_set_msgfds) and answers "
+        "on the back-end channel without it; the next write on the main "
+        "socket replaces the pending fd, so the importer never gets the "
+        "dma-buf and QEMU keeps one fd per lookup",
+        introduced_in=(8, 2, 0)),
 )}
 
 

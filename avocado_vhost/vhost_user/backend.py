@@ -538,7 +538,8 @@ class VhostUserBackend(BackendWaits):
             self.record_error(f"call fd of ring {ring.index}: {problem}")
 
     def backend_request(self, request: BackendRequest, payload: Payload,
-                        fds: Sequence[int] = (), need_reply: bool = True
+                        fds: Sequence[int] = (), need_reply: bool = True,
+                        reply_fds: Optional[List[int]] = None
                         ) -> Optional[int]:
         """Send a request on the back-end channel (BACKEND_REQ) of the
         current connection; with ``need_reply``, the front-end's REPLY_ACK
@@ -554,7 +555,7 @@ class VhostUserBackend(BackendWaits):
         if channel is None:
             raise BackendFailure(f"[{self.name}] no back-end channel: the "
                                  "front-end sent no SET_BACKEND_REQ_FD")
-        return channel.request(request, payload, fds, need_reply)
+        return channel.request(request, payload, fds, need_reply, reply_fds)
 
     def host_notifier(self, ring: int, fd: Optional[int], offset: int = 0,
                       size: int = mmap.PAGESIZE) -> Optional[int]:

@@ -20,7 +20,7 @@ wait, not a hung test.
 from __future__ import annotations
 
 import socket
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .connection import Connection, close_fds
 from .error import MalformedMessage, ProtocolError
@@ -48,10 +48,14 @@ class BackendChannel:
         self.number = conn
 
     def request(self, request: BackendRequest, payload: Payload,
-                fds: Sequence[int] = (), need_reply: bool = True
-                ) -> Optional[int]:
+                fds: Sequence[int] = (), need_reply: bool = True,
+                reply_fds: Optional[List[int]] = None) -> Optional[int]:
         """Send one back-end request; with ``need_reply``, wait for the
         front-end's REPLY_ACK and return its value (0: done).
+
+        :param reply_fds: the answer may carry fds (SHARED_OBJECT_LOOKUP's
+            dma-buf): they are appended here, the caller's to close; else
+            an answer with fds is malformed.
 
         :raise ConnectionClosed: the front-end closed the channel.
         :raise ProtocolError: the answer is not a REPLY_ACK to this request,
@@ -72,7 +76,9 @@ class BackendChannel:
         name = request_name(header.request, BackendRequest)
         self.trace.add(self.number, TraceKind.CHAN_RX, name, header.flags,
                        header.size, len(got), raw.hex())
-        if got:
+        if got and reply_fds is not None:
+            reply_fds.extend(got)
+        elif got:
             close_fds(got)
             raise MalformedMessage(f"the answer to {request.name} carried "
                                    f"{len(got)} fds")

@@ -8,8 +8,8 @@ thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
 
 from ..virtio.features import VirtioFeature
 from .message import ProtocolFeature
@@ -67,6 +67,12 @@ class BackendConfig:
         libvhost-user does: QEMU discards an interrupt raised between a
         ring's SET_VRING_KICK and its SET_VRING_CALL.  Off, a test sees
         what QEMU alone does.
+    :param shared_objects: what this back-end exports (SHARED_OBJECT):
+        UUID (16 bytes) -> the bytes of the object, served as a memfd to
+        GET_SHARED_OBJECT (the spec's dma-buf; QEMU only passes it on).
+    :param answer_unnamed_lookup: answer a GET_SHARED_OBJECT that names no
+        UUID with the one object exported (a lenient exporter, to get past
+        that front-end fault to what follows); off, it has no object.
     :param judge: this back-end only judges a conversation another
         back-end answers (the proxy's judge): what it refuses or cannot
         answer is recorded and never ends the connection, so that every
@@ -85,6 +91,8 @@ class BackendConfig:
     resignal_on_call_switch: bool = True
     device_state: bytes = b""
     device_state_wire: Optional[Callable[[bytes], bytes]] = None
+    shared_objects: Dict[bytes, bytes] = field(default_factory=dict)
+    answer_unnamed_lookup: bool = False
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED

@@ -273,6 +273,17 @@ def postcopy_order(req: Request, payload: Payload, header: Header,
     return None
 
 
+def shared_object_named(req: Request, payload: Payload, header: Header,
+                        state: DeviceState) -> Optional[str]:
+    """GET_SHARED_OBJECT's payload is the UUID of the object asked for."""
+    uuid = getattr(payload, "uuid", b"")
+    if len(uuid) != 16:
+        return (f"GET_SHARED_OBJECT carries no UUID ({len(uuid)} of "
+                "VhostUserShared's 16 bytes): the back-end cannot tell which "
+                "object is asked for")
+    return None
+
+
 #: virtio device status bits (virtio 1.x, 2.1 "Device Status Field")
 STATUS_FEATURES_OK = 8
 STATUS_DRIVER_OK = 4
@@ -348,6 +359,7 @@ RULE_SCOPE: Dict[Rule, FrozenSet[Request]] = {
     no_ring_state_after_reset: frozenset({Request.GET_VRING_BASE}),
     device_state_of_a_stopped_device: frozenset({
         Request.SET_DEVICE_STATE_FD}),
+    shared_object_named: frozenset({Request.GET_SHARED_OBJECT}),
 }
 RULES: List[Rule] = list(RULE_SCOPE) + [need_reply_needs_ack]
 

@@ -37,8 +37,8 @@ from .memory import DirtyLog
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       DeviceStateParams, Empty, IotlbMsg, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
-                      SingleRegion, U64, VringAddr, VringState,
-                      InflightDescription)
+                      SharedObject, SingleRegion, U64, VringAddr,
+                      VringState, InflightDescription)
 from .inflight import InflightArea, region_size
 from .postcopy import Userfault
 from .records import DisconnectCause, RingEvent
@@ -81,6 +81,8 @@ class WithFds(NamedTuple):
 
     payload: Payload
     fds: List[int]
+    #: the fds are the handler's own temporary ones: closed once sent
+    close_after: bool = False
 
 
 Handler = Callable[[Payload, Fds], Union[None, Payload, WithFds]]
@@ -492,6 +494,28 @@ class RequestHandlers:
         if self.state.inflight is not None:
             self.state.inflight.close()
         self.state.inflight = area
+
+    def get_shared_object(self, payload: SharedObject, fds: Fds) -> WithFds:
+        """An object this back-end exports, as an fd with the answer; no fd
+        for a UUID it does not export (spec: "or no fd otherwise").  A
+        request without a UUID (a front-end's fault, recorded) is answered
+        with the one object exported only by a back-end told to guess
+        (``answer_unnamed_lookup``: what libvhost-user ends up doing)."""
+        close_fds(fds)
+        objects = self.host.config.shared_objects
+        uuid = payload.uuid
+        if (not uuid and self.host.config.answer_unnamed_lookup
+                and len(objects) == 1):
+            uuid = next(iter(objects))
+        content = objects.get(uuid)
+        if content is None:
+            self.host.record_error(f"GET_SHARED_OBJECT of "
+                                   f"{payload.uuid.hex()}, which this "
+                                   "back-end does not export")
+            return WithFds(U64(1), [])
+        fd = os.memfd_create("vhost-shared-object", os.MFD_CLOEXEC)
+        os.write(fd, content)
+        return WithFds(U64(0), [fd], close_after=True)
 
     # --- postcopy (PAGEFAULT) ----------------------------------------------
     def postcopy_advise(self, payload: Empty, fds: Fds) -> WithFds:

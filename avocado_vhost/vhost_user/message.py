@@ -39,7 +39,7 @@ __all__ = [
     "Request", "BackendRequest", "VirtioFeature", "ProtocolFeature",
     "Header", "VringState", "VringAddr", "MemoryRegion", "MemoryTable",
     "SingleRegion", "LogDescription", "IotlbMsg", "ConfigSpace",
-    "InflightDescription", "SharedObject", "DeviceStateParams", "VringArea",
+    "InflightDescription", "SharedObject", "SharedObjectQuery", "DeviceStateParams", "VringArea",
     "Payload",
     "PAYLOAD_TYPES", "REPLY_TYPES", "REPLY_BODY", "FD_RULES", "FdRule",
     "Fixed", "U64", "Empty", "Opaque", "fd_rule",
@@ -427,6 +427,21 @@ class SharedObject:
         return (16,)
 
 
+class SharedObjectQuery(SharedObject):
+    """GET_SHARED_OBJECT's ``VhostUserShared``.  Decoded also when the UUID
+    is missing (QEMU sends it without, from 8.2 on): the conformance rule
+    ``shared_object_named`` then records the front-end's fault, and the
+    back-end answers that it has no such object instead of closing."""
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "SharedObjectQuery":
+        return cls(bytes(data))
+
+    @classmethod
+    def sizes(cls) -> Tuple[int, ...]:
+        return (0, 16)
+
+
 @dataclass(frozen=True)
 class Empty:
     """No payload."""
@@ -507,7 +522,7 @@ PAYLOAD_TYPES: Dict[Request, Any] = {
     Request.REM_MEM_REG: SingleRegion,
     Request.SET_STATUS: U64,
     Request.GET_STATUS: Empty,
-    Request.GET_SHARED_OBJECT: SharedObject,
+    Request.GET_SHARED_OBJECT: SharedObjectQuery,
     Request.SET_DEVICE_STATE_FD: DeviceStateParams,
     Request.CHECK_DEVICE_STATE: Empty,
 }

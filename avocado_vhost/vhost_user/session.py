@@ -130,7 +130,11 @@ class Session:
                                 len(data), 0, f"fault reply {data.hex()}")
             self.conn.send(data)
         elif isinstance(reply, WithFds):
-            self.send(req, reply.payload, reply.fds)
+            try:
+                self.send(req, reply.payload, reply.fds)
+            finally:
+                if reply.close_after:
+                    close_fds(reply.fds)
         elif reply is not None:
             self.send(req, reply)
         elif header.need_reply and self._reply_ack:

@@ -944,13 +944,11 @@ class Refusals(BackendTestCase):
     REFUSED = {
         Request.CREATE_CRYPTO_SESSION: None,
         Request.CLOSE_CRYPTO_SESSION: U64(1),
-        Request.GET_SHARED_OBJECT: None,
     }
 
     def test_nack_with_reply_ack(self):
-        from avocado_vhost.vhost_user.message import Opaque, SharedObject
-        payloads = {Request.CREATE_CRYPTO_SESSION: Opaque(bytes(8)),
-                    Request.GET_SHARED_OBJECT: SharedObject(bytes(16))}
+        from avocado_vhost.vhost_user.message import Opaque
+        payloads = {Request.CREATE_CRYPTO_SESSION: Opaque(bytes(8))}
         for request, payload in self.REFUSED.items():
             with self.subTest(request=request.name):
                 # A refusal may close the connection: each on a new one.

@@ -10,7 +10,8 @@ from avocado_vhost.vhost_user.message import (
     ConfigSpace, Fixed,
     DeviceStateParams, Empty, InflightDescription, IotlbMsg, LogDescription,
     MemoryRegion, MemoryTable, Opaque, ProtocolFeature, Request,
-    SharedObject, SingleRegion, U64, VirtioFeature, VringAddr, VringState,
+    SharedObject, SharedObjectQuery, SingleRegion, U64, VirtioFeature,
+    VringAddr, VringState,
     decode_header, decode_payload, decode_reply, encode, fd_rule,
     feature_names)
 
@@ -28,6 +29,7 @@ SAMPLES = {
     ConfigSpace: ConfigSpace(4, 8, 0, bytes(range(8))),
     InflightDescription: InflightDescription(4096, 0, 2, 256),
     SharedObject: SharedObject(bytes(range(16))),
+    SharedObjectQuery: SharedObjectQuery(bytes(range(16))),
     DeviceStateParams: DeviceStateParams(0, 0),
     Opaque: Opaque(b"\x01\x02"),
 }

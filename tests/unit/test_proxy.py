@@ -9,7 +9,7 @@ import unittest
 from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature, Request,
                                       VhostUserBackend)
 from avocado_vhost.vhost_user.frontend import FrontEnd
-from avocado_vhost.vhost_user.message import (SharedObject, U64,
+from avocado_vhost.vhost_user.message import (U64,
                                               VirtioFeature, VringState)
 from avocado_vhost.vhost_user.proxy import Proxy
 
@@ -95,18 +95,18 @@ class JudgeToTheEnd(unittest.TestCase):
     real back-end, so the judge must read on and judge what follows."""
 
     def judged_after_a_refusal(self, judge):
-        shared = int(ProtocolFeature.SHARED_OBJECT)
+        crypto = int(ProtocolFeature.CRYPTO_SESSION)
         backend = VhostUserBackend("judge", BackendConfig(
-            judge=judge, protocol_features=shared))
+            judge=judge, protocol_features=crypto))
         fe, conn = FrontEnd.pair(5)
         backend.adopt(conn)
         backend.start()
         try:
             fe.call(Request.GET_FEATURES)
             fe.call(Request.GET_PROTOCOL_FEATURES)
-            fe.send(Request.SET_PROTOCOL_FEATURES, U64(shared))
-            fe.send(Request.GET_SHARED_OBJECT,  # refused: no shared objects
-                    SharedObject(bytes(16)))
+            fe.send(Request.SET_PROTOCOL_FEATURES, U64(crypto))
+            fe.send(Request.CLOSE_CRYPTO_SESSION,  # refused: no crypto here
+                    U64(1))
             try:
                 fe.send(Request.SET_VRING_NUM, VringState(0, 100))  # not 2^n
             except OSError:
