@@ -284,7 +284,7 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "migration: Refactor all incoming cleanup info "
         "migration_incoming_destroy()", (10, 2, 0),
         r"(stalled as the postcopy memory table came|died as postcopy ended "
-        r"\(POSTCOPY_END\)): HUNG",
+        r"\(POSTCOPY_END\)): (HUNG|CRASHED)",
         ("test_migration_fault_sweep.py:MigrationFaultSweep."
          "test_a_fault_at_each_postcopy_message_ends_cleanly",),
         "a destination back-end slow to answer the postcopy memory table "
@@ -295,9 +295,13 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "Expected 37 received 30\"), the device falls back to userspace "
         "and the destination never resumes; and a back-end that dies at "
         "POSTCOPY_END (sent from that thread) leaves the source in "
-        "postcopy-active for good, depending on timing.  Since 468a7effde "
-        "the postcopy clean-up, POSTCOPY_END included, runs in the main "
-        "thread, and neither happens on 10.2"),
+        "postcopy-active for good, depending on timing; on 10.0.13 the "
+        "same steps end with the destination QEMU dying of SIGSEGV, or the "
+        "source of SIGABRT (get_vhost_net: Assertion `vhost_net' failed), "
+        "on quit -- taken for the same cause (the listen thread using the "
+        "vhost-user device the main thread cleans up), not proven.  Since "
+        "468a7effde the postcopy clean-up, POSTCOPY_END included, runs in "
+        "the main thread, and none of it happens on 10.2.2"),
     QemuDefect(
         "get-shared-object-without-uuid", "1609476662",
         "vhost-user: add shared_object msg", OPEN,

@@ -110,6 +110,15 @@ class VhostMachine(QEMUMachine):
         super().__init__(*args, **kwargs)
         self._qtest = qtest
 
+    def _soft_shutdown(self, timeout: Optional[int]) -> None:
+        """QEMUMachine's, with "quit" bounded by ``timeout`` too: a QEMU
+        whose main loop is stuck (in a vhost-user read, say) never answers
+        it, and QEMUMachine would wait for the answer forever; past the
+        timeout the hard shutdown (SIGKILL) follows."""
+        if self._qmp_connection is not None and timeout is not None:
+            self._qmp_connection.settimeout(timeout)
+        super()._soft_shutdown(timeout)
+
     def _post_shutdown(self) -> None:
         if self._qtest is not None:
             self._qtest.close()

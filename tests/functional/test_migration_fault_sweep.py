@@ -23,6 +23,9 @@ a sweep whose only findings are known defects ends as their report
 """
 
 import os
+import signal
+
+from qemu.machine.machine import AbnormalShutdown
 
 from avocado_vhost import known_defects
 from avocado_vhost.scenarios import migration
@@ -131,16 +134,35 @@ class MigrationFaultSweep(VhostUserTest):
                              else "refused")
         return ways
 
+    def quit_all(self, *vms):
+        """Shut the VMs down; what went wrong: a QEMU that never answered
+        "quit" (killed), one that died of a signal on the way out."""
+        problems = []
+        for vm in vms:
+            try:
+                vm.shutdown()
+            except AbnormalShutdown:
+                problems.append(f"{vm.name} QEMU did not quit: killed")
+                continue
+            code = vm.exitcode
+            if code is not None and code < 0 and code != -signal.SIGKILL:
+                problems.append(f"{vm.name} QEMU killed by signal {-code} "
+                                f"on quit: {self.qemu_output(vm, 1)}")
+        return problems
+
     @staticmethod
-    def judged_alike(outcome, reached):
+    def judged_alike(outcome, reached, quit_problems):
         """The row every step judges the same way -- a fault QEMU never
-        reached, a crash, a hang -- or None."""
+        reached, a crash (also on the way out), a hang -- or None."""
+        notes = "".join(f"; {q}" for q in quit_problems)
         if not reached:
-            return "QEMU never sent it", True
+            return "QEMU never sent it" + notes, True
         if outcome.source_exit is not None and outcome.source_exit < 0:
-            return f"CRASHED: {outcome}", False
+            return f"CRASHED: {outcome}{notes}", False
         if outcome.status == "timed out":
-            return f"HUNG: {outcome}", False
+            return f"HUNG: {outcome}{notes}", False
+        if quit_problems:
+            return f"CRASHED: {outcome}{notes}", False
         return None
 
     def step(self, n, fault, succeeds, config, capabilities):
@@ -153,9 +175,8 @@ class MigrationFaultSweep(VhostUserTest):
         outcome = migration.wait_outcome(self, pair.src, pair.dst)
         reached = any(e.request == "FAULT"
                       for e in pair.src_backend.trace.select("event"))
-        for vm in (pair.src, pair.dst):
-            vm.shutdown()
-        judged = self.judged_alike(outcome, reached)
+        judged = self.judged_alike(outcome, reached,
+                                   self.quit_all(pair.src, pair.dst))
         if judged is not None:
             return judged
         if succeeds:
@@ -239,9 +260,8 @@ class MigrationFaultSweep(VhostUserTest):
                       for e in pair.dst_backend.trace.select("event"))
         said = [line for line in self.qemu_output(pair.dst, 6).split(" | ")
                 if line.strip() and BENIGN not in line]
-        for vm in (pair.src, pair.dst):
-            vm.shutdown()
-        judged = self.judged_alike(outcome, reached)
+        judged = self.judged_alike(outcome, reached,
+                                   self.quit_all(pair.src, pair.dst))
         if judged is not None:
             return judged
         if succeeds:
