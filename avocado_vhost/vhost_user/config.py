@@ -73,6 +73,9 @@ class BackendConfig:
     :param answer_unnamed_lookup: answer a GET_SHARED_OBJECT that names no
         UUID with the one object exported (a lenient exporter, to get past
         that front-end fault to what follows); off, it has no object.
+    :param postcopy_register: register guest memory with the userfaultfd
+        after POSTCOPY_LISTEN; False is a negative control (a back-end that
+        reads pages which have not arrived yet).
     :param judge: this back-end only judges a conversation another
         back-end answers (the proxy's judge): what it refuses or cannot
         answer is recorded and never ends the connection, so that every
@@ -93,6 +96,7 @@ class BackendConfig:
     device_state_wire: Optional[Callable[[bytes], bytes]] = None
     shared_objects: Dict[bytes, bytes] = field(default_factory=dict)
     answer_unnamed_lookup: bool = False
+    postcopy_register: bool = True
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED

@@ -559,7 +559,9 @@ class RequestHandlers:
         memory and generating faults")."""
         assert self.state.userfault is not None
         self.state.memory.fault_in = None
-        for region in self.state.memory.mapped():
+        regions = (self.state.memory.mapped()
+                   if self.host.config.postcopy_register else [])
+        for region in regions:
             try:
                 self.state.userfault.register(region.map)
             except OSError as exc:
