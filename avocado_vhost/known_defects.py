@@ -327,6 +327,21 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "socket replaces the pending fd, so the importer never gets the "
         "dma-buf and QEMU keeps one fd per lookup",
         introduced_in=(8, 2, 0)),
+    QemuDefect(
+        "ring-reset-not-forwarded", "562a7d23bf",
+        "vhost: mask VIRTIO_F_RING_RESET for vhost and vhost-user devices",
+        OPEN,
+        r"reset queue 1 without telling the back-end",
+        ("test_net_features.py:NetFeatures."
+         "test_a_reset_queue_restarts_alone",),
+        "a vhost-user net back-end that offers VIRTIO_F_RING_RESET has it "
+        "negotiated with the guest (it is in vhost_net's user feature bits "
+        "since 562a7d23bf), but virtio_net_queue_reset and "
+        "virtio_net_queue_enable act for vhost-net (TAP) only: a queue the "
+        "driver resets -- Linux does to resize a ring -- is never stopped "
+        "in the back-end (no GET_VRING_BASE), which goes on with the old "
+        "ring's addresses and position",
+        introduced_in=(7, 2, 0)),
 )}
 
 

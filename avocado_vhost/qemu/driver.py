@@ -54,6 +54,13 @@ class DriverQueue:
         """Continue on another VM (after migration): same guest memory."""
         self.qtest = qtest
 
+    def restart(self) -> None:
+        """The queue was reset (VIRTIO_F_RING_RESET): every buffer is the
+        driver's again and the rings start over from index 0."""
+        self.free = list(range(self.size))
+        self.inflight.clear()
+        self.next_avail = self.last_used = 0
+
     def _alloc(self, count: int) -> List[int]:
         if len(self.free) < count:
             raise RuntimeError(f"queue {self.q.index}: {count} descriptors "

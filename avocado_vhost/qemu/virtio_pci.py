@@ -443,6 +443,36 @@ class VirtioPciDevice:
             raise VirtioPciError(f"the device refused MSI-X vector {vector} "
                                  f"for {what}")
 
+    def reset_queue(self, index: int) -> None:
+        """Reset queue ``index`` alone (VIRTIO_F_RING_RESET, virtio 1.2
+        4.1.4.3.2), then give it its rings again, zeroed, and enable it.
+
+        Done as Linux's ``vp_modern_set_queue_reset`` does it and QEMU
+        answers it: write 1 to ``queue_reset``, and the reset is over when
+        ``queue_reset`` and ``queue_enable`` read 0 (QEMU resets the queue
+        within the write).
+
+        :raise VirtioPciError: RING_RESET is not negotiated, or the device
+            did not reset the queue.
+        """
+        if not self.features & VirtioFeature.RING_RESET:
+            raise VirtioPciError("queue reset needs VIRTIO_F_RING_RESET")
+        queue = self.queues[index]
+        self._common(22, 2, index)
+        self._common(58, 2, 1)  # queue_reset
+        if self._common(58, 2) or self._common(28, 2):
+            raise VirtioPciError(f"queue {index} still reset or enabled "
+                                 "after the reset")
+        for addr, length in zip((queue.desc, queue.avail, queue.used),
+                                split_sizes(queue.size)):
+            self.qtest.memset(addr, length, 0)
+        self._common(24, 2, queue.size)
+        for off, addr in ((32, queue.desc), (40, queue.avail),
+                          (48, queue.used)):
+            self._common(off, 4, addr & 0xFFFFFFFF)
+            self._common(off + 4, 4, addr >> 32)
+        self._common(28, 2, 1)  # queue_enable: the queue restarts
+
     def reset(self) -> None:
         self.set_status(0)
 

@@ -36,6 +36,7 @@ class VirtioFeature(enum.IntFlag):
     ACCESS_PLATFORM = 1 << 33  # a.k.a. IOMMU_PLATFORM
     RING_PACKED = 1 << 34
     IN_ORDER = 1 << 35
+    RING_RESET = 1 << 40
 
 
 def feature_names(value: int, flags: Type[enum.IntFlag] = VirtioFeature
