@@ -455,8 +455,8 @@ class Conformance(BackendTestCase):
 
     def test_unoffered_feature(self):
         self.fe.call(Request.GET_FEATURES)
-        self.fe.send(Request.SET_FEATURES, U64(1 << 40))
-        self.violation("acks features not offered: bit40")
+        self.fe.send(Request.SET_FEATURES, U64(1 << 41))
+        self.violation("acks features not offered: bit41")
 
     def test_gated_request(self):
         self.fe.call(Request.GET_FEATURES)
