@@ -135,8 +135,11 @@ class MigrationFaultSweep(VhostUserTest):
         return ways
 
     def quit_all(self, *vms):
-        """Shut the VMs down; what went wrong: a QEMU that never answered
-        "quit" (killed), one that died of a signal on the way out."""
+        """Shut the VMs down, in this order (the destination first, as a
+        management layer drops a failed one: a source may be blocked
+        writing to a destination that no longer reads); what went wrong:
+        a QEMU that never answered "quit" (killed), one that died of a
+        signal on the way out."""
         problems = []
         for vm in vms:
             try:
@@ -176,7 +179,7 @@ class MigrationFaultSweep(VhostUserTest):
         reached = any(e.request == "FAULT"
                       for e in pair.src_backend.trace.select("event"))
         judged = self.judged_alike(outcome, reached,
-                                   self.quit_all(pair.src, pair.dst))
+                                   self.quit_all(pair.dst, pair.src))
         if judged is not None:
             return judged
         if succeeds:
@@ -261,7 +264,7 @@ class MigrationFaultSweep(VhostUserTest):
         said = [line for line in self.qemu_output(pair.dst, 6).split(" | ")
                 if line.strip() and BENIGN not in line]
         judged = self.judged_alike(outcome, reached,
-                                   self.quit_all(pair.src, pair.dst))
+                                   self.quit_all(pair.dst, pair.src))
         if judged is not None:
             return judged
         if succeeds:
