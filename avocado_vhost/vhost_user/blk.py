@@ -265,8 +265,12 @@ class BlkDevice(HostedDevice):
     def _complete(self, ring: "Vring", split: SplitRing,
                   request: BlkRequest, chain: Chain) -> None:
         status, data = self._execute(request, split, chain)
-        payload = data + bytes([status])
-        written = split.fill(chain.writable, payload)
+        # the data from the start of the device-writable part, the status
+        # in its very last byte (virtio-blk), wherever the data ended
+        written = split.fill(chain.writable, data)
+        addr, length = chain.writable[-1]
+        split.fill([(addr + length - 1, 1)], bytes([status]))
+        written += 1
         tracked = self._inflight(ring)
         if tracked is not None:
             tracked.completing(chain.head)
