@@ -76,10 +76,17 @@ class InflightQueue:
     def used_idx(self) -> int:
         return self._header()[4]
 
-    def initialise(self) -> None:
-        """A fresh region: version 1, no request in flight."""
-        self._map[self._off:self._off + region_size(self.queue_size)] = \
-            bytes(region_size(self.queue_size))
+    def initialise(self, zero: bool = True) -> None:
+        """A fresh region: version 1, no request in flight.
+
+        :param zero: clear the descriptor states first (a region handed
+            over uninitialised may hold anything); a new memfd is zero
+            already, and touching all of it would cost the front-end's
+            asking size in memory.
+        """
+        if zero:
+            self._map[self._off:self._off + region_size(self.queue_size)] = \
+                bytes(region_size(self.queue_size))
         _HEADER.pack_into(self._map, self._off, 0, VERSION, self.queue_size,
                           0, 0)
 
@@ -218,7 +225,7 @@ class InflightArea:
         os.ftruncate(fd, size)
         area = cls(fd, InflightDescription(size, 0, num_queues, queue_size))
         for index in range(num_queues):
-            area.queue(index).initialise()
+            area.queue(index).initialise(zero=False)
         return area
 
     def queue(self, index: int) -> InflightQueue:
