@@ -355,6 +355,18 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "but leaves the source VM stopped (postmigrate) and QEMU deaf to "
         "\"quit\" (killed after 10 s); timing decides; 10.0.13 and 10.2.2 "
         "fail such a migration with the source running"),
+    QemuDefect(
+        "crypto-session-leaks-qemu-address", "efbfeb8180",
+        "cryptodev-vhost-user: add crypto session handler", OPEN,
+        r"CREATE_CRYPTO_SESSION hands the back-end addresses of QEMU's own",
+        ("test_crypto.py:CryptoSessions."
+         "test_no_qemu_address_reaches_the_back_end",),
+        "CREATE_CRYPTO_SESSION carries QEMU's own CryptoDevBackendSym"
+        "SessionInfo, copied whole, pointers included: the back-end gets "
+        "the address of QEMU's heap copy of the guest's key (offset 40 of "
+        "the payload), which address-space randomisation is meant to hide "
+        "from another process",
+        introduced_in=(2, 12, 0)),
 )}
 
 

@@ -60,6 +60,7 @@ TRANSITIONAL = frozenset({"virtio-net-pci", "vhost-user-blk-pci",
 #: device -> virtio device type (for the modern PCI device id)
 DEVICE_TYPES = {
     "virtio-net-pci": 1,
+    "virtio-crypto-pci": 20,
     "vhost-user-blk-pci": 2,
     "vhost-user-fs-pci": 26,
     "vhost-user-gpio-pci": 41,
@@ -177,6 +178,12 @@ class VMSpec:
                     dev.append(f"vectors={2 * self.queues + 2}")
             return ["-netdev", ",".join(net),
                     "-device", ",".join(dev + rom + self.device_opts)]
+        if self.device == "virtio-crypto-pci":
+            # the back-end is a cryptodev object on the chardev
+            return ["-object", "cryptodev-vhost-user,id=crypto0,chardev=vu0",
+                    "-device", ",".join(["virtio-crypto-pci",
+                                         "cryptodev=crypto0"]
+                                        + rom + self.device_opts)]
         dev = [self.device, "chardev=vu0"]
         if not self.firmware and self.device in TRANSITIONAL:
             dev.append("disable-legacy=on")  # the test driver is modern-only

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Union
 
@@ -37,7 +38,7 @@ from .memory import DirtyLog
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       DeviceStateParams, Empty, IotlbMsg, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
-                      SharedObject, SingleRegion, U64, VringAddr,
+                      Opaque, SharedObject, SingleRegion, U64, VringAddr,
                       VringState, InflightDescription)
 from .inflight import InflightArea, region_size
 from .postcopy import Userfault
@@ -517,6 +518,42 @@ class RequestHandlers:
         os.write(fd, content)
         return WithFds(U64(0), [fd], close_after=True)
 
+    # --- crypto sessions (CRYPTO_SESSION) -----------------------------------
+    def create_crypto_session(self, payload: Opaque, fds: Fds) -> Opaque:
+        """A session for QEMU's VhostUserCryptoSession; the answer is the
+        same with the id this back-end assigns.
+
+        The spec gives the payload no layout, and QEMU changed its own in
+        8.1 (5c33f9783a) with nothing negotiated: up to 8.0 the id comes
+        first (632 bytes: id, the session's set-up, the keys), since 8.1
+        last (1072 bytes: op code, set-up and keys, id).  Told apart by
+        size.
+        """
+        close_fds(fds)
+        data = payload.data
+        if len(data) < 16:
+            raise MalformedMessage(f"CREATE_CRYPTO_SESSION of {len(data)} "
+                                   "bytes: no room for its op code and id")
+        at = 0 if len(data) == _CRYPTO_SESSION_UP_TO_8_0 else len(data) - 8
+        limit = 64  # sessions open at once: a front-end cannot grow them
+        if len(self.state.crypto_sessions) >= limit:
+            self.host.record_error(f"CREATE_CRYPTO_SESSION beyond {limit} "
+                                   "open sessions: refused (id -1)")
+            session = -1
+        else:
+            session = self.state.next_crypto_session
+            self.state.next_crypto_session += 1
+            self.state.crypto_sessions[session] = data
+        return Opaque(data[:at] + struct.pack("<q", session)
+                      + data[at + 8:])
+
+    def close_crypto_session(self, payload: U64, fds: Fds) -> None:
+        """Close a session this back-end opened."""
+        close_fds(fds)
+        if self.state.crypto_sessions.pop(payload.value, None) is None:
+            raise MalformedMessage(f"CLOSE_CRYPTO_SESSION of session "
+                                   f"{payload.value}, which is not open")
+
     # --- postcopy (PAGEFAULT) ----------------------------------------------
     def postcopy_advise(self, payload: Empty, fds: Fds) -> WithFds:
         """A userfaultfd for the migration to come, sent with the answer;
@@ -631,6 +668,10 @@ class RequestHandlers:
             self.host.record_error(f"device state {what} failed: {why}")
             return U64(1)
         return U64(0)
+
+
+#: the size of QEMU's VhostUserCryptoSession up to 8.0 (id first)
+_CRYPTO_SESSION_UP_TO_8_0 = 632
 
 
 def _replace_fd(old: Optional[int], new: Optional[int]) -> Optional[int]:

@@ -544,6 +544,9 @@ REPLY_TYPES: Dict[Request, Any] = {
     Request.IOTLB_MSG: U64,
     Request.POSTCOPY_ADVISE: Empty,
     Request.POSTCOPY_END: U64,
+    # QEMU's own VhostUserCryptoSession, the new session's id in its last
+    # 8 bytes (the spec gives the payload no layout)
+    Request.CREATE_CRYPTO_SESSION: Opaque,
     Request.SET_DEVICE_STATE_FD: U64,
     Request.CHECK_DEVICE_STATE: U64,
     # The spec says "reply payload: N/A", but QEMU waits for a reply to a

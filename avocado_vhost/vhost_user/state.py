@@ -133,6 +133,9 @@ class DeviceState:
     transfer: Optional["StateTransfer"] = None
     #: the state a destination loaded and found whole (CHECK_DEVICE_STATE)
     loaded_device_state: Optional[bytes] = None
+    #: crypto sessions open (CRYPTO_SESSION): id -> what QEMU sent
+    crypto_sessions: Dict[int, bytes] = field(default_factory=dict)
+    next_crypto_session: int = 1
     mtu: Optional[int] = None
     rarp: List[int] = field(default_factory=list)
 

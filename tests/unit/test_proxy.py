@@ -95,18 +95,21 @@ class JudgeToTheEnd(unittest.TestCase):
     real back-end, so the judge must read on and judge what follows."""
 
     def judged_after_a_refusal(self, judge):
-        crypto = int(ProtocolFeature.CRYPTO_SESSION)
+        acked = int(ProtocolFeature.REPLY_ACK)
         backend = VhostUserBackend("judge", BackendConfig(
-            judge=judge, protocol_features=crypto))
+            judge=judge, protocol_features=acked))
         fe, conn = FrontEnd.pair(5)
         backend.adopt(conn)
         backend.start()
         try:
             fe.call(Request.GET_FEATURES)
             fe.call(Request.GET_PROTOCOL_FEATURES)
-            fe.send(Request.SET_PROTOCOL_FEATURES, U64(crypto))
-            fe.send(Request.CLOSE_CRYPTO_SESSION,  # refused: no crypto here
-                    U64(1))
+            fe.send(Request.SET_PROTOCOL_FEATURES, U64(acked))
+            a, b = socket.socketpair()
+            fe.send(Request.GPU_SET_SOCKET,  # refused: no GPU here
+                    fds=[a.fileno()])
+            a.close()
+            b.close()
             try:
                 fe.send(Request.SET_VRING_NUM, VringState(0, 100))  # not 2^n
             except OSError:
