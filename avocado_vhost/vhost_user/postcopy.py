@@ -25,13 +25,12 @@ for x86_64 and aarch64; elsewhere :class:`Userfault` raises OSError.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import platform
 import struct
 import threading
-from typing import Optional
-
 __all__ = ["Userfault", "FaultIn", "mapping_address"]
 
 _SYSCALL = {"x86_64": 323, "aarch64": 282}
@@ -73,7 +72,6 @@ class Userfault:
         self.fd = fd
         api = bytearray(struct.pack("<QQQ", _UFFD_API, 0, 0))
         try:
-            import fcntl
             fcntl.ioctl(fd, _UFFDIO_API, api, True)
         except OSError:
             os.close(fd)
@@ -84,7 +82,6 @@ class Userfault:
 
         :raise OSError: the kernel refuses (a mapping it cannot track).
         """
-        import fcntl
         arg = bytearray(struct.pack("<QQQQ", mapping_address(mapping),
                                     len(mapping), _MODE_MISSING, 0))
         fcntl.ioctl(self.fd, _UFFDIO_REGISTER, arg, True)
@@ -133,10 +130,3 @@ class FaultIn:
             os.close(self._sink)
             self._sink = -1
 
-
-def userfault_or_reason() -> "tuple[Optional[Userfault], str]":
-    """A userfaultfd, or None and why the kernel refused it."""
-    try:
-        return Userfault(), ""
-    except OSError as exc:
-        return None, str(exc)
