@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..virtio.features import VirtioFeature
+
 if TYPE_CHECKING:
     from typing import Protocol
 
     from .state import DeviceState, Vring
+    from .virtq import SplitRing
 
     class DeviceHost(Protocol):
         """What a hosted device may use of its back-end."""
@@ -89,3 +92,28 @@ class HostedDevice:
 
     def _state(self) -> "DeviceState":
         return self._host().state
+
+    def _areas(self, ring: "Vring") -> "tuple[int, int, int]":
+        """The guest addresses of ``ring``'s descriptor, driver and device
+        areas (QEMU names them by its own addresses)."""
+        memory = self._state().memory
+        assert ring.addr is not None
+        return (memory.uva_to_gpa(ring.addr.desc),
+                memory.uva_to_gpa(ring.addr.avail),
+                memory.uva_to_gpa(ring.addr.used))
+
+    def _split_ring(self, ring: "Vring", next_avail: int,
+                    used_idx: Optional[int] = None) -> "SplitRing":
+        """``ring`` as a started split ring at ``next_avail`` (and, when
+        it is relocated, the used index it had).
+
+        :raise LookupError: an area is not inside one mapped region.
+        """
+        from .virtq import SplitRing
+        state = self._state()
+        desc, avail, used = self._areas(ring)
+        return SplitRing(
+            state.memory, ring.num, desc, avail, used, next_avail, None,
+            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
+            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
+            used_idx=used_idx)

@@ -205,9 +205,6 @@ class NetDevice(HostedDevice):
         VIRTIO_F_RING_PACKED is negotiated (then ``next_avail`` is the
         packed base)."""
         state = self._state()
-        assert ring.addr is not None
-        desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
-            ring.addr.desc, ring.addr.avail, ring.addr.used))
         def on_write(gpa: int, length: int, is_used: bool,
                      r: "Vring" = ring) -> None:
             self._logged(r, gpa, length, is_used)
@@ -221,15 +218,12 @@ class NetDevice(HostedDevice):
                 next_avail |= (next_avail & 0xFFFF) << 16
             # vhost-user's "avail" and "used" are the driver and device
             # event areas of a packed ring.
+            desc, avail, _ = self._areas(ring)
             return PackedRing(
                 state.memory, ring.num, desc, avail, next_avail, None,
                 indirect=state.feature_acked(
                     VirtioFeature.RING_INDIRECT_DESC))
-        return SplitRing(
-            state.memory, ring.num, desc, avail, used, next_avail, None,
-            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
-            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
-            used_idx=used_idx)
+        return self._split_ring(ring, next_avail, used_idx)
 
     def memory_changed(self) -> None:
         """The memory table changed under started rings: locate them again,
