@@ -87,6 +87,8 @@ class BlkRequest:
     sector: int
     #: bytes of data the driver offers (write) or wants (read)
     length: int
+    #: what a write carries (read once, when the request is parsed)
+    data: bytes = b""
 
 
 class BlkDevice(HostedDevice):
@@ -138,7 +140,7 @@ class BlkDevice(HostedDevice):
             if self._state().feature_acked(VirtioFeature.RING_PACKED):
                 raise RingError("packed rings are not served by this "
                                 "blk device")
-            split = self._locate(ring, ring.base)
+            split = self._split_ring(ring, ring.base)
             tracked = self._inflight(ring)
             resubmit: List[int] = []
             if tracked is not None and self.resubmit:
@@ -157,29 +159,17 @@ class BlkDevice(HostedDevice):
             self._serve(ring, split, head, split.chain_at(head))
         self.process(ring)
 
-    def _locate(self, ring: "Vring", next_avail: int) -> SplitRing:
-        state = self._state()
-        assert ring.addr is not None
-        desc, avail, used = (state.memory.uva_to_gpa(a) for a in (
-            ring.addr.desc, ring.addr.avail, ring.addr.used))
-        return SplitRing(
-            state.memory, ring.num, desc, avail, used, next_avail, None,
-            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
-            event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX))
-
     def memory_changed(self) -> None:
         for index, split in list(self.rings.items()):
             ring = self._state().vrings[index]
             try:
-                fresh = self._locate(ring, split.next_avail)
+                self.rings[index] = ring.cursor = self._split_ring(
+                    ring, split.next_avail, split.used_idx)
             except (LookupError, RingError) as exc:
                 del self.rings[index]
-                ring.cursor = None
+                ring.base, ring.cursor = split.next_avail, None
                 self._host().record_error(f"ring {index} after a memory "
                                           f"table change: {exc}")
-                continue
-            fresh.used_idx = split.used_idx
-            self.rings[index] = ring.cursor = fresh
 
     def quiesce(self, ring: "Vring") -> None:
         """GET_VRING_BASE is about to stop ``ring``: finish what is held,
@@ -257,14 +247,16 @@ class BlkDevice(HostedDevice):
             raise RingError(f"request at descriptor {chain.head}: no "
                             "16-byte header or no status byte")
         kind, _, sector = HEADER.unpack_from(readable)
-        data_in = sum(n for _, n in chain.writable) - 1
+        if kind == T_OUT:
+            data = readable[HEADER.size:]
+            return BlkRequest(index, chain.head, kind, sector, len(data),
+                              data)
         return BlkRequest(index, chain.head, kind, sector,
-                          len(readable) - HEADER.size if kind == T_OUT
-                          else data_in)
+                          sum(n for _, n in chain.writable) - 1)
 
     def _complete(self, ring: "Vring", split: SplitRing,
                   request: BlkRequest, chain: Chain) -> None:
-        status, data = self._execute(request, split, chain)
+        status, data = self._execute(request)
         # the data from the start of the device-writable part, the status
         # in its very last byte (virtio-blk), wherever the data ended
         written = split.fill(chain.writable, data)
@@ -281,8 +273,7 @@ class BlkDevice(HostedDevice):
             self.completed += 1
             self.cond.notify_all()
 
-    def _execute(self, request: BlkRequest, split: SplitRing,
-                 chain: Chain) -> Tuple[int, bytes]:
+    def _execute(self, request: BlkRequest) -> Tuple[int, bytes]:
         """The status and the data to return for ``request``."""
         if request.type in (T_IN, T_OUT):
             if request.length % SECTOR:
@@ -292,8 +283,7 @@ class BlkDevice(HostedDevice):
                 return S_IOERR, b""
             if request.type == T_IN:
                 return S_OK, self.disk.read(request.sector, count)
-            data = split.read(chain.readable)[HEADER.size:]
-            self.disk.write(request.sector, data)
+            self.disk.write(request.sector, request.data)
             return S_OK, b""
         if request.type == T_FLUSH:
             return S_OK, b""
