@@ -34,7 +34,7 @@ from .devstate import (INVALID_FD, LOAD, PHASE_STOPPED, SAVE,
                        StateTransfer, frame, unframe)
 from .connection import close_fds
 from .error import MalformedMessage, ProtocolError
-from .memory import DirtyLog
+from .memory import DirtyLog, MappedRegion
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       DeviceStateParams, Empty, IotlbMsg, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
@@ -196,8 +196,9 @@ class RequestHandlers:
             # pointing into the mappings just closed.
             self._memory_changed()
         if self._postcopy_listening():
-            local = {r.desc: r.local_address for r in mem.mapped()}
-            self._register_for_postcopy(Request.SET_MEM_TABLE)
+            mapped = mem.mapped()
+            local = {r.desc: r.local_address for r in mapped}
+            self._register_for_postcopy(Request.SET_MEM_TABLE, mapped)
             return MemoryTable(tuple(
                 replace(r, user_addr=local[r]) for r in payload.regions))
         return None
@@ -220,7 +221,7 @@ class RequestHandlers:
         self._memory_changed()
         if self._postcopy_listening():
             added = self.state.memory.mapped()[-1]
-            self._register_for_postcopy(Request.ADD_MEM_REG)
+            self._register_for_postcopy(Request.ADD_MEM_REG, [added])
             return SingleRegion(replace(payload.region,
                                         user_addr=added.local_address))
         return None
@@ -588,16 +589,16 @@ class RequestHandlers:
         return (self.state.postcopy == "listening"
                 and self.state.userfault is not None)
 
-    def _register_for_postcopy(self, request: Request) -> None:
-        """Register every mapped region (the kernel ignores a range
-        registered twice over the same fd) and wait for the front-end's
-        acknowledgement before touching memory (spec: "only upon
-        reception of this message may the guest start accessing the
-        memory and generating faults")."""
+    def _register_for_postcopy(self, request: Request,
+                               regions: List[MappedRegion]) -> None:
+        """Register the regions just mapped with the userfaultfd and wait
+        for the front-end's acknowledgement before touching memory (spec:
+        "only upon reception of this message may the guest start
+        accessing the memory and generating faults")."""
         assert self.state.userfault is not None
         self.state.memory.fault_in = None
-        regions = (self.state.memory.mapped()
-                   if self.host.config.postcopy_register else [])
+        if not self.host.config.postcopy_register:
+            regions = []  # the negative control: blind to missing pages
         for region in regions:
             try:
                 self.state.userfault.register(region.map)
