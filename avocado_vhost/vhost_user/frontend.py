@@ -71,10 +71,13 @@ class FrontEnd:
             buf += data
         return buf
 
-    def recv(self) -> Tuple[int, int, bytes]:
-        """One reply: ``(request, flags, payload)``."""
-        request, flags, size = HEADER.unpack(self._recv_exact(HEADER_SIZE))
-        return request, flags, self._recv_exact(size) if size else b""
+    def recv(self, keep: Optional[List[int]] = None
+             ) -> Tuple[int, int, bytes]:
+        """One reply: ``(request, flags, payload)``; the fds that came
+        with it are appended to ``keep`` (else closed)."""
+        request, flags, size = HEADER.unpack(
+            self._recv_exact(HEADER_SIZE, keep))
+        return request, flags, self._recv_exact(size, keep) if size else b""
 
     def call_for_fds(self, request: Request,
                      payload: Optional[Payload] = None
@@ -83,9 +86,7 @@ class FrontEnd:
         closes them): ``(request, flags, payload, fds)``."""
         self.send(request, payload)
         fds: List[int] = []
-        request_no, flags, size = HEADER.unpack(
-            self._recv_exact(HEADER_SIZE, fds))
-        return request_no, flags, self._recv_exact(size, fds), fds
+        return (*self.recv(fds), fds)
 
     def call(self, request: Request, payload: Optional[Payload] = None,
              fds: Sequence[int] = (), need_reply: bool = False
