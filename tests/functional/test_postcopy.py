@@ -29,6 +29,7 @@ whether or not REPLY_ACK was negotiated.
 
 import random
 import time
+from dataclasses import replace
 
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.qemu.platform import SCRATCH_WINDOW
@@ -65,8 +66,7 @@ class Postcopy(VhostUserTest):
         src_dev, dst_dev = NetDevice(port), NetDevice(port)
         src_dev.tx_budget = 0  # the frames wait in guest memory
         src_be = self.make_backend("src", config, device=src_dev)
-        dst_config = BackendConfig(**{**vars(config),
-                                      "postcopy_register": register})
+        dst_config = replace(config, postcopy_register=register)
         dst_be = self.make_backend("dst", dst_config, device=dst_dev)
         src = self.make_vm("src", src_be.listener_path)
         uri = "unix:" + self.socket_path("migration")

@@ -22,6 +22,7 @@ per lookup.
 
 import os
 import uuid
+from dataclasses import replace
 
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, BackendRequest,
@@ -51,8 +52,8 @@ class SharedObjects(VhostUserTest):
         config.protocol_features |= int(
             ProtocolFeature.SHARED_OBJECT | ProtocolFeature.BACKEND_REQ
             | ProtocolFeature.REPLY_ACK)
-        exporting = BackendConfig(**{**vars(config), "shared_objects": {
-            OBJECT: CONTENT}, "answer_unnamed_lookup": lenient})
+        exporting = replace(config, shared_objects={OBJECT: CONTENT},
+                            answer_unnamed_lookup=lenient)
         self.exporter = self.make_backend("exporter", exporting)
         self.importer = self.make_backend("importer", config)
         # the importer's device first: the test's driver starts that one
