@@ -69,9 +69,13 @@ class DriverQueue:
 
     def _write_descs(self, descs: List[Tuple[int, int, int, int, int]]
                      ) -> None:
+        """Descriptors ``(index, guest address, length, flags, next)``;
+        the device is given each address as it names it (behind a vIOMMU
+        the test set up: plus the queue's ``dma_offset``)."""
+        dma = self.q.dma_offset
         for index, addr, length, flags, nxt in descs:
             self.qtest.memwrite(self.q.desc + DESC.size * index,
-                                DESC.pack(addr, length, flags, nxt))
+                                DESC.pack(addr + dma, length, flags, nxt))
 
     def _make_available(self, heads: List[int], kick: bool) -> None:
         for head in heads:
@@ -120,9 +124,10 @@ class DriverQueue:
                 addr = self.buffers + d * BUF
                 cut = min(len(NET_HDR), len(payload))
                 self.qtest.memwrite(addr, payload)
+                dma = addr + self.q.dma_offset
                 self.qtest.memwrite(table, DESC.pack(
-                    addr, cut, DESC_F_NEXT, 1) + DESC.pack(
-                    addr + cut, len(payload) - cut, 0, 0))
+                    dma, cut, DESC_F_NEXT, 1) + DESC.pack(
+                    dma + cut, len(payload) - cut, 0, 0))
                 self._write_descs([(d, table, 32, DESC_F_INDIRECT, 0)])
                 self.inflight[d] = [d]
             else:
@@ -245,8 +250,8 @@ class PackedDriverQueue(DriverQueue):
                 self.pos, self.wrap = 0, not self.wrap
         for slot, addr, length, flags in reversed(entries):
             self.qtest.memwrite(self.q.desc + DESC.size * slot,
-                                PACKED_DESC.pack(addr, length, buf_id,
-                                                  flags))
+                                PACKED_DESC.pack(addr + self.q.dma_offset,
+                                                 length, buf_id, flags))
         self.slots[buf_id] = len(parts)
 
     def post_out(self, payloads: List[bytes], layout: str = "single",
@@ -264,9 +269,10 @@ class PackedDriverQueue(DriverQueue):
                             (addr + cut, len(payload) - cut, 0)], d)
             elif layout == "indirect":
                 table = self.indirect + d * 64
+                dma = addr + self.q.dma_offset
                 self.qtest.memwrite(table, PACKED_DESC.pack(
-                    addr, cut, 0, 0) + PACKED_DESC.pack(
-                    addr + cut, len(payload) - cut, 0, 0))
+                    dma, cut, 0, 0) + PACKED_DESC.pack(
+                    dma + cut, len(payload) - cut, 0, 0))
                 self._post([(table, 32, DESC_F_INDIRECT)], d)
             else:
                 raise ValueError(f"unknown layout {layout}")

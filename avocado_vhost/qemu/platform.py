@@ -52,6 +52,11 @@ class Platform:
     :param firmware_size: size of the halting firmware image.
     :param halt_offset: where in that image the CPU starts.
     :param halt_code: machine code that halts forever.
+    :param iommu_machine: the machine with a vIOMMU in front of PCI
+        (``-machine``): q35 (intel-iommu comes as a device, below) on
+        x86_64, ``virt,iommu=smmuv3`` on aarch64.
+    :param iommu_args: what else that takes on the command line, ahead of
+        the devices it translates for.
     """
 
     arch: str
@@ -63,6 +68,8 @@ class Platform:
     firmware_size: int
     halt_offset: int
     halt_code: bytes
+    iommu_machine: str
+    iommu_args: Tuple[str, ...]
 
     def ram(self, offset: int) -> int:
         """Guest-physical address ``offset`` bytes into RAM."""
@@ -72,9 +79,11 @@ class Platform:
         """A RAM window (offsets) as guest-physical addresses."""
         return self.ram(window[0]), self.ram(window[1])
 
-    def machine_args(self, memdev: str) -> List[str]:
-        args = ["-machine", f"{self.machine},memory-backend={memdev}"]
-        return args + (["-cpu", self.cpu] if self.cpu else [])
+    def machine_args(self, memdev: str, iommu: bool = False) -> List[str]:
+        machine = self.iommu_machine if iommu else self.machine
+        args = ["-machine", f"{machine},memory-backend={memdev}"]
+        args += ["-cpu", self.cpu] if self.cpu else []
+        return args + (list(self.iommu_args) if iommu else [])
 
     def halting_firmware(self, directory: str) -> str:
         """Write a firmware image that halts the CPU forever; its path.
@@ -97,13 +106,18 @@ PLATFORMS = {
     "x86_64": Platform(
         arch="x86_64", machine="pc", cpu="", ram_base=0,
         bar_base=0xFE000000, ecam_bases=(), firmware_size=0x10000,
-        halt_offset=0xFFF0, halt_code=b"\xf4\xeb\xfd"),
+        halt_offset=0xFFF0, halt_code=b"\xf4\xeb\xfd",
+        # without interrupt remapping: MSI stays as it is, and the test's
+        # driver programs DMA remapping alone
+        iommu_machine="q35",
+        iommu_args=("-device", "intel-iommu,intremap=off")),
     # virt boots from flash at 0: wfi; b .-4
     "aarch64": Platform(
         arch="aarch64", machine="virt", cpu="cortex-a57",
         ram_base=0x40000000, bar_base=0x10000000,
         ecam_bases=(0x3F000000, 0x4010000000), firmware_size=0x1000,
-        halt_offset=0, halt_code=struct.pack("<II", 0xD503207F, 0x17FFFFFF)),
+        halt_offset=0, halt_code=struct.pack("<II", 0xD503207F, 0x17FFFFFF),
+        iommu_machine="virt,iommu=smmuv3", iommu_args=()),
 }
 
 

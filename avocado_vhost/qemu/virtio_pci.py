@@ -193,6 +193,9 @@ class VirtQueue:
     avail: int
     used: int
     notify_addr: int
+    #: the device names guest byte ``g`` as ``g + dma_offset``: the test
+    #: mapped guest memory there in a vIOMMU (0: no translation)
+    dma_offset: int = 0
 
 
 class VirtioPciDevice:
@@ -216,6 +219,9 @@ class VirtioPciDevice:
         #: i); empty when the device interrupts through INTx and the ISR.
         self.vectors: List[MsixVector] = []
         self._msix_table = 0
+        #: what the device adds to a guest address to name it: the offset
+        #: of a vIOMMU mapping the test set up (:mod:`.iommu`), else 0
+        self.dma_offset = 0
 
     # --- configuration space ---------------------------------------------
     def _walk_caps(self) -> None:
@@ -424,16 +430,22 @@ class VirtioPciDevice:
         for addr, length in ((desc, desc_len), (avail, avail_len),
                              (used, used_len)):
             self.qtest.memset(addr, length, 0)
-        for off, addr in ((32, desc), (40, avail), (48, used)):
-            self._common(off, 4, addr & 0xFFFFFFFF)
-            self._common(off + 4, 4, addr >> 32)
+        self._queue_addresses(desc, avail, used)
         vector = self.queue_vector(index)
         if vector is not None:
             self._set_vector(26, vector.index, f"queue {index}")
         notify_off = self._common(30, 2)
         self._common(28, 2, 1)  # queue_enable
         notify = self._cap_addr(_NOTIFY) + notify_off * self.notify_mult
-        self.queues.append(VirtQueue(index, size, desc, avail, used, notify))
+        self.queues.append(VirtQueue(index, size, desc, avail, used, notify,
+                                     self.dma_offset))
+
+    def _queue_addresses(self, desc: int, avail: int, used: int) -> None:
+        """The selected queue's three areas, as the device names them."""
+        for off, addr in ((32, desc), (40, avail), (48, used)):
+            addr += self.dma_offset
+            self._common(off, 4, addr & 0xFFFFFFFF)
+            self._common(off + 4, 4, addr >> 32)
 
     def _set_vector(self, offset: int, vector: int, what: str) -> None:
         """Write an MSI-X vector register and check that the device took it
@@ -467,10 +479,7 @@ class VirtioPciDevice:
                                 split_sizes(queue.size)):
             self.qtest.memset(addr, length, 0)
         self._common(24, 2, queue.size)
-        for off, addr in ((32, queue.desc), (40, queue.avail),
-                          (48, queue.used)):
-            self._common(off, 4, addr & 0xFFFFFFFF)
-            self._common(off + 4, 4, addr >> 32)
+        self._queue_addresses(queue.desc, queue.avail, queue.used)
         self._common(28, 2, 1)  # queue_enable: the queue restarts
 
     def reset(self) -> None:

@@ -143,6 +143,9 @@ class VMSpec:
     incoming: Optional[str] = None
     extra: List[str] = field(default_factory=list)
     platform: Platform = PLATFORMS["x86_64"]
+    #: a vIOMMU in front of PCI (the platform's: intel-iommu on q35,
+    #: SMMUv3 on virt); the device needs ``iommu_platform=on`` as well
+    iommu: bool = False
 
     def memory_args(self) -> List[str]:
         qom = MEM_BACKENDS[self.mem_backend]
@@ -153,7 +156,7 @@ class VMSpec:
         if self.mem_slots:
             size += f",slots={self.mem_slots},maxmem={self.maxmem_mb}M"
         return (["-m", size, "-object", ",".join(opts)]
-                + self.platform.machine_args("mem0"))
+                + self.platform.machine_args("mem0", self.iommu))
 
     def chardev_args(self) -> List[str]:
         opts = ["socket", "id=vu0", f"path={self.vhost_socket}"]
@@ -324,11 +327,14 @@ class VhostVM:
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,
                      window: Tuple[int, int] = RING_WINDOW,
-                     msix: bool = False) -> VirtioPciDevice:
+                     msix: bool = False,
+                     dma_offset: int = 0) -> VirtioPciDevice:
         """Bring the vhost-user device to DRIVER_OK from the test.
 
         :param window: guest RAM (offsets from the RAM base) where the
             driver lays out its rings.
+        :param dma_offset: the device names guest address ``g`` as ``g +
+            dma_offset`` (a vIOMMU mapping the test programmed).
         """
         assert self.qtest is not None, "driving the device needs qtest"
         platform = self.spec.platform
@@ -337,6 +343,7 @@ class VhostVM:
             func = find_function(config_space(self.qtest, platform),
                                  VIRTIO_VENDOR, modern_device_id(vtype))
             self.device = VirtioPciDevice(self.qtest, func, platform.bar_base)
+            self.device.dma_offset = dma_offset
             self.device.setup(GuestAllocator(*platform.window(window)),
                               features, queues, queue_size, msix)
         return self.device

@@ -54,11 +54,13 @@ from .connection import (Connection, Listener, connect, read_eventfd,
                          signal_eventfd)
 from .device import Device
 from .error import (BackendFailure, ConnectionClosed, MalformedMessage,
-                    PeerStuck)
+                    PeerStuck, VhostUserError)
 from .faults import Fault
 from .handlers import CloseConnection
+from .iotlb import IOTLB_MISS, PERM_RO, PERM_WO
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, BackendRequest,
-                      Payload, VirtioFeature, VringArea, feature_names)
+                      IotlbMsg, Payload, VirtioFeature, VringArea,
+                      feature_names)
 from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
                       Records, RingEvent)
 from .session import Session
@@ -536,6 +538,28 @@ class VhostUserBackend(BackendWaits):
         problem = signal_eventfd(ring.call_fd)
         if problem is not None:
             self.record_error(f"call fd of ring {ring.index}: {problem}")
+
+    def iotlb_miss(self, iova: int, write: bool) -> None:
+        """Ask the front-end to translate ``iova``: a MISS on the back-end
+        channel (call with the lock held).  No answer is awaited: the
+        update comes on the main channel, which this thread must stay free
+        to read, and QEMU waits for its acknowledgement before it goes on.
+        Once per page until the next update."""
+        state = self.state
+        if not state.iotlb.ask(iova, write):
+            return
+        channel = state.backend_channel
+        if channel is None:
+            self.record_error(f"IOTLB miss at iova 0x{iova:x} and no "
+                              "back-end channel to report it on")
+            return
+        try:
+            channel.request(BackendRequest.IOTLB_MSG, IotlbMsg(
+                iova, 0, 0, PERM_WO if write else PERM_RO, IOTLB_MISS),
+                need_reply=False)
+        except (OSError, VhostUserError) as exc:
+            self.record_error(f"IOTLB miss at iova 0x{iova:x} not sent: "
+                              f"{exc}")
 
     def backend_request(self, request: BackendRequest, payload: Payload,
                         fds: Sequence[int] = (), need_reply: bool = True,

@@ -14,7 +14,8 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
   (for records), the device state negotiated so far (memory table, dirty
   log, rings, features), a way to report an error, and the one syscall a
   device makes on a front-end's fd -- signalling a ring's call eventfd,
-  which the back-end does without ever waiting.  It does not see
+  which the back-end does without ever waiting -- and, behind a vIOMMU,
+  asking for a translation it lacks (an IOTLB miss).  It does not see
   connections, the trace, faults or the lock.
 """
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
         def record_error(self, text: str) -> None: ...
 
         def signal(self, ring: "Vring") -> None: ...
+
+        def iotlb_miss(self, iova: int, write: bool) -> None:
+            """Ask the front-end for a translation (IOMMU support); the
+            device retries when :meth:`Device.memory_changed` comes."""
 
     class Device(Protocol):
         """What a back-end asks of the device it hosts."""
@@ -94,10 +99,14 @@ class HostedDevice:
         return self._host().state
 
     def _areas(self, ring: "Vring") -> "tuple[int, int, int]":
-        """The guest addresses of ``ring``'s descriptor, driver and device
-        areas (QEMU names them by its own addresses)."""
-        memory = self._state().memory
+        """The addresses of ``ring``'s descriptor, driver and device areas
+        as the ring reaches them: guest addresses (QEMU names them by its
+        own addresses), or IOVAs as they came, behind a vIOMMU."""
+        state = self._state()
+        memory = state.memory
         assert ring.addr is not None
+        if state.behind_iommu:
+            return ring.addr.desc, ring.addr.avail, ring.addr.used
         return (memory.uva_to_gpa(ring.addr.desc),
                 memory.uva_to_gpa(ring.addr.avail),
                 memory.uva_to_gpa(ring.addr.used))
@@ -113,7 +122,7 @@ class HostedDevice:
         state = self._state()
         desc, avail, used = self._areas(ring)
         return SplitRing(
-            state.memory, ring.num, desc, avail, used, next_avail, None,
+            state.dma(), ring.num, desc, avail, used, next_avail, None,
             indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
             event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
             used_idx=used_idx)

@@ -34,13 +34,14 @@ from .devstate import (INVALID_FD, LOAD, PHASE_STOPPED, SAVE,
                        StateTransfer, frame, unframe)
 from .connection import close_fds
 from .error import MalformedMessage, ProtocolError
-from .memory import DirtyLog, MappedRegion
+from .memory import AddressError, DirtyLog, MappedRegion
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, ConfigSpace,
                       DeviceStateParams, Empty, IotlbMsg, LogDescription,
                       MemoryTable, Payload, ProtocolFeature, Request,
                       Opaque, SharedObject, SingleRegion, U64, VringAddr,
                       VringState, InflightDescription)
 from .inflight import InflightArea, region_size
+from .iotlb import IOTLB_INVALIDATE, IOTLB_UPDATE, IotlbEntry
 from .postcopy import Userfault
 from .records import DisconnectCause, RingEvent
 from .state import DeviceState, Vring
@@ -435,7 +436,29 @@ class RequestHandlers:
             self.host.config.message_timeout)
 
     def iotlb_msg(self, payload: IotlbMsg, fds: Fds) -> U64:
-        self.state.iotlb.append(payload)
+        """An IOTLB update or invalidation (IOMMU support): the rings are
+        located again through the new table, and those that waited for a
+        miss move."""
+        close_fds(fds)
+        if payload.type == IOTLB_UPDATE:
+            try:
+                self.state.iotlb.update(IotlbEntry(
+                    payload.iova, payload.size, payload.user_addr,
+                    payload.perm))
+            except AddressError as exc:
+                raise MalformedMessage(str(exc)) from None
+            what = (f"update iova 0x{payload.iova:x}+0x{payload.size:x} -> "
+                    f"0x{payload.user_addr:x} perm {payload.perm}")
+        elif payload.type == IOTLB_INVALIDATE:
+            dropped = self.state.iotlb.invalidate(payload.iova, payload.size)
+            what = (f"invalidate iova 0x{payload.iova:x}+0x{payload.size:x}"
+                    f" ({dropped} entries dropped)")
+        else:
+            raise MalformedMessage(f"IOTLB_MSG of type {payload.type} "
+                                   "(the front-end sends updates and "
+                                   "invalidations)")
+        self.host.trace_event(Event.IOTLB, what)
+        self._memory_changed()
         return U64(0)
 
     def get_config(self, payload: ConfigSpace, fds: Fds) -> ConfigSpace:

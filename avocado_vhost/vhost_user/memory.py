@@ -234,17 +234,19 @@ class GuestMemory:
             f"{kind} 0x{addr:x}+0x{length:x} is not inside one mapped region"
             f" (regions: {', '.join(str(r) for r in self.regions) or 'none'})")
 
-    def locate(self, gpa: int, length: int) -> Tuple[mmap.mmap, int]:
+    def locate(self, gpa: int, length: int, write: bool = False
+               ) -> Tuple[mmap.mmap, int]:
         """The mapping and offset that hold ``[gpa, gpa+length)``, for
         ``struct.unpack_from``/``pack_into`` without copies.  Valid until
-        the memory table changes.
+        the memory table changes.  ``write`` says the device will write
+        there (the memory table has no permissions; an IOTLB has).
 
         :raise AddressError: not inside one region.
         """
         region, off = self._reach(gpa, length)
         return region.map, off
 
-    def span(self, gpa: int, length: int
+    def span(self, gpa: int, length: int, write: bool = False
              ) -> Tuple[mmap.mmap, int, int, int]:
         """The region holding ``[gpa, gpa+length)`` as ``(mapping, first
         guest address, end guest address, delta)``: any range inside it is
@@ -262,6 +264,20 @@ class GuestMemory:
             return region.map, gpa, gpa + length, off - gpa
         d = region.desc
         return region.map, d.guest_addr, d.guest_addr + d.size, off - gpa
+
+    def span_uva(self, uva: int, length: int
+                 ) -> Tuple[mmap.mmap, int, int, int]:
+        """As :meth:`span`, by QEMU's virtual address (what IOTLB entries
+        name): ``(mapping, first user address, end user address, delta)``.
+
+        :raise AddressError: not inside one region.
+        """
+        region, off = self._find(uva, length, by_uva=True)
+        if self.fault_in is not None:
+            self.fault_in(region.map, off, length)
+            return region.map, uva, uva + length, off - uva
+        d = region.desc
+        return region.map, d.user_addr, d.user_addr + d.size, off - uva
 
     def uva_to_gpa(self, uva: int) -> int:
         """Translate QEMU's virtual address (ring addresses) to a guest one."""

@@ -27,6 +27,7 @@ from ..virtio.features import VirtioFeature
 from ..virtio.net import NET_HDR_LEN, net_header
 from .message import VRING_F_LOG
 from .device import HostedDevice
+from .iotlb import IotlbMiss, TranslatedMemory
 from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
@@ -183,6 +184,9 @@ class NetDevice(HostedDevice):
         #: ring index -> (position, monotonic time it was first seen there
         #: with work posted)
         self._still: Dict[int, Tuple[int, float]] = {}
+        #: ring index -> (position, used index) of a started ring that
+        #: waits for an IOTLB update to be located (behind a vIOMMU)
+        self.unmapped: Dict[int, Tuple[int, Optional[int]]] = {}
 
     # --- called by the back-end (its lock held) --------------------------
     def ring_started(self, ring: "Vring") -> None:
@@ -191,13 +195,27 @@ class NetDevice(HostedDevice):
             backend.record_error(f"ring {ring.index} started without "
                                   "SET_VRING_ADDR")
             return
+        if self._locate(ring, ring.base, None):
+            self.process(ring)
+
+    def _locate(self, ring: "Vring", next_avail: int,
+                used_idx: Optional[int]) -> bool:
+        """Build ``ring``'s running ring at its position; whether it runs.
+        Behind a vIOMMU an area may need a translation first: the ring
+        then waits in :attr:`unmapped` for the update."""
+        self.unmapped.pop(ring.index, None)
         try:
             self.rings[ring.index] = ring.cursor = self._split(
-                ring, ring.base, None)
+                ring, next_avail, used_idx)
+            return True
+        except IotlbMiss as miss:
+            self.unmapped[ring.index] = (next_avail, used_idx)
+            ring.base, ring.cursor = next_avail, None
+            self._host().iotlb_miss(miss.iova, miss.write)
         except (LookupError, RingError) as exc:
-            backend.record_error(f"ring {ring.index}: {exc}")
-            return
-        self.process(ring)
+            ring.base, ring.cursor = next_avail, None
+            self._host().record_error(f"ring {ring.index}: {exc}")
+        return False
 
     def _split(self, ring: "Vring", next_avail: int,
                used_idx: Optional[int]) -> Union[SplitRing, PackedRing]:
@@ -220,30 +238,32 @@ class NetDevice(HostedDevice):
             # event areas of a packed ring.
             desc, avail, _ = self._areas(ring)
             return PackedRing(
-                state.memory, ring.num, desc, avail, next_avail, None,
+                state.dma(), ring.num, desc, avail, next_avail, None,
                 indirect=state.feature_acked(
                     VirtioFeature.RING_INDIRECT_DESC))
         return self._split_ring(ring, next_avail, used_idx)
 
     def memory_changed(self) -> None:
-        """The memory table changed under started rings: locate them again,
-        keeping their positions."""
-        for index, split in list(self.rings.items()):
+        """The memory table (or the IOTLB) changed under started rings:
+        locate them again, keeping their positions, and move the rings
+        that waited for a translation."""
+        places = dict(self.unmapped)
+        for index, split in self.rings.items():
+            places[index] = (split.next_avail, split.used_idx
+                             if isinstance(split, SplitRing) else None)
+        self.rings.clear()
+        for index, (next_avail, used_idx) in sorted(places.items()):
             ring = self._state().vrings[index]
-            try:
-                self.rings[index] = ring.cursor = self._split(
-                    ring, split.next_avail,
-                    split.used_idx if isinstance(split, SplitRing) else None)
-            except (LookupError, RingError) as exc:
-                del self.rings[index]
-                ring.base, ring.cursor = split.next_avail, None
-                self._host().record_error(f"ring {index} after a memory "
-                                           f"table change: {exc}")
+            if ring.started and self._locate(ring, next_avail, used_idx):
+                self.process(ring)
 
     def quiesce(self, ring: "Vring") -> None:
         """Nothing to finish: a frame is taken and completed at once."""
 
     def ring_stopped(self, ring: "Vring") -> None:
+        waiting = self.unmapped.pop(ring.index, None)
+        if waiting is not None:
+            ring.base = waiting[0]
         self.broken.pop(ring.index, None)
         self._still.pop(ring.index, None)
         split = self.rings.pop(ring.index, None)
@@ -255,6 +275,7 @@ class NetDevice(HostedDevice):
         for ring in self._state().vrings.values():
             ring.cursor = None
         self.rings.clear()
+        self.unmapped.clear()
         self.broken.clear()
         self._still.clear()
 
@@ -285,6 +306,10 @@ class NetDevice(HostedDevice):
                 if not (isinstance(split, SplitRing)
                         and split.publish_avail_event()):
                     break
+        except IotlbMiss as miss:
+            # the ring stays where the untranslated buffer is; the update
+            # (memory_changed) moves it on
+            self._host().iotlb_miss(miss.iova, miss.write)
         except (RingError, LookupError, ValueError) as exc:
             # ValueError: a mapping closed under the ring (never expected:
             # memory_changed() relocates rings; a ring must not kill the
@@ -374,6 +399,9 @@ class NetDevice(HostedDevice):
             done = 0
             try:
                 done = self._fill(ring, split, batch)
+            except IotlbMiss as miss:
+                done = miss.delivered
+                raise
             finally:
                 with self.port.cond:
                     wire.extendleft(reversed(batch[done:]))
@@ -401,6 +429,7 @@ class NetDevice(HostedDevice):
         done = 0
         while done < len(batch):
             if isinstance(split, PackedRing):
+                mark = split.mark()
                 item = split.pop()
                 if item is None:
                     break
@@ -425,7 +454,14 @@ class NetDevice(HostedDevice):
                     f"ring {ring.index}: receive buffer of {room} bytes for "
                     f"a {len(data)}-byte frame")
                 continue
-            complete(split.fill(chain.writable, data))
+            try:
+                written = split.fill(chain.writable, data)
+            except IotlbMiss as miss:
+                if isinstance(split, PackedRing):
+                    split.rewind(mark)  # the buffer is taken again later
+                miss.delivered = done
+                raise
+            complete(written)
             done += 1
         return done
 
@@ -453,6 +489,14 @@ class NetDevice(HostedDevice):
         if not is_used or isinstance(split, PackedRing):
             # Buffers; and a packed ring's used descriptors, which live in
             # the descriptor ring, not at the used-ring log address.
+            # Behind a vIOMMU the address is an IOVA: the log is by guest
+            # address.
+            memory = split.memory if split is not None else None
+            if isinstance(memory, TranslatedMemory):
+                translated = memory.to_gpa(gpa)
+                if translated is None:
+                    return
+                gpa = translated
             log.mark(gpa, length)
         elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
             base = split.used if split is not None else gpa

@@ -19,9 +19,10 @@ This module only holds state; :mod:`.backend` changes it and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from .connection import close_fds
+from .iotlb import Iotlb, TranslatedMemory
 from .memory import DirtyLog, GuestMemory
 from .message import ProtocolFeature, Request, VirtioFeature, VringAddr
 
@@ -118,7 +119,8 @@ class DeviceState:
     config: bytearray = field(default_factory=bytearray)
     #: the back-end channel (SET_BACKEND_REQ_FD), if the front-end gave one
     backend_channel: Optional["BackendChannel"] = None
-    iotlb: List[object] = field(default_factory=list)
+    #: the device IOTLB (VIRTIO_F_IOMMU_PLATFORM): IOTLB_MSG updates
+    iotlb: Iotlb = field(default_factory=Iotlb)
     postcopy: str = "none"  # none -> advised -> listening -> ended
     #: the userfaultfd handed over by POSTCOPY_ADVISE (closed at its END)
     userfault: Optional["Userfault"] = None
@@ -157,6 +159,19 @@ class DeviceState:
         acked = self.acked_features
         return acked is not None and bool(acked & int(bit))
 
+    @property
+    def behind_iommu(self) -> bool:
+        """Whether the driver's addresses are IOVAs (VIRTIO_F_IOMMU_PLATFORM
+        negotiated): rings and buffers are then reached through the IOTLB."""
+        return self.feature_acked(VirtioFeature.ACCESS_PLATFORM)
+
+    def dma(self) -> Union[GuestMemory, TranslatedMemory]:
+        """Guest memory as the driver's addresses name it: by guest
+        address, or by IOVA behind a vIOMMU."""
+        if self.behind_iommu:
+            return TranslatedMemory(self.memory, self.iotlb)
+        return self.memory
+
     def vring(self, index: int) -> Vring:
         if index not in self.vrings:
             ring = Vring(index)
@@ -176,6 +191,7 @@ class DeviceState:
             ring.close_fds()
             ring.started = False
         self.memory.clear()
+        self.iotlb.clear()
         if self.log is not None:
             self.log.close()
             self.log = None

@@ -61,6 +61,7 @@ class Event(str, enum.Enum):
     CALL = "CALL"
     INFLIGHT = "INFLIGHT"
     POSTCOPY = "POSTCOPY"
+    IOTLB = "IOTLB"
     # the proxy's two ends
     FRONT_END_CONNECTED = "FRONT-END CONNECTED"
     BACK_END_CONNECTED = "BACK-END CONNECTED"

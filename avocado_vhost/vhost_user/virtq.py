@@ -21,13 +21,18 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from ..virtio.ring import (AVAIL_F_NO_INTERRUPT, DESC, DESC_F_INDIRECT,
                            DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC,
                            PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
                            PACKED_EVENT_DISABLE, USED_ELEM, split_sizes)
+from .iotlb import IotlbMiss, TranslatedMemory
 from .memory import GuestMemory
+
+#: What a ring reads and writes through: guest memory by guest address,
+#: or by IOVA through the device IOTLB (VIRTIO_F_IOMMU_PLATFORM).
+Memory = Union[GuestMemory, TranslatedMemory]
 
 __all__ = ["Chain", "SplitRing", "PackedRing", "RingError", "packed_base"]
 
@@ -108,6 +113,9 @@ class _Ring:
     """What both ring layouts share: buffer access through the mapped
     memory, and the write hook the back-end logs through."""
 
+    #: a packed ring's device writes its used descriptors in place
+    _writes_descriptors = False
+
     def _checked(self, chain: "Chain") -> "Chain":
         """``chain``, unless it describes more than MAX_CHAIN_BYTES."""
         total = sum(n for _, n in chain.readable) + sum(
@@ -130,7 +138,7 @@ class _Ring:
                             "longer than the Queue Size of the device\")")
         return length // 16
 
-    def __init__(self, memory: GuestMemory, num: int, desc: int,
+    def __init__(self, memory: Memory, num: int, desc: int,
                  on_write: Optional[Callable[[int, int, bool], None]],
                  indirect: bool):
         if num == 0 or num > 32768:
@@ -140,7 +148,8 @@ class _Ring:
         self.desc = desc
         self.on_write = on_write
         self.indirect = indirect
-        self._dmap, self._doff = memory.locate(desc, split_sizes(num)[0])
+        self._dmap, self._doff = memory.locate(
+            desc, split_sizes(num)[0], write=self._writes_descriptors)
 
     def read(self, buffers: List[Tuple[int, int]]) -> bytes:
         if len(buffers) == 1:
@@ -156,7 +165,7 @@ class _Ring:
             if pos >= len(data):
                 break
             part = data[pos:pos + length]
-            mapping, off = self.memory.locate(addr, len(part))
+            mapping, off = self.memory.locate(addr, len(part), write=True)
             mapping[off:off + len(part)] = part
             if self.on_write is not None:
                 self.on_write(addr, len(part), False)
@@ -184,7 +193,7 @@ class SplitRing(_Ring):
     :raise LookupError: a ring area is not inside one mapped region.
     """
 
-    def __init__(self, memory: GuestMemory, num: int, desc: int, avail: int,
+    def __init__(self, memory: Memory, num: int, desc: int, avail: int,
                  used: int, next_avail: int,
                  on_write: Optional[Callable[[int, int, bool], None]] = None,
                  indirect: bool = False, event_idx: bool = False,
@@ -196,7 +205,7 @@ class SplitRing(_Ring):
         self.event_idx = event_idx
         _, avail_len, used_len = split_sizes(num)
         self._amap, self._aoff = memory.locate(avail, avail_len)
-        self._umap, self._uoff = memory.locate(used, used_len)
+        self._umap, self._uoff = memory.locate(used, used_len, write=True)
         self.used_idx = (_U16.unpack_from(self._umap, self._uoff + 2)[0]
                          if used_idx is None else used_idx)
         self._signalled_used = self.used_idx
@@ -321,7 +330,7 @@ class SplitRing(_Ring):
                     written = 0
                     if room >= size:
                         if not lo <= addr <= hi - size:
-                            mapping, lo, hi, delta = span(addr, size)
+                            mapping, lo, hi, delta = span(addr, size, True)
                         off = addr + delta
                         mapping[off:off + size] = data
                         if on_write is not None:
@@ -339,6 +348,9 @@ class SplitRing(_Ring):
                 used = (used + 1) & 0xFFFF
                 self.next_avail = (self.next_avail + 1) & 0xFFFF
                 count -= 1
+        except IotlbMiss as miss:
+            miss.delivered = done  # the frames before it are in the guest
+            raise
         finally:
             self._publish_used(used)
         return done, descriptors
@@ -494,7 +506,9 @@ class PackedRing(_Ring):
     :param base: the packed base from SET_VRING_BASE.
     """
 
-    def __init__(self, memory: GuestMemory, num: int, desc: int,
+    _writes_descriptors = True
+
+    def __init__(self, memory: Memory, num: int, desc: int,
                  driver: int, base: int,
                  on_write: Optional[Callable[[int, int, bool], None]] = None,
                  indirect: bool = False):
@@ -548,9 +562,27 @@ class PackedRing(_Ring):
         used = bool(flags & PACKED_DESC_F_USED)
         return avail == self.avail_wrap and used != self.avail_wrap
 
+    def mark(self) -> Tuple[int, bool]:
+        """The available position, for :meth:`rewind`."""
+        return self.avail_pos, self.avail_wrap
+
+    def rewind(self, mark: Tuple[int, bool]) -> None:
+        """Put back what was popped since ``mark`` (its buffer could not be
+        reached yet: an IOTLB miss); the ring takes it again later."""
+        self.avail_pos, self.avail_wrap = mark
+
     def pop(self) -> Optional[Tuple[Chain, int, int]]:
         """The next available buffer: ``(chain, buffer id, descriptors)``,
-        or None."""
+        or None.  A chain that cannot be walked leaves the position where
+        it was."""
+        mark = self.mark()
+        try:
+            return self._pop()
+        except BaseException:
+            self.rewind(mark)
+            raise
+
+    def _pop(self) -> Optional[Tuple[Chain, int, int]]:
         flags, addr, length, buf_id = load_packed_desc(
             self._dmap, self._doff + 16 * self.avail_pos)
         if not self._available(flags):
