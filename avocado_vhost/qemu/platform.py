@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 __all__ = ["Platform", "PLATFORMS", "platform_for",
-           "SCRATCH_WINDOW", "RING_WINDOW", "BUFFER_WINDOW"]
+           "SCRATCH_WINDOW", "RING_WINDOW", "BUFFER_WINDOW", "IOMMU_WINDOW"]
 
 #: The guest RAM layout every test uses, in offsets from the RAM base:
 #: pages a scenario writes and reads back itself (migration's dirty pages),
-#: where the test driver lays out its rings, and where the data-path
-#: drivers allocate buffers.  Nothing else in guest RAM is the test's.
+#: where the test driver lays out its rings, where the data-path drivers
+#: allocate buffers, and where a vIOMMU's tables go (:mod:`.iommu`).
+#: Nothing else in guest RAM is the test's.
 SCRATCH_WINDOW = (0x100000, 0x400000)
 RING_WINDOW = (0x400000, 0x800000)
 BUFFER_WINDOW = (0x800000, 0x4000000)
+IOMMU_WINDOW = (0x4000000, 0x4400000)
 
 
 @dataclass(frozen=True)

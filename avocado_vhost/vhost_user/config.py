@@ -76,6 +76,9 @@ class BackendConfig:
     :param postcopy_register: register guest memory with the userfaultfd
         after POSTCOPY_LISTEN; False is a negative control (a back-end that
         reads pages which have not arrived yet).
+    :param iotlb_invalidate: drop the IOTLB entries an IOTLB_MSG
+        invalidation names; False is a negative control (a back-end that
+        keeps translating through a mapping the guest took away).
     :param judge: this back-end only judges a conversation another
         back-end answers (the proxy's judge): what it refuses or cannot
         answer is recorded and never ends the connection, so that every
@@ -97,6 +100,7 @@ class BackendConfig:
     shared_objects: Dict[bytes, bytes] = field(default_factory=dict)
     answer_unnamed_lookup: bool = False
     postcopy_register: bool = True
+    iotlb_invalidate: bool = True
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED

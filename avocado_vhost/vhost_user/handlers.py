@@ -450,7 +450,8 @@ class RequestHandlers:
             what = (f"update iova 0x{payload.iova:x}+0x{payload.size:x} -> "
                     f"0x{payload.user_addr:x} perm {payload.perm}")
         elif payload.type == IOTLB_INVALIDATE:
-            dropped = self.state.iotlb.invalidate(payload.iova, payload.size)
+            dropped = self.state.iotlb.invalidate(
+                payload.iova, payload.size, self.host.config.iotlb_invalidate)
             what = (f"invalidate iova 0x{payload.iova:x}+0x{payload.size:x}"
                     f" ({dropped} entries dropped)")
         else:

@@ -109,11 +109,12 @@ class Iotlb:
         if len(self._entries) > self.limit:
             self._remove(self._order[0])
 
-    def invalidate(self, iova: int, size: int) -> int:
+    def invalidate(self, iova: int, size: int, drop: bool = True) -> int:
         """Drop every entry that overlaps ``[iova, iova+size)`` (an
-        INVALIDATE); how many were dropped."""
+        INVALIDATE); how many were dropped.  ``drop=False`` only counts it
+        (a negative control that keeps stale entries)."""
         self.invalidations += 1
-        return self._drop(iova, size)
+        return self._drop(iova, size) if drop else 0
 
     def _drop(self, iova: int, size: int) -> int:
         gone = [e for e in self._entries

@@ -22,6 +22,12 @@ turns this on only for a back-end with BACKEND_REQ and REPLY_ACK.
 import random
 
 from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.qemu.iommu import IntelIommu
+from avocado_vhost.qemu.platform import (BUFFER_WINDOW, IOMMU_WINDOW,
+                                         RING_WINDOW)
+from avocado_vhost.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator,
+                                           config_space, find_function,
+                                           modern_device_id)
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
 from avocado_vhost.vhost_user.iotlb import IOTLB_UPDATE
@@ -29,6 +35,8 @@ from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
 
 QUEUE_SIZE = 64
+#: where the test's page tables put guest memory for the device
+DMA_OFFSET = 1 << 32
 
 
 def frames(rng, count, tag):
@@ -46,12 +54,12 @@ class Viommu(VhostUserTest):
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,net,iommu
     """
 
-    def start(self, dma_offset=0, setup=None):
+    def start(self, dma_offset=0, setup=None, config=None):
         self.require_protocol(
             ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK,
             "QEMU hands a vIOMMU's translations only to a back-end with the "
             "back-end channel and REPLY_ACK")
-        config = BackendConfig()
+        config = config or BackendConfig()
         config.features |= int(VirtioFeature.ACCESS_PLATFORM)
         port = Port()
         backend = self.make_backend("backend", config, device=NetDevice(port))
@@ -110,6 +118,105 @@ class Viommu(VhostUserTest):
                 entry.user_addr), entry.iova,
                 f"with translation off an IOVA is its guest address: "
                 f"{entry}")
+
+
+
+class ViommuTranslation(Viommu):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,vhost-user,net,iommu
+    """
+
+    def start_translated(self, config=None):
+        """intel-iommu programmed by the test: the device's addresses are
+        guest addresses plus DMA_OFFSET, in the test's page tables."""
+        self.require_arch("x86_64")
+        self.iommu = None
+
+        def program(vm):
+            platform = vm.spec.platform
+            func = find_function(config_space(vm.qtest, platform),
+                                 VIRTIO_VENDOR, modern_device_id(1))
+            self.iommu = IntelIommu(vm.qtest, GuestAllocator(
+                *platform.window(IOMMU_WINDOW)))
+            for window in (RING_WINDOW, BUFFER_WINDOW):
+                lo, hi = platform.window(window)
+                self.iommu.map(lo + DMA_OFFSET, lo, hi - lo)
+            self.iommu.attach(func.devfn)
+            self.iommu.enable()
+        return self.start(DMA_OFFSET, program, config)
+
+    def test_frames_cross_through_the_guest_page_tables(self):
+        """Every IOVA is 4 GiB above its guest address: frames cross both
+        ways only through the IOTLB, and every entry QEMU handed over
+        translates as the test's page tables say."""
+        vm, backend, port, (rxq, txq) = self.start_translated()
+        rng = random.Random(8)
+        self.transmit(port, txq, frames(rng, 40, b"tx"))
+        self.receive(backend, port, rxq, frames(rng, 40, b"rx"))
+        iotlb = backend.state.iotlb
+        self.log.info("IOTLB: %d misses sent, %d updates, %d entries",
+                      iotlb.misses, iotlb.updates, len(iotlb))
+        self.assertGreater(iotlb.misses, 0, "the back-end never missed")
+        for entry in iotlb.entries:
+            self.assertEqual(
+                backend.state.memory.uva_to_gpa(entry.user_addr),
+                entry.iova - DMA_OFFSET, f"QEMU's IOTLB entry {entry} does "
+                "not say what the guest's page table says")
+
+    def moved_page(self, config=None):
+        """Transmit through one buffer, move its page elsewhere in the
+        page table and invalidate that page, then transmit through the
+        same IOVA again: what comes out of the port, and the frame that
+        the new page holds."""
+        vm, backend, port, (rxq, txq) = self.start_translated(config)
+        rng = random.Random(9)
+        # a ring's worth: every buffer's page is in the back-end's IOTLB
+        self.transmit(port, txq, frames(rng, QUEUE_SIZE, b"warm"))
+        before = len(port.sent)
+        (head,) = txq.post_out([NET_HDR + frames(rng, 1, b"old")[0]],
+                               kick=False)
+        gpa = txq.buffer_addr(head)
+        iova = gpa + DMA_OFFSET
+        with backend.lock():
+            cached = backend.state.iotlb.find(iova, 1, False)
+        self.log.info("the back-end translates iova 0x%x by %s", iova, cached)
+        # the page's new home (test-owned RAM), holding the frame the
+        # device must read from now on
+        page = gpa & ~0xFFF
+        new_page = self.iommu.alloc.alloc(0x1000)
+        fresh = frames(rng, 1, b"new")[0]
+        vm.qtest.memwrite(new_page, vm.qtest.memread(page, 0x1000))
+        vm.qtest.memwrite(new_page + (gpa - page), NET_HDR + fresh)
+        self.iommu.remap(page + DMA_OFFSET, new_page)
+        invalidations = backend.state.iotlb.invalidations
+        self.iommu.invalidate(page + DMA_OFFSET)
+        self.assertGreater(backend.state.iotlb.invalidations, invalidations,
+                           "QEMU sent no IOTLB invalidation for the page "
+                           "the guest took away")
+        # (the back-end may take the buffer at the invalidation already)
+        txq.kick()
+        port.wait_sent(before + 1, timeout=self.scaled(10))
+        txq.reap()
+        return port.sent[-1].data, fresh
+
+    def test_an_invalidated_page_is_translated_again(self):
+        """The guest moves a buffer's page and invalidates it: QEMU tells
+        the back-end, which must drop its entry, miss again and read the
+        page where it is now."""
+        got, fresh = self.moved_page()
+        self.assertTrue(got == fresh, "the back-end read the page the "
+                        f"guest took away: {got[:8]!r}.., the page "
+                        f"mapped now holds {fresh[:8]!r}..")
+
+    def test_negative_control_a_stale_entry_reads_the_old_page(self):
+        """A back-end that keeps the entry the invalidation named reads the
+        page the guest took away -- the check above can fail."""
+        config = BackendConfig(iotlb_invalidate=False)
+        got, fresh = self.moved_page(config)
+        self.assertTrue(got != fresh and got.startswith(b"old"),
+                        f"a stale entry should read the old frame, got "
+                        f"{got[:8]!r}..")
 
 
 if __name__ == "__main__":
