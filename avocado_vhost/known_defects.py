@@ -328,6 +328,21 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "dma-buf and QEMU keeps one fd per lookup",
         introduced_in=(8, 2, 0)),
     QemuDefect(
+        "backend-channel-half-message-blocks", "57dc02173c",
+        "vhost-user: Convert slave channel to QIOChannelSocket",
+        OPEN,
+        r"QEMU's main loop stopped answering while a back-end request was "
+        r"half sent",
+        ("test_backend_channel.py:MalformedBackendRequests."
+         "test_half_a_request_does_not_stop_qemu",),
+        "backend_read() is a main-loop handler, yet it reads the rest of a "
+        "back-end request with qio_channel_read_all() on a blocking socket: "
+        "a back-end that sends a header and not the payload it announces "
+        "stops QEMU's main loop -- QMP, the monitor, device emulation done "
+        "there -- until it sends the rest, for as long as it likes (before "
+        "57dc02173c a short read was an error)",
+        introduced_in=(6, 0, 0)),
+    QemuDefect(
         "ring-reset-not-forwarded", "562a7d23bf",
         "vhost: mask VIRTIO_F_RING_RESET for vhost and vhost-user devices",
         OPEN,

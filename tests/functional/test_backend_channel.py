@@ -19,15 +19,49 @@ takes them without an eventfd); its removal is tested with hot-unplug too
 import mmap
 import os
 import struct
+import time
 
 from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE, BLK_QUEUES,
                                    device_config)
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
-from avocado_vhost.vhost_user.message import BackendRequest, Empty
+from avocado_vhost.qemu.qtest import QtestError
+from avocado_vhost.vhost_user.error import ConnectionClosed
+from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, HEADER,
+                                              VERSION, BackendRequest, Empty)
 
 #: ISR status bit of a configuration change (virtio 4.1.4.5)
 ISR_CONFIG = 0x2
+
+_ASK = VERSION | FLAG_NEED_REPLY
+
+
+def _raw(request, flags, payload=b"", size=None):
+    """One message as bytes, its header's size field as given."""
+    return HEADER.pack(request, flags, len(payload) if size is None
+                       else size) + payload
+
+
+#: malformed back-end requests: name -> (bytes sent first, fds to attach,
+#: bytes sent after the main-loop probe).  QEMU's part of the spec: "the
+#: front-end must respond with zero when operation is successfully
+#: completed, or non-zero otherwise" -- and nothing a back-end sends may
+#: stop the VM.
+MALFORMED = {
+    "unknown request 99": (_raw(99, _ASK, bytes(8)), 0, b""),
+    "size beyond any payload": (_raw(BackendRequest.CONFIG_CHANGE_MSG, _ASK,
+                                     size=0x100000), 0, b""),
+    "IOTLB miss of 8 bytes": (_raw(BackendRequest.IOTLB_MSG, _ASK,
+                                   bytes(8)), 0, b""),
+    "host notifier of ring 200, no fd": (_raw(
+        BackendRequest.VRING_HOST_NOTIFIER_MSG, _ASK,
+        struct.pack("<QQQ", 200 | 1 << 8, 0, 0)), 0, b""),
+    "config change carrying 3 fds": (_raw(
+        BackendRequest.CONFIG_CHANGE_MSG, _ASK), 3, b""),
+}
+#: a header announcing 32 bytes, 8 of them; the rest after the probe
+HALF = (_raw(BackendRequest.IOTLB_MSG, _ASK, bytes(8), size=32), 0,
+        bytes(24))
 
 
 class BackendChannel(VhostUserTest):
@@ -134,6 +168,89 @@ class BackendChannel(VhostUserTest):
         vm.qtest.write(kick, 2, 1)
         self.assertEqual(page[0:2], b"\0\0", "a kick landed in the page "
                          "after the notifier was removed")
+
+
+class MalformedBackendRequests(VhostUserTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,backend-channel
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.require_protocol(ProtocolFeature.BACKEND_REQ,
+                              "the test is about the back-end channel")
+
+    def send_malformed(self, name, case):
+        """One VM; send ``case``; what QEMU did: its answer, whether its
+        main loop kept answering (qtest), whether it still runs."""
+        first, nfds, rest = case
+        backend = self.make_backend(f"backend{len(self.vms)}")
+        vm = self.make_vm(f"vm{len(self.vms)}", backend.listener_path)
+        self.start_vm(vm, backend)
+        channel = backend.state.backend_channel
+        self.assertIsNotNone(channel, "QEMU gave no back-end channel")
+        log_before = len(vm.log_text())
+        fds = [os.eventfd(0) for _ in range(nfds)]
+        try:
+            channel.conn.send(first, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        # QEMU's main loop serves qtest too: does it still answer?
+        vm.qtest.timeout = self.scaled(2)
+        started = time.monotonic()
+        try:
+            vm.qtest.read(vm.spec.platform.ram(0), 4)
+            loop = "kept answering"
+        except QtestError:
+            loop = (f"blocked: no qtest answer within "
+                    f"{time.monotonic() - started:.1f} s")
+        if rest:
+            channel.conn.send(rest)
+        if channel.conn.wait_readable(self.scaled(1)):
+            try:
+                header, raw, _ = channel.conn.recv()
+                answer = (f"answered {int.from_bytes(raw[:8], 'little')} "
+                          f"(flags 0x{header.flags:x})")
+            except ConnectionClosed:
+                answer = "closed the channel"
+        else:
+            answer = "no answer"
+        alive = vm.is_running()
+        said = vm.log_text()[log_before:].strip().replace("\n", " | ")
+        return {"case": name, "answer": answer, "main loop": loop,
+                "qemu": "runs" if alive else f"died ({vm.exitcode()})",
+                "log": said[:200]}
+
+    def test_qemu_survives_malformed_back_end_requests(self):
+        """Each malformed request on the back-end channel, in a VM of its
+        own: what QEMU answers and logs is recorded in a table (it differs
+        between versions); QEMU must keep running."""
+        rows = [self.send_malformed(name, case)
+                for name, case in MALFORMED.items()]
+        for row in rows:
+            self.log.info("%-34s | %-28s | %-40s | %s | %s", row["case"],
+                          row["answer"], row["main loop"], row["qemu"],
+                          row["log"])
+        self.whiteboard = "\n".join(" | ".join(r.values()) for r in rows)
+        dead = [r["case"] for r in rows if r["qemu"] != "runs"]
+        self.assertEqual(dead, [], "QEMU died of a back-end request")
+        self.assertEqual([r["case"] for r in rows
+                          if r["main loop"] != "kept answering"], [],
+                         "QEMU stopped answering")
+
+    def test_half_a_request_does_not_stop_qemu(self):
+        """A back-end sends a header and only part of the payload it
+        announces, the rest 2 s later: QEMU's main loop must not wait for
+        it (nothing a back-end sends may stop the VM)."""
+        row = self.send_malformed("half a message, the rest late", HALF)
+        self.log.info("%s", row)
+        self.assertEqual(row["qemu"], "runs", "QEMU died")
+        self.assertEqual(row["main loop"], "kept answering",
+                         "QEMU's main loop stopped answering while a "
+                         f"back-end request was half sent: {row['main loop']}"
+                         f" (QEMU then {row['answer']})")
 
 
 if __name__ == "__main__":
