@@ -20,6 +20,7 @@ index alone it takes the odd requests again and never sees requests 0 and
 from collections import Counter
 
 from avocado_vhost.devices import BLK_CAPACITY, BLK_QUEUES, device_config
+from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 from avocado_vhost.vhost_user.blk import (HEADER, S_OK, SECTOR, T_IN, T_OUT,
@@ -33,6 +34,17 @@ STRIDE = 8
 def pattern(number):
     """The 512 bytes request ``number`` writes."""
     return bytes((number * 37 + i) & 0xFF for i in range(SECTOR))
+
+
+def write_all(queue):
+    """Post the eight writes; head descriptor -> (request, status buffer's
+    descriptor)."""
+    posted = {}
+    for number in range(REQUESTS):
+        header = HEADER.pack(T_OUT, 0, number * STRIDE)
+        descs = queue.post_chain([header, pattern(number)], [1])
+        posted[descs[0]] = (number, descs[-1])
+    return posted
 
 
 def held_when_even(request):
@@ -83,22 +95,12 @@ class Inflight(VhostUserTest):
                       "back-end")
         return successor, device
 
-    def write_all(self, queue):
-        """Post the eight writes; head descriptor -> (request, status
-        buffer's descriptor)."""
-        posted = {}
-        for number in range(REQUESTS):
-            header = HEADER.pack(T_OUT, 0, number * STRIDE)
-            descs = queue.post_chain([header, pattern(number)], [1])
-            posted[descs[0]] = (number, descs[-1])
-        return posted
-
     def cut_and_restart(self, resubmit):
         """Run the scenario; problems found (empty: all as the spec says)
         and the successor's device."""
         vm, backend, device = self.start()
         queue = vm.net_queues()[0]
-        posted = self.write_all(queue)
+        posted = write_all(queue)
         device.wait_fetched(REQUESTS, timeout=self.scaled(10))
         before = queue.reap()
         self.log.info("at the cut: %d requests taken, %d completed, %d held",
@@ -185,7 +187,7 @@ class Inflight(VhostUserTest):
                           device_opts=[f"num-queues={BLK_QUEUES}"])
         self.start_vm(vm, backend, rings=BLK_QUEUES)
         queue = vm.net_queues()[0]
-        self.write_all(queue)
+        write_all(queue)
         device.wait_fetched(REQUESTS, timeout=self.scaled(10))
         # "stop" returns once QEMU has the answer to GET_VRING_BASE, which
         # the proxy judged before passing it on
@@ -211,6 +213,100 @@ class Inflight(VhostUserTest):
         texts = [v.text for v in proxy.violations]
         self.assertTrue(any("stopped with 4 request(s) taken" in t
                             for t in texts), texts)
+
+
+class InflightMigration(VhostUserTest):
+    """
+    In-flight requests that cross a live migration (QEMU master since
+    3dfd711ea9, "vhost-user-blk: support inter-host inflight migration";
+    e0822e6085 brought protocol feature 20, GET_VRING_BASE_INFLIGHT).  With
+    ``inflight-migration=on`` and the feature negotiated, the source
+    back-end may stop its ring without finishing what it holds ("the
+    back-end may suspend in-flight I/O requests and record them ...
+    instead of completing them"); QEMU carries the in-flight area in the
+    migration stream and hands it to the destination's back-end
+    (SET_INFLIGHT_FD), which resubmits.  Shared storage: both back-ends
+    serve the same disk.
+
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,inflight,migration
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.require_device("vhost-user-blk-pci")
+        self.require_qemu((10, 2, 50), "in-flight requests migrate since "
+                          "3dfd711ea9 (QEMU 11.0's development, January "
+                          "2026)")
+        migration.need_log_fd(self)
+        self.config = device_config("blk")
+        self.config.protocol_features |= int(
+            ProtocolFeature.INFLIGHT_SHMFD
+            | ProtocolFeature.GET_VRING_BASE_INFLIGHT)
+        self.disk = Disk(BLK_CAPACITY)
+
+    def migrate_in_flight(self, resubmit=True):
+        """Eight writes, the even ones held by the source, then a
+        migration; the problems found, as :meth:`cut_and_restart` says."""
+        source = BlkDevice(self.disk, hold=held_when_even)
+        target = BlkDevice(self.disk, resubmit=resubmit)
+        src_be = self.make_backend("src", self.config, device=source)
+        dst_be = self.make_backend("dst", self.config, device=target)
+        opts = [f"num-queues={BLK_QUEUES}", "inflight-migration=on"]
+        src = self.make_vm("src", src_be.listener_path,
+                           device="vhost-user-blk-pci", device_opts=opts)
+        uri = "unix:" + self.socket_path("migration")
+        dst = self.make_vm("dst", dst_be.listener_path, incoming=uri,
+                           device="vhost-user-blk-pci", device_opts=opts)
+        self.start_vm(src, src_be, rings=BLK_QUEUES)
+        dst.launch()
+        self.assertTrue(src_be.state.protocol_negotiated(
+            ProtocolFeature.GET_VRING_BASE_INFLIGHT),
+            "QEMU did not negotiate GET_VRING_BASE_INFLIGHT")
+        queue = src.net_queues()[0]
+        posted = write_all(queue)
+        source.wait_fetched(REQUESTS, timeout=self.scaled(10))
+        before = queue.reap()
+        self.assertEqual(len(before), REQUESTS // 2)
+        migration.migrate(self, src, dst, uri)
+        why = migration.wait_migration(self, src, dst)
+        self.assertIsNone(why, f"the migration failed: {why}")
+        self.log.info("source: %d taken, %d completed; its ring stopped "
+                      "with %d held", len(source.fetched), source.completed,
+                      REQUESTS - source.completed)
+        self.assertEqual(source.completed, REQUESTS // 2, "the source "
+                         "finished held requests although it may suspend "
+                         "them")
+        self.assertIn("SET_INFLIGHT_FD", dst_be.trace.received(),
+                      "the destination's back-end got no in-flight area")
+        queue.move_to(dst.qtest)
+        if resubmit:
+            target.wait_completed(REQUESTS // 2, timeout=self.scaled(10))
+        after = queue.reap(strict=False)
+        self.log.info("destination: resubmitted %s, %d completed",
+                      target.resubmitted.get(0, []), len(after))
+        done = Counter(posted[head][0] for head, _ in before + after
+                       if head in posted)
+        problems = [f"request {n} completed {done[n]} times"
+                    for n in range(REQUESTS) if done[n] != 1]
+        problems += [f"sector of request {n} written "
+                     f"{self.disk.writes.get(n * STRIDE, 0)} times"
+                     for n in range(REQUESTS)
+                     if self.disk.writes.get(n * STRIDE, 0) != 1]
+        return problems
+
+    def test_requests_in_flight_cross_a_migration(self):
+        """The source suspends the four requests it holds; the destination
+        finds them in the migrated in-flight area and completes them: each
+        of the eight exactly once, each sector written once."""
+        self.assertEqual(self.migrate_in_flight(), [])
+
+    def test_negative_control_a_destination_that_ignores_the_area(self):
+        """A destination that does not resubmit: the held requests are
+        lost, and the check above says which."""
+        problems = self.migrate_in_flight(resubmit=False)
+        self.log.info("problems found, as they must be: %s", problems)
+        self.assertIn("request 0 completed 0 times", problems)
 
 
 if __name__ == "__main__":
