@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..handoff import RingHandoffMonitor
 from ..phases import phase
+from ..qemu import hotplug
 from ..qemu.platform import RING_WINDOW, SCRATCH_WINDOW
 from ..qemu.vm import VhostVM
 from ..vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
@@ -66,20 +67,24 @@ def need_log_fd(test: "Harness") -> None:
 def start_pair(test: "Harness", rings: int = 2,
                config: Optional[BackendConfig] = None, features: int = 0,
                driver_queues: Optional[int] = None, prefix: str = "",
+               dst_extra: Sequence[str] = (),
                **spec: Any) -> MigrationPair:
     """The source launched with ``rings`` rings started (the test's driver
     asks for ``features`` and sets up ``driver_queues`` queues, default
-    ``rings``); the destination launched with ``-incoming``; both
-    back-ends offer ``config``.  VMs and back-ends are named
-    ``<prefix>src`` and ``<prefix>dst`` (a prefix per pair, for a test
-    that migrates several)."""
+    ``rings``); the destination launched with ``-incoming`` (and
+    ``dst_extra`` on its command line: what the source will have
+    hot-plugged by then); both back-ends offer ``config``.  VMs and
+    back-ends are named ``<prefix>src`` and ``<prefix>dst`` (a prefix per
+    pair, for a test that migrates several)."""
     need_log_fd(test)
     src_be = test.make_backend(f"{prefix}src", copy.deepcopy(config))
     dst_be = test.make_backend(f"{prefix}dst", copy.deepcopy(config))
     src = test.make_vm(f"{prefix}src", src_be.listener_path, **spec)
     uri = "unix:" + test.socket_path(f"{prefix}migration")
+    dst_spec = dict(spec)
+    dst_spec["extra"] = list(spec.get("extra", [])) + list(dst_extra)
     dst = test.make_vm(f"{prefix}dst", dst_be.listener_path, incoming=uri,
-                       **spec)
+                       **dst_spec)
     test.start_vm(src, src_be, rings=rings, features=features,
                   queues=rings if driver_queues is None else driver_queues)
     dst.launch()
@@ -241,6 +246,8 @@ class DirtyLogReport:
     edges: List[int] = field(default_factory=list)
     #: those of them whose write is not on the destination
     edges_lost: List[int] = field(default_factory=list)
+    #: ``(guest address, size)`` of the hot-plugged DIMM, if one was
+    dimm: Optional[Tuple[int, int]] = None
 
 
 #: what the pages hold before, and what the source back-end writes
@@ -287,13 +294,40 @@ def page_mark(page: int) -> bytes:
     return (page.to_bytes(8, "little") + bytes([NEW]) * 8) * (PAGE // 16)
 
 
-def dirty_log_handoff(test: "Harness",
-                      unlogged_edges: Sequence[int] = ()) -> DirtyLogReport:
+#: the DIMM :func:`dirty_log_handoff` hot-plugs into the source
+DIMM_ID, DIMM_SIZE = "dimm1", 128 << 20
+
+
+def dirty_log_handoff(test: "Harness", unlogged_edges: Sequence[int] = (),
+                      dimm: bool = False) -> DirtyLogReport:
     """Migrate with two pages written by the source back-end while QEMU
     waits for its GET_VRING_BASE answer, one logged, one not; and the edge
     pages of every RAM region (:func:`edge_pages`), logged but for
-    ``unlogged_edges`` (indexes into them: a negative control)."""
-    pair = start_pair(test)
+    ``unlogged_edges`` (indexes into them: a negative control).
+
+    :param dimm: hot-plug a ``pc-dimm`` (a shared memfd) into the running
+        source first -- its region's edges are written too -- and start
+        the destination with it, as a migration after a hot-plug does.
+    """
+    spec: Dict[str, Any] = {}
+    dst_extra: List[str] = []
+    if dimm:
+        mem_mb = int(test.param("mem_mb") or 256)
+        spec = {"mem_slots": 1, "maxmem_mb": mem_mb + (DIMM_SIZE >> 20)}
+        dst_extra = ["-object", f"memory-backend-memfd,id={DIMM_ID}-mem,"
+                     f"size={DIMM_SIZE},share=on",
+                     "-device", f"pc-dimm,id={DIMM_ID},memdev={DIMM_ID}-mem"]
+    pair = start_pair(test, dst_extra=dst_extra, **spec)
+    dimm_range = None
+    if dimm:
+        regions = len(pair.src_backend.state.memory)
+        hotplug.plug_dimm(pair.src, DIMM_ID, DIMM_SIZE,
+                          "memory-backend-memfd")
+        pair.src_backend.wait_for(
+            lambda: len(pair.src_backend.state.memory) > regions,
+            f"the DIMM's region in the back-end's table (had {regions})",
+            timeout=test.scaled(10))
+        (dimm_range,) = pair.src.ram_ranges(f"{DIMM_ID}-mem")
     logged = test.platform.ram(SCRATCH_WINDOW[0])
     unlogged = logged + 4096
     monitor = RingHandoffMonitor(pair.src_backend, pair.dst_backend)
@@ -328,7 +362,8 @@ def dirty_log_handoff(test: "Harness",
     pair.src.event_wait("STOP", timeout=test.scaled(30))
     failure = wait_migration(test, pair.src, pair.dst)
     report = DirtyLogReport(log_size, ram_top, logged, unlogged, b"", b"",
-                            b"", monitor, failure, edges)
+                            b"", monitor, failure, edges,
+                            dimm=dimm_range)
     if failure is not None:  # the destination is gone: nothing to read
         return report
     pair.dst_backend.wait_rings_started(2, timeout=test.scaled(10))

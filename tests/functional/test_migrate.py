@@ -76,6 +76,31 @@ class Migrate(VhostUserTest):
         self.assertGreater(len(report.edges), 100)
         self.assertEqual([hex(p) for p in report.edges_lost], [])
 
+    def test_writes_at_the_edges_of_a_hot_plugged_dimm_arrive(self):
+        """The same with a DIMM hot-plugged into the running source (the
+        destination starts with it): the edges of its region, written and
+        logged by the source back-end, are on the destination too."""
+        self.require_device("pc-dimm")
+        report = migration.dirty_log_handoff(self, dimm=True)
+        self.assertIsNone(report.failure, report.failure)
+        start, size = report.dimm
+        dimm = [p for p in report.edges if start <= p < start + size]
+        self.log.info("%d edge pages, %d of them in the DIMM at 0x%x",
+                      len(report.edges), len(dimm), start)
+        self.assertGreater(len(dimm), 100, "the DIMM's region was not "
+                           "among the edges written")
+        self.assertEqual([hex(p) for p in report.edges_lost], [])
+
+    def test_negative_control_an_unlogged_dimm_page_is_lost(self):
+        """Negative control: the DIMM's last page (the highest of guest
+        RAM) written but not logged is named, and only it."""
+        self.require_device("pc-dimm")
+        report = migration.dirty_log_handoff(self, dimm=True,
+                                             unlogged_edges=(-1,))
+        self.assertIsNone(report.failure, report.failure)
+        start, size = report.dimm
+        self.assertEqual(report.edges_lost, [start + size - 4096])
+
     def test_negative_control_an_unlogged_edge_is_lost(self):
         """Negative control: the same writes with two of them left out of
         the log -- the 64th edge page and the last page of RAM; the check
