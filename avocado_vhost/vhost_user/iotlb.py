@@ -100,7 +100,10 @@ class Iotlb:
             raise AddressError(f"IOTLB update of iova 0x{entry.iova:x} size "
                                f"0x{entry.size:x}")
         self.updates += 1
-        self._asked.clear()
+        # what the update answers may be asked again (it can go); the
+        # misses still open stay asked
+        self._asked = {key for key in self._asked
+                       if not entry.iova <= key[0] < entry.end}
         self._drop(entry.iova, entry.size)
         at = bisect.bisect_left(self._starts, entry.iova)
         self._starts.insert(at, entry.iova)
@@ -142,8 +145,8 @@ class Iotlb:
 
     def ask(self, iova: int, write: bool) -> bool:
         """Whether a miss for ``iova`` should be sent now: once per page
-        and direction until an update comes (a ring retried at every kick
-        would otherwise ask again each time)."""
+        and direction until an update covers it (a ring retried at every
+        kick or update would otherwise ask again each time)."""
         key = (iova & ~0xFFF, write)
         if key in self._asked:
             return False

@@ -55,12 +55,14 @@ class IotlbTable(unittest.TestCase):
         self.assertEqual(len(tlb), 8)
         self.assertEqual(tlb.entries[0].iova, 92 * PAGE, "the oldest go")
 
-    def test_a_miss_is_asked_once_until_an_update(self):
+    def test_a_miss_is_asked_once_until_an_update_covers_it(self):
         tlb = Iotlb()
         self.assertTrue(tlb.ask(0x5000, False))
         self.assertFalse(tlb.ask(0x5008, False))
         self.assertTrue(tlb.ask(0x5000, True))
         tlb.update(IotlbEntry(0, PAGE, UVA, PERM_RW))
+        self.assertFalse(tlb.ask(0x5000, False), "another page's update")
+        tlb.update(IotlbEntry(0x5000, PAGE, UVA, PERM_RW))
         self.assertTrue(tlb.ask(0x5000, False))
 
     def test_an_empty_or_wrapping_update_is_refused(self):
