@@ -470,14 +470,17 @@ class Harness(_Base):
                         options: GuestOptions, **spec: object
                         ) -> Tuple[VhostVM, GuestConsole]:
         """Launch a VM that boots the real guest (or, with ``incoming=``,
-        waits for one), with its console connected."""
+        waits for one), with its console connected; ``extra`` arguments
+        (more devices) come after the guest's own."""
         assets = self.require_guest()
         console_sock = os.path.join(self.workdir_short, f"{name}.con")
+        extra = list(spec.pop("extra", []))  # type: ignore[call-overload]
         vm = self.make_vm(name, backend.listener_path, firmware=True,
                           accel="tcg", queues=options.queues,
                           device_opts=device_opts(options),
                           extra=guest_spec_args(assets, options,
-                                                console_sock), **spec)
+                                                console_sock) + extra,
+                          **spec)
         vm.launch()
         log = "console.log" if name == "guest" else f"{name}-console.log"
         console = GuestConsole(console_sock, os.path.join(self.logdir, log))

@@ -82,12 +82,12 @@ ARCHES = {
 }
 
 
-#: The virtio-net driver and what it needs, in load order (Debian's 6.1
-#: builds them as modules -- on arm64 virtio and virtio_ring are built in;
-#: the package has no modules.dep).
+#: The virtio-net and virtio-blk drivers and what they need, in load order
+#: (Debian's 6.1 builds them as modules -- on arm64 virtio and virtio_ring
+#: are built in; the package has no modules.dep).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev",
            "virtio_pci_modern_dev", "virtio_pci", "failover",
-           "net_failover", "virtio_net")
+           "net_failover", "virtio_net", "virtio_blk")
 
 #: printed by /init once the driver is loaded and the shell starts
 READY = "AVH-GUEST-READY"
