@@ -155,6 +155,7 @@ class BlkDevice(HostedDevice):
         self.rings[ring.index] = split
         ring.cursor = split
         self.resubmitted[ring.index] = resubmit
+        self._arm_logging(ring, split)
         for head in resubmit:
             self._serve(ring, split, head, split.chain_at(head))
         self.process(ring)
@@ -209,6 +210,7 @@ class BlkDevice(HostedDevice):
         split = self.rings.get(ring.index)
         if split is None or not ring.started or ring.index in self.broken:
             return
+        self._arm_logging(ring, split)
         try:
             while True:
                 chain = split.pop()
@@ -301,6 +303,7 @@ class BlkDevice(HostedDevice):
             ring = self._state().vrings.get(ring_index)
             if split is None or ring is None:
                 continue
+            self._arm_logging(ring, split)
             for request, chain in held:
                 self._complete(ring, split, request, chain)
             if held and split.should_notify():

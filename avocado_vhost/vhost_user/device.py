@@ -21,15 +21,17 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from ..virtio.features import VirtioFeature
+from .iotlb import TranslatedMemory
+from .message import VRING_F_LOG
 
 if TYPE_CHECKING:
     from typing import Protocol
 
     from .state import DeviceState, Vring
-    from .virtq import SplitRing
+    from .virtq import PackedRing, SplitRing
 
     class DeviceHost(Protocol):
         """What a hosted device may use of its back-end."""
@@ -126,3 +128,40 @@ class HostedDevice:
             indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC),
             event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
             used_idx=used_idx)
+
+    def _arm_logging(self, ring: "Vring", split: "SplitRing") -> None:
+        """Make ``split`` mark the dirty log for what the device writes
+        while logging is on (VHOST_F_LOG_ALL with a log), and write
+        unlogged otherwise: a device that offers LOG_ALL must log."""
+        state = self._state()
+        if state.log is None or not state.feature_acked(
+                VirtioFeature.LOG_ALL):
+            split.on_write = None
+            return
+
+        def mark(gpa: int, length: int, is_used: bool) -> None:
+            self._mark_written(ring, split, gpa, length, is_used)
+        split.on_write = mark
+
+    def _mark_written(self, ring: "Vring",
+                      split: "Optional[Union[SplitRing, PackedRing]]",
+                      gpa: int, length: int, is_used: bool) -> None:
+        """Mark in the dirty log what the device just wrote at ``gpa``:
+        a buffer (and a packed ring's used descriptors, which live in the
+        descriptor ring) at its guest address -- behind a vIOMMU, the
+        IOVA's -- and the used ring at its log address (VRING_F_LOG)."""
+        from .virtq import PackedRing
+        log = self._state().log
+        if log is None:
+            return
+        if not is_used or isinstance(split, PackedRing):
+            memory = split.memory if split is not None else None
+            if isinstance(memory, TranslatedMemory):
+                translated = memory.to_gpa(gpa)
+                if translated is None:
+                    return
+                gpa = translated
+            log.mark(gpa, length)
+        elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
+            base = split.used if split is not None else gpa
+            log.mark(ring.addr.log + (gpa - base), length)

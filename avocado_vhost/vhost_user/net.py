@@ -25,9 +25,8 @@ from typing import (TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple,
 
 from ..virtio.features import VirtioFeature
 from ..virtio.net import NET_HDR_LEN, net_header
-from .message import VRING_F_LOG
 from .device import HostedDevice
-from .iotlb import IotlbMiss, TranslatedMemory
+from .iotlb import IotlbMiss
 from .virtq import PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
@@ -482,22 +481,5 @@ class NetDevice(HostedDevice):
     def _logged(self, ring: "Vring", gpa: int, length: int,
                 is_used: bool) -> None:
         """Mark what the device just wrote (logging is on)."""
-        log = self._state().log
-        if log is None:
-            return
-        split = self.rings.get(ring.index)
-        if not is_used or isinstance(split, PackedRing):
-            # Buffers; and a packed ring's used descriptors, which live in
-            # the descriptor ring, not at the used-ring log address.
-            # Behind a vIOMMU the address is an IOVA: the log is by guest
-            # address.
-            memory = split.memory if split is not None else None
-            if isinstance(memory, TranslatedMemory):
-                translated = memory.to_gpa(gpa)
-                if translated is None:
-                    return
-                gpa = translated
-            log.mark(gpa, length)
-        elif ring.addr is not None and ring.addr.flags & VRING_F_LOG:
-            base = split.used if split is not None else gpa
-            log.mark(ring.addr.log + (gpa - base), length)
+        self._mark_written(ring, self.rings.get(ring.index), gpa, length,
+                           is_used)

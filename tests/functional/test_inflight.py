@@ -25,6 +25,7 @@ from avocado_vhost.known_defects import DEFECTS
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
+from avocado_vhost.virtio import VirtioFeature
 from avocado_vhost.vhost_user.blk import (HEADER, S_OK, SECTOR, T_IN, T_OUT,
                                           BlkDevice, Disk)
 
@@ -242,6 +243,8 @@ class InflightMigration(VhostUserTest):
                           "2026)")
         migration.need_log_fd(self)
         self.config = device_config("blk")
+        # a device that migrates logs its writes (VHOST_F_LOG_ALL)
+        self.config.features |= int(VirtioFeature.LOG_ALL)
         self.config.protocol_features |= int(
             ProtocolFeature.INFLIGHT_SHMFD
             | ProtocolFeature.GET_VRING_BASE_INFLIGHT)
@@ -279,6 +282,7 @@ class InflightMigration(VhostUserTest):
         self.assertEqual(source.completed, REQUESTS // 2, "the source "
                          "finished held requests although it may suspend "
                          "them")
+        dst_be.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
         self.assertIn("SET_INFLIGHT_FD", dst_be.trace.received(),
                       "the destination's back-end got no in-flight area")
         queue.move_to(dst.qtest)
