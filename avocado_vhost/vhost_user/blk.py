@@ -25,14 +25,17 @@ import struct
 import threading
 from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Callable, Dict, List, Optional, Sequence,
+                    Union,
                     Tuple)
 
 from ..virtio.features import VirtioFeature
+from ..virtio.ring import DESC_F_NEXT, DESC_F_WRITE
 from .error import MalformedMessage, WaitTimeout
-from .inflight import InflightQueue, resubmission_base
+from .inflight import (Fetched, InflightQueue, PackedInflightQueue,
+                       resubmission_base)
 from .message import ProtocolFeature
 from .device import HostedDevice
-from .virtq import Chain, RingError, SplitRing
+from .virtq import Chain, PackedRing, RingError, SplitRing
 
 if TYPE_CHECKING:
     from .device import DeviceHost
@@ -91,6 +94,39 @@ class BlkRequest:
     data: bytes = b""
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """How a taken request goes back: its head (split) or buffer id
+    (packed), the ring slots its chain took, and its in-flight head entry
+    (packed, when tracked)."""
+
+    head: int
+    count: int = 1
+    entry: Optional[int] = None
+
+
+def fetched_descriptors(chain: Chain, buf_id: int) -> List[Fetched]:
+    """A packed chain's descriptors as fetched, for the in-flight area:
+    device-readable first, then device-writable, each but the last with
+    NEXT (a blk request is never indirect here: INDIRECT_DESC is not
+    offered)."""
+    parts = ([(n, a, 0) for a, n in chain.readable]
+             + [(n, a, DESC_F_WRITE) for a, n in chain.writable])
+    return [(buf_id, flags | (DESC_F_NEXT if i < len(parts) - 1 else 0),
+             length, addr) for i, (length, addr, flags) in enumerate(parts)]
+
+
+def chain_of(descs: Sequence[Fetched]) -> Chain:
+    """The chain that ``descs`` (from the in-flight area) describe."""
+    readable = [(addr, n) for _, f, n, addr in descs if not f & DESC_F_WRITE]
+    writable = [(addr, n) for _, f, n, addr in descs if f & DESC_F_WRITE]
+    return Chain(descs[-1][0], readable, writable)
+
+
+#: a started ring, of either layout
+BlkRing = Union[SplitRing, PackedRing]
+
+
 class BlkDevice(HostedDevice):
     """The virtio-blk data path of one back-end; runs in its thread.
 
@@ -112,9 +148,9 @@ class BlkDevice(HostedDevice):
         self.resubmit = resubmit
         self.finish_on_stop = finish_on_stop
         self.host: Optional["DeviceHost"] = None
-        self.rings: Dict[int, SplitRing] = {}
+        self.rings: Dict[int, BlkRing] = {}
         #: ring index -> requests taken and not served, in order taken
-        self.held: Dict[int, List[Tuple[BlkRequest, Chain]]] = {}
+        self.held: Dict[int, List[Tuple[BlkRequest, Chain, Ticket]]] = {}
         #: every request taken off a ring (resubmissions too)
         self.fetched: List[BlkRequest] = []
         #: the heads each ring resubmitted from the in-flight area
@@ -125,7 +161,8 @@ class BlkDevice(HostedDevice):
         self.broken: Dict[int, str] = {}
 
     # --- the Device interface (the back-end's lock held) -----------------
-    def _inflight(self, ring: "Vring") -> Optional[InflightQueue]:
+    def _inflight(self, ring: "Vring"
+                  ) -> Optional[Union[InflightQueue, PackedInflightQueue]]:
         state = self._state()
         if (state.inflight is None or not state.protocol_negotiated(
                 ProtocolFeature.INFLIGHT_SHMFD)):
@@ -134,38 +171,67 @@ class BlkDevice(HostedDevice):
 
     def ring_started(self, ring: "Vring") -> None:
         host = self._host()
+        resubmit: List[Tuple[Chain, Ticket]] = []
         try:
             if ring.addr is None:
                 raise RingError("started without SET_VRING_ADDR")
-            if self._state().feature_acked(VirtioFeature.RING_PACKED):
-                raise RingError("packed rings are not served by this "
-                                "blk device")
-            split = self._split_ring(ring, ring.base)
+            split = self._ring(ring, ring.base)
             tracked = self._inflight(ring)
-            resubmit: List[int] = []
             if tracked is not None and self.resubmit:
                 if tracked.version == 0:
                     tracked.initialise()  # a fresh area (spec: version 0)
-                resubmit = tracked.recover(split.used_idx)
-                split.next_avail = resubmission_base(split.used_idx,
-                                                     resubmit)
+                resubmit = self._recover(split, tracked)
         except (LookupError, RingError, MalformedMessage) as exc:
             host.record_error(f"ring {ring.index}: {exc}")
             return
         self.rings[ring.index] = split
         ring.cursor = split
-        self.resubmitted[ring.index] = resubmit
+        self.resubmitted[ring.index] = [t.head for _, t in resubmit]
         self._arm_logging(ring, split)
-        for head in resubmit:
-            self._serve(ring, split, head, split.chain_at(head))
+        for chain, ticket in resubmit:
+            self._serve(ring, split, chain, ticket)
         self.process(ring)
+
+    def _ring(self, ring: "Vring", base: int,
+              used_idx: Optional[int] = None) -> BlkRing:
+        """``ring`` started at ``base``, in the layout negotiated."""
+        if self._state().feature_acked(VirtioFeature.RING_PACKED):
+            return self._packed_ring(ring, base)
+        return self._split_ring(ring, base, used_idx)
+
+    def _recover(self, split: BlkRing,
+                 tracked: Union[InflightQueue, PackedInflightQueue]
+                 ) -> List[Tuple[Chain, Ticket]]:
+        """The requests the in-flight area says are in flight, with the
+        ring moved to where they leave it (spec, "When reconnecting")."""
+        if isinstance(split, SplitRing):
+            if not isinstance(tracked, InflightQueue):
+                raise MalformedMessage("in-flight area laid out for packed "
+                                       "rings, the ring is split")
+            heads = tracked.recover(split.used_idx)
+            split.next_avail = resubmission_base(split.used_idx, heads)
+            return [(split.chain_at(head), Ticket(head)) for head in heads]
+        if not isinstance(tracked, PackedInflightQueue):
+            raise MalformedMessage("in-flight area laid out for split "
+                                   "rings, the ring is packed")
+        used, wrap, chains = tracked.recover(split.published)
+        # A packed ring resumes where the area says, not at the base the
+        # front-end gives (QEMU has no used position of a back-end that
+        # died): every slot from the used position on belongs to a chain
+        # in flight.
+        split.used_pos, split.used_wrap = used, wrap
+        split.avail_pos, split.avail_wrap = used, wrap
+        split.skip(sum(len(descs) for _, descs in chains))
+        return [(chain_of(descs), Ticket(descs[-1][0], len(descs), head))
+                for head, descs in chains]
 
     def memory_changed(self) -> None:
         for index, split in list(self.rings.items()):
             ring = self._state().vrings[index]
             try:
-                self.rings[index] = ring.cursor = self._split_ring(
-                    ring, split.next_avail, split.used_idx)
+                self.rings[index] = ring.cursor = self._ring(
+                    ring, split.next_avail, split.used_idx
+                    if isinstance(split, SplitRing) else None)
             except (LookupError, RingError) as exc:
                 del self.rings[index]
                 ring.base, ring.cursor = split.next_avail, None
@@ -213,15 +279,13 @@ class BlkDevice(HostedDevice):
         self._arm_logging(ring, split)
         try:
             while True:
-                chain = split.pop()
-                if chain is None:
-                    if not split.publish_avail_event():
+                taken = self._take(ring, split)
+                if taken is None:
+                    if not (isinstance(split, SplitRing)
+                            and split.publish_avail_event()):
                         break
                     continue
-                tracked = self._inflight(ring)
-                if tracked is not None:
-                    tracked.fetched(chain.head)
-                self._serve(ring, split, chain.head, chain)
+                self._serve(ring, split, *taken)
         except (RingError, LookupError, ValueError,
                 MalformedMessage) as exc:
             self.broken[ring.index] = str(exc)
@@ -231,18 +295,43 @@ class BlkDevice(HostedDevice):
             self._host().signal(ring)
 
     # --- requests ----------------------------------------------------------
-    def _serve(self, ring: "Vring", split: SplitRing, head: int,
-               chain: Chain) -> None:
+    def _take(self, ring: "Vring", split: BlkRing
+              ) -> Optional[Tuple[Chain, Ticket]]:
+        """The next available request, recorded in flight, or None."""
+        tracked = self._inflight(ring)
+        if isinstance(split, SplitRing):
+            chain = split.pop()
+            if chain is None:
+                return None
+            if isinstance(tracked, InflightQueue):
+                tracked.fetched(chain.head)
+            return chain, Ticket(chain.head)
+        item = split.pop()
+        if item is None:
+            return None
+        chain, buf_id, count = item
+        entry = None
+        if isinstance(tracked, PackedInflightQueue):
+            descs = fetched_descriptors(chain, buf_id)
+            if len(descs) != count:
+                raise RingError(f"buffer {buf_id}: an indirect chain, which "
+                                "this device did not offer")
+            entry = tracked.fetched(descs)
+        return chain, Ticket(buf_id, count, entry)
+
+    def _serve(self, ring: "Vring", split: BlkRing, chain: Chain,
+               ticket: Ticket) -> None:
         request = self._parse(ring.index, split, chain)
         with self.cond:
             self.fetched.append(request)
             self.cond.notify_all()
         if self.hold is not None and self.hold(request):
-            self.held.setdefault(ring.index, []).append((request, chain))
+            self.held.setdefault(ring.index, []).append(
+                (request, chain, ticket))
             return
-        self._complete(ring, split, request, chain)
+        self._complete(ring, split, request, chain, ticket)
 
-    def _parse(self, index: int, split: SplitRing,
+    def _parse(self, index: int, split: BlkRing,
                chain: Chain) -> BlkRequest:
         readable = split.read(chain.readable)
         if len(readable) < HEADER.size or not chain.writable:
@@ -256,8 +345,8 @@ class BlkDevice(HostedDevice):
         return BlkRequest(index, chain.head, kind, sector,
                           sum(n for _, n in chain.writable) - 1)
 
-    def _complete(self, ring: "Vring", split: SplitRing,
-                  request: BlkRequest, chain: Chain) -> None:
+    def _complete(self, ring: "Vring", split: BlkRing,
+                  request: BlkRequest, chain: Chain, ticket: Ticket) -> None:
         status, data = self._execute(request)
         # the data from the start of the device-writable part, the status
         # in its very last byte (virtio-blk), wherever the data ended
@@ -266,11 +355,21 @@ class BlkDevice(HostedDevice):
         split.fill([(addr + length - 1, 1)], bytes([status]))
         written += 1
         tracked = self._inflight(ring)
-        if tracked is not None:
-            tracked.completing(chain.head)
-        split.push(chain.head, written)
-        if tracked is not None:
-            tracked.completed([chain.head], split.used_idx)
+        if isinstance(split, SplitRing):
+            if isinstance(tracked, InflightQueue):
+                tracked.completing(ticket.head)
+            split.push(ticket.head, written)
+            if isinstance(tracked, InflightQueue):
+                tracked.completed([ticket.head], split.used_idx)
+        else:
+            entry = ticket.entry
+            packed = tracked if isinstance(tracked, PackedInflightQueue) \
+                else None
+            if packed is not None and entry is not None:
+                packed.completing(entry)
+            split.push(ticket.head, written, ticket.count)
+            if packed is not None and entry is not None:
+                packed.completed([entry], split.used_pos, split.used_wrap)
         with self.cond:
             self.completed += 1
             self.cond.notify_all()
@@ -304,8 +403,8 @@ class BlkDevice(HostedDevice):
             if split is None or ring is None:
                 continue
             self._arm_logging(ring, split)
-            for request, chain in held:
-                self._complete(ring, split, request, chain)
+            for request, chain, ticket in held:
+                self._complete(ring, split, request, chain, ticket)
             if held and split.should_notify():
                 self._host().signal(ring)
 

@@ -129,7 +129,27 @@ class HostedDevice:
             event_idx=state.feature_acked(VirtioFeature.RING_EVENT_IDX),
             used_idx=used_idx)
 
-    def _arm_logging(self, ring: "Vring", split: "SplitRing") -> None:
+    def _packed_ring(self, ring: "Vring", base: int) -> "PackedRing":
+        """``ring`` as a started packed ring at ``base`` (vhost-user's
+        "avail" and "used" are its driver and device event areas).
+
+        :raise LookupError: an area is not inside one mapped region.
+        """
+        from .virtq import PackedRing
+        state = self._state()
+        if base >> 16 == 0 and base & 0xFFFF:
+            # A base without its used half (DPDK's virtio-user sends
+            # 0x8000 at start; the conformance rules record it): taken to
+            # mean "used where available", what it means at start, rather
+            # than used wrap 0, which would stall the ring.
+            base |= (base & 0xFFFF) << 16
+        desc, avail, _ = self._areas(ring)
+        return PackedRing(
+            state.dma(), ring.num, desc, avail, base, None,
+            indirect=state.feature_acked(VirtioFeature.RING_INDIRECT_DESC))
+
+    def _arm_logging(self, ring: "Vring",
+                     split: "Union[SplitRing, PackedRing]") -> None:
         """Make ``split`` mark the dirty log for what the device writes
         while logging is on (VHOST_F_LOG_ALL with a log), and write
         unlogged otherwise: a device that offers LOG_ALL must log."""

@@ -493,10 +493,13 @@ class RequestHandlers:
         if not 0 < payload.queue_size <= 32768:
             raise MalformedMessage(f"GET_INFLIGHT_FD for queues of "
                                    f"{payload.queue_size} descriptors")
-        size = payload.num_queues * region_size(payload.queue_size)
+        # the layout follows the rings' (QEMU sets the features first)
+        packed = self.state.feature_acked(VirtioFeature.RING_PACKED)
+        size = payload.num_queues * region_size(payload.queue_size, packed)
         self._within_mapping_limit(self.state.memory.mapped_bytes + size,
                                    "the in-flight area")
-        area = InflightArea.create(payload.num_queues, payload.queue_size)
+        area = InflightArea.create(payload.num_queues, payload.queue_size,
+                                   packed)
         self._adopt_inflight(area)
         self.host.trace_event(Event.INFLIGHT, f"new area: {area.desc}")
         return WithFds(area.desc, [area.fd])
@@ -513,7 +516,9 @@ class RequestHandlers:
         except ProtocolError:
             close_fds(fds)
             raise
-        self._adopt_inflight(InflightArea(fds[0], payload))
+        self._adopt_inflight(InflightArea(
+            fds[0], payload,
+            self.state.feature_acked(VirtioFeature.RING_PACKED)))
         self.host.trace_event(Event.INFLIGHT, f"area handed over: {payload}")
 
     def _adopt_inflight(self, area: InflightArea) -> None:

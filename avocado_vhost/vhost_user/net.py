@@ -227,19 +227,7 @@ class NetDevice(HostedDevice):
             self._logged(r, gpa, length, is_used)
         self._on_write[ring.index] = on_write
         if state.feature_acked(VirtioFeature.RING_PACKED):
-            if next_avail >> 16 == 0 and next_avail & 0xFFFF:
-                # A base without its used half (DPDK's virtio-user sends
-                # 0x8000 at start; the conformance rules record it): taken
-                # to mean "used where available", what it means at start,
-                # rather than used wrap 0, which would stall the ring.
-                next_avail |= (next_avail & 0xFFFF) << 16
-            # vhost-user's "avail" and "used" are the driver and device
-            # event areas of a packed ring.
-            desc, avail, _ = self._areas(ring)
-            return PackedRing(
-                state.dma(), ring.num, desc, avail, next_avail, None,
-                indirect=state.feature_acked(
-                    VirtioFeature.RING_INDIRECT_DESC))
+            return self._packed_ring(ring, next_avail)
         return self._split_ring(ring, next_avail, used_idx)
 
     def memory_changed(self) -> None:

@@ -562,6 +562,25 @@ class PackedRing(_Ring):
         used = bool(flags & PACKED_DESC_F_USED)
         return avail == self.avail_wrap and used != self.avail_wrap
 
+    def published(self, pos: int, wrap: bool) -> bool:
+        """Whether slot ``pos`` no longer reads as available for wrap
+        counter ``wrap`` (a used element was published over it)."""
+        flags = load_packed_desc(self._dmap, self._doff + 16 * pos)[0]
+        available = PACKED_DESC_F_AVAIL if wrap else PACKED_DESC_F_USED
+        return flags & (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED) \
+            != available
+
+    def skip(self, slots: int) -> None:
+        """Move the available position ``slots`` on (the slots of chains
+        taken before, resubmitted from the in-flight area)."""
+        if slots > self.num:
+            raise RingError(f"{slots} slots in flight in a ring of "
+                            f"{self.num}")
+        self.avail_pos += slots
+        if self.avail_pos >= self.num:
+            self.avail_pos -= self.num
+            self.avail_wrap = not self.avail_wrap
+
     def mark(self) -> Tuple[int, bool]:
         """The available position, for :meth:`rewind`."""
         return self.avail_pos, self.avail_wrap

@@ -68,16 +68,22 @@ class Inflight(VhostUserTest):
         self.config.protocol_features |= int(ProtocolFeature.INFLIGHT_SHMFD)
         self.disk = Disk(BLK_CAPACITY)
 
-    def start(self):
+    def start(self, packed=False):
         """A blk device whose back-end holds the even requests; QEMU is
-        the client and reconnects by itself."""
+        the client and reconnects by itself.  ``packed``: packed rings,
+        and the in-flight area in the packed layout."""
+        if packed:
+            self.config.features |= int(VirtioFeature.RING_PACKED)
         device = BlkDevice(self.disk, hold=held_when_even)
         backend = self.make_backend("backend", self.config, device=device)
         vm = self.make_vm("vm", backend.listener_path,
                           reconnect=50 if self.caps.reconnect_ms else 1,
                           device="vhost-user-blk-pci",
-                          device_opts=[f"num-queues={BLK_QUEUES}"])
-        self.start_vm(vm, backend, rings=BLK_QUEUES)
+                          device_opts=[f"num-queues={BLK_QUEUES}"]
+                          + (["packed=on"] if packed else []))
+        self.start_vm(vm, backend, rings=BLK_QUEUES,
+                      features=VirtioFeature.RING_PACKED if packed else 0)
+        self.assertEqual(vm.device.packed, packed)
         self.assertIn("GET_INFLIGHT_FD", backend.trace.received(),
                       "QEMU never asked for an in-flight area although "
                       "INFLIGHT_SHMFD was negotiated")
@@ -98,10 +104,10 @@ class Inflight(VhostUserTest):
                       "back-end")
         return successor, device
 
-    def cut_and_restart(self, resubmit):
+    def cut_and_restart(self, resubmit, packed=False):
         """Run the scenario; problems found (empty: all as the spec says)
         and the successor's device."""
-        vm, backend, device = self.start()
+        vm, backend, device = self.start(packed)
         queue = vm.net_queues()[0]
         posted = write_all(queue)
         device.wait_fetched(REQUESTS, timeout=self.scaled(10))
@@ -111,7 +117,14 @@ class Inflight(VhostUserTest):
                       sum(map(len, device.held.values())))
         self.assertEqual(len(before), REQUESTS // 2)
         successor, fresh = self.restart(backend, resubmit)
-        fresh.wait_completed(REQUESTS // 2, timeout=self.scaled(10))
+        if resubmit:
+            fresh.wait_completed(REQUESTS // 2, timeout=self.scaled(10))
+        else:
+            # what a successor without the area does, it does as its ring
+            # starts (under the back-end's lock); then nothing more comes
+            successor.wait_for(lambda: 0 in fresh.rings,
+                               "the successor's ring running",
+                               timeout=self.scaled(10))
         after = queue.reap(strict=False)
         self.log.info("after the restart: %d resubmitted %s, %d completed "
                       "by the new back-end", len(fresh.resubmitted.get(0, [])),
@@ -152,11 +165,11 @@ class Inflight(VhostUserTest):
         return [number for number, data in heads.values()
                 if queue.read_buffer(data, SECTOR) != pattern(number)]
 
-    def test_requests_in_flight_complete_exactly_once(self):
-        """Requests in flight when the back-end died are resubmitted by its
-        successor from the in-flight area, in the order they were taken:
-        each completes once, its data written once, and reads back."""
-        problems, queue, successor = self.cut_and_restart(resubmit=True)
+    def assert_resubmitted_once(self, packed):
+        """The scenario ends as the spec says: no problem, the four held
+        requests resubmitted in the order taken, every sector reads back."""
+        problems, queue, successor = self.cut_and_restart(resubmit=True,
+                                                          packed=packed)
         self.assertEqual(problems, [])
         device = successor.device
         resubmitted = [r.sector // STRIDE for r in device.fetched[
@@ -164,6 +177,29 @@ class Inflight(VhostUserTest):
         self.assertEqual(resubmitted, [0, 2, 4, 6])
         self.assertEqual(self.read_back(queue, device), [])
         self.check_backends(successor)
+
+    def test_requests_in_flight_complete_exactly_once(self):
+        """Requests in flight when the back-end died are resubmitted by its
+        successor from the in-flight area, in the order they were taken:
+        each completes once, its data written once, and reads back."""
+        self.assert_resubmitted_once(packed=False)
+
+    def test_packed_requests_in_flight_complete_exactly_once(self):
+        """The same with packed rings: the area in the spec's packed
+        layout keeps each fetched descriptor (the device's used elements
+        overwrite the slots of requests still in flight), and the
+        successor resumes at the area's used position and resubmits the
+        four from the descriptors kept."""
+        self.assert_resubmitted_once(packed=True)
+
+    def test_negative_control_packed_without_resubmission(self):
+        """Negative control, packed: a successor that ignores the area
+        starts at the base QEMU gives, which names no request in flight:
+        the check names what was lost."""
+        problems, _, _ = self.cut_and_restart(resubmit=False, packed=True)
+        self.log.info("problems found, as they must be: %s", problems)
+        self.assertTrue(any("never completed" in p for p in problems),
+                        problems)
 
     def test_negative_control_without_resubmission(self):
         """Negative control: a successor that ignores the in-flight area

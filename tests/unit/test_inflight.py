@@ -1,13 +1,15 @@
 """
-The in-flight area (vhost-user, "Inflight I/O tracking", split rings):
-what a back-end records, what its successor recovers, and what it refuses
-to believe.
+The in-flight area (vhost-user, "Inflight I/O tracking", split and packed
+rings): what a back-end records, what its successor recovers, and what it
+refuses to believe.
 """
 
 import unittest
 
 from avocado_vhost.vhost_user.error import MalformedMessage
-from avocado_vhost.vhost_user.inflight import (InflightArea, region_size,
+from avocado_vhost.vhost_user.inflight import (InflightArea,
+                                               PackedInflightQueue,
+                                               region_size,
                                                resubmission_base)
 
 SIZE = 8
@@ -86,6 +88,84 @@ class Area(unittest.TestCase):
     def test_no_region_for_a_ring_beyond_the_area(self):
         with self.assertRaisesRegex(MalformedMessage, "none for ring 1"):
             self.area.queue(1)
+
+
+def chain(buf_id, parts):
+    """A packed chain's descriptors: (buffer id, flags, length, address);
+    NEXT (1) on all but the last."""
+    return [(buf_id, 1 if i < parts - 1 else 0, 16 + i, 0x1000 * (i + 1))
+            for i in range(parts)]
+
+
+class PackedArea(unittest.TestCase):
+
+    def setUp(self):
+        self.area = InflightArea.create(num_queues=1, queue_size=SIZE,
+                                        packed=True)
+        self.queue = self.area.queue(0)
+        self.assertIsInstance(self.queue, PackedInflightQueue)
+
+    def tearDown(self):
+        self.area.close()
+
+    def test_regions_are_cache_line_aligned(self):
+        self.assertEqual(region_size(256, packed=True), 8256)  # 32 + 32*256
+        self.assertEqual(region_size(1, packed=True), 64)
+
+    def test_chains_in_flight_come_back_with_their_descriptors(self):
+        """Chains of 2, 3 and 1 descriptors taken; the second completed
+        (its used element at position 0): the first and the third come
+        back, in the order taken, with the descriptors as fetched, and the
+        ring resumes at used position 1 (wrap 1)."""
+        first = self.queue.fetched(chain(7, 2))
+        second = self.queue.fetched(chain(3, 3))
+        self.queue.fetched(chain(5, 1))
+        self.queue.completing(second)
+        self.queue.completed([second], used_idx=1, used_wrap=True)
+        used, wrap, chains = self.queue.recover(lambda pos, w: False)
+        self.assertEqual((used, wrap), (1, True))
+        self.assertEqual([descs for _, descs in chains],
+                         [chain(7, 2), chain(5, 1)])
+        self.assertEqual(chains[0][0], first)
+
+    def test_an_unpublished_batch_is_rolled_back(self):
+        """The back-end died after moving the used position but before
+        publishing the element (the slot still reads available): the chain
+        is resubmitted and the ring resumes at the old position."""
+        head = self.queue.fetched(chain(2, 1))
+        self.queue.completing(head)
+        self.queue._put([0, 1, SIZE, head, 1, 1, 0, 1, 1])  # used_idx moved
+        used, _, chains = self.queue.recover(lambda pos, w: False)
+        self.assertEqual(used, 0)
+        self.assertEqual([descs for _, descs in chains], [chain(2, 1)])
+
+    def test_a_published_batch_is_finished(self):
+        """The same death after the element was published: the batch is
+        committed, nothing is resubmitted, the ring resumes after it."""
+        head = self.queue.fetched(chain(2, 1))
+        self.queue.completing(head)
+        header = self.queue._get()
+        header[5] = 1  # used_idx moved, old_used_idx still 0
+        self.queue._put(header)
+        h = self.queue._desc(head)
+        h[0] = 0  # the flag cleared
+        self.queue._set(head, h)
+        used, _, chains = self.queue.recover(lambda pos, w: pos == 0)
+        self.assertEqual((used, chains), (1, []))
+
+    def test_a_free_list_that_loops_is_refused(self):
+        entry = self.queue._desc(0)
+        entry[1] = 0  # next: itself
+        self.queue._set(0, entry)
+        with self.assertRaisesRegex(MalformedMessage, "loops"):
+            self.queue.recover(lambda pos, w: False)
+
+    def test_a_region_for_another_ring_size_is_refused(self):
+        header = self.queue._get()
+        header[2] = SIZE * 2
+        self.queue._put(header)
+        with self.assertRaisesRegex(MalformedMessage, "descriptors"):
+            self.queue.recover(lambda pos, w: False)
 
 
 if __name__ == "__main__":
