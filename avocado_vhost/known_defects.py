@@ -328,6 +328,25 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "dma-buf and QEMU keeps one fd per lookup",
         introduced_in=(8, 2, 0)),
     QemuDefect(
+        "postcopy-device-waits-forever", "7b842fe354",
+        "migration: Introduce POSTCOPY_DEVICE state",
+        OPEN,
+        r"\(POSTCOPY_LISTEN\)[^:]*: HUNG: migration timed out \(Sibling "
+        r"indicated error \d+\); source QEMU runs, finish-migrate",
+        ("test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_postcopy_message_ends_cleanly",),
+        "with a return path the source enters POSTCOPY_DEVICE and, once it "
+        "has nothing left to send, waits in qemu_event_wait() for the "
+        "destination's PONG that says the postcopy package loaded; a "
+        "destination that fails loading it (its vhost-user back-end "
+        "refuses POSTCOPY_LISTEN) sends SHUT with an error instead, which "
+        "the return-path thread records without setting the event: the "
+        "source's migration thread waits forever, the VM stopped "
+        "(finish-migrate) on both sides.  Timing decides: the source must "
+        "have sent everything before the destination fails (seen once, "
+        "10.2.2 under TCG)",
+        introduced_in=(10, 2, 0)),
+    QemuDefect(
         "backend-channel-half-message-blocks", "57dc02173c",
         "vhost-user: Convert slave channel to QIOChannelSocket",
         OPEN,

@@ -84,7 +84,7 @@ class Iotlb:
         self._order: List[IotlbEntry] = []  # oldest first
         #: how many updates and invalidations arrived, and misses sent
         self.updates = self.invalidations = self.misses = 0
-        #: (page, write) asked for since the last update
+        #: (page, write) asked for and not yet covered by an update
         self._asked: "set[Tuple[int, bool]]" = set()
 
     def __len__(self) -> int:

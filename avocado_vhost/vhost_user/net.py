@@ -232,8 +232,10 @@ class NetDevice(HostedDevice):
 
     def memory_changed(self) -> None:
         """The memory table (or the IOTLB) changed under started rings:
-        locate them again, keeping their positions, and move the rings
-        that waited for a translation."""
+        locate them again, keeping their positions.  Behind a vIOMMU the
+        change may be the update a ring waits for: the rings move on
+        (without one, a memory table is no reason to touch the rings --
+        during postcopy it may not be touched before QEMU's ack)."""
         places = dict(self.unmapped)
         for index, split in self.rings.items():
             places[index] = (split.next_avail, split.used_idx
@@ -241,7 +243,8 @@ class NetDevice(HostedDevice):
         self.rings.clear()
         for index, (next_avail, used_idx) in sorted(places.items()):
             ring = self._state().vrings[index]
-            if ring.started and self._locate(ring, next_avail, used_idx):
+            if ring.started and self._locate(ring, next_avail, used_idx) \
+                    and self._state().behind_iommu:
                 self.process(ring)
 
     def quiesce(self, ring: "Vring") -> None:
