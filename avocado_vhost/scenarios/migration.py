@@ -335,6 +335,12 @@ def dirty_log_handoff(test: "Harness", unlogged_edges: Sequence[int] = (),
     assert src_qtest is not None and dst_qtest is not None
     for page in (logged, unlogged):
         src_qtest.memset(page, 4096, OLD)
+    # The story needs every page sent once before the source stops: QEMU
+    # may otherwise stop early (its downtime estimate covers what is left)
+    # and send the rest after the hold -- the DIMM, the last block, with
+    # the back-end's unlogged write in it.  Nothing dirties guest RAM here,
+    # so a 1 ms limit still converges, after the first pass.
+    pair.src.qmp("migrate-set-parameters", **{"downtime-limit": 1})
     hold = migrate(test, pair.src, pair.dst, pair.uri, hold=pair.src_backend)
     assert hold is not None
     src_be = pair.src_backend
