@@ -362,14 +362,12 @@ class BlkDevice(HostedDevice):
             if isinstance(tracked, InflightQueue):
                 tracked.completed([ticket.head], split.used_idx)
         else:
-            entry = ticket.entry
-            packed = tracked if isinstance(tracked, PackedInflightQueue) \
-                else None
-            if packed is not None and entry is not None:
-                packed.completing(entry)
+            entry = ticket.entry  # None: the request was not recorded
+            if isinstance(tracked, PackedInflightQueue) and entry is not None:
+                tracked.completing(entry)
             split.push(ticket.head, written, ticket.count)
-            if packed is not None and entry is not None:
-                packed.completed([entry], split.used_pos, split.used_wrap)
+            if isinstance(tracked, PackedInflightQueue) and entry is not None:
+                tracked.completed([entry], split.used_pos, split.used_wrap)
         with self.cond:
             self.completed += 1
             self.cond.notify_all()

@@ -64,16 +64,20 @@ HALF = (_raw(BackendRequest.IOTLB_MSG, _ASK, bytes(8), size=32), 0,
         bytes(24))
 
 
-class BackendChannel(VhostUserTest):
-    """
-    :avocado: enable
-    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,backend-channel
-    """
+class BackendChannelTest(VhostUserTest):
+    """What the classes below need: a back-end channel."""
 
     def setUp(self):
         super().setUp()
         self.require_protocol(ProtocolFeature.BACKEND_REQ,
                               "the test is about the back-end channel")
+
+
+class BackendChannel(BackendChannelTest):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,backend-channel
+    """
 
     def start_blk(self):
         self.require_device("vhost-user-blk-pci")
@@ -170,16 +174,11 @@ class BackendChannel(VhostUserTest):
                          "after the notifier was removed")
 
 
-class MalformedBackendRequests(VhostUserTest):
+class MalformedBackendRequests(BackendChannelTest):
     """
     :avocado: enable
     :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,backend-channel
     """
-
-    def setUp(self):
-        super().setUp()
-        self.require_protocol(ProtocolFeature.BACKEND_REQ,
-                              "the test is about the back-end channel")
 
     def send_malformed(self, name, case):
         """One VM; send ``case``; what QEMU did: its answer, whether its

@@ -14,24 +14,16 @@ import struct
 import time
 
 from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.scenarios import loopback
+from avocado_vhost.scenarios.loopback import frames
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, Request
 from avocado_vhost.vhost_user.net import NetDevice, Port
-from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
+from avocado_vhost.virtio import VirtioFeature
 from avocado_vhost.virtio.ring import avail_event_offset
 from avocado_vhost.vhost_user.virtq import packed_base
 
 QUEUE_SIZE = 64
-
-
-def frames(rng, count, tag=b""):
-    """Frames of varied sizes (60..1514 bytes), each unique."""
-    out = []
-    for i in range(count):
-        size = rng.choice((60, 61, 64, 128, 500, 1000, 1514))
-        head = tag + i.to_bytes(4, "big")
-        out.append(head + rng.randbytes(size - len(head)))
-    return out
 
 
 def datapath_config(pairs=1, event_idx=False):
@@ -66,51 +58,6 @@ class Datapath(VhostUserTest):
         backend.wait_rings_started(2 * pairs, timeout=self.scaled(10))
         return vm, backend, port, vm.net_queues()
 
-    def transmit(self, port, txq, payloads, layout):
-        before = len(port.sent)
-        for chunk in range(0, len(payloads), 16):  # leave room to reap
-            batch = payloads[chunk:chunk + 16]
-            txq.post_out([NET_HDR + f for f in batch], layout=layout)
-            port.wait_sent(before + chunk + len(batch),
-                           timeout=self.scaled(10))
-            done = txq.reap()
-            self.assertEqual(len(done), len(batch),
-                             f"the device used {len(done)} of the "
-                             f"{len(batch)} buffers just transmitted "
-                             f"({layout}); see the back-end trace")
-        got = [s.data for s in port.sent[before:]]
-        self.assertEqual(len(got), len(payloads),
-                         f"the port saw {len(got)} frames, the driver sent "
-                         f"{len(payloads)} ({layout})")
-        for i, (want, seen) in enumerate(zip(payloads, got)):
-            self.assertTrue(want == seen, f"transmitted frame {i} ({layout}) "
-                            f"arrived as {seen[:16].hex()}.. ({len(seen)} "
-                            f"bytes), sent {want[:16].hex()}.. ({len(want)})")
-
-    def receive(self, backend, port, rxq, payloads):
-        before = sum(port.received.values())
-        got = []
-        for chunk in range(0, len(payloads), 16):
-            batch = payloads[chunk:chunk + 16]
-            rxq.post_in(len(batch))
-            with port.cond:
-                port.wire.extend(batch)
-            backend.poke()
-            port.wait_received(before + chunk + len(batch),
-                               timeout=self.scaled(10))
-            for head, length in rxq.reap():
-                data = rxq.read_buffer(head, length)
-                self.assertEqual(data[:NET_HDR_LEN], NET_HDR,
-                                 f"received buffer {head}: bad virtio-net "
-                                 "header")
-                got.append(data[NET_HDR_LEN:])
-        self.assertEqual(len(got), len(payloads),
-                         f"the driver received {len(got)} frames, the port "
-                         f"put {len(payloads)} on the wire")
-        for i, (want, seen) in enumerate(zip(payloads, got)):
-            self.assertTrue(want == seen, f"received frame {i} reads "
-                            f"{seen[:16].hex()}.. ({len(seen)} bytes), the "
-                            f"wire had {want[:16].hex()}.. ({len(want)})")
 
     def test_event_idx(self):
         """VIRTIO_F_EVENT_IDX: after each pass the device tells the driver
@@ -122,13 +69,13 @@ class Datapath(VhostUserTest):
         rng = random.Random(3)
         rxq, txq = queues[0], queues[1]
         for count in (1, 5, QUEUE_SIZE + 3):
-            self.transmit(port, txq, frames(rng, count), "single")
+            loopback.transmit(self, port, txq, frames(rng, count), "single")
             with backend.lock():  # the pass that sent them has ended
                 base = backend.state.vrings[1].position
             seen = vm.qtest.read(txq.q.used + avail_event_offset(txq.size), 2)
             self.assertEqual(seen, base, "used->avail_event is "
                              f"{seen}, the device's next entry is {base}")
-        self.receive(backend, port, rxq, frames(rng, 7))
+        loopback.receive(self, backend, port, rxq, frames(rng, 7))
         with backend.lock():
             base = backend.state.vrings[0].position
         seen = vm.qtest.read(rxq.q.used + avail_event_offset(rxq.size), 2)
@@ -141,9 +88,10 @@ class Datapath(VhostUserTest):
         rng = random.Random(1)
         rxq, txq = queues[0], queues[1]
         for layout in ("single", "chain", "indirect"):
-            self.transmit(port, txq, frames(rng, QUEUE_SIZE + 20,
-                                            layout.encode()[:2]), layout)
-        self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
+            loopback.transmit(self, port, txq, frames(
+                rng, QUEUE_SIZE + 20, layout.encode()[:2]), layout)
+        loopback.receive(self, backend, port, rxq,
+                         frames(rng, 2 * QUEUE_SIZE + 5))
         self.assertEqual(backend.state.vrings[1].position,
                          (3 * (QUEUE_SIZE + 20)) & 0xFFFF)
 
@@ -166,9 +114,10 @@ class Datapath(VhostUserTest):
         rxq, txq = vm.net_queues()
         rng = random.Random(4)
         for layout in ("single", "chain", "indirect"):
-            self.transmit(port, txq, frames(rng, QUEUE_SIZE + 20,
-                                            layout.encode()[:2]), layout)
-        self.receive(backend, port, rxq, frames(rng, 2 * QUEUE_SIZE + 5))
+            loopback.transmit(self, port, txq, frames(
+                rng, QUEUE_SIZE + 20, layout.encode()[:2]), layout)
+        loopback.receive(self, backend, port, rxq,
+                         frames(rng, 2 * QUEUE_SIZE + 5))
         base = backend.state.vrings[1].position
         self.assertEqual(base, packed_base(txq.pos, txq.wrap, txq.used_pos,
                                            txq.used_wrap),
@@ -199,11 +148,12 @@ class Datapath(VhostUserTest):
         self.set_queue_pairs(queues[2 * pairs], pairs)
         for pair in range(pairs):
             rxq, txq = queues[2 * pair], queues[2 * pair + 1]
-            self.transmit(port, txq, frames(rng, 40, bytes([pair])),
-                          "single")
+            loopback.transmit(self, port, txq,
+                              frames(rng, 40, bytes([pair])), "single")
             self.assertEqual({s.ring for s in port.sent[-40:]},
                              {2 * pair + 1})
-            self.receive(backend, port, rxq, frames(rng, 40, bytes([pair])))
+            loopback.receive(self, backend, port, rxq,
+                             frames(rng, 40, bytes([pair])))
 
 
 class ReconnectUnderTraffic(Datapath):
@@ -242,7 +192,7 @@ class ReconnectUnderTraffic(Datapath):
         backend.wait_rings_started(2, timeout=self.scaled(10))
         rxq, txq = vm.net_queues()
         rng = random.Random(3)
-        self.transmit(port, txq, frames(rng, 30, b"A"), "single")
+        loopback.transmit(self, port, txq, frames(rng, 30, b"A"), "single")
         device.tx_budget = 5
         pending = frames(rng, 12, b"B")
         txq.post_out([NET_HDR + f for f in pending])
@@ -286,8 +236,8 @@ class ReconnectUnderTraffic(Datapath):
                                  f"frame {frame[:5]!r} sent twice across the "
                                  "reconnect")
         # Traffic goes on, exactly once, in both directions.
-        self.transmit(port, txq, frames(rng, 40, b"C"), "chain")
-        self.receive(backend, port, rxq, frames(rng, 20, b"D"))
+        loopback.transmit(self, port, txq, frames(rng, 40, b"C"), "chain")
+        loopback.receive(self, backend, port, rxq, frames(rng, 20, b"D"))
 
 
 if __name__ == "__main__":

@@ -28,24 +28,16 @@ from avocado_vhost.qemu.platform import (BUFFER_WINDOW, IOMMU_WINDOW,
 from avocado_vhost.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator,
                                            config_space, find_function,
                                            modern_device_id)
+from avocado_vhost.scenarios import loopback
+from avocado_vhost.scenarios.loopback import frames
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
-from avocado_vhost.vhost_user.iotlb import IOTLB_UPDATE
 from avocado_vhost.vhost_user.net import NetDevice, Port
-from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
+from avocado_vhost.virtio import VirtioFeature
 
 QUEUE_SIZE = 64
 #: where the test's page tables put guest memory for the device
 DMA_OFFSET = 1 << 32
-
-
-def frames(rng, count, tag):
-    out = []
-    for i in range(count):
-        head = tag + i.to_bytes(4, "big")
-        out.append(head + rng.randbytes(rng.choice((60, 300, 1514))
-                                        - len(head)))
-    return out
 
 
 class ViommuTest(VhostUserTest):
@@ -71,35 +63,23 @@ class ViommuTest(VhostUserTest):
         backend.wait_rings_started(2, timeout=self.scaled(10))
         return vm, backend, port, vm.net_queues()
 
-    def transmit(self, port, txq, payloads):
-        before = len(port.sent)
-        for chunk in range(0, len(payloads), 16):
-            batch = payloads[chunk:chunk + 16]
-            txq.post_out([NET_HDR + f for f in batch])
-            port.wait_sent(before + chunk + len(batch),
-                           timeout=self.scaled(10))
-            self.assertEqual(len(txq.reap()), len(batch))
-        got = [s.data for s in port.sent[before:]]
-        self.assertEqual(got, payloads, "transmitted frames damaged")
-
-    def receive(self, backend, port, rxq, payloads):
-        before = sum(port.received.values())
-        got = []
-        for chunk in range(0, len(payloads), 16):
-            batch = payloads[chunk:chunk + 16]
-            rxq.post_in(len(batch))
-            with port.cond:
-                port.wire.extend(batch)
-            backend.poke()
-            port.wait_received(before + chunk + len(batch),
-                               timeout=self.scaled(10))
-            for head, length in rxq.reap():
-                data = rxq.read_buffer(head, length)
-                self.assertEqual(data[:NET_HDR_LEN], NET_HDR)
-                got.append(data[NET_HDR_LEN:])
-        self.assertEqual(got, payloads, "received frames damaged")
-
-
+    def cross(self, backend, port, queues, seed, dma_offset=0):
+        """40 frames each way; the back-end must have missed, and every
+        entry QEMU handed over must translate IOVA ``g + dma_offset`` to
+        guest address ``g`` (what the test's mapping says)."""
+        rxq, txq = queues
+        rng = random.Random(seed)
+        loopback.transmit(self, port, txq, frames(rng, 40, b"tx"))
+        loopback.receive(self, backend, port, rxq, frames(rng, 40, b"rx"))
+        iotlb = backend.state.iotlb
+        self.log.info("IOTLB: %d misses sent, %d updates, %d entries",
+                      iotlb.misses, iotlb.updates, len(iotlb))
+        self.assertGreater(iotlb.misses, 0, "the back-end never missed")
+        for entry in iotlb.entries:
+            self.assertEqual(
+                backend.state.memory.uva_to_gpa(entry.user_addr),
+                entry.iova - dma_offset, f"QEMU's IOTLB entry {entry} does "
+                "not say what the mapping says")
 
 class Viommu(ViommuTest):
     """
@@ -111,20 +91,9 @@ class Viommu(ViommuTest):
         """The vIOMMU is there but the guest has not turned translation on:
         the back-end's misses are answered page by page, IOVA = guest
         address, and frames cross both ways."""
-        vm, backend, port, (rxq, txq) = self.start()
-        rng = random.Random(7)
-        self.transmit(port, txq, frames(rng, 40, b"tx"))
-        self.receive(backend, port, rxq, frames(rng, 40, b"rx"))
-        iotlb = backend.state.iotlb
-        self.log.info("IOTLB: %d misses sent, %d updates, %d entries",
-                      iotlb.misses, iotlb.updates, len(iotlb))
-        self.assertGreater(iotlb.misses, 0, "the back-end never missed")
-        for entry in iotlb.entries:
-            self.assertEqual(backend.state.memory.uva_to_gpa(
-                entry.user_addr), entry.iova,
-                f"with translation off an IOVA is its guest address: "
-                f"{entry}")
-
+        vm, backend, port, queues = self.start()
+        # translation off: an IOVA is its guest address
+        self.cross(backend, port, queues, seed=7)
 
 
 class ViommuTranslation(ViommuTest):
@@ -156,19 +125,8 @@ class ViommuTranslation(ViommuTest):
         """Every IOVA is 4 GiB above its guest address: frames cross both
         ways only through the IOTLB, and every entry QEMU handed over
         translates as the test's page tables say."""
-        vm, backend, port, (rxq, txq) = self.start_translated()
-        rng = random.Random(8)
-        self.transmit(port, txq, frames(rng, 40, b"tx"))
-        self.receive(backend, port, rxq, frames(rng, 40, b"rx"))
-        iotlb = backend.state.iotlb
-        self.log.info("IOTLB: %d misses sent, %d updates, %d entries",
-                      iotlb.misses, iotlb.updates, len(iotlb))
-        self.assertGreater(iotlb.misses, 0, "the back-end never missed")
-        for entry in iotlb.entries:
-            self.assertEqual(
-                backend.state.memory.uva_to_gpa(entry.user_addr),
-                entry.iova - DMA_OFFSET, f"QEMU's IOTLB entry {entry} does "
-                "not say what the guest's page table says")
+        vm, backend, port, queues = self.start_translated()
+        self.cross(backend, port, queues, seed=8, dma_offset=DMA_OFFSET)
 
     def moved_page(self, config=None):
         """Transmit through one buffer, move its page elsewhere in the
@@ -178,10 +136,10 @@ class ViommuTranslation(ViommuTest):
         vm, backend, port, (rxq, txq) = self.start_translated(config)
         rng = random.Random(9)
         # a ring's worth: every buffer's page is in the back-end's IOTLB
-        self.transmit(port, txq, frames(rng, QUEUE_SIZE, b"warm"))
+        loopback.transmit(self, port, txq, frames(rng, QUEUE_SIZE, b"warm"))
         before = len(port.sent)
-        (head,) = txq.post_out([NET_HDR + frames(rng, 1, b"old")[0]],
-                               kick=False)
+        old = frames(rng, 1, b"old")[0]
+        (head,) = txq.post_out([NET_HDR + old], kick=False)
         gpa = txq.buffer_addr(head)
         iova = gpa + DMA_OFFSET
         with backend.lock():
@@ -191,7 +149,8 @@ class ViommuTranslation(ViommuTest):
         # device must read from now on
         page = gpa & ~0xFFF
         new_page = self.iommu.alloc.alloc(0x1000)
-        fresh = frames(rng, 1, b"new")[0]
+        # as long as the frame posted: the device reads that many bytes
+        fresh = b"new" + rng.randbytes(len(old) - 3)
         vm.qtest.memwrite(new_page, vm.qtest.memread(page, 0x1000))
         vm.qtest.memwrite(new_page + (gpa - page), NET_HDR + fresh)
         self.iommu.remap(page + DMA_OFFSET, new_page)
