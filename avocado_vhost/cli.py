@@ -11,6 +11,9 @@
 ``proxy``
     Between a front-end and any back-end: every message and fd relayed,
     both directions decoded and judged.
+``fuzz``
+    A hostile front-end against any back-end (:mod:`.fuzz`): crashes,
+    hangs and leaks found, cut down to reproducers, replayed.
 ``chart``
     A message-sequence chart (HTML with SVG, opens offline) of trace files
     (``*.trace.json``) or of a test's log directory.
@@ -37,8 +40,9 @@ from typing import List, Optional, Sequence
 
 from .chart import write_chart
 from .devices import DEVICES, device_config
+from .fuzz import command as fuzz_command
 from .guest.boot import GuestOptions, backend_config
-from .vhost_user import VhostUserBackend
+from .vhost_user import Fault, FaultAction, Request, VhostUserBackend
 from .vhost_user.net import NetDevice, Port, SentFrame
 from .vhost_user.proxy import Proxy
 from .vhost_user.trace import Trace
@@ -59,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     device = (None if args.datapath == "none" or args.device != "net"
               else NetDevice(port))
     backend = VhostUserBackend(args.name, config, device)
+    backend.faults.extend(_planted_bugs(args))
     if args.datapath == "echo":
         def echo(frames: List[SentFrame]) -> None:
             port.wire.extend(f.data for f in frames)  # port.cond is held
@@ -83,6 +88,22 @@ def _serve(args: argparse.Namespace) -> int:
                     f"{port.sent_total}, delivered "
                     f"{sum(port.received.values())}",
                     backend.violations + backend.errors)
+
+
+def _planted_bugs(args: argparse.Namespace) -> List[Fault]:
+    """``--crash-on`` and ``--hang-on``: a back-end with a known bug, the
+    fuzzer's negative control (it must find the bug and cut its run down
+    to the one message)."""
+    faults = []
+    if args.crash_on:
+        def crash(request: Request, payload: object) -> bool:
+            os.abort()  # SIGABRT, as a failed assertion in C
+        faults.append(Fault(FaultAction.DISCONNECT,
+                            request=Request[args.crash_on], match=crash))
+    if args.hang_on:
+        faults.append(Fault(FaultAction.HOLD, request=Request[args.hang_on],
+                            times=0, hold_timeout=3600.0))
+    return faults
 
 
 def _until_interrupted() -> None:
@@ -169,6 +190,13 @@ def parser() -> argparse.ArgumentParser:
                        default="drop",
                        help="what to do with transmitted frames (default: "
                             "drop, counted); none: never touch the rings")
+    requests = [r.name for r in Request if r is not Request.NONE]
+    serve.add_argument("--crash-on", metavar="REQUEST", choices=requests,
+                       help="abort (SIGABRT) on this request: a planted "
+                            "bug for the fuzzer's negative control")
+    serve.add_argument("--hang-on", metavar="REQUEST", choices=requests,
+                       help="stop answering at this request (a planted "
+                            "hang)")
     _trace_options(serve)
     serve.set_defaults(func=_serve)
     proxy = sub.add_parser(
@@ -193,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
                             "first trace)")
     chart.add_argument("--title", help="the page's title")
     chart.set_defaults(func=_chart)
+    fuzz_command.add_parser(sub)
     return top
 
 
