@@ -80,7 +80,9 @@ class VhostResult(Result):
         except (OSError, ValueError):
             return  # the json result was disabled
         summary: Dict[str, Any] = {"qemu": {}, "tests": {},
-                                   "known_defects": {}, "violations": {}}
+                                   "known_defects": {}, "violations": {},
+                                   "conformance": {},
+                                   "backend_defects": {}}
         for test in results.get("tests", []):
             info = _whiteboard(test)
             if not info:
@@ -105,6 +107,7 @@ class VhostResult(Result):
                 found["tests"].append(test.get("name"))
             if test["violations"]:
                 summary["violations"][test.get("name")] = test["violations"]
+            _conformance(summary, test, info)
         results["known_defects"] = list(summary["known_defects"].values())
         with open(path, "w", encoding="utf-8") as out:
             json.dump(results, out, indent=4)
@@ -117,6 +120,26 @@ class VhostResult(Result):
                   encoding="utf-8") as out:
             out.write(_html_page(job.logdir, results.get("tests", []),
                                  summary))
+
+
+def _conformance(summary: Dict[str, Any], test: Dict[str, Any],
+                 info: Dict[str, Any]) -> None:
+    """The conformance kit's table: per external back-end, each scenario's
+    verdict and the deviations it accepted; and the back-end defects the
+    fuzzer found again."""
+    backend = info.get("external_backend")
+    if not backend:
+        return
+    scenario = str(test.get("name", "")).split(":")[-1]
+    summary["conformance"].setdefault(backend, {})[scenario] = {
+        "status": test.get("status"),
+        "reason": test.get("fail_reason") if test.get("status") != "PASS"
+        else None,
+        "deviations": info.get("accepted_deviations", [])}
+    for defect in info.get("backend_defects", []):
+        summary["backend_defects"].setdefault(backend, [])
+        if defect not in summary["backend_defects"][backend]:
+            summary["backend_defects"][backend].append(defect)
 
 
 def _add_to_xunit(path: str, tests: Dict[str, Any],
@@ -196,6 +219,19 @@ def _html_page(job_dir: str, tests: List[Dict[str, Any]],
         for name, found in violations.items()]) if violations \
         else "<p>none</p>"
 
+    conformance = "".join(
+        f"<h3>{esc(backend)}</h3>" + _table(
+            ["scenario", "verdict", "deviations accepted"],
+            [[esc(name), f'<span class="{esc(str(v["status"]))}">'
+              f'{esc(str(v["status"]))}</span>'
+              + (f" {esc(str(v['reason']))}" if v["reason"] else ""),
+              "<br>".join(esc(d) for d in v["deviations"]) or "none"]
+             for name, v in sorted(scenarios.items())])
+        + ("<p>known defects found: " + ", ".join(
+            esc(d) for d in summary["backend_defects"].get(backend, []))
+           + "</p>" if summary["backend_defects"].get(backend) else "")
+        for backend, scenarios in sorted(summary["conformance"].items()))
+
     def row(test: Dict[str, Any]) -> List[str]:
         status = esc(str(test.get("status")))
         reason = "" if status == "PASS" else str(test.get("fail_reason")
@@ -220,6 +256,8 @@ def _html_page(job_dir: str, tests: List[Dict[str, Any]],
             + f" (known QEMU defects: {len(defects)})</p>"
             f"<h2>Known QEMU defects found</h2>{defect_part}"
             f"<h2>Spec violations found</h2>{violation_part}"
+            + (f"<h2>Conformance of external back-ends</h2>{conformance}"
+               if conformance else "") +
             f"<h2>Failures</h2>{failures}"
             f"<h2>Every other test</h2>{_table(header, [row(t) for t in rest])}"
             "</body></html>\n")

@@ -37,6 +37,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
 
 from . import allowlist, known_defects, params
 from .chart import write_chart
+from .kit import external
 from .dpdk import TESTPMD_PACKAGE, Testpmd, find_testpmd
 from .guest import assets as guest_assets
 from .guest.assets import GuestAssets
@@ -95,6 +96,11 @@ class Harness(_Base):
         self._failure_expected: List[str] = []
         #: ids of the known QEMU defects this test ran into
         self.known_defects_found: List[str] = []
+        #: the conformance kit's records: the external back-end under test
+        #: (its kit name), the deviations accepted, its known defects found
+        self.external_backend: Optional[str] = None
+        self.accepted_deviations: List[str] = []
+        self.backend_defects_found: List[str] = []
 
     def _then_check_backends(self, method: Callable[[], Any]
                              ) -> Callable[[], Any]:
@@ -245,6 +251,9 @@ class Harness(_Base):
                     {"id": d, "commit": known_defects.DEFECTS[d].commit,
                      "title": known_defects.DEFECTS[d].title}
                     for d in self.known_defects_found],
+                "external_backend": self.external_backend,
+                "accepted_deviations": self.accepted_deviations,
+                "backend_defects": self.backend_defects_found,
                 # every spec rule a peer broke, allowed by the test or not
                 "violations": [
                     f"{peer.name}: {problem}"
@@ -502,49 +511,19 @@ class Harness(_Base):
         self._stack.callback(_finish)
         return proxy
 
-    def start_external_backend(self, name: str, queues: int = 1
+    def start_external_backend(self, name: str, queues: int = 1,
+                               device: str = "net"
                                ) -> Tuple["subprocess.Popen[bytes]", str]:
-        """Start the external back-end of ``-p backend_cmd=`` listening at
-        ``<tmp>/<name>.sock``; returns once the socket exists.  Its output
-        goes to ``<logdir>/<name>.log``; it is killed at tear-down (and dies
-        with this process).  CANCEL when no command is given."""
-        template = self.param("backend_cmd")
-        if not template:
-            self.cancel("no external back-end: give -p backend_cmd='COMMAND "
-                        "... {socket} ...' (or AVOCADO_VHOST_BACKEND_CMD)")
-        sock = self.socket_path(name)
-        if os.path.exists(sock):  # left by a previous instance that died
-            os.unlink(sock)
-        unique = f"{os.path.basename(self.workdir_short)}-{name}"
-        argv = shlex.split(template.format(socket=sock, queues=queues,
-                                           name=unique))
+        """Start the back-end under test (``-p backend=`` or ``-p
+        backend_cmd=``, :mod:`.kit.external`) listening at
+        ``<tmp>/<name>.sock``; CANCEL when there is none or it serves
+        another device.  Its output goes to ``<logdir>/<name>.log``."""
+        backend = external.choose(self, device)
         log = open(os.path.join(self.logdir, f"{name}.log"), "ab")
         self._stack.callback(log.close)
-        proc: "subprocess.Popen[bytes]" = call_in_launcher(
-            lambda: subprocess.Popen(die_with_parent(argv),
-                                     stdin=subprocess.PIPE,
-                                     stdout=log, stderr=subprocess.STDOUT))
-        self.log.info("external back-end %s: %s", name, " ".join(argv))
-
-        def _finish() -> None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            for path in glob.glob(os.path.join(dpdk_runtime_base(),
-                                               unique + "*")):
-                shutil.rmtree(path, ignore_errors=True)
-        self._stack.callback(_finish)
-        watch = FolderWatch([self.workdir_short])
-        try:
-            watch.wait(lambda: os.path.exists(sock) or proc.poll() is not None,
-                       f"the external back-end to listen on {sock}",
-                       self.scaled(30))
-        finally:
-            watch.close()
-        if proc.poll() is not None:
-            self.error(f"the external back-end exited with {proc.returncode}"
-                       f" before it listened; see {name}.log")
-        return proc, sock
+        proc = external.start(self, backend, name, queues, log,
+                              self.cleanup)
+        return proc, self.socket_path(name)
 
     def cleanup(self, function: Callable[..., object], *args: object) -> None:
         """Call ``function(*args)`` at tear-down, before the resources made
@@ -655,6 +634,7 @@ class Harness(_Base):
                 broken.append(str(violation))
         for line in accepted:
             self.log.info("accepted deviation: %s", line)
+        self.accepted_deviations.extend(accepted)
         self.assertEqual(broken, [], "rules broken through the proxy (list "
                          "a known deviation of the back-end with -p "
                          "backend_allow=FILE, with why)")

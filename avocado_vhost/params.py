@@ -75,10 +75,22 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "guest RAM in MiB", _positive(int)),
     Param("testpmd", "AVOCADO_VHOST_TESTPMD", None,
           "DPDK's dpdk-testpmd for the interop tests (default: on PATH)"),
+    Param("backend", "AVOCADO_VHOST_BACKEND", None,
+          "a real back-end of the conformance kit to put under test (tags "
+          "external, fuzz): dpdk, qsd, vhost-user-blk, vhost-user-bridge "
+          "(avocado_vhost.kit.backends)"),
     Param("backend_cmd", "AVOCADO_VHOST_BACKEND_CMD", None,
-          "an external back-end to put under test (tag external): a "
-          "command with {socket} (where it must listen), {queues} and "
-          "{name} (unique per instance) filled in"),
+          "an external back-end of your own to put under test (tags "
+          "external, fuzz): a command with {socket} (where it must "
+          "listen), {queues}, {name} (unique per instance), {dir}, {disk} "
+          "and {port} filled in"),
+    Param("backend_device", "AVOCADO_VHOST_BACKEND_DEVICE", None,
+          "the device backend_cmd serves: net or blk (default net)",
+          _one_of("net", "blk")),
+    Param("fuzz_seed", "AVOCADO_VHOST_FUZZ_SEED", "1",
+          "the fuzz campaign's seed (test_fuzz.py)", _positive(int)),
+    Param("fuzz_seconds", "AVOCADO_VHOST_FUZZ_SECONDS", "20",
+          "the fuzz campaign's length in seconds", _positive(float)),
     Param("backend_allow", "AVOCADO_VHOST_BACKEND_ALLOW", None,
           "a file of the external back-end's known deviations, one "
           "'side | text | why' per line; any other violation fails the "

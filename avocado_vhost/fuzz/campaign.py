@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..vhost_user.message import HEADER, VERSION, Request
+from ..vhost_user.message import HEADER, VERSION, Request, request_name
 from .generate import Generator
 from .minimise import ddmin
 from .step import Step, dump
@@ -51,6 +51,8 @@ class Budget:
     max_findings: int = 3
     minimise_tries: int = 300
     minimise_seconds: float = 180.0
+    #: ring indexes stay below this (None: any, past the end too)
+    rings: Optional[int] = None
 
 
 @dataclass
@@ -72,6 +74,18 @@ class Finding:
     #: (False: it depends on timing; None: the back-end cannot be
     #: restarted, so it was not tried)
     replayed: Optional[bool] = None
+    #: how the cut-down run ends (its detail names its own last step)
+    minimal_outcome: Optional[Outcome] = None
+
+    @property
+    def signature(self) -> Tuple[str, str, str]:
+        """(kind, detail, the last message's request) of the cut-down
+        run: what :mod:`avocado_vhost.kit.findings` matches."""
+        outcome = self.minimal_outcome or self.outcome
+        last = next((s for s in reversed(self.minimal) if s.kind == "msg"),
+                    None)
+        return (outcome.kind, outcome.detail,
+                request_name(last.request) if last is not None else "")
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Report:
     findings: List[Finding] = field(default_factory=list)
     peak_rss_kib: int = 0
     peak_fds: int = 0
+    #: known defects met again (by id), not cut down
+    known: List[str] = field(default_factory=list)
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -98,11 +114,14 @@ class Report:
                 "outcomes": dict(sorted(self.counts.items())),
                 "peak_rss_kib": self.peak_rss_kib,
                 "peak_fds": self.peak_fds,
+                "known_defects_met": dict(sorted(
+                    (k, self.known.count(k)) for k in set(self.known))),
                 "findings": [{"kind": f.outcome.kind,
                               "detail": f.outcome.detail,
                               "steps": len(f.steps),
                               "minimal_steps": len(f.minimal),
                               "replayed": f.replayed,
+                              "last_request": f.signature[2],
                               "reproducer": f.minimal_reproducer
                               or f.reproducer} for f in self.findings]}
 
@@ -147,6 +166,9 @@ class _Player:
                          budget.hang_timeout)
         self.rss_base: Optional[int] = None
         self.fds_base: Optional[int] = None
+        #: connections made since the back-end started (a back-end
+        #: usually forgets a connection's state when it ends)
+        self.connections = 0
 
     def close(self) -> None:
         self.wire.close()
@@ -187,6 +209,7 @@ class _Player:
         if self.wire.open(self.budget.hang_timeout):
             state = self.wire.probe()
             if state == ANSWERED:
+                self.connections += 1
                 return None
             if state == SILENT and self._ended() is None:
                 return Outcome("refused", "the back-end took a new "
@@ -252,19 +275,28 @@ def play(target: Target, steps: List[Step], budget: Budget
         target.stop()
 
 
+#: ``known(kind, request, detail)``: the id of a known defect a finding
+#: of that kind at that request (or with that detail) is -- it is then not
+#: cut down again -- or None
+Known = Callable[[str, str, str], Optional[str]]
+
+
 def run(target: Target, seed: int, budget: Budget, out_dir: str,
-        log: Callable[[str], None] = lambda line: None) -> Report:
+        log: Callable[[str], None] = lambda line: None,
+        known: Known = lambda kind, request, detail: None) -> Report:
     """One campaign; reproducers go to ``out_dir``."""
     report = Report(seed)
     if target.restartable:
         target.start()
     report.features, report.protocol_features = discover(
         target, budget.hang_timeout)
-    generator = Generator(seed, report.features, report.protocol_features)
+    generator = Generator(seed, report.features, report.protocol_features,
+                          budget.rings)
     player = _Player(target, budget, seed)
     started = time.monotonic()
     history: List[Step] = []
     pending: List[Step] = []
+    mark = 0
     try:
         if target.restartable:  # some serve one connection, then exit
             player.restart()
@@ -273,11 +305,15 @@ def run(target: Target, seed: int, budget: Budget, out_dir: str,
         pending = generator.opening()
         while (player.wire.sent < budget.messages
                and time.monotonic() - started < budget.seconds
-               and len(report.findings) < budget.max_findings):
+               and len(report.findings) < budget.max_findings
+               and len(report.known) < 10 * budget.max_findings):
             step = pending.pop(0) if pending else generator.next()
             history.append(step)
             report.steps += 1
+            connections = player.connections
             outcome = player.step(step, report)
+            if player.connections != connections and outcome is None:
+                mark = len(history)  # this connection's steps start here
             if outcome is None and report.steps % 50 == 0:
                 outcome = player.watch(report)
             if step.kind == "connect":
@@ -286,14 +322,22 @@ def run(target: Target, seed: int, budget: Budget, out_dir: str,
                 continue
             report.count(outcome.kind)
             log(f"step {report.steps}: {outcome.kind}: {outcome.detail}")
-            if outcome.kind in FINDINGS:
+            last = next((s for s in reversed(history) if s.kind == "msg"),
+                        None)
+            defect = known(outcome.kind, request_name(last.request)
+                           if last is not None else "", outcome.detail)
+            if outcome.kind in FINDINGS and defect is not None:
+                log(f"a known defect: {defect} (not cut down again)")
+                report.known.append(defect)
+            elif outcome.kind in FINDINGS:
                 report.findings.append(_finding(
-                    target, outcome, history, budget, out_dir,
+                    target, outcome, history,
+                    generator.opening() + history[mark:], budget, out_dir,
                     len(report.findings) + 1, report, log))
             if not target.restartable:
                 break
             player.restart()
-            history, pending = [], generator.opening()
+            history, pending, mark = [], generator.opening(), 0
     finally:
         report.messages = player.wire.sent
         report.seconds = time.monotonic() - started
@@ -303,8 +347,13 @@ def run(target: Target, seed: int, budget: Budget, out_dir: str,
 
 
 def _finding(target: Target, outcome: Outcome, history: List[Step],
-             budget: Budget, out_dir: str, number: int, report: Report,
-             log: Callable[[str], None]) -> Finding:
+             last_connection: List[Step], budget: Budget, out_dir: str,
+             number: int, report: Report, log: Callable[[str], None]
+             ) -> Finding:
+    """Write the finding's run; replay it, and cut it down.  The last
+    connection's steps (after an opening) are tried first: most back-ends
+    forget a connection's state with it, and replays of a long run are
+    slow."""
     header = {"seed": report.seed, "features": report.features,
               "protocol_features": report.protocol_features,
               "command": target.command, "outcome": outcome.kind,
@@ -322,13 +371,22 @@ def _finding(target: Target, outcome: Outcome, history: List[Step],
             outcome.kind != "crash" or again.detail == outcome.detail)
 
     log(f"cutting down {len(steps)} steps ...")
-    finding.replayed = fails(steps)
+    start = steps
+    if len(last_connection) < len(steps) and fails(last_connection):
+        start = last_connection
+        finding.replayed = True
+    else:
+        finding.replayed = fails(steps)
     if not finding.replayed:
         log("the finding did not happen again on replay: kept as found")
         return finding
-    finding.minimal = ddmin(steps, fails, budget.minimise_tries,
+    finding.minimal = ddmin(start, fails, budget.minimise_tries,
                             budget.minimise_seconds)
     finding.minimal_reproducer = path.replace(".jsonl", "-minimal.jsonl")
+    again = play(target, finding.minimal, budget)  # its own words
+    if again is not None and again.kind == outcome.kind:
+        finding.minimal_outcome = again
+        header = dict(header, detail=again.detail)
     dump(finding.minimal_reproducer, finding.minimal, header)
     log(f"cut down to {len(finding.minimal)} steps: "
         f"{finding.minimal_reproducer}")

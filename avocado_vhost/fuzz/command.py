@@ -28,7 +28,9 @@ import os
 import random
 import sys
 import tempfile
+from typing import Optional
 
+from ..kit import findings
 from ..kit.backends import BACKENDS
 from .campaign import Budget, replay, run
 from .step import load
@@ -62,6 +64,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     fuzz.add_argument("--seconds", type=float, default=60.0)
     fuzz.add_argument("--hang-timeout", type=float, default=2.0)
     fuzz.add_argument("--max-findings", type=int, default=3)
+    fuzz.add_argument("--rings", type=int, help="keep ring indexes below "
+                      "this (to step around a known unchecked index); "
+                      "default: any index, past the end too")
     fuzz.add_argument("--out", help="folder for reproducers and the "
                       "summary (default: fuzz-SEED)")
     fuzz.add_argument("--replay", metavar="FILE",
@@ -81,7 +86,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     budget = Budget(messages=args.messages, seconds=args.seconds,
                     hang_timeout=args.hang_timeout,
-                    max_findings=args.max_findings)
+                    max_findings=args.max_findings, rings=args.rings)
+    backend = args.backend or ""
+
+    def known_defect(kind: str, request: str, detail: str) -> Optional[str]:
+        return findings.known_id(backend, kind, request, detail)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     out = args.out or f"fuzz-{seed}"
     with tempfile.TemporaryDirectory(prefix="vf-") as folder:
@@ -97,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
                 report = run(target, seed, budget, out,
                              lambda line: print(f"fuzz: {line}",
-                                                file=sys.stderr, flush=True))
+                                                file=sys.stderr, flush=True),
+                             known_defect)
             except TargetError as exc:
                 print(f"fuzz: {exc}", file=sys.stderr)
                 return 2

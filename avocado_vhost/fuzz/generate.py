@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY,
                                   VRING_NOFD_FLAG, VERSION, Request)
@@ -68,10 +68,14 @@ class Generator:
     ``protocol_features`` (read once before the run, so that the moves do
     not depend on what it answers later)."""
 
-    def __init__(self, seed: int, features: int, protocol_features: int):
+    def __init__(self, seed: int, features: int, protocol_features: int,
+                 rings: Optional[int] = None):
         self.rng = random.Random(seed)
         self.features = features
         self.protocol_features = protocol_features
+        #: when set, ring indexes stay below it: a back-end's known
+        #: unchecked index is stepped around, to reach further
+        self.rings = rings
         plausible: Sequence[Tuple[int, Callable[[], Step]]] = (
             (6, self.mem_table), (3, self.mem_slot), (8, self.vring_state),
             (6, self.vring_addr), (8, self.vring_fd), (10, self.kick),
@@ -108,6 +112,8 @@ class Generator:
         return VERSION | (FLAG_NEED_REPLY if self.rng.random() < 0.5 else 0)
 
     def _index(self) -> int:
+        if self.rings is not None:
+            return self.rng.randrange(self.rings)
         r = self.rng.random()
         if r < 0.7:
             return self.rng.randrange(4)
@@ -200,7 +206,8 @@ class Generator:
                                    Request.SET_VRING_KICK,
                                    Request.SET_VRING_CALL,
                                    Request.SET_VRING_ERR))
-        index = self._index() & 0xFF if self.rng.random() < 0.9 else (
+        index = self._index() & 0xFF if (
+            self.rings is not None or self.rng.random() < 0.9) else (
             self.rng.choice(_INDEXES))
         r = self.rng.random()
         if r < 0.1:

@@ -45,14 +45,15 @@ class Target:
 
     def __init__(self, socket_path: str, command: Optional[str] = None,
                  pid: Optional[int] = None, log: Optional[IO[bytes]] = None,
-                 start_timeout: float = 10.0):
+                 start_timeout: float = 10.0, name: Optional[str] = None):
         self.socket_path = socket_path
         self.command = command
         self.pid = pid
         self.log = log
         self.start_timeout = start_timeout
-        #: unique to this fuzzer's folder: DPDK's file prefix, the disk
-        self.name = os.path.basename(os.path.dirname(socket_path))
+        #: unique to the run (default: its folder's name): DPDK's file
+        #: prefix, the disk image's name
+        self.name = name or os.path.basename(os.path.dirname(socket_path))
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.starts = 0
         #: readable once the process ends (pidfd_open), for the waits to

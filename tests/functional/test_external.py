@@ -1,39 +1,52 @@
 """
 The suite's scenarios against an external back-end, through the
-conformance proxy.
+conformance proxy: the conformance kit's verdicts.
 
-``-p backend_cmd='COMMAND ... {socket} ...'`` names a back-end nobody here
-wrote (``{socket}`` is where it must listen, ``{queues}`` the queue pairs,
-``{name}`` a unique name); without it these tests CANCEL.  The proxy sits
-between QEMU and it, so every message is decoded and both sides judged.
-The scenarios need no hook inside the back-end: what it does is seen from
-the guest side (the test's driver) and from the proxy's trace.  The
-traffic scenario needs a back-end that loops frames back (DPDK's vhost PMD
-in testpmd's io forwarding does).  ``scripts/test-all`` runs them against
-DPDK's vhost PMD (Debian's dpdk-dev).
+``-p backend=NAME`` names a real back-end of the kit (dpdk, qsd,
+vhost-user-blk, vhost-user-bridge: ``avocado_vhost/kit/backends.py``);
+``-p backend_cmd='COMMAND ... {socket} ...'`` one of your own (with ``-p
+backend_device=net|blk``).  Without either these tests CANCEL, and so do
+the scenarios of the other device type.  The proxy sits between QEMU and
+the back-end, so every message is decoded and both sides judged: a rule
+broken by either side fails the scenario, unless it is listed with ``-p
+backend_allow=FILE`` (side, text, why).  The scenarios need no hook inside
+the back-end: what it does is seen from the driver's side (the test's
+virtio driver over qtest), from the disk image, and from the proxy's
+trace.  The net traffic scenario needs a back-end that loops frames back
+(DPDK's vhost PMD in testpmd's io forwarding does; the vhost-user bridge
+with its UDP side sent to itself does).  ``scripts/test-all`` runs them
+against all four back-ends of the kit.
 """
 
+import os
 import time
 
+from avocado_vhost.kit.backends import DISK_SIZE
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import Request
+from avocado_vhost.vhost_user import Request, VirtioFeature
+from avocado_vhost.vhost_user.blk import HEADER, S_OK, SECTOR, T_IN, T_OUT
 
 QUEUE_SIZE = 64
 
 
-class External(VhostUserTest):
-    """
-    :avocado: enable
-    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,external
-    """
+class ExternalScenarios(VhostUserTest):
+    """What the scenarios of every device type share."""
+
+    #: the device type the class's scenarios are written for
+    DEVICE = "net"
+    #: the VM's device options for it
+    VM_SPEC = {}
+
+    def start_backend(self, name="ext", queues=1):
+        return self.start_external_backend(name, queues, self.DEVICE)
 
     def through_proxy(self, queues=1, **spec):
-        _, sock = self.start_external_backend("ext", queues)
+        _, sock = self.start_backend("ext", queues)
         proxy = self.make_proxy("proxy", sock)
         vm = self.make_vm("vm", self.socket_path("proxy"), queues=queues,
-                          **spec)
+                          **dict(self.VM_SPEC, **spec))
         return proxy, vm
 
     def verdict(self, proxy):
@@ -49,6 +62,78 @@ class External(VhostUserTest):
         proxy.wait_for(lambda: len(proxy.trace.payloads(request)) >= count,
                        f"{count} {request}", self.scaled(timeout))
 
+    def reconnect_after_kill(self, rings, **spec):
+        """The back-end dies (SIGKILL) and a new one starts on the same
+        socket: QEMU reconnects through the proxy and starts the device
+        again from scratch; the proxy records both conversations."""
+        delay = 50 if self.caps.reconnect_ms else 1
+        proc, _ = self.start_backend("ext")
+        proxy = self.make_proxy("proxy", self.socket_path("ext"))
+        vm = self.make_vm("vm", self.socket_path("proxy"), reconnect=delay,
+                          **dict(self.VM_SPEC, **spec))
+        vm.launch()
+        vm.drive_device(queues=rings, queue_size=QUEUE_SIZE)
+        self.wait_requests(proxy, "SET_VRING_KICK", rings)
+        proc.kill()
+        proc.wait(self.scaled(10))
+        proxy.wait_for(lambda: any(
+            e.request == "DISCONNECTED" for e in proxy.trace.select("event")),
+            "the proxy to see the back-end go", self.scaled(10))
+        self.start_backend("ext")  # a new one, same socket
+        proxy.wait_for(lambda: proxy.connections >= 2 and len(
+            proxy.trace.payloads(Request.SET_VRING_KICK)) >= 2 * rings,
+            "QEMU to reconnect and start the rings again",
+            self.scaled(30))
+        return proxy, vm
+
+    def migrate_between_two(self, rings, **spec):
+        """Live migration between two back-ends, each behind a proxy:
+        from the proxies' traces, the source's rings are stopped
+        (GET_VRING_BASE answered) before the destination's start, and the
+        destination starts each ring at the base the source reported."""
+        _, src_sock = self.start_backend("ext-src")
+        _, dst_sock = self.start_backend("ext-dst")
+        src_proxy = self.make_proxy("src-proxy", src_sock)
+        dst_proxy = self.make_proxy("dst-proxy", dst_sock)
+        spec = dict(self.VM_SPEC, **spec)
+        src = self.make_vm("src", self.socket_path("src-proxy"), **spec)
+        uri = "unix:" + self.socket_path("migration")
+        dst = self.make_vm("dst", self.socket_path("dst-proxy"),
+                           incoming=uri, **spec)
+        src.launch()
+        src.drive_device(queues=rings, queue_size=QUEUE_SIZE)
+        self.wait_requests(src_proxy, "SET_VRING_KICK", rings)
+        dst.launch()
+        migrate(self, src, dst, uri)
+        self.assertIsNone(wait_migration(self, src, dst))
+        self.wait_requests(dst_proxy, "SET_VRING_KICK", rings)
+        stops = [e for e in src_proxy.trace.select("tx")
+                 if e.request == "GET_VRING_BASE"]
+        starts = [e for e in dst_proxy.trace.select("rx")
+                  if e.request == "SET_VRING_KICK"]
+        self.assertEqual(len(stops), rings, src_proxy.trace.tail(20))
+        self.assertLess(max(e.wall for e in stops),
+                        min(e.wall for e in starts),
+                        "a destination ring started before the source's "
+                        "rings were stopped")
+        reported = {e.payload.index: e.payload.num for e in stops}
+        resumed = {p.index: p.num
+                   for p in dst_proxy.trace.payloads(Request.SET_VRING_BASE)}
+        self.assertEqual(resumed, reported,
+                         "the destination did not resume where the source "
+                         "stopped")
+        self.verdict(src_proxy)
+        self.verdict(dst_proxy)
+
+
+class ExternalNet(ExternalScenarios):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,external
+    """
+
+    DEVICE = "net"
+
     def test_start_up(self):
         """QEMU starts the device through the proxy: every ring gets its
         kick fd, and the conversation is judged."""
@@ -59,10 +144,21 @@ class External(VhostUserTest):
         self.verdict(proxy)
 
     def test_two_queue_pairs(self):
+        """With VIRTIO_NET_F_MQ, both queue pairs' rings start (a back-end
+        that does not offer it has no such scenario: CANCEL)."""
         proxy, vm = self.through_proxy(queues=2)
         vm.launch()
+        self.wait_requests(proxy, "GET_FEATURES", 1)
+        offered = proxy.trace.select("tx")
+        offer = next(e.payload.value for e in offered
+                     if e.request == "GET_FEATURES")
+        if not offer & VirtioFeature.NET_F_MQ:
+            self.verdict(proxy)
+            self.cancel(f"the back-end does not offer VIRTIO_NET_F_MQ "
+                        f"(features {offer:#x}): one queue pair only")
         vm.drive_device(queues=5, queue_size=QUEUE_SIZE,
-                        features=(1 << 22) | (1 << 17))
+                        features=VirtioFeature.NET_F_MQ
+                        | VirtioFeature.NET_F_CTRL_VQ)
         self.wait_requests(proxy, "SET_VRING_KICK", 4)
         rings = {p.index for p in proxy.trace.payloads(Request.SET_VRING_ENABLE)}
         self.assertEqual(rings, {0, 1, 2, 3})
@@ -93,65 +189,127 @@ class External(VhostUserTest):
         self.verdict(proxy)
 
     def test_reconnect(self):
-        """The external back-end dies (SIGKILL) and a new one starts on the
-        same socket: QEMU reconnects through the proxy and starts the
-        device again from scratch; the proxy records both conversations."""
-        delay = 50 if self.caps.reconnect_ms else 1
-        proc, _ = self.start_external_backend("ext")
-        proxy = self.make_proxy("proxy", self.socket_path("ext"))
-        vm = self.make_vm("vm", self.socket_path("proxy"), reconnect=delay)
+        self.verdict(self.reconnect_after_kill(rings=2)[0])
+
+    def test_migrate(self):
+        self.migrate_between_two(rings=2)
+
+
+def pattern(number):
+    """The sector request ``number`` writes."""
+    return bytes((number * 29 + i) & 0xFF for i in range(SECTOR))
+
+
+class ExternalBlk(ExternalScenarios):
+    """
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,external,blk
+    """
+
+    DEVICE = "blk"
+    VM_SPEC = {"device": "vhost-user-blk-pci",
+               "device_opts": ["num-queues=1"]}
+    REQUESTS = 8
+    #: sectors apart: each request has a 4 KiB block of its own
+    STRIDE = 8
+
+    def setUp(self):
+        super().setUp()
+        self.require_device("vhost-user-blk-pci")
+
+    def started(self, vm, proxy):
         vm.launch()
-        vm.drive_device(queues=2, queue_size=QUEUE_SIZE)
-        self.wait_requests(proxy, "SET_VRING_KICK", 2)
-        proc.kill()
-        proc.wait(self.scaled(10))
-        proxy.wait_for(lambda: any(
-            e.request == "DISCONNECTED" for e in proxy.trace.select("event")),
-            "the proxy to see the back-end go", self.scaled(10))
-        self.start_external_backend("ext")  # a new one, same socket
-        proxy.wait_for(lambda: proxy.connections >= 2 and len(
-            proxy.trace.payloads(Request.SET_VRING_KICK)) >= 4,
-            "QEMU to reconnect and start both rings again",
-            self.scaled(30))
+        vm.drive_device(queues=1, queue_size=QUEUE_SIZE)
+        self.wait_requests(proxy, "SET_VRING_KICK", 1)
+        return vm.net_queues()[0]
+
+    def complete(self, queue, heads, what):
+        """Reap until every chain of ``heads`` came back, bounded."""
+        done = []
+        deadline = time.monotonic() + self.scaled(20)
+        while len(done) < len(heads) and time.monotonic() < deadline:
+            done += [head for head, _ in queue.reap()]  # a qtest round trip
+        self.assertEqual(sorted(done), sorted(heads),
+                         f"{what}: requests not completed by the back-end")
+
+    def write_and_read(self, queue, first=0):
+        """Write ``REQUESTS`` sectors, then read each back through the
+        ring: every status OK and every sector as written."""
+        posted = {}
+        for number in range(first, first + self.REQUESTS):
+            descs = queue.post_chain([HEADER.pack(T_OUT, 0, number *
+                                                  self.STRIDE),
+                                      pattern(number)], [1])
+            posted[descs[0]] = (number, descs[-1])
+        self.complete(queue, list(posted), "writes")
+        statuses = {n: queue.read_buffer(d, 1)[0] for n, d in posted.values()}
+        self.assertEqual(statuses, {n: S_OK for n in statuses},
+                         "write statuses")
+        reads = {}
+        for number in range(first, first + self.REQUESTS):
+            descs = queue.post_chain([HEADER.pack(T_IN, 0, number *
+                                                  self.STRIDE)],
+                                     [SECTOR, 1])
+            reads[descs[0]] = (number, descs[1], descs[2])
+        self.complete(queue, list(reads), "reads")
+        wrong = [n for n, data, status in reads.values()
+                 if queue.read_buffer(status, 1)[0] != S_OK
+                 or queue.read_buffer(data, SECTOR) != pattern(n)]
+        self.assertEqual(wrong, [], "sectors that did not read back as "
+                         "written")
+
+    def disk_holds(self, name, first=0):
+        """The back-end's disk image itself holds what the driver wrote
+        (the data went to the disk, not only through the ring)."""
+        disk = os.path.join(self.workdir_short,
+                            f"{os.path.basename(self.workdir_short)}-"
+                            f"{name}.img")
+        if not os.path.exists(disk):
+            self.log.info("no {disk} image (a backend_cmd of its own): "
+                          "the image is not checked")
+            return
+        with open(disk, "rb") as f:
+            for number in range(first, first + self.REQUESTS):
+                f.seek(number * self.STRIDE * SECTOR)
+                self.assertEqual(f.read(SECTOR), pattern(number),
+                                 f"sector of request {number} in the image")
+
+    def test_start_up(self):
+        """QEMU starts the device through the proxy; the capacity the
+        driver reads in the configuration space is the disk's."""
+        proxy, vm = self.through_proxy()
+        self.started(vm, proxy)
+        capacity = (vm.device.config_read(0, 4)
+                    | vm.device.config_read(4, 4) << 32)
+        self.log.info("capacity read by the driver: %d sectors", capacity)
+        if self.external_backend != "custom":  # it serves the kit's {disk}
+            self.assertEqual(capacity * SECTOR, DISK_SIZE,
+                             "the capacity is not the disk image's size")
+        self.verdict(proxy)
+
+    def test_io(self):
+        """Eight writes and eight reads through the ring: every request
+        completes with status OK, reads return what was written, and the
+        disk image holds it."""
+        proxy, vm = self.through_proxy()
+        queue = self.started(vm, proxy)
+        self.write_and_read(queue)
+        self.disk_holds("ext")
+        self.verdict(proxy)
+
+    def test_reconnect(self):
+        """After a kill and a new back-end on the same socket, I/O works
+        again (and the in-flight area, if negotiated, was handed over)."""
+        proxy, vm = self.reconnect_after_kill(rings=1)
+        if proxy.trace.payloads(Request.GET_INFLIGHT_FD):
+            self.assertTrue(proxy.trace.payloads(Request.SET_INFLIGHT_FD),
+                            "QEMU did not hand the in-flight area to the "
+                            "new back-end")
+        self.write_and_read(vm.net_queues()[0], first=self.REQUESTS)
         self.verdict(proxy)
 
     def test_migrate(self):
-        """Live migration between two external back-ends, each behind a
-        proxy: from the proxies' traces, the source's rings are stopped
-        (GET_VRING_BASE answered) before the destination's start, and the
-        destination starts each ring at the base the source reported."""
-        _, src_sock = self.start_external_backend("ext-src")
-        _, dst_sock = self.start_external_backend("ext-dst")
-        src_proxy = self.make_proxy("src-proxy", src_sock)
-        dst_proxy = self.make_proxy("dst-proxy", dst_sock)
-        src = self.make_vm("src", self.socket_path("src-proxy"))
-        uri = "unix:" + self.socket_path("migration")
-        dst = self.make_vm("dst", self.socket_path("dst-proxy"),
-                           incoming=uri)
-        src.launch()
-        src.drive_device(queues=2, queue_size=QUEUE_SIZE)
-        self.wait_requests(src_proxy, "SET_VRING_KICK", 2)
-        dst.launch()
-        migrate(self, src, dst, uri)
-        self.assertIsNone(wait_migration(self, src, dst))
-        self.wait_requests(dst_proxy, "SET_VRING_KICK", 2)
-        stops = [e for e in src_proxy.trace.select("tx")
-                 if e.request == "GET_VRING_BASE"]
-        starts = [e for e in dst_proxy.trace.select("rx")
-                  if e.request == "SET_VRING_KICK"]
-        self.assertEqual(len(stops), 2, src_proxy.trace.tail(20))
-        self.assertLess(max(e.wall for e in stops),
-                        min(e.wall for e in starts),
-                        "a destination ring started before the source's "
-                        "rings were stopped")
-        reported = {e.payload.index: e.payload.num for e in stops}
-        resumed = {p.index: p.num
-                   for p in dst_proxy.trace.payloads(Request.SET_VRING_BASE)}
-        self.assertEqual(resumed, reported,
-                         "the destination did not resume where the source "
-                         "stopped")
-        self.verdict(src_proxy)
-        self.verdict(dst_proxy)
+        self.migrate_between_two(rings=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""
+Starting the back-end under test for the external scenarios.
+
+The back-end is ``-p backend=NAME`` (a back-end of the kit,
+:mod:`.backends`) or ``-p backend_cmd=TEMPLATE`` (your own, with
+``-p backend_device=net|blk``).  A scenario written for another device
+type CANCELs, naming the one it needs; no back-end at all CANCELs too.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Callable
+
+from ..qemu.launcher import call_in_launcher, die_with_parent
+from ..qemu.watch import FolderWatch
+from .backends import BACKENDS, cleanup, fill
+
+if TYPE_CHECKING:
+    from ..harness import Harness
+
+__all__ = ["ExternalBackend", "choose", "start"]
+
+
+@dataclass(frozen=True)
+class ExternalBackend:
+    """The back-end a run puts under test."""
+
+    #: the kit's name for it, or "custom" for a backend_cmd
+    name: str
+    device: str
+    template: str
+
+
+def choose(test: "Harness", device: str) -> ExternalBackend:
+    """The back-end under test, if it serves ``device``; CANCEL (or ERROR
+    for a name the kit does not know) otherwise."""
+    name = test.param("backend")
+    if name:
+        known = BACKENDS.get(name)
+        if known is None:
+            test.error(f"-p backend={name}: the kit knows "
+                       f"{', '.join(sorted(BACKENDS))}")
+        template = known.template()
+        if template is None:
+            test.cancel(known.missing())
+        chosen = ExternalBackend(known.name, known.device, template)
+    else:
+        template = test.param("backend_cmd")
+        if not template:
+            test.cancel("no external back-end: give -p backend=NAME ("
+                        f"{', '.join(sorted(BACKENDS))}) or -p "
+                        "backend_cmd='COMMAND ... {socket} ...'")
+        chosen = ExternalBackend("custom", test.param("backend_device")
+                                 or "net", template)
+    if chosen.device != device:
+        test.cancel(f"a {device} scenario; the back-end under test "
+                    f"({chosen.name}) serves {chosen.device}")
+    test.external_backend = chosen.name
+    return chosen
+
+
+def start(test: "Harness", backend: ExternalBackend, name: str,
+          queues: int, log: IO[bytes],
+          on_finish: Callable[[Callable[[], None]], None]
+          ) -> "subprocess.Popen[bytes]":
+    """Start ``backend`` listening at ``<tmp>/<name>.sock`` and return once
+    it listens; killed (and its leftovers removed) by ``on_finish``'s
+    callback at tear-down."""
+    sock = test.socket_path(name)
+    if os.path.exists(sock):  # left by a previous instance that died
+        os.unlink(sock)
+    unique = f"{os.path.basename(test.workdir_short)}-{name}"
+    argv = shlex.split(fill(backend.template, sock, unique,
+                            test.workdir_short, queues))
+    proc: "subprocess.Popen[bytes]" = call_in_launcher(
+        lambda: subprocess.Popen(die_with_parent(argv),
+                                 stdin=subprocess.PIPE,
+                                 stdout=log, stderr=subprocess.STDOUT))
+    test.log.info("external back-end %s: %s", name, " ".join(argv))
+
+    def finish() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(10)
+        cleanup(unique)
+    on_finish(finish)
+    watch = FolderWatch([test.workdir_short])
+    try:
+        watch.wait(lambda: os.path.exists(sock) or proc.poll() is not None,
+                   f"the external back-end to listen on {sock}",
+                   test.scaled(30))
+    finally:
+        watch.close()
+    if proc.poll() is not None:
+        test.error(f"the external back-end exited with {proc.returncode}"
+                   f" before it listened; see {name}.log")
+    return proc
+
+

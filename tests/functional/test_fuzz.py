@@ -1,0 +1,178 @@
+"""
+The hostile front-end (``python -m avocado_vhost fuzz``) against real
+back-end processes.
+
+The negative controls plant a bug in a back-end -- this project's own,
+run as its own process with ``serve --crash-on`` / ``--hang-on`` -- and
+the fuzzer must find it and cut its run down to that one message; the
+same back-end without a planted bug must come through a campaign with no
+finding.  With ``-p backend=NAME`` (a back-end of the kit:
+``avocado_vhost/kit/backends.py``) or ``-p backend_cmd=``, a campaign runs
+against that back-end: a finding the kit knows
+(``avocado_vhost/kit/findings.py``) is reported as found, any other fails
+the test with its reproducer; and every known reproducer for that back-end
+is played again.
+"""
+
+import os
+import sys
+
+from avocado_vhost.fuzz import Budget, Target, load, replay, run
+from avocado_vhost.fuzz.campaign import FINDINGS
+from avocado_vhost.kit import findings
+from avocado_vhost.kit.backends import BACKENDS
+from avocado_vhost.test import VhostUserTest, main
+from avocado_vhost.vhost_user import Request
+
+SERVE = f"{sys.executable} -m avocado_vhost serve {{socket}} --quiet"
+
+
+class FuzzTest(VhostUserTest):
+    """Runs campaigns in the test's folders."""
+
+    def target(self, command, name="backend"):
+        log = open(os.path.join(self.logdir, f"{name}.log"), "ab")
+        self.cleanup(log.close)
+        folder = os.path.join(self.workdir_short, name)
+        os.mkdir(folder)
+        target = Target(os.path.join(folder, "s.sock"), command, log=log,
+                        name=f"{os.path.basename(self.workdir_short)}-{name}")
+        self.cleanup(target.stop)
+        return target
+
+    def campaign(self, target, seed, known=lambda kind, request, detail: None,
+                 **budget):
+        out = os.path.join(self.logdir, "fuzz")
+        os.makedirs(out, exist_ok=True)
+        report = run(target, seed, Budget(**budget), out, self.log.info,
+                     known)
+        self.log.info("campaign: %s", report.summary())
+        return report
+
+    def assert_cut_down_to(self, report, kind, request):
+        """One finding of ``kind``, which replays, cut down to the single
+        message ``request``."""
+        self.assertEqual([f.outcome.kind for f in report.findings], [kind],
+                         report.summary())
+        finding = report.findings[0]
+        self.assertTrue(finding.replayed, "the finding did not replay")
+        self.assertEqual([(s.kind, s.request) for s in finding.minimal],
+                         [("msg", int(request))],
+                         "not cut down to the planted message")
+
+
+class PlantedBugs(FuzzTest):
+    """
+    :avocado: enable
+    :avocado: tags=vhost-user,fuzz,quick
+    """
+
+    def test_a_planted_crash_is_found_and_cut_down_to_its_message(self):
+        target = self.target(SERVE + " --crash-on SET_VRING_ERR")
+        report = self.campaign(target, seed=3, max_findings=1,
+                               seconds=self.scaled(30))
+        self.assert_cut_down_to(report, "crash", Request.SET_VRING_ERR)
+        self.assertEqual(report.findings[0].outcome.detail,
+                         "killed by SIGABRT")
+        header, steps = load(report.findings[0].minimal_reproducer)
+        again = replay(target, steps, Budget())
+        self.assertEqual((again.kind, again.detail),
+                         ("crash", "killed by SIGABRT"),
+                         "the reproducer file does not replay")
+
+    def test_a_planted_hang_is_found_and_cut_down_to_its_message(self):
+        target = self.target(SERVE + " --hang-on GET_VRING_BASE")
+        report = self.campaign(target, seed=3, max_findings=1,
+                               hang_timeout=1.0, seconds=self.scaled(60))
+        self.assert_cut_down_to(report, "hang", Request.GET_VRING_BASE)
+
+    def test_the_back_end_without_the_bug_gives_no_finding(self):
+        """The control of the controls: the same back-end and seeds, no
+        planted bug, 3000 messages -- nothing found (so the findings above
+        are the planted bugs, not the fuzzer's noise)."""
+        target = self.target(SERVE)
+        report = self.campaign(target, seed=3, messages=3000,
+                               seconds=self.scaled(60))
+        self.assertEqual(report.findings, [], report.summary())
+        self.assertGreaterEqual(report.messages, 3000)
+
+
+class RealBackend(FuzzTest):
+    """
+    :avocado: enable
+    :avocado: tags=vhost-user,fuzz,external
+    """
+
+    def setUp(self):
+        super().setUp()
+        name = self.param("backend")
+        self.known = BACKENDS.get(name) if name else None
+        command = self.known.template() if self.known else self.param(
+            "backend_cmd")
+        if name and self.known is None:
+            self.error(f"-p backend={name}: the kit knows "
+                       f"{', '.join(sorted(BACKENDS))}")
+        if name and command is None:
+            self.cancel(self.known.missing())
+        if not command:
+            self.cancel("no back-end to fuzz: give -p backend=NAME "
+                        f"({', '.join(sorted(BACKENDS))}) or -p "
+                        "backend_cmd='COMMAND ... {socket} ...'")
+        self.command = command
+        self.external_backend = name or "custom"
+
+    def test_campaign(self):
+        """A seeded campaign (``-p fuzz_seed``, ``-p fuzz_seconds``): every
+        finding is one the kit knows for this back-end."""
+        seed = int(self.param("fuzz_seed") or 1)
+        seconds = float(self.param("fuzz_seconds") or 20)
+        name = self.known.name if self.known else ""
+        report = self.campaign(self.target(self.command), seed,
+                               seconds=seconds, messages=100000,
+                               max_findings=5,
+                               rings=findings.rings_limit(name),
+                               known=lambda kind, request, detail:
+                               findings.known_id(name, kind, request, detail))
+        self.backend_defects_found.extend(sorted(set(report.known)))
+        unknown = []
+        for finding in report.findings:
+            kind, detail, request = finding.signature
+            known = findings.match(name, kind, request, detail)
+            if known is None:
+                unknown.append(f"{kind} ({detail}) at {request}: "
+                               f"{finding.minimal_reproducer or finding.reproducer}")
+            else:
+                self.log.error("known back-end defect %s found again: %s",
+                               known.id, known.title)
+                self.backend_defects_found.append(known.id)
+        self.assertEqual(unknown, [], "the fuzzer found new defects in "
+                         "the back-end (reproducers in the test's fuzz/ "
+                         "folder)")
+
+    def test_known_reproducers(self):
+        """Every reproducer the kit keeps: each known defect of this
+        back-end still shows as recorded (else it was fixed: the registry
+        is out of date), and a back-end it does not name survives it."""
+        for defect in findings.FINDINGS:
+            for name in defect.reproducers:
+                header, steps = load(findings.reproducer_path(name))
+                outcome = replay(self.target(self.command, name[:-6]), steps,
+                                 Budget())
+                carries = self.known is not None and (
+                    self.known.name in defect.backends)
+                self.log.info("%s on %s: %s", name, self.command.split()[0],
+                              outcome)
+                if carries:
+                    self.assertIsNotNone(outcome, f"{defect.id} no longer "
+                                         f"shows ({name}): fixed? update "
+                                         "avocado_vhost/kit/findings.py")
+                    self.assertEqual(outcome.kind, header["outcome"])
+                    self.backend_defects_found.append(defect.id)
+                elif outcome is not None:  # hanging up or exiting is fine
+                    self.assertNotIn(outcome.kind, FINDINGS,
+                                     f"{name} ({defect.title}) also breaks "
+                                     f"this back-end: {outcome.detail}")
+
+
+if __name__ == "__main__":
+    main()
