@@ -85,8 +85,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "listen), {queues}, {name} (unique per instance), {dir}, {disk} "
           "and {port} filled in"),
     Param("backend_device", "AVOCADO_VHOST_BACKEND_DEVICE", None,
-          "the device backend_cmd serves: net or blk (default net)",
-          _one_of("net", "blk")),
+          "the device backend_cmd serves: net, blk or fs (default net)",
+          _one_of("net", "blk", "fs")),
     Param("fuzz_seed", "AVOCADO_VHOST_FUZZ_SEED", "1",
           "the fuzz campaign's seed (test_fuzz.py)", _positive(int)),
     Param("fuzz_seconds", "AVOCADO_VHOST_FUZZ_SECONDS", "20",

@@ -16,9 +16,11 @@ connection gave it).
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import signal
 import subprocess
+import time
 from typing import IO, Optional
 
 from ..kit.backends import cleanup, fill
@@ -86,15 +88,26 @@ class Target:
         self.pid = self.proc.pid
         self.pidfd = os.pidfd_open(self.pid)
         self.starts += 1
+        deadline = time.monotonic() + self.start_timeout
         watch = FolderWatch([folder])
-        try:
-            watch.wait(lambda: self._accepts() or self.ended() is not None,
-                       f"the back-end to listen on {self.socket_path}",
+        try:  # the socket file appears at bind(): an inotify event
+            watch.wait(lambda: os.path.exists(self.socket_path)
+                       or self.ended() is not None,
+                       f"the back-end to create {self.socket_path}",
                        self.start_timeout)
         except TimeoutError as exc:
             raise TargetError(str(exc)) from None
         finally:
             watch.close()
+        # listen() follows bind() at once but raises no event: look every
+        # 2 ms (ending early if the process dies), bounded by the deadline
+        while not self._accepts() and self.ended() is None:
+            if time.monotonic() >= deadline:
+                raise TargetError(f"{self.socket_path} exists but nothing "
+                                  f"listens on it after {self.start_timeout}"
+                                  " s")
+            assert self.pidfd is not None
+            select.select([self.pidfd], [], [], 0.002)
         if self.ended() is not None:
             raise TargetError(f"the back-end {self.ended()} before it "
                               f"listened: {self.command}")

@@ -12,6 +12,9 @@ start it from here, so each command line is written once::
     vhost-user-blk     blk     QEMU's contrib/vhost-user-blk (libvhost-user)
     vhost-user-bridge  net     QEMU's tests/vhost-user-bridge (libvhost-user),
                                its UDP side looped onto itself
+    virtiofsd          fs      virtiofsd 1.13.2 (Rust, rust-vmm's
+                               vhost-user-backend), built offline from
+                               Debian 13's crates by scripts/build-virtiofsd
 
 The three from QEMU's tree are built by ``QEMU_BACKENDS=1
 scripts/build-qemu`` into ``<cache>/qemu-<version>/build-backends`` (or
@@ -21,7 +24,8 @@ command template instead (``-p backend_cmd=`` / ``fuzz --cmd``).
 Placeholders in a template: ``{socket}`` where to listen, ``{queues}`` queue
 pairs, ``{name}`` a name unique to the instance, ``{dir}`` a folder for
 its files, ``{disk}`` a 64 MiB disk image in it (made on first use),
-``{port}`` a free UDP port.
+``{share}`` a folder to share (made on first use), ``{port}`` a free UDP
+port.
 """
 
 from __future__ import annotations
@@ -48,17 +52,22 @@ class KnownBackend:
 
     name: str
     device: str
-    #: a program on PATH, or a path inside the back-ends build
+    #: a program on PATH, ``build:PATH`` inside the build of QEMU's
+    #: back-ends, or ``cache:PATH`` inside the suite's cache
     program: str
     arguments: str
     about: str
 
     def find(self) -> Optional[str]:
         """The executable, or None (not installed or not built)."""
-        if "/" not in self.program:
+        where, _, rest = self.program.partition(":")
+        if where == "build":
+            build = backends_build()
+            path = os.path.join(build, rest) if build else ""
+        elif where == "cache":
+            path = os.path.join(cache_root(), rest)
+        else:
             return shutil.which(self.program)
-        build = backends_build()
-        path = os.path.join(build, self.program) if build else ""
         return path if path and os.access(path, os.X_OK) else None
 
     def template(self) -> Optional[str]:
@@ -68,11 +77,14 @@ class KnownBackend:
 
     def missing(self) -> str:
         """Why :meth:`find` came back empty, and what to do."""
-        if "/" not in self.program:
-            return (f"{self.program} is not on PATH (Debian 12: apt-get "
-                    "install dpdk)")
-        return (f"{self.program} is not built: run QEMU_BACKENDS=1 "
-                "scripts/build-qemu (or set AVOCADO_VHOST_BACKENDS)")
+        where, _, rest = self.program.partition(":")
+        if where == "build":
+            return (f"{rest} is not built: run QEMU_BACKENDS=1 "
+                    "scripts/build-qemu (or set AVOCADO_VHOST_BACKENDS)")
+        if where == "cache":
+            return f"{rest} is not built: run scripts/build-{self.name}"
+        return (f"{self.program} is not on PATH (Debian 12: apt-get "
+                "install dpdk)")
 
 
 BACKENDS: Dict[str, KnownBackend] = {b.name: b for b in (
@@ -84,21 +96,35 @@ BACKENDS: Dict[str, KnownBackend] = {b.name: b for b in (
         "--txq={queues} --total-num-mbufs=16384 -a",
         "DPDK's vhost PMD in testpmd, io forwarding (frames come back)"),
     KnownBackend(
-        "qsd", "blk", "storage-daemon/qemu-storage-daemon",
+        "qsd", "blk", "build:storage-daemon/qemu-storage-daemon",
         "--blockdev driver=file,node-name=disk,filename={disk},locking=off "
         "--export type=vhost-user-blk,id=exp,node-name=disk,"
         "addr.type=unix,addr.path={socket},writable=on,"
         "num-queues={queues}",
         "qemu-storage-daemon's vhost-user-blk export"),
     KnownBackend(
-        "vhost-user-blk", "blk", "contrib/vhost-user-blk/vhost-user-blk",
+        "vhost-user-blk", "blk",
+        "build:contrib/vhost-user-blk/vhost-user-blk",
         "-s {socket} -b {disk}",
         "QEMU's contrib/vhost-user-blk (one connection, then it exits)"),
     KnownBackend(
-        "vhost-user-bridge", "net", "tests/vhost-user-bridge",
+        "vhost-user-bridge", "net", "build:tests/vhost-user-bridge",
         "-u {socket} -l 127.0.0.1:{port} -r 127.0.0.1:{port}",
         "QEMU's vhost-user bridge, its UDP side sending to itself"),
+    KnownBackend(
+        "virtiofsd", "fs", "cache:virtiofsd/virtiofsd",
+        "--socket-path={socket} --shared-dir={share} --sandbox none "
+        "--cache never --log-level error",
+        "virtiofsd (Rust, on rust-vmm's vhost-user-backend), sharing a "
+        "folder of its own"),
 )}
+
+
+def cache_root() -> str:
+    """The suite's cache of slow builds ($AVOCADO_VHOST_CACHE)."""
+    return os.environ.get("AVOCADO_VHOST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "avocado-vhost")
 
 
 def backends_build() -> Optional[str]:
@@ -107,10 +133,7 @@ def backends_build() -> Optional[str]:
     env = os.environ.get("AVOCADO_VHOST_BACKENDS")
     if env:
         return env
-    cache = os.environ.get("AVOCADO_VHOST_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-        "avocado-vhost")
-    builds = sorted(glob.glob(os.path.join(cache, "qemu-*",
+    builds = sorted(glob.glob(os.path.join(cache_root(), "qemu-*",
                                            "build-backends")),
                     key=os.path.getmtime)
     return builds[-1] if builds else None
@@ -131,8 +154,11 @@ def fill(template: str, socket_path: str, name: str, folder: str,
         with open(disk, "wb") as f:
             f.truncate(DISK_SIZE)
     port = _free_udp_port() if "{port}" in template else 0
+    share = os.path.join(folder, f"{name}-share")
+    if "{share}" in template:
+        os.makedirs(share, exist_ok=True)
     return template.format(socket=socket_path, name=name, dir=folder,
-                           queues=queues, disk=disk, port=port)
+                           queues=queues, disk=disk, port=port, share=share)
 
 
 def cleanup(name: str) -> None:
