@@ -99,6 +99,7 @@ class Harness(_Base):
         #: the conformance kit's records: the external back-end under test
         #: (its kit name), the deviations accepted, its known defects found
         self.external_backend: Optional[str] = None
+        self.external_procs: List[Tuple[str, "subprocess.Popen[bytes]"]] = []
         self.accepted_deviations: List[str] = []
         self.backend_defects_found: List[str] = []
 
@@ -617,6 +618,8 @@ class Harness(_Base):
 
         :return: the violations accepted, with why.
         """
+        self.assertEqual(external.deaths(self), [],
+                         "a back-end crashed during the scenario")
         self.assertEqual(proxy.errors, [], proxy.trace.tail(20))
         path = self.param("backend_allow")
         try:

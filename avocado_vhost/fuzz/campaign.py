@@ -82,8 +82,8 @@ class Finding:
         """(kind, detail, the last message's request) of the cut-down
         run: what :mod:`avocado_vhost.kit.findings` matches."""
         outcome = self.minimal_outcome or self.outcome
-        last = next((s for s in reversed(self.minimal) if s.kind == "msg"),
-                    None)
+        last = next((s for s in reversed(self.minimal)
+                     if s.kind in ("msg", "hangup")), None)
         return (outcome.kind, outcome.detail,
                 request_name(last.request) if last is not None else "")
 
@@ -190,6 +190,8 @@ class _Player:
         if step.kind == "connect":
             return self._reconnect(report)
         sent = self.wire.do(step)
+        if step.kind == "hangup":
+            return self._reconnect(report)
         state = self.wire.probe() if sent == ANSWERED else sent
         if state == ANSWERED:
             return None
@@ -316,14 +318,14 @@ def run(target: Target, seed: int, budget: Budget, out_dir: str,
                 mark = len(history)  # this connection's steps start here
             if outcome is None and report.steps % 50 == 0:
                 outcome = player.watch(report)
-            if step.kind == "connect":
+            if step.kind in ("connect", "hangup"):
                 pending = generator.opening()
             if outcome is None:
                 continue
             report.count(outcome.kind)
             log(f"step {report.steps}: {outcome.kind}: {outcome.detail}")
-            last = next((s for s in reversed(history) if s.kind == "msg"),
-                        None)
+            last = next((s for s in reversed(history)
+                         if s.kind in ("msg", "hangup")), None)
             defect = known(outcome.kind, request_name(last.request)
                            if last is not None else "", outcome.detail)
             if outcome.kind in FINDINGS and defect is not None:

@@ -345,8 +345,15 @@ class Generator:
                                           Request.POSTCOPY_END)))
 
     def reconnect_or_owner(self) -> Step:
-        if self.rng.random() < 0.3:
+        r = self.rng.random()
+        if r < 0.3:
             return Step(kind="connect")
+        if r < 0.5:  # a front-end that dies with a request unanswered
+            return Step(kind="hangup", request=int(self.rng.choice(
+                (Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+                 Request.GET_VRING_BASE, Request.GET_QUEUE_NUM))),
+                payload=_STATE.pack(0, 0) if self.rng.random() < 0.3
+                else b"")
         return self._msg(Request.SET_OWNER)
 
     # --- hostile moves -----------------------------------------------------

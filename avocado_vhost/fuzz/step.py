@@ -47,9 +47,12 @@ class FdSpec:
 
 @dataclass(frozen=True)
 class Step:
-    """One move.  ``kind`` is ``msg``, ``kick``, ``poke`` or ``connect``.
+    """One move.  ``kind`` is ``msg``, ``hangup``, ``kick``, ``poke`` or
+    ``connect``.
 
     msg: ``request``, ``flags`` and ``payload`` go out as they are;
+    hangup: the same, and the connection is closed at once, the answer
+    unread (a front-end that dies mid-request), then a new one opened;
     ``size`` overrides the header's size field (a header that lies);
     ``fds`` ride along as SCM_RIGHTS.  kick: the eventfd last sent as
     ring ``ring``'s kick fd is signalled.  poke: ``data`` is written at
@@ -84,6 +87,9 @@ class Step:
                     f" +{self.offset:#x}")
         if self.kind == "connect":
             return "new connection"
+        if self.kind == "hangup":
+            return (f"{request_name(self.request)} flags={self.flags:#x}, "
+                    "then hang up at once")
         fds = f" fds=[{', '.join(map(str, self.fds))}]" if self.fds else ""
         size = "" if self.size is None else f" size-field={self.size}"
         return (f"{request_name(self.request)} flags={self.flags:#x} "

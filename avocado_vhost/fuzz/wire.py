@@ -3,7 +3,10 @@ The fuzzer's end of one connection: it turns :class:`.step.Step` s into
 bytes and fds, and asks after each whether the back-end still answers.
 
 The probe is a GET_FEATURES, which every back-end answers at any time; the
-replies before it (to the step) are read and dropped, with their fds.
+replies before it (to the step) are read and dropped, with their fds.  The
+probe's answer is the one that settles every well-formed GET_FEATURES sent
+so far (a step may send some too): an earlier answer still unread is not
+taken for it.
 Three answers: *answered*; *closed* (the back-end hung up, which is how a
 back-end may refuse bad input); *silent* (no answer within the hang
 timeout).  While waiting, the back-end channel (SET_BACKEND_REQ_FD) is
@@ -82,6 +85,10 @@ class Wire:
         self.channel: Optional[socket.socket] = None
         self.kicks: Dict[int, int] = {}
         self.buffer = b""
+        #: well-formed GET_FEATURES sent on this connection (steps and
+        #: probes) and answers read: the probe waits for its own answer,
+        #: not an earlier one still unread
+        self.asked = self.answered = 0
         self.rng = random.Random(seed)
         self.sent = 0
         self.channel_requests = 0
@@ -126,6 +133,7 @@ class Wire:
                 sock.close()
         self.sock = self.channel = None
         self.buffer = b""
+        self.asked = self.answered = 0
 
     # --- steps ------------------------------------------------------------
     def do(self, step: Step) -> str:
@@ -142,12 +150,24 @@ class Wire:
             return ANSWERED
         if self.sock is None:
             return CLOSED
+        if step.kind == "hangup":
+            try:
+                self.sock.sendall(step.wire())
+            except OSError:
+                pass
+            self.sent += 1
+            self.close()
+            return CLOSED
         fds = [self._make(spec, step) for spec in step.fds]
         try:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                     array.array("i", fds).tobytes())] if fds else []
             self.sock.sendmsg([step.wire()], anc)
             self.sent += 1
+            if (step.request == Request.GET_FEATURES and not step.payload
+                    and step.size is None and step.flags & ~FLAG_NEED_REPLY
+                    == VERSION):
+                self.asked += 1  # a back-end must answer this one
         except socket.timeout:
             return SILENT
         except OSError:
@@ -194,6 +214,7 @@ class Wire:
             return CLOSED
         try:
             self.sock.sendall(HEADER.pack(Request.GET_FEATURES, VERSION, 0))
+            self.asked += 1
         except socket.timeout:
             return SILENT
         except OSError:
@@ -232,8 +253,11 @@ class Wire:
             if len(self.buffer) < HEADER_SIZE + size:
                 return None
             self.buffer = self.buffer[HEADER_SIZE + size:]
-            if request == Request.GET_FEATURES and flags & FLAG_REPLY:
-                return ANSWERED
+            if (request == Request.GET_FEATURES and flags & FLAG_REPLY
+                    and self.answered < self.asked):  # else: an extra one
+                self.answered += 1
+                if self.answered == self.asked:
+                    return ANSWERED
         return None
 
     def _serve_channel(self) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Callable, List, Optional
 
 from ..qemu.launcher import call_in_launcher, die_with_parent
 from ..qemu.watch import FolderWatch
@@ -22,7 +23,7 @@ from .backends import BACKENDS, cleanup, fill
 if TYPE_CHECKING:
     from ..harness import Harness
 
-__all__ = ["ExternalBackend", "choose", "start"]
+__all__ = ["ExternalBackend", "choose", "start", "ended", "deaths"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,12 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
                                  stdin=subprocess.PIPE,
                                  stdout=log, stderr=subprocess.STDOUT))
     test.log.info("external back-end %s: %s", name, " ".join(argv))
+    test.external_procs.append((name, proc))
 
     def finish() -> None:
+        how = ended(proc)
+        test.log.info("external back-end %s at tear-down: %s", name,
+                      how or "running (killed now)")
         if proc.poll() is None:
             proc.kill()
         if proc.stdin is not None:
@@ -103,3 +108,23 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
     return proc
 
 
+
+
+def ended(proc: "subprocess.Popen[bytes]") -> Optional[str]:
+    """How a back-end process ended ("killed by SIGSEGV", "exited with
+    1"), or None while it runs."""
+    code = proc.poll()
+    if code is None:
+        return None
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+def deaths(test: "Harness") -> List[str]:
+    """The back-ends of this test that died of a signal the test did not
+    send (SIGKILL is how the reconnect scenarios stop one): a crash."""
+    return [f"the external back-end {name} was {ended(proc)}"
+            for name, proc in test.external_procs
+            if proc.poll() is not None and proc.returncode < 0
+            and proc.returncode != -signal.SIGKILL]

@@ -105,11 +105,12 @@ FINDINGS: Tuple[BackendDefect, ...] = (
         ("vhost-user-blk", "vhost-user-bridge"), frozenset({"crash"}),
         frozenset(),
         "a front-end that hangs up kills the back-end with SIGPIPE",
-        "After the front-end closes its socket, the back-end's next write "
-        "on it raises SIGPIPE, which kills contrib/vhost-user-blk and the "
-        "bridge instead of letting them see the hang-up (3 messages and a "
-        "close: QEMU quitting or reconnecting is enough).  "
-        "qemu-storage-daemon ignores SIGPIPE and is not affected.",
+        "A front-end that hangs up before reading an answer (QEMU killed "
+        "mid-request) makes the back-end's write of that answer raise "
+        "SIGPIPE, which kills contrib/vhost-user-blk and the bridge "
+        "instead of letting them see the hang-up: one GET_FEATURES and a "
+        "close.  qemu-storage-daemon ignores SIGPIPE and is not affected; "
+        "neither are DPDK and virtiofsd.",
         ("libvhost-user-sigpipe.jsonl",), signal="SIGPIPE"),
     BackendDefect(
         "dpdk-region-past-file-end",
