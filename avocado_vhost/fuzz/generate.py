@@ -281,9 +281,13 @@ class Generator:
 
     def inflight(self) -> Step:
         size = self.rng.choice((0, 4096, 1 << 20, (1 << 64) - 1))
+        # QEMU sends the C struct's 24 bytes (4 of padding); the spec's
+        # fields are 20: both, and garbage sizes from bad_size
         body = struct.pack("=QQHH", size, self.rng.choice((0, 4096)),
                            self.rng.choice((0, 1, 2, 0xFFFF)),
                            self.rng.choice((0, 1, 64, 1024, 0xFFFF)))
+        if self.rng.random() < 0.7:
+            body += bytes(4)
         if self.rng.random() < 0.5:
             return self._msg(Request.GET_INFLIGHT_FD, body)
         return self._msg(Request.SET_INFLIGHT_FD, body,

@@ -137,7 +137,9 @@ def dump(path: str, steps: Sequence[Step], header: Dict[str, Any]) -> None:
 
 
 def load(path: str) -> Tuple[Dict[str, Any], List[Step]]:
-    """Read a reproducer written by :func:`dump`."""
+    """Read a reproducer written by :func:`dump` (or by hand: a line's
+    ``"repeat": N`` stands for N copies of its step -- a leak's
+    reproducer is one message many times)."""
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     if not lines:
@@ -145,6 +147,11 @@ def load(path: str) -> Tuple[Dict[str, Any], List[Step]]:
     header = json.loads(lines[0])
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: not a reproducer of format {FORMAT}")
-    return header, [Step.from_json(json.loads(line)) for line in lines[1:]]
+    steps: List[Step] = []
+    for line in lines[1:]:
+        obj = json.loads(line)
+        repeat = int(obj.pop("repeat", 1))
+        steps += [Step.from_json(obj)] * repeat
+    return header, steps
 
 
