@@ -6,6 +6,7 @@ import struct
 import tempfile
 import unittest
 
+from avocado_vhost.fuzz.campaign import FINDINGS
 from avocado_vhost.fuzz.generate import Generator
 from avocado_vhost.fuzz.minimise import ddmin
 from avocado_vhost.fuzz.step import FdSpec, Step, dump, load
@@ -45,7 +46,7 @@ class Reproducers(unittest.TestCase):
         self.assertEqual(named, set(os.listdir(folder)))
         for name in named:
             header, steps = load(findings.reproducer_path(name))
-            self.assertIn(header["outcome"], ("crash", "hang"))
+            self.assertIn(header["outcome"], FINDINGS)
             self.assertTrue(steps)
 
 
