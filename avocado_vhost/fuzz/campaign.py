@@ -31,7 +31,7 @@ from .generate import Generator
 from .minimise import ddmin
 from .step import Step, dump
 from .target import Target, TargetError
-from .wire import ANSWERED, ENDED, SILENT, SharedMemory, Wire
+from .wire import ANSWERED, ENDED, GREW, SILENT, SharedMemory, Wire
 
 __all__ = ["Budget", "Finding", "Report", "run", "replay", "discover",
            "FINDINGS"]
@@ -179,7 +179,9 @@ class _Player:
         self.memory.clear()
         self.target.start()
         self.wire.pidfd = self.target.pidfd
+        self.wire.guard = self._outgrown
         self.rss_base = self.fds_base = None
+        self.rss_base = self.target.rss_kib()  # the guard's reference
         if not self.wire.open(self.budget.hang_timeout):
             raise TargetError("the back-end listens but does not accept")
 
@@ -201,6 +203,11 @@ class _Player:
         if state == SILENT:
             return Outcome("hang", f"no answer to GET_FEATURES within "
                            f"{self.budget.hang_timeout}s after: {step}")
+        if state == GREW:
+            return Outcome("memory", f"resident memory grew past "
+                           f"{self.budget.memory_limit_kib} KiB over its "
+                           f"first reading while it did not answer, after:"
+                           f" {step}")
         if report is not None:
             report.count("closed by the back-end")
         return self._reconnect(report)
@@ -239,6 +246,11 @@ class _Player:
         if self.target.crashed():
             return Outcome("crash", how)
         return Outcome("exit", how)
+
+    def _outgrown(self) -> bool:
+        rss = self.target.rss_kib()
+        return (rss is not None and self.rss_base is not None
+                and rss - self.rss_base > self.budget.memory_limit_kib)
 
     def watch(self, report: Report) -> Optional[Outcome]:
         """Resident memory and open fds against their first reading."""

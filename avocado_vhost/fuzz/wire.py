@@ -27,16 +27,18 @@ import select
 import socket
 import struct
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER,
                                   HEADER_SIZE, VERSION, Request)
 from .generate import REGION_SIZES
 from .step import FdSpec, Step
 
-__all__ = ["Wire", "SharedMemory", "ANSWERED", "CLOSED", "SILENT", "ENDED"]
+__all__ = ["Wire", "SharedMemory", "ANSWERED", "CLOSED", "SILENT", "ENDED",
+           "GREW"]
 
-ANSWERED, CLOSED, SILENT, ENDED = "answered", "closed", "silent", "ended"
+ANSWERED, CLOSED, SILENT, ENDED, GREW = ("answered", "closed", "silent",
+                                         "ended", "grew")
 _U64 = struct.Struct("=Q")
 #: a reply bigger than this is garbage, not a vhost-user message
 _MAX_REPLY = 1 << 20
@@ -94,6 +96,9 @@ class Wire:
         self.channel_requests = 0
         #: the back-end's pidfd, if known: every wait also ends on it
         self.pidfd: Optional[int] = None
+        #: asked while a probe waits: True when the back-end outgrew its
+        #: limit (the probe then ends with GREW)
+        self.guard: Optional[Callable[[], bool]] = None
 
     def died(self, timeout: float = 0.0) -> bool:
         if self.pidfd is None:
@@ -230,9 +235,13 @@ class Wire:
             watched = [self.sock.fileno()]
             watched += [self.channel.fileno()] if self.channel else []
             watched += [self.pidfd] if self.pidfd is not None else []
-            ready, _, _ = select.select(watched, [], [], left)
+            # wake every 100 ms to ask the guard: a back-end that grows
+            # while it does not answer is stopped before it eats the host
+            ready, _, _ = select.select(watched, [], [], min(left, 0.1))
             if self.pidfd is not None and self.pidfd in ready:
                 return ENDED
+            if not ready and self.guard is not None and self.guard():
+                return GREW
             if self.channel is not None and self.channel.fileno() in ready:
                 self._serve_channel()
             if self.sock.fileno() in ready:

@@ -130,6 +130,38 @@ FINDINGS: Tuple[BackendDefect, ...] = (
         "front-end can exhaust the daemon's fd table on one connection.",
         ("libvhost-user-unused-fds-leak.jsonl",)),
     BackendDefect(
+        "libvhost-user-inflight-unchecked",
+        "subprojects/libvhost-user/libvhost-user.c: vu_get_inflight_fd, "
+        "vu_set_inflight_fd",
+        _LIBVHOST_USER, frozenset({"crash", "hang", "memory"}),
+        frozenset({"GET_INFLIGHT_FD", "SET_INFLIGHT_FD"}),
+        "the in-flight area's sizes from the front-end are believed",
+        "GET_INFLIGHT_FD allocates and zeroes num_queues x queue_size "
+        "entries with no bound (65535 x 65535: gigabytes, the back-end "
+        "stops answering while its memory grows).  SET_INFLIGHT_FD maps "
+        "mmap_size bytes without comparing them to the file (an empty "
+        "memfd: SIGBUS) and lays num_queues x queue_size entries into "
+        "the mapping without comparing them to mmap_size (2 queues of "
+        "1024 in 4 KiB: SIGSEGV).",
+        ("libvhost-user-inflight-get-huge.jsonl",
+         "libvhost-user-inflight-set-short.jsonl",
+         "libvhost-user-inflight-set-empty-file.jsonl")),
+    BackendDefect(
+        "dpdk-inflight-unchecked",
+        "DPDK lib/vhost/vhost_user.c (Debian 12's librte-vhost23 "
+        "22.11.11): vhost_user_get_inflight_fd, vhost_user_set_inflight_fd",
+        ("dpdk",), frozenset({"crash", "hang", "memory"}),
+        frozenset({"GET_INFLIGHT_FD", "SET_INFLIGHT_FD"}),
+        "the in-flight area's sizes from the front-end are believed",
+        "As in libvhost-user: GET_INFLIGHT_FD for 65535 queues of 65535 "
+        "makes testpmd allocate and zero gigabytes without answering; "
+        "SET_INFLIGHT_FD maps an empty memfd as 4 KiB and dies of SIGBUS "
+        "on the first touch, and lays 2 queues of 1024 entries into 4 KiB "
+        "(SIGSEGV).",
+        ("dpdk-inflight-get-huge.jsonl",
+         "dpdk-inflight-set-empty-file.jsonl",
+         "libvhost-user-inflight-set-short.jsonl")),
+    BackendDefect(
         "dpdk-region-past-file-end",
         "DPDK lib/vhost/vhost_user.c (Debian 12's librte-vhost23 "
         "22.11.11): vhost_user_mmap_region",
