@@ -255,21 +255,27 @@ class _Player:
     def watch(self, report: Report) -> Optional[Outcome]:
         """Resident memory and open fds against their first reading."""
         rss, fds = self.target.rss_kib(), self.target.open_fds()
-        if rss is not None:
-            report.peak_rss_kib = max(report.peak_rss_kib, rss)
-            if self.rss_base is None:
-                self.rss_base = rss
-            elif rss - self.rss_base > self.budget.memory_limit_kib:
-                return Outcome("memory", f"resident memory grew from "
-                               f"{self.rss_base} KiB to {rss} KiB")
-        if fds is not None:
-            report.peak_fds = max(report.peak_fds, fds)
-            if self.fds_base is None:
-                self.fds_base = fds
-            elif fds - self.fds_base > self.budget.fd_limit:
-                return Outcome("fds", f"open fds grew from {self.fds_base} "
-                               f"to {fds}")
+        report.peak_rss_kib = max(report.peak_rss_kib, rss or 0)
+        report.peak_fds = max(report.peak_fds, fds or 0)
+        for kind, now, limit, unit in (
+                ("memory", rss, self.budget.memory_limit_kib, " KiB"),
+                ("fds", fds, self.budget.fd_limit, "")):
+            if now is None:
+                continue
+            base = self.rss_base if kind == "memory" else self.fds_base
+            if base is None:
+                self._set_base(kind, now)
+            elif now - base > limit:
+                what = "resident memory" if kind == "memory" else "open fds"
+                return Outcome(kind, f"{what} grew from {base}{unit} to "
+                               f"{now}{unit}")
         return None
+
+    def _set_base(self, kind: str, value: int) -> None:
+        if kind == "memory":
+            self.rss_base = value
+        else:
+            self.fds_base = value
 
 
 def play(target: Target, steps: List[Step], budget: Budget
