@@ -84,7 +84,7 @@ class PlantedBugs(FuzzTest):
     def test_a_planted_hang_is_found_and_cut_down_to_its_message(self):
         target = self.target(SERVE + " --hang-on GET_VRING_BASE")
         report = self.campaign(target, seed=3, max_findings=1,
-                               hang_timeout=1.0, seconds=self.scaled(60))
+                               hang_timeout=0.5, seconds=self.scaled(60))
         self.assert_cut_down_to(report, "hang", Request.GET_VRING_BASE)
 
     def test_the_back_end_without_the_bug_gives_no_finding(self):
