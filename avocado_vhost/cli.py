@@ -43,6 +43,7 @@ from .devices import DEVICES, device_config
 from .fuzz import command as fuzz_command
 from .guest.boot import GuestOptions, backend_config
 from .vhost_user import Fault, FaultAction, Request, VhostUserBackend
+from .vhost_user.message import FLAG_REPLY, VERSION, VringState, encode
 from .vhost_user.net import NetDevice, Port, SentFrame
 from .vhost_user.proxy import Proxy
 from .vhost_user.trace import Trace
@@ -91,9 +92,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _planted_bugs(args: argparse.Namespace) -> List[Fault]:
-    """``--crash-on`` and ``--hang-on``: a back-end with a known bug, the
-    fuzzer's negative control (it must find the bug and cut its run down
-    to the one message)."""
+    """``--crash-on``, ``--hang-on``, ``--misname-ring``: a back-end with a
+    known bug, the negative controls of the fuzzer (it must find the bug
+    and cut its run down to the one message) and of the kit's verdict (a
+    scenario must fail on it)."""
     faults = []
     if args.crash_on:
         def crash(request: Request, payload: object) -> bool:
@@ -103,6 +105,15 @@ def _planted_bugs(args: argparse.Namespace) -> List[Fault]:
     if args.hang_on:
         faults.append(Fault(FaultAction.HOLD, request=Request[args.hang_on],
                             times=0, hold_timeout=3600.0))
+    if args.misname_ring:
+        def misnamed(request: Request, payload: object) -> bytes:
+            # the next ring's name, base 0: right for rings never used
+            assert isinstance(payload, VringState)
+            return encode(Request.GET_VRING_BASE,
+                          VringState(payload.index + 1, 0),
+                          VERSION | FLAG_REPLY)
+        faults.append(Fault(FaultAction.REPLY, request=Request.GET_VRING_BASE,
+                            times=0, reply_bytes=misnamed))
     return faults
 
 
@@ -197,6 +208,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--hang-on", metavar="REQUEST", choices=requests,
                        help="stop answering at this request (a planted "
                             "hang)")
+    serve.add_argument("--misname-ring", action="store_true",
+                       help="answer GET_VRING_BASE naming the next ring (a "
+                            "planted deviation QEMU lets pass and the proxy "
+                            "catches: the kit's verdict control)")
     _trace_options(serve)
     serve.set_defaults(func=_serve)
     proxy = sub.add_parser(

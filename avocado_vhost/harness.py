@@ -101,6 +101,8 @@ class Harness(_Base):
         self.external_backend: Optional[str] = None
         self.external_procs: List[Tuple[str, "subprocess.Popen[bytes]"]] = []
         self.accepted_deviations: List[str] = []
+        #: an allow-list file of the test's own (else -p backend_allow=)
+        self.allow_list: Optional[str] = None
         self.backend_defects_found: List[str] = []
 
     def _then_check_backends(self, method: Callable[[], Any]
@@ -513,13 +515,17 @@ class Harness(_Base):
         return proxy
 
     def start_external_backend(self, name: str, queues: int = 1,
-                               device: str = "net"
+                               device: str = "net",
+                               backend: Optional[external.ExternalBackend]
+                               = None
                                ) -> Tuple["subprocess.Popen[bytes]", str]:
         """Start the back-end under test (``-p backend=`` or ``-p
-        backend_cmd=``, :mod:`.kit.external`) listening at
-        ``<tmp>/<name>.sock``; CANCEL when there is none or it serves
-        another device.  Its output goes to ``<logdir>/<name>.log``."""
-        backend = external.choose(self, device)
+        backend_cmd=``, :mod:`.kit.external`; or ``backend``, for a
+        test's own) listening at ``<tmp>/<name>.sock``; CANCEL when there
+        is none or it serves another device.  Its output goes to
+        ``<logdir>/<name>.log``."""
+        if backend is None:
+            backend = external.choose(self, device)
         log = open(os.path.join(self.logdir, f"{name}.log"), "ab")
         self._stack.callback(log.close)
         proc = external.start(self, backend, name, queues, log,
@@ -621,7 +627,7 @@ class Harness(_Base):
         self.assertEqual(external.deaths(self), [],
                          "a back-end crashed during the scenario")
         self.assertEqual(proxy.errors, [], proxy.trace.tail(20))
-        path = self.param("backend_allow")
+        path = self.allow_list or self.param("backend_allow")
         try:
             entries = allowlist.load(path) if path else []
         except allowlist.AllowListError as exc:

@@ -19,8 +19,10 @@ against all four back-ends of the kit.
 """
 
 import os
+import sys
 import time
 
+from avocado_vhost.kit import external
 from avocado_vhost.kit.backends import DISK_SIZE
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.scenarios.migration import migrate, wait_migration
@@ -40,8 +42,13 @@ class ExternalScenarios(VhostUserTest):
     #: the VM's device options for it
     VM_SPEC = {}
 
+    #: a back-end of the test's own instead of the parameters' (for the
+    #: verdict's negative controls)
+    own_backend = None
+
     def start_backend(self, name="ext", queues=1):
-        return self.start_external_backend(name, queues, self.DEVICE)
+        return self.start_external_backend(name, queues, self.DEVICE,
+                                           self.own_backend)
 
     def through_proxy(self, queues=1, **spec):
         _, sock = self.start_backend("ext", queues)
@@ -117,7 +124,11 @@ class ExternalScenarios(VhostUserTest):
                         min(e.wall for e in starts),
                         "a destination ring started before the source's "
                         "rings were stopped")
-        reported = {e.payload.index: e.payload.num for e in stops}
+        # keyed by the ring asked for (a reply naming another ring is the
+        # verdict's business, below)
+        asked = [e.payload.index for e in src_proxy.trace.select("rx")
+                 if e.request == "GET_VRING_BASE"]
+        reported = {ring: e.payload.num for ring, e in zip(asked, stops)}
         resumed = {p.index: p.num
                    for p in dst_proxy.trace.payloads(Request.SET_VRING_BASE)}
         self.assertEqual(resumed, reported,
@@ -125,6 +136,56 @@ class ExternalScenarios(VhostUserTest):
                          "stopped")
         self.verdict(src_proxy)
         self.verdict(dst_proxy)
+
+
+class Verdict(ExternalScenarios):
+    """
+    The verdict's negative controls: this project's own back-end run as an
+    external process (``python -m avocado_vhost serve``) with a planted
+    deviation or crash; the same scenarios must fail on it -- and pass
+    when the deviation is allowed, reporting it.
+
+    :avocado: enable
+    :avocado: tags=arch:x86_64,arch:aarch64,vhost-user,kit
+    """
+
+    def serve(self, planted):
+        self.own_backend = external.ExternalBackend(
+            "custom", "net", f"{sys.executable} -m avocado_vhost serve "
+            f"{{socket}} --quiet {planted}")
+
+    def test_a_deviation_of_the_back_end_fails_the_scenario(self):
+        """GET_VRING_BASE's reply naming another ring: QEMU lets it pass,
+        the proxy does not, and neither does the verdict."""
+        self.serve("--misname-ring")
+        with self.assertRaisesRegex(AssertionError, "rules broken"):
+            self.migrate_between_two(rings=2)
+        self.assertTrue(any("names ring" in str(v)
+                            for p in self.proxies for v in p.violations))
+
+    def test_an_allowed_deviation_passes_and_is_reported(self):
+        self.serve("--misname-ring")
+        allow = os.path.join(self.workdir_short, "allow.txt")
+        with open(allow, "w") as f:
+            f.write("back-end | names ring | the planted deviation of "
+                    "this test\n")
+        self.allow_list = allow
+        self.migrate_between_two(rings=2)
+        self.assertTrue(self.accepted_deviations)
+        self.assertTrue(all("allowed: the planted deviation" in a
+                            for a in self.accepted_deviations))
+
+    def test_a_back_end_that_crashes_fails_the_scenario(self):
+        """The back-end aborts at SET_VRING_ENABLE, as the device starts:
+        the start-up scenario's verdict names the crash."""
+        self.serve("--crash-on SET_VRING_ENABLE")
+        proxy, vm = self.through_proxy()
+        vm.launch()
+        vm.drive_device(queues=2, queue_size=QUEUE_SIZE)
+        proxy.wait_for(lambda: external.deaths(self),
+                       "the back-end to die", self.scaled(10))
+        with self.assertRaisesRegex(AssertionError, "SIGABRT"):
+            self.verdict(proxy)
 
 
 class ExternalNet(ExternalScenarios):
