@@ -24,8 +24,8 @@ command template instead (``-p backend_cmd=`` / ``fuzz --cmd``).
 Placeholders in a template: ``{socket}`` where to listen, ``{queues}`` queue
 pairs, ``{name}`` a name unique to the instance, ``{dir}`` a folder for
 its files, ``{disk}`` a 64 MiB disk image in it (made on first use),
-``{share}`` a folder to share (made on first use), ``{port}`` a free UDP
-port.
+``{share}`` a folder to share (made on first use; one for all the
+back-ends of a test, as a migration needs), ``{port}`` a free UDP port.
 """
 
 from __future__ import annotations
@@ -154,7 +154,9 @@ def fill(template: str, socket_path: str, name: str, folder: str,
         with open(disk, "wb") as f:
             f.truncate(DISK_SIZE)
     port = _free_udp_port() if "{port}" in template else 0
-    share = os.path.join(folder, f"{name}-share")
+    # one shared folder per folder, not per instance: the back-ends of a
+    # migration must share the same files, as with real shared storage
+    share = os.path.join(folder, "share")
     if "{share}" in template:
         os.makedirs(share, exist_ok=True)
     return template.format(socket=socket_path, name=name, dir=folder,

@@ -665,6 +665,12 @@ class RequestHandlers:
             self.host.record_error(f"SET_DEVICE_STATE_FD: {why}")
             return U64(INVALID_FD | 1)
         config = self.host.config
+        if config.judge:
+            # The proxy's judge holds a copy of the real back-end's pipe:
+            # reading or writing it would take the state from the real
+            # back-end (or mix the judge's into it).  Judged, not used.
+            close_fds(fds)
+            return U64(INVALID_FD)
         if self.state.transfer is not None:
             self.state.transfer.close()
         data = frame(config.device_state)

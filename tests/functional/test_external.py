@@ -391,11 +391,10 @@ class ExternalFs(ExternalScenarios):
         super().setUp()
         self.require_device("vhost-user-fs-pci")
 
-    def share(self, name):
-        """Put the file in the folder ``{share}`` names for back-end
-        ``name``, before it starts."""
-        unique = f"{os.path.basename(self.workdir_short)}-{name}"
-        folder = os.path.join(self.workdir_short, f"{unique}-share")
+    def share(self):
+        """Put the file in the folder ``{share}`` names (one for all the
+        back-ends of the test), before they start."""
+        folder = os.path.join(self.workdir_short, "share")
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, self.NAME), "wb") as f:
             f.write(self.CONTENT)
@@ -444,7 +443,7 @@ class ExternalFs(ExternalScenarios):
     def test_start_up(self):
         """QEMU starts the device through the proxy: both rings get their
         kick fd; the driver reads the tag from the configuration space."""
-        self.share("ext")
+        self.share()
         proxy, vm = self.through_proxy()
         self.started(vm, proxy)
         tag = bytes(vm.device.config_read(i, 1) for i in range(3))
@@ -454,7 +453,7 @@ class ExternalFs(ExternalScenarios):
     def test_io(self):
         """A file read through the request queue (FUSE INIT, LOOKUP, OPEN,
         READ) is byte for byte the file the back-end shares."""
-        self.share("ext")
+        self.share()
         proxy, vm = self.through_proxy()
         self.read_through_the_ring(self.started(vm, proxy))
         self.verdict(proxy)
@@ -467,6 +466,9 @@ class ExternalFs(ExternalScenarios):
                     "reconnecting chardev (no scenario)")
 
     def test_migrate(self):
+        """Both back-ends share the same folder (as with shared storage);
+        the device state goes from one to the other through QEMU."""
+        self.share()
         self.migrate_between_two(rings=2)
 
 

@@ -107,7 +107,7 @@ class Kit(unittest.TestCase):
                            queues=2)
             disk = os.path.join(folder, "n1.img")
             self.assertEqual(os.path.getsize(disk), DISK_SIZE)
-            self.assertTrue(os.path.isdir(os.path.join(folder, "n1-share")))
+            self.assertTrue(os.path.isdir(os.path.join(folder, "share")))
         self.assertIn(f"-b {disk}", command)
         self.assertIn("-q 2 -n n1", command)
         self.assertNotIn("{", command)
