@@ -11,6 +11,8 @@ from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature, Request,
 from avocado_vhost.vhost_user.frontend import FrontEnd
 from avocado_vhost.vhost_user.message import (U64,
                                               VirtioFeature, VringState)
+from avocado_vhost.vhost_user.devstate import PHASE_STOPPED, SAVE, frame
+from avocado_vhost.vhost_user.message import DeviceStateParams
 from avocado_vhost.vhost_user.proxy import Proxy
 
 from helpers import open_fds
@@ -60,6 +62,30 @@ class ProxyTest(unittest.TestCase):
         self.proxy.wait_violations(1, 5)
         self.assertIn("front-end: ", self.proxy.violations[0].text)
         self.assertIn("RING_PACKED", self.proxy.violations[0].text)
+
+    def test_the_judge_leaves_the_device_state_pipe_alone(self):
+        """SET_DEVICE_STATE_FD through the proxy: the pipe carries exactly
+        the real back-end's state (the judge holds a copy of the fd; it
+        must neither write its own state into it nor read from it)."""
+        self.backend.config.protocol_features |= int(
+            ProtocolFeature.DEVICE_STATE)
+        self.backend.config.device_state = b"state of the real back-end"
+        self.fe.call(Request.GET_FEATURES)
+        self.fe.call(Request.GET_PROTOCOL_FEATURES)
+        self.fe.send(Request.SET_PROTOCOL_FEATURES,
+                     U64(self.backend.config.protocol_features))
+        read_end, write_end = os.pipe()
+        self.fe.call(Request.SET_DEVICE_STATE_FD,
+                     DeviceStateParams(SAVE, PHASE_STOPPED), [write_end])
+        os.close(write_end)
+        data = b""
+        while True:
+            chunk = os.read(read_end, 4096)  # EOF once both copies close
+            if not chunk:
+                break
+            data += chunk
+        os.close(read_end)
+        self.assertEqual(data, frame(self.backend.config.device_state))
 
     def test_get_vring_base_of_a_ring_that_never_ran(self):
         """A ring given base 7 and never kicked must be reported at 7; a
