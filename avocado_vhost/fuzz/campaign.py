@@ -323,8 +323,11 @@ def run(target: Target, seed: int, budget: Budget, out_dir: str,
     try:
         if target.restartable:  # some serve one connection, then exit
             player.restart()
-        elif not player.wire.open(budget.hang_timeout):
-            raise TargetError("the back-end accepts no connection")
+        else:
+            player.wire.pidfd = target.pidfd  # --pid: watched, not ours
+            player.wire.guard = player._outgrown
+            if not player.wire.open(budget.hang_timeout):
+                raise TargetError("the back-end accepts no connection")
         pending = generator.opening()
         while (player.wire.sent < budget.messages
                and time.monotonic() - started < budget.seconds

@@ -23,7 +23,7 @@ import subprocess
 import time
 from typing import IO, Optional
 
-from ..kit.backends import cleanup, fill
+from ..kit.backends import cleanup, fill, listening
 from ..qemu.launcher import die_with_parent
 from ..qemu.watch import FolderWatch
 
@@ -61,6 +61,11 @@ class Target:
         #: readable once the process ends (pidfd_open), for the waits to
         #: include: a death is seen at once, not at the next timeout
         self.pidfd: Optional[int] = None
+        if command is None and pid is not None:
+            try:  # someone else's back-end: watched, never restarted
+                self.pidfd = os.pidfd_open(pid)
+            except OSError:
+                pass
 
     @property
     def restartable(self) -> bool:
@@ -113,22 +118,7 @@ class Target:
                               f"listened: {self.command}")
 
     def _accepts(self) -> bool:
-        """Whether a socket listens at the path -- read from
-        /proc/net/unix, not by connecting: a back-end that serves one
-        connection and exits would take a test connection for its one."""
-        try:
-            with open("/proc/net/unix", encoding="utf-8",
-                      errors="replace") as f:
-                for line in f:
-                    fields = line.split()
-                    # Num RefCount Protocol Flags Type St Inode Path;
-                    # Flags 00010000 is __SO_ACCEPTCON: listening
-                    if (len(fields) >= 8 and fields[7] == self.socket_path
-                            and int(fields[3], 16) & 0x10000):
-                        return True
-        except OSError:
-            pass
-        return False
+        return listening(self.socket_path)
 
     def ended(self) -> Optional[str]:
         """How the process ended ("killed by SIGSEGV", "exited with 1"),
@@ -140,8 +130,11 @@ class Target:
             if code < 0:
                 return f"killed by {signal.Signals(-code).name}"
             return f"exited with {code}"
-        if self.pid is not None and not os.path.exists(f"/proc/{self.pid}"):
-            return "gone"
+        if self.pid is not None and (
+                not os.path.exists(f"/proc/{self.pid}") or (
+                    self.pidfd is not None
+                    and select.select([self.pidfd], [], [], 0)[0])):
+            return "ended (not started here: its exit status is unknown)"
         return None
 
     def crashed(self) -> bool:

@@ -40,7 +40,7 @@ from typing import Dict, Optional
 from ..tmpdirs import dpdk_runtime_base
 
 __all__ = ["KnownBackend", "BACKENDS", "backends_build", "fill", "cleanup",
-           "DISK_SIZE"]
+           "listening", "DISK_SIZE"]
 
 #: the disk image a blk back-end serves ({disk})
 DISK_SIZE = 64 << 20
@@ -168,3 +168,22 @@ def cleanup(name: str) -> None:
     (DPDK's runtime directory for ``--file-prefix={name}``)."""
     for path in glob.glob(os.path.join(dpdk_runtime_base(), name + "*")):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def listening(path: str) -> bool:
+    """Whether a socket listens at ``path`` -- read from /proc/net/unix, not
+    by connecting: a back-end that serves one connection and exits would
+    take a test connection for its one.  (The socket file appears at
+    bind(); listen() comes after.)"""
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; Flags
+                # 00010000 is __SO_ACCEPTCON: listening
+                if (len(fields) >= 8 and fields[7] == path
+                        and int(fields[3], 16) & 0x10000):
+                    return True
+    except OSError:
+        pass
+    return False

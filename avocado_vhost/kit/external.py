@@ -10,15 +10,17 @@ type CANCELs, naming the one it needs; no back-end at all CANCELs too.
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, List, Optional
 
 from ..qemu.launcher import call_in_launcher, die_with_parent
 from ..qemu.watch import FolderWatch
-from .backends import BACKENDS, cleanup, fill
+from .backends import BACKENDS, cleanup, fill, listening
 
 if TYPE_CHECKING:
     from ..harness import Harness
@@ -95,13 +97,25 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
         proc.wait(10)
         cleanup(unique)
     on_finish(finish)
+    deadline = time.monotonic() + test.scaled(30)
     watch = FolderWatch([test.workdir_short])
-    try:
+    try:  # the socket file appears at bind(): an inotify event
         watch.wait(lambda: os.path.exists(sock) or proc.poll() is not None,
-                   f"the external back-end to listen on {sock}",
+                   f"the external back-end to create {sock}",
                    test.scaled(30))
     finally:
         watch.close()
+    # listen() follows at once but raises no event: look every 2 ms,
+    # ending early if the process dies, bounded by the deadline
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        while not listening(sock) and proc.poll() is None:
+            if time.monotonic() >= deadline:
+                test.error(f"{sock} exists but the external back-end does "
+                           f"not listen on it; see {name}.log")
+            select.select([pidfd], [], [], 0.002)
+    finally:
+        os.close(pidfd)
     if proc.poll() is not None:
         test.error(f"the external back-end exited with {proc.returncode}"
                    f" before it listened; see {name}.log")
