@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import shlex
 import subprocess
 import shutil
 from contextlib import ExitStack
@@ -51,9 +50,7 @@ from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
 from .qemu.vm import (MEM_BACKENDS, VMSpec, VhostVM, default_tmpdir,
                       huge_pages_free, hugetlbfs_mounted, hugetlbfs_mounts)
 from .phases import CLOCK, phase
-from .qemu.launcher import call_in_launcher, die_with_parent
-from .qemu.watch import FolderWatch
-from .tmpdirs import (dpdk_runtime_base, make_private_tmpdir,
+from .tmpdirs import (make_private_tmpdir,
                       remove_all_orphans)
 from .watchdog import start_watchdog
 from .vhost_user import (BackendConfig, BackendFailure, Fault,

@@ -18,12 +18,11 @@ from __future__ import annotations
 import os
 import select
 import shlex
-import signal
 import subprocess
 import time
 from typing import IO, Optional
 
-from ..kit.backends import cleanup, fill, listening
+from ..kit.backends import cleanup, ended, fill, listening
 from ..qemu.launcher import die_with_parent
 from ..qemu.watch import FolderWatch
 
@@ -124,12 +123,7 @@ class Target:
         """How the process ended ("killed by SIGSEGV", "exited with 1"),
         or None while it runs (or when it cannot be known)."""
         if self.proc is not None:
-            code = self.proc.poll()
-            if code is None:
-                return None
-            if code < 0:
-                return f"killed by {signal.Signals(-code).name}"
-            return f"exited with {code}"
+            return ended(self.proc)
         if self.pid is not None and (
                 not os.path.exists(f"/proc/{self.pid}") or (
                     self.pidfd is not None

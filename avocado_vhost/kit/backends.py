@@ -33,14 +33,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 from ..tmpdirs import dpdk_runtime_base
 
 __all__ = ["KnownBackend", "BACKENDS", "backends_build", "fill", "cleanup",
-           "listening", "DISK_SIZE"]
+           "listening", "ended", "DISK_SIZE"]
 
 #: the disk image a blk back-end serves ({disk})
 DISK_SIZE = 64 << 20
@@ -187,3 +189,14 @@ def listening(path: str) -> bool:
     except OSError:
         pass
     return False
+
+
+def ended(proc: "subprocess.Popen[bytes]") -> Optional[str]:
+    """How a back-end process ended ("killed by SIGSEGV", "exited with
+    1"), or None while it runs."""
+    code = proc.poll()
+    if code is None:
+        return None
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"

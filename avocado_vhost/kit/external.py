@@ -16,11 +16,11 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Callable, List, Optional
+from typing import IO, TYPE_CHECKING, Callable, List
 
 from ..qemu.launcher import call_in_launcher, die_with_parent
 from ..qemu.watch import FolderWatch
-from .backends import BACKENDS, cleanup, fill, listening
+from .backends import BACKENDS, cleanup, ended, fill, listening
 
 if TYPE_CHECKING:
     from ..harness import Harness
@@ -122,17 +122,6 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
     return proc
 
 
-
-
-def ended(proc: "subprocess.Popen[bytes]") -> Optional[str]:
-    """How a back-end process ended ("killed by SIGSEGV", "exited with
-    1"), or None while it runs."""
-    code = proc.poll()
-    if code is None:
-        return None
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exited with {code}"
 
 
 def deaths(test: "Harness") -> List[str]:
