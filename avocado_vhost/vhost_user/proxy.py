@@ -138,7 +138,7 @@ class Proxy:
     def wait_for(self, predicate: Callable[[], bool], what: str,
                  timeout: float) -> None:
         """Until ``predicate()`` holds, re-checked after every relayed
-        message.
+        message, connection event and error.
 
         :raise WaitTimeout: not within ``timeout`` s; says what was seen.
         """
@@ -180,6 +180,17 @@ class Proxy:
             self.errors.append(Problem(ProblemKind.ERROR, text,
                                        self.connections))
         self.trace.add(self.connections, TraceKind.ERROR, detail=text)
+        self._changed()
+
+    def _event(self, conn: int, event: Event, detail: str = "") -> None:
+        """Trace a connection event and wake the waits: a test waits for
+        a back-end to go as much as for a message."""
+        self.trace.event(conn, event, detail)
+        self._changed()
+
+    def _changed(self) -> None:
+        with self._relayed:
+            self._relayed.notify_all()
 
     # --- the thread -----------------------------------------------------------
     def _run(self) -> None:
@@ -242,6 +253,9 @@ class _Pair:
         self.judge_queue: Deque[Tuple[Header, bytes, List[int],
                                       Optional[Request]]] = collections.deque()
         self._judge_closed = False
+        #: messages passed to the judge so far (it handles them in its own
+        #: thread, a moment later)
+        self.judge_fed = 0
         self._drainer = threading.Thread(target=self._drain_judge,
                                          daemon=True)
         self._drainer.start()
@@ -257,8 +271,8 @@ class _Pair:
                 return
 
     def relay(self) -> None:
-        trace = self.proxy.trace
-        trace.event(self.cid, Event.FRONT_END_CONNECTED)
+        proxy = self.proxy
+        proxy._event(self.cid, Event.FRONT_END_CONNECTED)
         try:
             self.back = self.proxy._connect_backend()
         except OSError as exc:
@@ -267,12 +281,12 @@ class _Pair:
             self.front.close()
             self._close_judge()
             return
-        trace.event(self.cid, Event.BACK_END_CONNECTED)
+        proxy._event(self.cid, Event.BACK_END_CONNECTED)
         why = "stopped"
         try:
             why = self._loop()
         finally:
-            trace.event(self.cid, Event.DISCONNECTED, why)
+            proxy._event(self.cid, Event.DISCONNECTED, why)
             for conn in (self.front, self.back, self.chan_front,
                          self.chan_back):
                 if conn is not None:
@@ -329,8 +343,7 @@ class _Pair:
                 except ConnectionClosed as exc:
                     # the side this message was for has gone
                     return f"could not pass a message on: {exc}"
-                with self.proxy._relayed:
-                    self.proxy._relayed.notify_all()
+                self.proxy._changed()
         return "proxy stopped"
 
     # --- front-end -> back-end ------------------------------------------------
@@ -391,6 +404,7 @@ class _Pair:
                 # REPLY_ACK); the judge's answers are drained
                 self.judge_fe.send_raw(HEADER.pack(
                     header.request, header.flags, header.size) + raw, fds)
+                self.judge_fed += 1
             except OSError:
                 pass  # the judge hung up on a malformed message
             finally:
@@ -461,6 +475,24 @@ class _Pair:
             self.started.discard(ring)
             self.bases[ring] = payload.num
 
+    def _judge_caught_up(self) -> bool:
+        """Wait (bounded) until the judge has handled every message passed
+        to it: the rings' addresses and the memory table are read from its
+        state, which lags the relay by a thread switch -- on a busy machine
+        by the whole of a short conversation.  A judge that cannot catch up
+        is an error of the proxy's, never a silent pass."""
+        judge = self.judge
+        try:
+            judge.wait_for(lambda: judge.messages >= self.judge_fed
+                           or not judge.connected,
+                           f"the judge to handle the {self.judge_fed} "
+                           "message(s) passed to it",
+                           self.proxy.message_timeout, errors_end_it=False)
+        except WaitTimeout as exc:
+            self.proxy._error(f"a stop not judged: {exc}")
+            return False
+        return judge.connected
+
     def _judge_stop_with_requests_taken(self, where: str, ring: int,
                                         base: int) -> None:
         """A split ring stopped by GET_VRING_BASE must have every request
@@ -471,6 +503,8 @@ class _Pair:
         mapping; a ring the judge cannot locate is not judged.
         """
         judge = self.judge
+        if not self._judge_caught_up():
+            return
         with judge.lock():
             state = judge.state
             vring = state.vrings.get(ring)
