@@ -88,6 +88,9 @@ class ExternalScenarios(VhostUserTest):
             e.request == "DISCONNECTED" for e in proxy.trace.select("event")),
             "the proxy to see the back-end go", self.scaled(10))
         self.start_backend("ext")  # a new one, same socket
+        # QEMU goes before this back-end does: killed under a running QEMU,
+        # it would have QEMU reconnect into a proxy with nothing behind it
+        self.cleanup(vm.shutdown)
         proxy.wait_for(lambda: proxy.connections >= 2 and len(
             proxy.trace.payloads(Request.SET_VRING_KICK)) >= 2 * rings,
             "QEMU to reconnect and start the rings again",
