@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.guest import assets as guest_assets  # noqa: E402
 from avocado_vhost.guest.assets import READY  # noqa: E402
 
@@ -79,21 +78,17 @@ def main() -> int:
     debian = os.path.join(os.path.dirname(made.kernel), "vmlinuz")
     if debian != made.kernel:
         kernels["debian bzImage"] = debian
-    times: Dict[str, List[float]] = {k: [] for k in kernels}
-    for number in range(args.runs):
-        order = list(kernels) if number % 2 == 0 else list(kernels)[::-1]
+    samples = Samples()
+    for number, order in rounds(args.runs, list(kernels)):
         for name in order:
-            times[name].append(boot(qemu, args.arch, kernels[name],
-                                    made.initrd, made.target.console))
-        print(f"run {number + 1}: " + ", ".join(
-            f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+            samples.add(name, boot(qemu, args.arch, kernels[name],
+                                   made.initrd, made.target.console))
+        print(samples.progress(number, "{:.2f} s"), flush=True)
     print(f"\n{args.arch}, {guest_assets.describe(made)}, {qemu}, "
           f"median of {args.runs}:")
-    suite = statistics.median(times["suite"])
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"  {name:15} {med:5.2f} s to {READY} "
-              f"({med / suite:.2f}x of the suite's)")
+    for name in kernels:
+        print(f"  {name:15} {samples.median(name):5.2f} s to {READY} "
+              f"({samples.ratio(name, 'suite'):.2f}x of the suite's)")
     return 0
 
 

@@ -19,13 +19,13 @@ Medians of several runs, and the back-end's rate relative to the baseline.
 import argparse
 import mmap
 import os
-import statistics
 import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
 from avocado_vhost.vhost_user.message import (  # noqa: E402
@@ -152,20 +152,22 @@ def main() -> int:
     parser.add_argument("--qemu-frames", type=int, default=1024)
     parser.add_argument("--no-qemu", action="store_true")
     args = parser.parse_args()
-    plain, backend = [], []
-    for _ in range(args.runs):
-        plain.append(plain_loop(args.batches))
-        backend.append(through_backend(args.batches))
-    p, b = statistics.median(plain), statistics.median(backend)
-    print(f"plain loop over a mapped split ring (baseline): {p:10.0f} "
-          f"descriptors/s (median of {args.runs} x {args.batches * NUM})")
-    print(f"back-end ring processing alone            : {b:10.0f} "
-          f"descriptors/s ({b / p:.2f}x the baseline)")
+    samples = Samples()
+    measure = {"plain": plain_loop, "back-end": through_backend}
+    for number, order in rounds(args.runs, list(measure)):
+        for case in order:
+            samples.add(case, measure[case](args.batches))
+    print(f"plain loop over a mapped split ring (baseline): "
+          f"{samples.median('plain'):10.0f} descriptors/s (median of "
+          f"{args.runs} x {args.batches * NUM})")
+    print(f"back-end ring processing alone            : "
+          f"{samples.median('back-end'):10.0f} descriptors/s "
+          f"({samples.ratio('back-end', 'plain'):.2f}x the baseline)")
     if not args.no_qemu:
-        q = statistics.median(through_qemu(args.qemu_frames)
-                              for _ in range(max(1, args.runs // 2)))
-        print(f"end to end through QEMU (driver over qtest)  : {q:10.0f} "
-              "frames/s")
+        for _ in range(max(1, args.runs // 2)):
+            samples.add("qemu", through_qemu(args.qemu_frames))
+        print(f"end to end through QEMU (driver over qtest)  : "
+              f"{samples.median('qemu'):10.0f} frames/s")
     return 0
 
 

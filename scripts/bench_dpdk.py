@@ -25,15 +25,15 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.dpdk import Testpmd, find_testpmd  # noqa: E402
 from avocado_vhost.vhost_user import (  # noqa: E402
     BackendConfig, VhostUserBackend)
@@ -135,26 +135,27 @@ def main() -> int:
         sys.exit("no dpdk-testpmd (Debian package dpdk-dev)")
     runs: Dict[str, Callable[[str, str, str, float], float]] = {
         "this back-end": ours, "DPDK vhost PMD": dpdks}
-    results: Dict[str, List[float]] = {}
+    samples = Samples()
+    cases = [(direction, name) for direction in ("TX", "RX")
+             for name in runs]
     tmp = tempfile.mkdtemp(prefix="avh-bench-", dir="/tmp")
     try:
-        for n in range(args.rounds):
-            for direction in ("TX", "RX"):
-                for name, run in runs.items():
-                    rate = run(binary, tmp, direction, args.window)
-                    results.setdefault(f"{direction} {name}", []).append(rate)
-                    print(f"round {n + 1} {direction} {name:15s} "
-                          f"{rate:>14,.0f} frames/s", flush=True)
+        for number, order in rounds(args.rounds, cases):
+            for direction, name in order:
+                samples.add(f"{direction} {name}",
+                            runs[name](binary, tmp, direction, args.window))
+            print(samples.progress(number, "{:,.0f} frames/s"), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nmedian of {args.rounds} windows of {args.window}s, 64-byte "
           "frames, driver: testpmd virtio-user")
     for direction, what in (("TX", "driver transmits"),
                             ("RX", "driver receives")):
-        mine = statistics.median(results[f"{direction} this back-end"])
-        theirs = statistics.median(results[f"{direction} DPDK vhost PMD"])
-        print(f"{what:17s} this back-end {mine:>12,.0f}/s   DPDK vhost PMD "
-              f"{theirs:>14,.0f}/s   ratio {mine / theirs:.3f}x")
+        mine = f"{direction} this back-end"
+        theirs = f"{direction} DPDK vhost PMD"
+        print(f"{what:17s} this back-end {samples.median(mine):>12,.0f}/s   "
+              f"DPDK vhost PMD {samples.median(theirs):>14,.0f}/s   "
+              f"ratio {samples.ratio(mine, theirs):.3f}x")
     return 0
 
 

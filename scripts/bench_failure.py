@@ -27,15 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 
 KINDS = ("pass", "assertion", "qemu-killed", "qemu-stopped")
 EXPECTED = {"pass": "PASS", "assertion": "FAIL", "qemu-killed": "ERROR",
@@ -113,26 +115,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--qemu-bin", default=None)
     args = parser.parse_args()
-    times: Dict[str, List[Tuple[float, float]]] = {k: [] for k in KINDS}
+    samples = Samples()
     with tempfile.TemporaryDirectory(prefix="avh-failtest-") as tmp:
         test_file = os.path.join(tmp, "test_failure_cost.py")
         with open(test_file, "w", encoding="utf-8") as out:
             out.write(TEST)
-        for round_no in range(args.rounds):
-            # rotate the order, so that no way always runs first
-            order = KINDS[round_no % 4:] + KINDS[:round_no % 4]
+        for number, order in rounds(args.rounds, KINDS):
             for kind in order:
-                times[kind].append(run_one(test_file, kind, args.qemu_bin))
-    base_test = statistics.median(t for t, _ in times["pass"])
-    base_wall = statistics.median(w for _, w in times["pass"])
+                test, wall = run_one(test_file, kind, args.qemu_bin)
+                samples.add(f"{kind} test", test)
+                samples.add(f"{kind} job", wall)
+            print(samples.progress(number, "{:.2f} s"), flush=True)
     print(f"failure cost, {args.rounds} round(s), medians "
           "(test's own time; the job's wall time):")
     for kind in KINDS:
-        test = statistics.median(t for t, _ in times[kind])
-        wall = statistics.median(w for _, w in times[kind])
-        print(f"  {kind:13} {EXPECTED[kind]:5}  test {test:6.2f} s "
-              f"({test - base_test:+5.2f})  job {wall:6.2f} s "
-              f"({wall - base_wall:+5.2f})")
+        print(f"  {kind:13} {EXPECTED[kind]:5}  "
+              f"test {samples.median(f'{kind} test'):6.2f} s "
+              f"({samples.difference(f'{kind} test', 'pass test'):+5.2f})  "
+              f"job {samples.median(f'{kind} job'):6.2f} s "
+              f"({samples.difference(f'{kind} job', 'pass job'):+5.2f})")
     return 0
 
 

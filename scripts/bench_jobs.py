@@ -19,14 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 PROFILES = {
     "quick": ["--filter-by-tags=-guest,-dpdk,-fault-sweep",
               "--filter-by-tags-include-empty"],
@@ -65,22 +67,21 @@ def main() -> int:
                         default="quick")
     args = parser.parse_args()
     counts = [int(t) for t in args.tasks.split(",")]
-    walls: Dict[int, List[float]] = {k: [] for k in counts}
+    samples = Samples()
     tests = 0
-    for number in range(args.rounds):
-        order = counts if number % 2 == 0 else counts[::-1]
+    for number, order in rounds(args.rounds, counts):
         for tasks in order:
             wall, tests = job(args.profile, tasks)
-            walls[tasks].append(wall)
-            print(f"round {number + 1}: {tasks} task(s) {wall:6.1f} s",
-                  flush=True)
-    base = statistics.median(walls[counts[0]])
+            samples.add(f"{tasks} task(s)", wall)
+        print(samples.progress(number, "{:.1f} s"), flush=True)
+    base = f"{counts[0]} task(s)"
     print(f"\n{args.profile} profile, {tests} tests, {os.cpu_count()} CPUs,"
           f" median of {args.rounds}:")
     for tasks in counts:
-        med = statistics.median(walls[tasks])
-        print(f"  {tasks} task(s): {med:6.1f} s  ({med / base:.2f}x of "
-              f"{counts[0]} task(s); {med / tests:.2f} s per test)")
+        med = samples.median(f"{tasks} task(s)")
+        print(f"  {tasks} task(s): {med:6.1f} s  "
+              f"({samples.ratio(f'{tasks} task(s)', base):.2f}x of {base}; "
+              f"{med / tests:.2f} s per test)")
     return 0
 
 

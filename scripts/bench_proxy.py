@@ -21,14 +21,14 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.dpdk import Testpmd, find_testpmd  # noqa: E402
 from avocado_vhost.vhost_user import (  # noqa: E402
     BackendConfig, Request, VhostUserBackend)
@@ -113,33 +113,29 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=2.0,
                         help="seconds of traffic per frame measurement")
     args = parser.parse_args()
-    results: Dict[str, List[float]] = {}
+    samples = Samples()
     tmp = tempfile.mkdtemp(prefix="avh-bench-")
     try:
-        for n in range(args.rounds):
-            for via in (False, True):
-                key = "proxy" if via else "direct"
-                results.setdefault(f"rt {key}", []).append(
-                    round_trips(tmp, via, args.count))
+        for number, order in rounds(args.rounds, ["direct", "proxy"]):
+            for key in order:
+                via = key == "proxy"
+                samples.add(f"rt {key}", round_trips(tmp, via, args.count))
                 if find_testpmd() is not None:
-                    results.setdefault(f"fr {key}", []).append(
-                        frames(tmp, via, args.window))
-            print(f"round {n + 1}: " + ", ".join(
-                f"{k} {v[-1]:,.0f}/s" for k, v in results.items()),
-                flush=True)
+                    samples.add(f"fr {key}", frames(tmp, via, args.window))
+            print(samples.progress(number, "{:,.0f}/s"), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\nmedian of {args.rounds}:")
-    print(f"round trips (GET_FEATURES): direct {med['rt direct']:,.0f}/s, "
-          f"through the proxy {med['rt proxy']:,.0f}/s, ratio "
-          f"{med['rt proxy'] / med['rt direct']:.2f}x")
-    if "fr direct" in med:
+    print(f"round trips (GET_FEATURES): direct "
+          f"{samples.median('rt direct'):,.0f}/s, through the proxy "
+          f"{samples.median('rt proxy'):,.0f}/s, ratio "
+          f"{samples.ratio('rt proxy', 'rt direct'):.2f}x")
+    if "fr direct" in samples:
         print(f"frames (testpmd txonly, 64 B): direct "
-              f"{med['fr direct']:,.0f}/s, through the proxy "
-              f"{med['fr proxy']:,.0f}/s, ratio "
-              f"{med['fr proxy'] / med['fr direct']:.2f}x (the data path "
-              "does not pass through the proxy)")
+              f"{samples.median('fr direct'):,.0f}/s, through the proxy "
+              f"{samples.median('fr proxy'):,.0f}/s, ratio "
+              f"{samples.ratio('fr proxy', 'fr direct'):.2f}x (the data "
+              "path does not pass through the proxy)")
     return 0
 
 

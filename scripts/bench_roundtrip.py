@@ -14,13 +14,13 @@ what the back-end's protocol handling costs per round trip.
 import argparse
 import os
 import socket
-import statistics
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
 from avocado_vhost.vhost_user.message import (HEADER, Request,  # noqa: E402
@@ -45,7 +45,7 @@ def bare(count: int) -> float:
     a, b = socket.socketpair()
     reply = HEADER.pack(1, 5, 8) + bytes(8)
 
-    def serve():
+    def serve() -> None:
         while True:
             data = b.recv(12)
             if not data:
@@ -77,15 +77,17 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    bare_rates, backend_rates = [], []
-    for _ in range(args.runs):  # interleaved: both see the same noise
-        bare_rates.append(bare(args.count))
-        backend_rates.append(through_backend(args.count))
-    b, v = statistics.median(bare_rates), statistics.median(backend_rates)
+    samples = Samples()
+    measure = {"bare": bare, "back-end": through_backend}
+    for number, order in rounds(args.runs, list(measure)):
+        for case in order:  # alternated: both see the same noise
+            samples.add(case, measure[case](args.count))
+    b, v = samples.median("bare"), samples.median("back-end")
     print(f"bare UNIX-socket ping-pong : {b:10.0f} round trips/s (median of "
           f"{args.runs} x {args.count})")
     print(f"through the back-end       : {v:10.0f} round trips/s")
-    print(f"cost ratio (bare / back-end): {b / v:.2f}x  "
+    print(f"cost ratio (bare / back-end): "
+          f"{samples.ratio('bare', 'back-end'):.2f}x  "
           f"(per round trip: {1e6 / b:.1f} us vs {1e6 / v:.1f} us)")
     return 0
 

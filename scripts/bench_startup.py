@@ -15,12 +15,12 @@ Prints the median of each and their ratio.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.qemu.binary import find_binary  # noqa: E402
 from avocado_vhost.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
@@ -45,15 +45,21 @@ def main() -> int:
     parser.add_argument("--qemu-bin", default=None)
     args = parser.parse_args()
     binary = find_binary(args.qemu_bin)
-    driver = [one_start(binary, False) for _ in range(args.runs)]
-    firmware = [one_start(binary, True) for _ in range(args.firmware_runs)]
-    d, f = statistics.median(driver), statistics.median(firmware)
+    samples = Samples()
+    for number, order in rounds(args.runs, ["driver", "firmware"]):
+        for case in order:
+            if case == "driver" or samples.count(case) < args.firmware_runs:
+                samples.add(case, one_start(binary, case == "firmware"))
+        print(samples.progress(number, "{:.3f} s"), flush=True)
+    driver = samples.values["driver"]
     print(f"launch -> 2 rings started, test drives the device: "
-          f"median {d * 1000:7.1f} ms of {args.runs} "
+          f"median {samples.median('driver') * 1000:7.1f} ms of {args.runs} "
           f"(min {min(driver) * 1000:.1f}, max {max(driver) * 1000:.1f})")
     print(f"launch -> 2 rings started, SeaBIOS + iPXE (baseline): "
-          f"median {f * 1000:7.1f} ms of {args.firmware_runs}")
-    print(f"ratio (baseline / driver): {f / d:.1f}x")
+          f"median {samples.median('firmware') * 1000:7.1f} ms of "
+          f"{samples.count('firmware')}")
+    print(f"ratio (baseline / driver): "
+          f"{samples.ratio('firmware', 'driver'):.1f}x")
     return 0
 
 

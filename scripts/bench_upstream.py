@@ -16,15 +16,17 @@ prints the median of each and the ratios suite / upstream.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from avocado_vhost.bench import Samples, rounds  # noqa: E402
 
 _NET = ("/x86_64/pc/i440FX-pcihost/pci-bus-pc/pci-bus/virtio-net-pci/"
         "virtio-net/virtio-net-tests/vhost-user/")
@@ -93,23 +95,26 @@ def main() -> int:
     build = args.build or subprocess.run(
         [os.path.join(HERE, "build-qemu")], stdout=subprocess.PIPE,
         check=True).stdout.decode().strip().splitlines()[-1]
-    times: Dict[str, List[float]] = {"upstream": [], "suite": [],
-                                     "tests": []}
-    for number in range(args.rounds):
-        times["upstream"].append(upstream(build))
-        wall, own = suite(build)
-        times["suite"].append(wall)
-        times["tests"].append(own)
-        print(f"round {number + 1}: upstream {times['upstream'][-1]:.2f} s, "
-              f"suite job {wall:.2f} s (tests alone {own:.2f} s)", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    samples = Samples()
+    for number, order in rounds(args.rounds, ["upstream", "suite"]):
+        for case in order:
+            if case == "upstream":
+                samples.add("upstream", upstream(build))
+            else:
+                wall, own = suite(build)
+                samples.add("suite", wall)
+                samples.add("tests", own)
+        print(samples.progress(number, "{:.2f} s"), flush=True)
     print(f"\n{len(PAIRS)} vhost-user paths, QEMU build {build}, median of "
           f"{args.rounds}:")
-    print(f"  upstream qos-test, one process each: {med['upstream']:7.2f} s")
-    print(f"  suite, one Avocado job:              {med['suite']:7.2f} s  "
-          f"({med['suite'] / med['upstream']:.2f}x)")
-    print(f"  suite, the tests alone:              {med['tests']:7.2f} s  "
-          f"({med['tests'] / med['upstream']:.2f}x)")
+    print(f"  upstream qos-test, one process each: "
+          f"{samples.median('upstream'):7.2f} s")
+    print(f"  suite, one Avocado job:              "
+          f"{samples.median('suite'):7.2f} s  "
+          f"({samples.ratio('suite', 'upstream'):.2f}x)")
+    print(f"  suite, the tests alone:              "
+          f"{samples.median('tests'):7.2f} s  "
+          f"({samples.ratio('tests', 'upstream'):.2f}x)")
     return 0
 
 
