@@ -347,6 +347,26 @@ DEFECTS: Dict[str, QemuDefect] = {d.id: d for d in (
         "10.2.2 under TCG)",
         introduced_in=(10, 2, 0)),
     QemuDefect(
+        "postcopy-return-path-pause-blocks-completion", "ef796ee93b",
+        "migration: Replace the return path retry logic", (8, 2, 0),
+        r"\(POSTCOPY_LISTEN\)[^:]*: HUNG: migration timed out; source QEMU "
+        r"runs, finish-migrate",
+        ("test_migration_fault_sweep.py:MigrationFaultSweep."
+         "test_a_fault_at_each_postcopy_message_ends_cleanly",),
+        "a destination back-end that breaks POSTCOPY_LISTEN (answers another "
+        "request, seen on 7.2.22 under qtest) makes the destination fail "
+        "loading the postcopy package and exit; the source's return-path "
+        "thread reads the end of its channel and, the migration being in "
+        "postcopy, pauses for a recovery (postcopy_pause_return_path_thread"
+        ", waiting on a semaphore) instead of ending; a source that has "
+        "already sent everything is in migration_completion, which joins "
+        "that thread (await_return_path_close_on_source): the migration "
+        "stays postcopy-active, the VM stopped (finish-migrate), for good.  "
+        "Timing decides (the source must be done sending first).  Read in "
+        "7.2's source; it fits what the test saw (postcopy-active, never "
+        "postcopy-paused, after the destination exited), not proven with a "
+        "stack.  Since ef796ee93b the thread ends on the error"),
+    QemuDefect(
         "backend-channel-half-message-blocks", "57dc02173c",
         "vhost-user: Convert slave channel to QIOChannelSocket",
         OPEN,
