@@ -23,12 +23,17 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from .qemu.launcher import call_in_launcher, die_with_parent
+from .phases import phase
 from .tmpdirs import dpdk_runtime_base
 
+if TYPE_CHECKING:
+    from .harness import Harness
+
 __all__ = ["Testpmd", "TestpmdError", "PortStats", "find_testpmd",
+           "start_testpmd",
            "TESTPMD_PACKAGE", "SERVER_WAITING"]
 
 #: The Debian package with dpdk-testpmd (``dpdk`` has only the libraries).
@@ -235,3 +240,26 @@ def parse_forward_stats(text: str) -> Dict[int, PortStats]:
         raise TestpmdError(f"no forward statistics in testpmd's output:\n"
                            f"{text[-1500:]}")
     return stats
+
+
+def start_testpmd(test: "Harness", name: str, vdev: str,
+                  app_args: Sequence[str] = (),
+                  until: Optional[str] = None) -> Testpmd:
+    """A started dpdk-testpmd for ``test`` (its output in
+    ``<logdir>/<name>.log``), closed at tear-down; CANCEL where there is
+    none.
+
+    :param until: return once its output matches this (default: its first
+        prompt).
+    """
+    binary = find_testpmd(test.param("testpmd"))
+    if binary is None:
+        test.cancel(f"no dpdk-testpmd (Debian package {TESTPMD_PACKAGE}, "
+                    "which ./setup.sh installs; or -p testpmd=PATH)")
+    prefix = f"{os.path.basename(test.workdir_short)}-{name}"
+    testpmd = Testpmd(binary, prefix, vdev,
+                      os.path.join(test.logdir, f"{name}.log"), app_args)
+    test.cleanup(testpmd.close)
+    with phase("testpmd-start"):
+        testpmd.start(test.scaled(30), until)
+    return testpmd

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
+from .qemu.membackend import MEM_BACKENDS
 from .vhost_user.offers import DEFAULT_OFFER, OFFERS
 
 __all__ = ["Param", "PARAMS", "ParamError", "resolve", "unknown",
@@ -66,8 +67,8 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
           "accelerator: qtest, tcg or kvm (default: qtest where the binary "
           "has it, else tcg)", _one_of("qtest", "tcg", "kvm")),
     Param("membackend", "AVOCADO_VHOST_MEMBACKEND", "memfd",
-          "guest memory backend: memfd, memfile, hugetlbfs or shm",
-          _one_of("memfd", "memfile", "hugetlbfs", "shm")),
+          "guest memory backend: " + ", ".join(MEM_BACKENDS),
+          _one_of(*MEM_BACKENDS)),
     Param("hugetlbfs_path", "QTEST_HUGETLBFS_PATH", None,
           "a hugetlbfs mount, for membackend=hugetlbfs (default: the "
           "first one mounted)"),

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Callable, List
+from typing import IO, TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from ..qemu.launcher import call_in_launcher, die_with_parent
 from ..qemu.watch import FolderWatch
@@ -25,7 +25,8 @@ from .backends import BACKENDS, cleanup, ended, fill, listening
 if TYPE_CHECKING:
     from ..harness import Harness
 
-__all__ = ["ExternalBackend", "choose", "start", "ended", "deaths"]
+__all__ = ["ExternalBackend", "choose", "start", "start_backend", "ended",
+           "deaths"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def choose(test: "Harness", device: str) -> ExternalBackend:
     if chosen.device != device:
         test.cancel(f"a {device} scenario; the back-end under test "
                     f"({chosen.name}) serves {chosen.device}")
-    test.external_backend = chosen.name
+    test.found.external_backend = chosen.name
     return chosen
 
 
@@ -84,7 +85,7 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
                                  stdin=subprocess.PIPE,
                                  stdout=log, stderr=subprocess.STDOUT))
     test.log.info("external back-end %s: %s", name, " ".join(argv))
-    test.external_procs.append((name, proc))
+    test.found.external_procs.append((name, proc))
 
     def finish() -> None:
         how = ended(proc)
@@ -123,11 +124,29 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
 
 
 
+def start_backend(test: "Harness", name: str, queues: int = 1,
+                  device: str = "net",
+                  backend: Optional[ExternalBackend] = None
+                  ) -> Tuple["subprocess.Popen[bytes]", str]:
+    """Start the back-end under test (``-p backend=`` or ``-p
+    backend_cmd=``; or ``backend``, a test's own) listening at
+    ``<tmp>/<name>.sock``; CANCEL when there is none or it serves another
+    device.  Its output goes to ``<logdir>/<name>.log``.
+
+    :return: its process and its socket.
+    """
+    if backend is None:
+        backend = choose(test, device)
+    log = open(os.path.join(test.logdir, f"{name}.log"), "ab")
+    test.cleanup(log.close)
+    proc = start(test, backend, name, queues, log, test.cleanup)
+    return proc, test.socket_path(name)
+
 
 def deaths(test: "Harness") -> List[str]:
     """The back-ends of this test that died of a signal the test did not
     send (SIGKILL is how the reconnect scenarios stop one): a crash."""
     return [f"the external back-end {name} was {ended(proc)}"
-            for name, proc in test.external_procs
+            for name, proc in test.found.external_procs
             if proc.poll() is not None and proc.returncode < 0
             and proc.returncode != -signal.SIGKILL]

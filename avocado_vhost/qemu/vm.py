@@ -31,23 +31,15 @@ from .driver import DriverQueue, PackedDriverQueue
 from .launcher import (call_in_launcher, die_with_parent,
                        submit_to_launcher)
 from .machine import VhostMachine, early_events
+from .membackend import MEM_BACKENDS
 from .platform import BUFFER_WINDOW, PLATFORMS, RING_WINDOW, Platform
 from .qtest import QtestLink
 from .virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
                          config_space, find_function, modern_device_id)
 from .watch import FolderWatch
 
-__all__ = ["VMSpec", "VhostVM", "MEM_BACKENDS", "DEVICE_TYPES", "TRANSITIONAL",
-           "default_tmpdir",
-           "hugetlbfs_mounted"]
-
-#: memory backend name -> QEMU object type
-MEM_BACKENDS = {
-    "memfd": "memory-backend-memfd",
-    "memfile": "memory-backend-file",
-    "hugetlbfs": "memory-backend-file",
-    "shm": "memory-backend-shm",
-}
+__all__ = ["VMSpec", "VhostVM", "DEVICE_TYPES", "TRANSITIONAL",
+           "default_tmpdir"]
 
 _MTREE_RAM = re.compile(
     r"^\s+([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, ram\): (\S+)")
@@ -72,39 +64,6 @@ def default_tmpdir() -> str:
     """Where private temp dirs (sockets, memory files) go: short enough for
     108-byte UNIX socket paths.  ``AVOCADO_VHOST_TMPDIR`` moves it."""
     return os.environ.get("AVOCADO_VHOST_TMPDIR", "/tmp")
-
-
-def hugetlbfs_mounted(path: str) -> bool:
-    """Whether ``path`` is (inside) a hugetlbfs mount, from /proc/mounts."""
-    real = os.path.realpath(path)
-    best, fstype = "", ""
-    with open("/proc/mounts", encoding="utf-8") as mounts:
-        for line in mounts:
-            parts = line.split()
-            mnt = parts[1]
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and \
-                    len(mnt) > len(best):
-                best, fstype = mnt, parts[2]
-    return fstype == "hugetlbfs"
-
-
-def hugetlbfs_mounts() -> List[str]:
-    """Every hugetlbfs mount point, from /proc/mounts."""
-    with open("/proc/mounts", encoding="utf-8") as mounts:
-        return [line.split()[1] for line in mounts
-                if line.split()[2:3] == ["hugetlbfs"]]
-
-
-def huge_pages_free() -> int:
-    """Bytes of free huge pages of the default size (/proc/meminfo)."""
-    info = {}
-    with open("/proc/meminfo", encoding="utf-8") as meminfo:
-        for line in meminfo:
-            key, _, value = line.partition(":")
-            info[key] = value.split()
-    free = int(info.get("HugePages_Free", ["0"])[0])
-    size_kib = int(info.get("Hugepagesize", ["0"])[0])
-    return free * size_kib * 1024
 
 
 @dataclass
@@ -323,6 +282,11 @@ class VhostVM:
                 return log.read()
         except FileNotFoundError:
             return ""
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last ``lines`` lines QEMU wrote, on one line (`` | ``
+        between them): for a failure message."""
+        return " | ".join(self.log_text().strip().splitlines()[-lines:])
 
     def drive_device(self, features: int = 0, queues: Optional[int] = None,
                      queue_size: int = 256,

@@ -12,6 +12,10 @@ asserts on the same report the positive test does.
   log and the ring handoff;
 * :mod:`.traffic` -- frames both ways across a live migration, counted
   exactly once.
+* :mod:`.proxied` -- a conformance proxy in front of a back-end, and its
+  verdict asserted;
+* :mod:`.server_mode` -- QEMU listens on the socket, the back-end connects
+  and reconnects.
 
 A scenario takes the test (:class:`avocado_vhost.harness.Harness`) for its
 factories, waits and log; the harness does not import scenarios.

@@ -136,7 +136,7 @@ def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
         return None
     dst.wait_exit(test.scaled(timeout))
     return ("migration failed on the destination; destination QEMU: "
-            + test.qemu_output(dst, 4))
+            + dst.log_tail(4))
 
 
 @dataclass

@@ -16,6 +16,7 @@ import time
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.scenarios import loopback
 from avocado_vhost.scenarios.loopback import frames
+from avocado_vhost.scenarios.server_mode import launch_server_mode
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, Request
 from avocado_vhost.vhost_user.net import NetDevice, Port
@@ -185,7 +186,7 @@ class ReconnectUnderTraffic(Datapath):
         """
         port = Port()
         device = NetDevice(port)
-        vm, backend = self.launch_server_mode(device=device,
+        vm, backend = launch_server_mode(self, device=device,
                                               config=datapath_config())
         vm.drive_device(features=VirtioFeature.RING_INDIRECT_DESC, queues=2,
                         queue_size=QUEUE_SIZE)

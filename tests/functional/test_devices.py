@@ -13,6 +13,7 @@ from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE,
                                    BLK_QUEUES, BLK_SIZE, GPIO_LINES,
                                    device_config)
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
+from avocado_vhost import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 
@@ -111,16 +112,16 @@ class Devices(VhostUserTest):
         except Exception:  # refused at start-up: how it ended is judged
             code = vm.wait_exit(self.scaled(5))
             if code is not None and code < 0:
-                self.qemu_ended(vm, "on a gpio back-end without CONFIG")
+                triage.qemu_ended(self, vm, "on a gpio back-end without CONFIG")
             self.log.info("QEMU refused the device (status %s): %s", code,
-                          self.qemu_output(vm))
+                          vm.log_tail())
             return
         vm.drive_device(queues=2)
         if not vm.is_running():
-            self.qemu_ended(vm, "driving a gpio device whose back-end "
+            triage.qemu_ended(self, vm, "driving a gpio device whose back-end "
                             "lacks CONFIG")
         self.log.info("QEMU started the device; its output: %s",
-                      self.qemu_output(vm) or "(none)")
+                      vm.log_tail() or "(none)")
 
     def test_scmi(self):
         """vhost-user-scmi-pci (QEMU 8.1+): an ARM device.

@@ -26,6 +26,7 @@ from avocado_vhost.kit import external
 from avocado_vhost.kit.backends import DISK_SIZE
 from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.scenarios.migration import migrate, wait_migration
+from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request, VirtioFeature
 from avocado_vhost.vhost_user.blk import HEADER, S_OK, SECTOR, T_IN, T_OUT
@@ -47,12 +48,12 @@ class ExternalScenarios(VhostUserTest):
     own_backend = None
 
     def start_backend(self, name="ext", queues=1):
-        return self.start_external_backend(name, queues, self.DEVICE,
+        return external.start_backend(self, name, queues, self.DEVICE,
                                            self.own_backend)
 
     def through_proxy(self, queues=1, **spec):
         _, sock = self.start_backend("ext", queues)
-        proxy = self.make_proxy("proxy", sock)
+        proxy = make_proxy(self, "proxy", sock)
         vm = self.make_vm("vm", self.socket_path("proxy"), queues=queues,
                           **dict(self.VM_SPEC, **spec))
         return proxy, vm
@@ -63,7 +64,7 @@ class ExternalScenarios(VhostUserTest):
         deviation of the back-end listed with ``-p backend_allow=``."""
         self.log.info("verdict through the proxy: %s", proxy.violations
                       or "no violation on either side")
-        return self.check_proxy(proxy)
+        return check_proxy(self, proxy)
 
     def wait_requests(self, proxy, request, count, timeout=20.0):
         """Until the proxy relayed ``count`` ``request`` messages."""
@@ -76,7 +77,7 @@ class ExternalScenarios(VhostUserTest):
         again from scratch; the proxy records both conversations."""
         delay = 50 if self.caps.reconnect_ms else 1
         proc, _ = self.start_backend("ext")
-        proxy = self.make_proxy("proxy", self.socket_path("ext"))
+        proxy = make_proxy(self, "proxy", self.socket_path("ext"))
         vm = self.make_vm("vm", self.socket_path("proxy"), reconnect=delay,
                           **dict(self.VM_SPEC, **spec))
         vm.launch()
@@ -104,8 +105,8 @@ class ExternalScenarios(VhostUserTest):
         destination starts each ring at the base the source reported."""
         _, src_sock = self.start_backend("ext-src")
         _, dst_sock = self.start_backend("ext-dst")
-        src_proxy = self.make_proxy("src-proxy", src_sock)
-        dst_proxy = self.make_proxy("dst-proxy", dst_sock)
+        src_proxy = make_proxy(self, "src-proxy", src_sock)
+        dst_proxy = make_proxy(self, "dst-proxy", dst_sock)
         spec = dict(self.VM_SPEC, **spec)
         src = self.make_vm("src", self.socket_path("src-proxy"), **spec)
         uri = "unix:" + self.socket_path("migration")
@@ -174,9 +175,9 @@ class Verdict(ExternalScenarios):
                     "this test\n")
         self.allow_list = allow
         self.migrate_between_two(rings=2)
-        self.assertTrue(self.accepted_deviations)
+        self.assertTrue(self.found.accepted_deviations)
         self.assertTrue(all("allowed: the planted deviation" in a
-                            for a in self.accepted_deviations))
+                            for a in self.found.accepted_deviations))
 
     def test_a_back_end_that_crashes_fails_the_scenario(self):
         """The back-end aborts at SET_VRING_ENABLE, as the device starts:
@@ -347,7 +348,7 @@ class ExternalBlk(ExternalScenarios):
         capacity = (vm.device.config_read(0, 4)
                     | vm.device.config_read(4, 4) << 32)
         self.log.info("capacity read by the driver: %d sectors", capacity)
-        if self.external_backend != "custom":  # it serves the kit's {disk}
+        if self.found.external_backend != "custom":  # it serves the kit's {disk}
             self.assertEqual(capacity * SECTOR, DISK_SIZE,
                              "the capacity is not the disk image's size")
         self.verdict(proxy)

@@ -21,6 +21,7 @@ logged and written to ``fault_sweep.txt`` in the test's log directory.
 
 import os
 
+from avocado_vhost.scenarios.server_mode import launch_server_mode
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Fault, WaitTimeout
 
@@ -36,7 +37,7 @@ class FaultSweep(VhostUserTest):
     timeout = 240  # 33 VMs, one after another
 
     def startup_sequence(self):
-        vm, backend = self.launch_server_mode(name="ref",
+        vm, backend = launch_server_mode(self, name="ref",
                                               backend_name="ref")
         vm.drive_device(queues=RINGS)
         backend.wait_rings_started(RINGS, timeout=self.scaled(10))
@@ -47,7 +48,7 @@ class FaultSweep(VhostUserTest):
 
     def run_step(self, k, request):
         name = f"k{k}"
-        vm, backend = self.launch_server_mode(
+        vm, backend = launch_server_mode(self, 
             name=name, backend_name=name,
             faults=[Fault("disconnect", nth=k, connection=1)])
         vm.drive_device(queues=RINGS)

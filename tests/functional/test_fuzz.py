@@ -120,7 +120,7 @@ class RealBackend(FuzzTest):
                         f"({', '.join(sorted(BACKENDS))}) or -p "
                         "backend_cmd='COMMAND ... {socket} ...'")
         self.command = command
-        self.external_backend = name or "custom"
+        self.found.external_backend = name or "custom"
 
     def test_campaign(self):
         """A seeded campaign (``-p fuzz_seed``, ``-p fuzz_seconds``): every
@@ -134,7 +134,7 @@ class RealBackend(FuzzTest):
                                rings=findings.rings_limit(name),
                                known=lambda kind, request, detail:
                                findings.known_id(name, kind, request, detail))
-        self.backend_defects_found.extend(sorted(set(report.known)))
+        self.found.backend_defects.extend(sorted(set(report.known)))
         unknown = []
         for finding in report.findings:
             kind, detail, request = finding.signature
@@ -145,7 +145,7 @@ class RealBackend(FuzzTest):
             else:
                 self.log.error("known back-end defect %s found again: %s",
                                known.id, known.title)
-                self.backend_defects_found.append(known.id)
+                self.found.backend_defects.append(known.id)
         self.assertEqual(unknown, [], "the fuzzer found new defects in "
                          "the back-end (reproducers in the test's fuzz/ "
                          "folder)")
@@ -169,7 +169,7 @@ class RealBackend(FuzzTest):
                                      f"shows ({name}): fixed? update "
                                      "avocado_vhost/kit/findings.py")
                 self.assertEqual(outcome.kind, header["outcome"], name)
-                self.backend_defects_found.extend(d.id for d in carried)
+                self.found.backend_defects.extend(d.id for d in carried)
             elif outcome is not None and outcome.kind in FINDINGS:
                 # hanging up or exiting is fine; so is another known
                 # defect of this back-end (a leak shows anywhere)
@@ -180,7 +180,7 @@ class RealBackend(FuzzTest):
                                        outcome.detail)
                 self.assertIsNotNone(other, f"{name} also breaks this "
                                      f"back-end: {outcome.detail}")
-                self.backend_defects_found.append(other.id)
+                self.found.backend_defects.append(other.id)
 
 
 if __name__ == "__main__":

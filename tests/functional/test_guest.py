@@ -17,6 +17,7 @@ from avocado_vhost.known_defects import DEFECTS
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.scenarios import migration
 from avocado_vhost.scenarios.migration import migrate, wait_migration
+from avocado_vhost.guest.start import launch_guest_vm, start_guest
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 
@@ -37,7 +38,7 @@ class GuestTest(VhostUserTest):
     def traffic(self, options):
         """Boot; every echo request answered once, nothing lost or doubled;
         frames from the host all counted by the guest, exactly."""
-        guest = self.start_guest(options)
+        guest = start_guest(self, options)
         self.log.info("guest up: %s", options.describe())
         sent, received = guest.ping(PINGS)
         self.assertEqual((sent, received), (PINGS, PINGS),
@@ -140,7 +141,7 @@ class Guest(GuestTest):
         (the client) reconnects, the guest sees the link go down and up,
         and traffic resumes with nothing lost or doubled."""
         delay = 50 if self.caps.reconnect_ms else 1
-        guest = self.start_guest(self.options(), reconnect=delay)
+        guest = start_guest(self, self.options(), reconnect=delay)
         self.assertEqual(guest.ping(PINGS), (PINGS, PINGS),
                          guest.explain("no traffic before the drop"))
         changes = int(guest.run(f"cat {CARRIER_CHANGES}").split()[-1])
@@ -225,14 +226,14 @@ class GuestMigration(GuestTest):
         migration.need_log_fd(self)
         options = self.options()
         port = Port()
-        src = self.start_guest(options, name="src", backend_name="src",
+        src = start_guest(self, options, name="src", backend_name="src",
                                port=port)
         dst_be = self.make_backend("dst", backend_config(options),
                                    device=NetDevice(port))
         src.responder.poke = lambda: (src.backend.poke(), dst_be.poke())
         src.backend.vring_base_override = base_override
         uri = "unix:" + self.socket_path("migration")
-        dst, dst_console = self.launch_guest_vm("dst", dst_be, options,
+        dst, dst_console = launch_guest_vm(self, "dst", dst_be, options,
                                                 incoming=uri)
         monitor = RingHandoffMonitor(src.backend, dst_be)
         rx_before = src.rx_packets()

@@ -16,6 +16,7 @@ import os
 
 from avocado_vhost.devices import BLK_QUEUES, device_config
 from avocado_vhost.qemu import hotplug
+from avocado_vhost import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 from avocado_vhost.virtio import VirtioFeature
@@ -39,7 +40,7 @@ class Hotplug(VhostUserTest):
         try:
             hotplug.unplug(vm, device_id, SLOT, self.scaled(10))
         except hotplug.HotplugError as exc:
-            self.qemu_ended(vm, f"while unplugging {device_id}: {exc}")
+            triage.qemu_ended(self, vm, f"while unplugging {device_id}: {exc}")
 
     def unplug_and_plug_again(self, driver, kind, rings, **props):
         """``driver`` on the back-end of ``kind``, started, unplugged and
@@ -71,7 +72,7 @@ class Hotplug(VhostUserTest):
             except Exception as exc:
                 if vm.wait_exit(self.scaled(2)) is None:
                     raise  # QEMU runs on: another failure
-                self.qemu_ended(vm, f"when {driver} was plugged again "
+                triage.qemu_ended(self, vm, f"when {driver} was plugged again "
                                 f"({type(exc).__name__}: {exc})")
             backend.wait_rings_started(rings, timeout=self.scaled(10))
 
@@ -135,7 +136,7 @@ class Hotplug(VhostUserTest):
         except Exception as exc:  # QEMU gone under the monitor or qtest?
             if vm.wait_exit(self.scaled(2)) is None:
                 raise  # QEMU runs on: another failure
-            self.qemu_ended(vm, "after the unplug of a vhost-user-net device"
+            triage.qemu_ended(self, vm, "after the unplug of a vhost-user-net device"
                             " whose back-end had mapped a host notifier "
                             f"({type(exc).__name__}: {exc})")
         backend.wait_connected(2, timeout=self.scaled(10))

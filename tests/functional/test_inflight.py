@@ -23,6 +23,8 @@ from avocado_vhost.devices import BLK_CAPACITY, BLK_QUEUES, device_config
 from avocado_vhost.guest.boot import GuestOptions
 from avocado_vhost.known_defects import DEFECTS
 from avocado_vhost.scenarios import migration
+from avocado_vhost.guest.start import start_guest
+from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 from avocado_vhost.virtio import VirtioFeature
@@ -220,7 +222,7 @@ class Inflight(VhostUserTest):
         device = BlkDevice(self.disk, hold=held_when_even,
                            finish_on_stop=finish_on_stop)
         backend = self.make_backend("backend", self.config, device=device)
-        proxy = self.make_proxy("proxy", backend.listener_path)
+        proxy = make_proxy(self, "proxy", backend.listener_path)
         vm = self.make_vm("vm", self.socket_path("proxy"),
                           device="vhost-user-blk-pci",
                           device_opts=[f"num-queues={BLK_QUEUES}"])
@@ -242,7 +244,7 @@ class Inflight(VhostUserTest):
         stop clean."""
         proxy, done = self.stop_with_requests_held(finish_on_stop=True)
         self.assertEqual(len(done), REQUESTS)
-        self.check_proxy(proxy)
+        check_proxy(self, proxy)
 
     def test_negative_control_a_ring_stopped_with_requests_taken(self):
         """Negative control: a back-end that answers GET_VRING_BASE with
@@ -389,7 +391,7 @@ class InflightGuest(VhostUserTest):
                  f"{reconnect}",
                  "-device", f"vhost-user-blk-pci,chardev=vublk,"
                  f"num-queues={BLK_QUEUES}" + ("" if msix else ",vectors=0")]
-        guest = self.start_guest(GuestOptions(msix=msix), extra=extra)
+        guest = start_guest(self, GuestOptions(msix=msix), extra=extra)
         guest.run("for c in " + " ".join(GUEST_BLOCKS) + "; do "
                   "yes $c | tr -d '\\n' | head -c 4096 > /tmp/$c; done")
         taken = len(device.fetched)

@@ -30,6 +30,7 @@ import time
 
 from avocado_vhost.devices import FS_OPTIONS, FS_QUEUES, device_config
 from avocado_vhost.qemu.qtest import QtestError
+from avocado_vhost import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
                                       ProtocolFeature, Request, RingEvent,
@@ -55,7 +56,7 @@ class Interrupts(VhostUserTest):
             # QEMU died while handling the guest's write (DRIVER_OK starts
             # vhost synchronously): the qtest answer never came.
             if vm.wait_exit(self.scaled(5)) is not None:
-                self.qemu_died(vm, msix, "when the guest set DRIVER_OK")
+                triage.qemu_died(self, vm, msix, "when the guest set DRIVER_OK")
             raise
         try:
             backend.wait_for(
@@ -66,7 +67,7 @@ class Interrupts(VhostUserTest):
         except WaitTimeout:
             pass  # judged below, with what QEMU said
         if not vm.is_running():
-            self.qemu_died(vm, msix, "when the guest set DRIVER_OK")
+            triage.qemu_died(self, vm, msix, "when the guest set DRIVER_OK")
         # A ring starts at SET_VRING_KICK; QEMU hands over the call eventfd
         # it watches for the guest only after that (SET_VRING_CALL follows
         # the kick).  Until then the back-end holds the fd QEMU gave at

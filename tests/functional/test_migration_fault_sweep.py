@@ -150,7 +150,7 @@ class MigrationFaultSweep(VhostUserTest):
             code = vm.exitcode
             if code is not None and code < 0 and code != -signal.SIGKILL:
                 problems.append(f"{vm.name} QEMU killed by signal {-code} "
-                                f"on quit: {self.qemu_output(vm, 1)}")
+                                f"on quit: {vm.log_tail(1)}")
         return problems
 
     @staticmethod
@@ -220,8 +220,8 @@ class MigrationFaultSweep(VhostUserTest):
                     defect = known_defects.match(said, version)
                     if defect is not None:
                         row += f"  [KNOWN QEMU DEFECT {defect.id}]"
-                        if defect.id not in self.known_defects_found:
-                            self.known_defects_found.append(defect.id)
+                        if defect.id not in self.found.known_defects:
+                            self.found.known_defects.append(defect.id)
                     else:
                         row += "  <-- FINDING"
                         bad.append(row)
@@ -234,8 +234,8 @@ class MigrationFaultSweep(VhostUserTest):
             out.write(table + "\n")
         self.assertFalse(bad, "faults during a migration that did not end "
                          "cleanly:\n" + "\n".join(bad))
-        if self.known_defects_found:  # every other row ended cleanly
-            first, *others = self.known_defects_found
+        if self.found.known_defects:  # every other row ended cleanly
+            first, *others = self.found.known_defects
             self.cancel(f"KNOWN QEMU DEFECT {first} (not a pass)"
                         + (f", and {', '.join(others)}" if others else "")
                         + f": QEMU {self.caps.version} carries them; the "
@@ -262,7 +262,7 @@ class MigrationFaultSweep(VhostUserTest):
             ends=("completed", "failed", "cancelled", "postcopy-paused"))
         reached = any(e.request == "FAULT"
                       for e in pair.dst_backend.trace.select("event"))
-        said = [line for line in self.qemu_output(pair.dst, 6).split(" | ")
+        said = [line for line in pair.dst.log_tail(6).split(" | ")
                 if line.strip() and BENIGN not in line]
         judged = self.judged_alike(outcome, reached,
                                    self.quit_all(pair.dst, pair.src))

@@ -95,7 +95,7 @@ class Postcopy(VhostUserTest):
         if dst.events_or_exit([("RESUME", None)], self.scaled(30),
                               "the destination to run (postcopy)") is None:
             return [f"the destination died at the switch-over: "
-                    f"{self.qemu_output(dst, 6)}"], 0, dst_be
+                    f"{dst.log_tail(6)}"], 0, dst_be
         switchover = time.monotonic() - started
         dst_be.wait_rings_started(2, timeout=self.scaled(10))
 
@@ -134,7 +134,7 @@ class Postcopy(VhostUserTest):
                       ram.get("postcopy-requests"), ram.get("normal"),
                       ram.get("duplicate"), status)
         if status != "completed":
-            problems.append(f"migration {status}: {self.qemu_output(dst, 3)}")
+            problems.append(f"migration {status}: {dst.log_tail(3)}")
         out = [s.data for s in port.sent]
         damaged = sum(a != b for a, b in zip(out, sent))
         if damaged or len(out) != len(sent):

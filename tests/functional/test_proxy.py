@@ -5,6 +5,8 @@ guest memory included), both directions are decoded and both sides judged.
 """
 
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
+from avocado_vhost.dpdk import start_testpmd
+from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main
 
 #: what DPDK 22.11's vhost PMD prints once a device is started
@@ -23,7 +25,7 @@ class Proxy(VhostUserTest):
         reads the guest memory QEMU shows), and the proxy finds no fault
         on either side."""
         backend = self.make_backend("backend")
-        proxy = self.make_proxy("proxy", backend.listener_path)
+        proxy = make_proxy(self, "proxy", backend.listener_path)
         vm = self.make_vm("vm", self.socket_path("proxy"))
         self.start_vm(vm, backend)
         assert_guest_memory_agrees(self, vm, backend)
@@ -45,7 +47,7 @@ class Proxy(VhostUserTest):
             reply_bytes=lambda r, p: HEADER.pack(
                 int(Request.GET_PROTOCOL_FEATURES), VERSION | 0x4, 8)
             + bytes(8)))
-        proxy = self.make_proxy("proxy", backend.listener_path)
+        proxy = make_proxy(self, "proxy", backend.listener_path)
         vm = self.make_vm("vm", self.socket_path("proxy"))
         vm.launch()
         backend.wait_for(lambda: len(proxy.violations) > 0,
@@ -55,7 +57,7 @@ class Proxy(VhostUserTest):
                       "request GET_PROTOCOL_FEATURES", proxy.violations[0].text)
         # ... and the verdict the external scenarios assert fails on it
         with self.assertRaises(AssertionError) as ctx:
-            self.check_proxy(proxy)
+            check_proxy(self, proxy)
         self.assertIn("rules broken through the proxy", str(ctx.exception))
 
     def test_dpdk_vhost_pmd_behind_the_proxy(self):
@@ -63,10 +65,10 @@ class Proxy(VhostUserTest):
         the proxy: QEMU starts the device through it, and what either side
         did against the rules is listed (the verdict), decoded."""
         sock = self.socket_path("dpdk-vhost")
-        testpmd = self.make_testpmd(
+        testpmd = start_testpmd(self, 
             "testpmd", f"net_vhost0,iface={sock},queues=1",
             ["--forward-mode=io"])
-        proxy = self.make_proxy("proxy", sock)
+        proxy = make_proxy(self, "proxy", sock)
         vm = self.make_vm("vm", self.socket_path("proxy"))
         vm.launch()
         vm.drive_device(queues=2)

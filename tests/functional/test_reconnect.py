@@ -12,6 +12,7 @@ moment a connection ends (``reconnect_path``), so no delay is involved.
 """
 
 from avocado_vhost.devices import BLK_QUEUES, device_config
+from avocado_vhost.scenarios.server_mode import launch_server_mode
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause, Fault,
                                       FaultAction, Request, WaitTimeout)
@@ -40,7 +41,7 @@ class Reconnect(VhostUserTest):
     def test_reconnect(self):
         """The back-end drops a running device several times; each time
         QEMU renegotiates and restarts every ring."""
-        vm, backend = self.launch_server_mode()
+        vm, backend = launch_server_mode(self, )
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 1)
         for drop in range(DROPS):
@@ -50,7 +51,7 @@ class Reconnect(VhostUserTest):
 
     def test_connect_fail(self):
         """The back-end drops the connection at the very first request."""
-        vm, backend = self.launch_server_mode(
+        vm, backend = launch_server_mode(self, 
             faults=[Fault("disconnect", nth=1, connection=1)])
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 2)
@@ -65,7 +66,7 @@ class Reconnect(VhostUserTest):
 
         def per_connection(number, config):
             config.features = 0 if number == 2 else good
-        vm, backend = self.launch_server_mode(
+        vm, backend = launch_server_mode(self, 
             faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
                           connection=1)],
             on_connect=per_connection)
