@@ -16,13 +16,16 @@ back-end's lock (the two threads cannot deadlock through it).
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
 from .vhost_user import RingEvent, VhostUserBackend
+from .vhost_user.memory import AddressError
 from .vhost_user.state import Vring
+from .virtio import VirtioFeature
 
 __all__ = ["RingHandoffMonitor", "RingEventRecord"]
 
@@ -34,11 +37,31 @@ class RingEventRecord:
     ring: int
     event: RingEvent
     base: Optional[int]
+    #: the split ring's used idx in guest memory at that moment (None:
+    #: packed, behind a vIOMMU, or not mapped)
+    used_idx: Optional[int] = None
 
     def __str__(self) -> str:
         base = "" if self.base is None else f" base={self.base}"
+        used = "" if self.used_idx is None else f" used.idx={self.used_idx}"
         return (f"{self.time:8.4f} {self.side} ring {self.ring} "
-                f"{self.event.value}{base}")
+                f"{self.event.value}{base}{used}")
+
+
+def used_idx_in_memory(backend: VhostUserBackend, ring: Vring
+                       ) -> Optional[int]:
+    """The split ring's used idx as guest memory holds it now -- what the
+    driver sees -- or None where it cannot be read that simply (a packed
+    ring, addresses behind a vIOMMU, a ring not mapped)."""
+    state = backend.state
+    if ring.addr is None or state.behind_iommu or state.feature_acked(
+            VirtioFeature.RING_PACKED):
+        return None
+    try:
+        gpa = state.memory.uva_to_gpa(ring.addr.used)
+        return int(struct.unpack("<H", state.memory.read(gpa + 2, 2))[0])
+    except AddressError:
+        return None
 
 
 class RingHandoffMonitor:
@@ -73,9 +96,11 @@ class RingHandoffMonitor:
         other = "destination" if side == "source" else "source"
         base = (ring.reported_base if event is RingEvent.STOPPED
                 else ring.base)
+        # the back-end's own thread: its memory table cannot change now
+        used = used_idx_in_memory(backend, ring)
         with self._lock:
             record = RingEventRecord(time.monotonic() - self._t0, side,
-                                     ring.index, event, base)
+                                     ring.index, event, base, used)
             self.events.append(record)
             if event is RingEvent.STARTED:
                 self._running[side].add(ring.index)
@@ -96,10 +121,12 @@ class RingHandoffMonitor:
             events = list(self.events)
             found = list(self.overlaps)
         reported: Dict[int, int] = {}
+        used_left: Dict[int, Optional[int]] = {}
         for e in events:
             if e.side == "source" and e.event is RingEvent.STOPPED and \
                     e.base is not None:
                 reported[e.ring] = e.base
+                used_left[e.ring] = e.used_idx
         for e in events:
             if e.side != "destination" or e.event is not RingEvent.STARTED:
                 continue
@@ -110,6 +137,14 @@ class RingHandoffMonitor:
                 found.append(f"destination resumed ring {e.ring} at "
                              f"{e.base}, the source reported "
                              f"{reported[e.ring]}")
+            left = used_left.get(e.ring)
+            if left is not None and e.used_idx is not None and \
+                    left != e.used_idx:
+                found.append(
+                    f"ring {e.ring}'s used idx was {left} in the source's "
+                    f"memory when it stopped, {e.used_idx} in the "
+                    "destination's when it started: the source's last "
+                    "used-ring writes did not migrate (the dirty log)")
         return found
 
     def check(self) -> None:

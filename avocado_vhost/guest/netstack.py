@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 from ..vhost_user.net import Port, SentFrame
 
@@ -55,6 +55,10 @@ class Responder:
         self.guest_mac = b""
         #: ICMP echo sequence numbers seen, in order (duplicates show)
         self.echo_seqs: List[int] = []
+        #: the IPv4 identification of each of them: a seq seen twice with
+        #: the same id is one frame read twice (a ring or memory fault), with
+        #: another id a frame the guest really sent twice
+        self.echo_ip_ids: List[int] = []
         #: UDP frames to send the guest with every echo reply
         self.chatter = 0
         self._udp_seq = 0
@@ -115,6 +119,7 @@ class Responder:
             return None
         self.counts["echo requests"] += 1
         self.echo_seqs.append(struct.unpack("!H", icmp[6:8])[0])
+        self.echo_ip_ids.append(struct.unpack("!H", ip[4:6])[0])
         if self.chatter:  # host-to-guest traffic paced by the guest's pings
             frames = self.udp_frames(self.chatter)
             self.port.wire.extend(frames)
@@ -127,6 +132,29 @@ class Responder:
         header[10:12] = b"\0\0"
         header[10:12] = struct.pack("!H", checksum(bytes(header)))
         return src + HOST_MAC + b"\x08\x00" + bytes(header) + reply
+
+    def echo_anomalies(self, first: int, count: int) -> str:
+        """What is wrong with the echo requests seen from index ``first``
+        on, against seqs ``0 .. count-1`` each once: the seqs missing, and
+        each seq seen twice with its IPv4 ids and positions ("" when
+        nothing is wrong)."""
+        seqs = self.echo_seqs[first:]
+        ids = self.echo_ip_ids[first:]
+        missing = sorted(set(range(count)) - set(seqs))
+        where: Dict[int, List[str]] = {}
+        for pos, (seq, ip_id) in enumerate(zip(seqs, ids)):
+            where.setdefault(seq, []).append(f"#{pos} id {ip_id:#06x}")
+        doubled = {seq: at for seq, at in where.items() if len(at) > 1}
+        parts = []
+        if missing:
+            parts.append(f"missing seq {missing[:20]}")
+        if doubled:
+            parts.append("seen twice: " + "; ".join(
+                f"seq {seq} ({', '.join(at)})"
+                for seq, at in list(doubled.items())[:10]))
+        if not parts and seqs != list(range(count)):
+            parts.append(f"out of order: {seqs[:40]}")
+        return "; ".join(parts)
 
     def udp_frames(self, count: int, size: int = 100) -> List[bytes]:
         """``count`` UDP frames from the host to the guest (to its MAC, as
