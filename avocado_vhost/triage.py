@@ -25,7 +25,12 @@ from .vhost_user.records import Problem
 if TYPE_CHECKING:
     from .harness import Harness
 
-__all__ = ["report_if_known", "known_in_passing", "qemu_ended", "qemu_died"]
+__all__ = ["report_if_known", "known_in_passing", "qemu_ended", "qemu_died",
+           "EVIDENCE"]
+
+#: where a failure message's attached evidence begins (see
+#: :meth:`avocado_vhost.guest.run.GuestRun.explain`)
+EVIDENCE = "\n--- "
 
 
 def report_if_known(test: "Harness", failure: str) -> None:
@@ -35,7 +40,11 @@ def report_if_known(test: "Harness", failure: str) -> None:
     caps = getattr(test, "caps", None)
     if caps is None:
         return
-    defect = known_defects.match(failure, caps.version_tuple)
+    # The evidence a failure carries (a console's or a trace's tail, each
+    # after a "--- ... ---" line) is not what failed: a known defect the
+    # trace shows in passing must not turn another failure into its report.
+    own_words = failure.split(EVIDENCE, 1)[0]
+    defect = known_defects.match(own_words, caps.version_tuple)
     if defect is None:
         return
     test.found.known_defects.append(defect.id)
