@@ -16,6 +16,7 @@ not, and a :class:`DirtyLogReport` of what the destination sees.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MigrationPair", "start_pair", "migrate", "wait_migration",
            "MigrationOutcome", "wait_outcome",
-           "DirtyLogReport", "dirty_log_handoff", "LOG_CHUNK", "expected_log_size"]
+           "DirtyLogReport", "dirty_log_handoff", "LOG_CHUNK", "expected_log_size",
+           "ram_differences"]
 
 #: one u64 word of the dirty log covers 64 pages of 4 KiB
 LOG_CHUNK = 4096 * 64
@@ -137,6 +139,74 @@ def wait_migration(test: "Harness", src: VhostVM, dst: VhostVM,
     dst.wait_exit(test.scaled(timeout))
     return ("migration failed on the destination; destination QEMU: "
             + dst.log_tail(4))
+
+
+#: x86's legacy hole (VGA and ROM): pmemsave reads the ROM there, not the
+#: RAM the back-end maps
+_LEGACY_HOLE = (0xA0000, 0x100000)
+_PAGE = 4096
+
+
+def _compared_ranges(ranges: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """``(address, size)`` of the RAM to compare: the back-end's regions
+    without the legacy hole."""
+    out = []
+    lo, hi = _LEGACY_HOLE
+    for gpa, size in ranges:
+        end = gpa + size
+        for start, stop in ((gpa, min(end, lo)), (max(gpa, hi), end)):
+            if start < stop:
+                out.append((start, stop - start))
+    return out
+
+
+def ram_differences(test: "Harness", source: VhostUserBackend,
+                    dst: VhostVM, limit: int = 20) -> List[str]:
+    """The guest pages whose content the migration did not carry: the
+    source's RAM (stopped, read through its back-end's mapping) against
+    the destination's (paused before it ever ran, read by QEMU's
+    ``pmemsave``), page by page, over the RAM the back-end maps.
+
+    After a completed migration, with both sides stopped, they must be
+    equal byte for byte: a page the source back-end wrote and QEMU did not
+    send -- a write missing from the dirty log, or a log QEMU did not read
+    -- shows here, however the guest would have noticed it later.
+    """
+    found: List[str] = []
+    dump = os.path.join(test.workdir_short, "dst-ram")
+    ranges = _compared_ranges(list(source.state.memory.ram_ranges()))
+    compared = sum(size for _, size in ranges)
+    test.log.info("RAM compared, source against destination: %d pages in %s",
+                  compared // _PAGE, ", ".join(
+                      f"0x{gpa:x}+0x{size:x}" for gpa, size in ranges))
+    if not compared:
+        raise AssertionError("no RAM to compare: the source back-end maps "
+                             "none (a comparison of nothing proves nothing)")
+    try:
+        for start, length in ranges:
+            dst.qmp("pmemsave", val=start, size=length, filename=dump)
+            with open(dump, "rb") as saved:
+                theirs = saved.read()
+            ours = source.state.memory.read(start, length)
+            if ours == theirs:
+                continue
+            log = source.state.log
+            marked = log.marked if log is not None else set()
+            for off in range(0, length, _PAGE):
+                if ours[off:off + _PAGE] != theirs[off:off + _PAGE]:
+                    at = next(i for i in range(_PAGE)
+                              if ours[off + i] != theirs[off + i])
+                    who = ("the source back-end wrote and logged it"
+                           if (start + off) // _PAGE in marked else
+                           "never logged by the source back-end")
+                    found.append(f"page 0x{start + off:x} (first difference "
+                                 f"at +0x{at:x}; {who})")
+                    if len(found) >= limit:
+                        return found
+    finally:
+        if os.path.exists(dump):
+            os.unlink(dump)
+    return found
 
 
 @dataclass

@@ -20,7 +20,7 @@ import os
 import fcntl
 import stat
 import threading
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Set, Tuple
 
 from .error import MalformedMessage
 from .message import VHOST_LOG_PAGE, MemoryRegion
@@ -339,6 +339,10 @@ class DirtyLog:
                 f"cannot map dirty log of {size} bytes at offset {offset}: "
                 f"{exc}") from None
         self._lock = threading.Lock()
+        #: every page this back-end ever marked in this log (a page that
+        #: did not migrate is then known to have been logged or not);
+        #: bounded by :attr:`pages`
+        self.marked: Set[int] = set()
 
     def recheck(self) -> None:
         """As :meth:`GuestMemory.recheck`, for the log's file."""
@@ -365,6 +369,7 @@ class DirtyLog:
             for page in range(first, last + 1):
                 pos = self._skew + page // 8
                 self.map[pos] = self.map[pos] | (1 << (page % 8))
+                self.marked.add(page)
 
     def is_dirty(self, gpa: int) -> bool:
         page = gpa // VHOST_LOG_PAGE
