@@ -187,7 +187,7 @@ class ReconnectUnderTraffic(Datapath):
         port = Port()
         device = NetDevice(port)
         vm, backend = launch_server_mode(self, device=device,
-                                              config=datapath_config())
+                                         config=datapath_config())
         vm.drive_device(features=VirtioFeature.RING_INDIRECT_DESC, queues=2,
                         queue_size=QUEUE_SIZE)
         backend.wait_rings_started(2, timeout=self.scaled(10))

@@ -118,8 +118,8 @@ class Devices(VhostUserTest):
             return
         vm.drive_device(queues=2)
         if not vm.is_running():
-            triage.qemu_ended(self, vm, "driving a gpio device whose back-end "
-                            "lacks CONFIG")
+            triage.qemu_ended(self, vm, "driving a gpio device whose "
+                              "back-end lacks CONFIG")
         self.log.info("QEMU started the device; its output: %s",
                       vm.log_tail() or "(none)")
 

@@ -17,7 +17,8 @@ and fails on any other.
 import os
 import re
 
-from avocado_vhost.dpdk import SERVER_WAITING, start_testpmd
+from avocado_vhost import dpdk
+from avocado_vhost.dpdk import SERVER_WAITING
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause,
                                       VirtioFeature)
@@ -77,7 +78,7 @@ class VirtioUserTest(VhostUserTest):
             vdev += ",packed_vq=1"
         if server:
             vdev += ",server=1"
-        return start_testpmd(self, name, vdev, [
+        return dpdk.start_testpmd(self, name, vdev, [
             f"--forward-mode={mode}", f"--rxq={pairs}", f"--txq={pairs}"],
             until=SERVER_WAITING if server else None)
 

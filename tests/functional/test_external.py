@@ -49,7 +49,7 @@ class ExternalScenarios(VhostUserTest):
 
     def start_backend(self, name="ext", queues=1):
         return external.start_backend(self, name, queues, self.DEVICE,
-                                           self.own_backend)
+                                      self.own_backend)
 
     def through_proxy(self, queues=1, **spec):
         _, sock = self.start_backend("ext", queues)

@@ -38,7 +38,7 @@ class FaultSweep(VhostUserTest):
 
     def startup_sequence(self):
         vm, backend = launch_server_mode(self, name="ref",
-                                              backend_name="ref")
+                                         backend_name="ref")
         vm.drive_device(queues=RINGS)
         backend.wait_rings_started(RINGS, timeout=self.scaled(10))
         sequence = backend.trace.received(conn=1)
@@ -48,8 +48,8 @@ class FaultSweep(VhostUserTest):
 
     def run_step(self, k, request):
         name = f"k{k}"
-        vm, backend = launch_server_mode(self, 
-            name=name, backend_name=name,
+        vm, backend = launch_server_mode(
+            self, name=name, backend_name=name,
             faults=[Fault("disconnect", nth=k, connection=1)])
         vm.drive_device(queues=RINGS)
         try:

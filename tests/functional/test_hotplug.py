@@ -72,8 +72,8 @@ class Hotplug(VhostUserTest):
             except Exception as exc:
                 if vm.wait_exit(self.scaled(2)) is None:
                     raise  # QEMU runs on: another failure
-                triage.qemu_ended(self, vm, f"when {driver} was plugged again "
-                                f"({type(exc).__name__}: {exc})")
+                triage.qemu_ended(self, vm, f"when {driver} was plugged "
+                                  f"again ({type(exc).__name__}: {exc})")
             backend.wait_rings_started(rings, timeout=self.scaled(10))
 
     def test_gpio_unplug_stops_the_device_and_it_plugs_again(self):
@@ -136,9 +136,9 @@ class Hotplug(VhostUserTest):
         except Exception as exc:  # QEMU gone under the monitor or qtest?
             if vm.wait_exit(self.scaled(2)) is None:
                 raise  # QEMU runs on: another failure
-            triage.qemu_ended(self, vm, "after the unplug of a vhost-user-net device"
-                            " whose back-end had mapped a host notifier "
-                            f"({type(exc).__name__}: {exc})")
+            triage.qemu_ended(self, vm, "after the unplug of a vhost-user-net "
+                              "device whose back-end had mapped a host "
+                              f"notifier ({type(exc).__name__}: {exc})")
         backend.wait_connected(2, timeout=self.scaled(10))
         backend.wait_rings_started(2, timeout=self.scaled(10))
 

@@ -65,8 +65,8 @@ class Proxy(VhostUserTest):
         the proxy: QEMU starts the device through it, and what either side
         did against the rules is listed (the verdict), decoded."""
         sock = self.socket_path("dpdk-vhost")
-        testpmd = start_testpmd(self, 
-            "testpmd", f"net_vhost0,iface={sock},queues=1",
+        testpmd = start_testpmd(
+            self, "testpmd", f"net_vhost0,iface={sock},queues=1",
             ["--forward-mode=io"])
         proxy = make_proxy(self, "proxy", sock)
         vm = self.make_vm("vm", self.socket_path("proxy"))

@@ -51,8 +51,8 @@ class Reconnect(VhostUserTest):
 
     def test_connect_fail(self):
         """The back-end drops the connection at the very first request."""
-        vm, backend = launch_server_mode(self, 
-            faults=[Fault("disconnect", nth=1, connection=1)])
+        vm, backend = launch_server_mode(
+            self, faults=[Fault("disconnect", nth=1, connection=1)])
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 2)
         first = backend.trace.received(conn=1)
@@ -66,8 +66,8 @@ class Reconnect(VhostUserTest):
 
         def per_connection(number, config):
             config.features = 0 if number == 2 else good
-        vm, backend = launch_server_mode(self, 
-            faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
+        vm, backend = launch_server_mode(
+            self, faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
                           connection=1)],
             on_connect=per_connection)
         vm.drive_device(queues=2)
