@@ -51,8 +51,10 @@ class Step:
     ``connect``.
 
     msg: ``request``, ``flags`` and ``payload`` go out as they are;
-    hangup: the same, and the connection is closed at once, the answer
-    unread (a front-end that dies mid-request), then a new one opened;
+    hangup: the same (repeated, so that answers are still to be written:
+    see :data:`.wire.HANGUP_REPEATS`), and the connection is closed at
+    once, the answers unread (a front-end that dies mid-request), then a
+    new one opened;
     ``size`` overrides the header's size field (a header that lies);
     ``fds`` ride along as SCM_RIGHTS.  kick: the eventfd last sent as
     ring ``ring``'s kick fd is signalled.  poke: ``data`` is written at

@@ -42,6 +42,10 @@ ANSWERED, CLOSED, SILENT, ENDED, GREW = ("answered", "closed", "silent",
 _U64 = struct.Struct("=Q")
 #: a reply bigger than this is garbage, not a vhost-user message
 _MAX_REPLY = 1 << 20
+#: a hang-up step sends its message this many times (at most this many
+#: bytes) before it closes the connection
+HANGUP_REPEATS = 64
+HANGUP_BYTES = 16 << 10
 
 
 class SharedMemory:
@@ -156,8 +160,13 @@ class Wire:
         if self.sock is None:
             return CLOSED
         if step.kind == "hangup":
+            # The message several times over, then the close: answers are
+            # still to be written when the back-end meets the hang-up, on a
+            # busy machine too (one message alone races the close).
+            message = step.wire()
             try:
-                self.sock.sendall(step.wire())
+                self.sock.sendall(message * max(1, min(
+                    HANGUP_REPEATS, HANGUP_BYTES // len(message))))
             except OSError:
                 pass
             self.sent += 1

@@ -110,8 +110,9 @@ FINDINGS: Tuple[BackendDefect, ...] = (
         "A front-end that hangs up before reading an answer (QEMU killed "
         "mid-request) makes the back-end's write of that answer raise "
         "SIGPIPE, which kills contrib/vhost-user-blk and the bridge "
-        "instead of letting them see the hang-up: one GET_FEATURES and a "
-        "close.  qemu-storage-daemon ignores SIGPIPE and is not affected; "
+        "instead of letting them see the hang-up: GET_FEATURES (sent 64 "
+        "times in a row, so that an answer is still to be written when the "
+        "hang-up comes: once alone races the close) and a close.  qemu-storage-daemon ignores SIGPIPE and is not affected; "
         "neither are DPDK and virtiofsd.",
         ("libvhost-user-sigpipe.jsonl",), signal="SIGPIPE"),
     BackendDefect(
