@@ -144,14 +144,21 @@ def discover(target: Target, timeout: float) -> Tuple[int, int]:
 
 
 def _ask_u64(wire: Wire, request: Request) -> int:
+    """Ask a u64; a back-end that hangs up, resets the connection or says
+    nothing within the wire's timeout is a :class:`TargetError` (a clear
+    error for the user, never a traceback)."""
     assert wire.sock is not None
-    wire.sock.sendall(HEADER.pack(request, VERSION, 0))
     data = b""
-    while len(data) < 20:
-        chunk = wire.sock.recv(20 - len(data))
-        if not chunk:
-            raise TargetError(f"the back-end hung up on {request.name}")
-        data += chunk
+    try:
+        wire.sock.sendall(HEADER.pack(request, VERSION, 0))
+        while len(data) < 20:
+            chunk = wire.sock.recv(20 - len(data))
+            if not chunk:
+                raise TargetError(f"the back-end hung up on {request.name}")
+            data += chunk
+    except OSError as exc:  # a reset, a broken pipe, the wire's timeout
+        raise TargetError(f"the back-end did not answer {request.name}: "
+                          f"{exc}") from None
     return int.from_bytes(data[12:20], "little")
 
 
