@@ -1,6 +1,8 @@
-"""The ring handoff monitor flags overlaps and wrong resume positions."""
+"""The ring handoff monitor flags overlaps, wrong resume positions and a
+used idx that did not migrate."""
 
 import unittest
+from unittest import mock
 
 from avocado_vhost.handoff import RingHandoffMonitor
 from avocado_vhost.vhost_user import RingEvent, VhostUserBackend
@@ -47,6 +49,28 @@ class HandoffTest(unittest.TestCase):
         self.event(self.dst, 0, RingEvent.STARTED, base=0)
         self.assertIn("resumed ring 0 at 0, the source reported 9",
                       self.monitor.problems()[0])
+
+    def test_a_used_idx_that_did_not_migrate(self):
+        """The destination's memory holds another used idx than the source
+        left: the source's last used-ring writes were not carried."""
+        used = {"src": 7, "dst": 5}
+        with mock.patch("avocado_vhost.handoff.used_idx_in_memory",
+                        lambda backend, ring: used[backend.name]):
+            self.event(self.src, 0, RingEvent.STARTED)
+            self.event(self.src, 0, RingEvent.STOPPED, base=7)
+            self.event(self.dst, 0, RingEvent.STARTED, base=7)
+        problems = self.monitor.problems()
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("used idx was 7 in the source's memory when it "
+                      "stopped, 5 in the destination's", problems[0])
+
+    def test_the_same_used_idx_on_both_sides_is_clean(self):
+        with mock.patch("avocado_vhost.handoff.used_idx_in_memory",
+                        lambda backend, ring: 7):
+            self.event(self.src, 0, RingEvent.STARTED)
+            self.event(self.src, 0, RingEvent.STOPPED, base=7)
+            self.event(self.dst, 0, RingEvent.STARTED, base=7)
+        self.assertEqual(self.monitor.problems(), [])
 
     def test_destination_start_without_source_report(self):
         self.event(self.dst, 1, RingEvent.STARTED)
