@@ -4,9 +4,12 @@ A vhost-user back-end that runs as a thread inside a test.
 :class:`VhostUserBackend` is the server: it owns the thread, the socket
 (accepted in listen mode, or handed over by :meth:`~VhostUserBackend.connect`
 in connect mode, with reconnect), the kick eventfds of started rings, and
-the records a test reads.  Each connection is a :class:`.session.Session`,
-which decodes, judges, applies faults, calls the request's handler
-(:mod:`.handlers`) and answers.  The test thread never touches the socket;
+the records a test reads.  Its one event loop reads messages and kicks;
+each connection's messages go to a :class:`.session.Session` -- the
+protocol core, which does no I/O -- that decodes, judges, applies faults,
+calls the request's handler (:mod:`.handlers`) and says what to answer;
+the loop writes the answers.  A held message (a HOLD fault) only stops the
+reading of its socket.  The test thread never touches the socket;
 it reads the state and blocks on conditions with
 :meth:`~VhostUserBackend.wait_for` and its named variants, each bounded and
 each reporting what it saw on timeout.
@@ -14,8 +17,9 @@ each reporting what it saw on timeout.
 The layers, from the socket up::
 
     connection.Connection     bytes + SCM_RIGHTS fds, framing, timeouts
-    backend.VhostUserBackend  thread, poll loop, accept/reconnect, kicks
-    session.Session           decode -> judge -> fault -> handle -> answer
+    backend.VhostUserBackend  thread, poll loop, accept/reconnect, kicks,
+                              writes the answers, holds
+    session.Session           decode -> judge -> fault -> handle -> Outcome
     handlers.RequestHandlers  one typed method per request
     state.DeviceState         what the connection negotiated
     device.Device             the hosted data path (net.NetDevice)
@@ -50,20 +54,19 @@ import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import NET_FEATURES, NET_PROTOCOL_FEATURES, BackendConfig
-from .connection import (Connection, Listener, connect, read_eventfd,
-                         signal_eventfd)
+from .connection import (Connection, Listener, close_fds, connect,
+                         read_eventfd, signal_eventfd)
 from .device import Device
 from .error import (BackendFailure, ConnectionClosed, MalformedMessage,
                     PeerStuck, VhostUserError)
 from .faults import Fault
-from .handlers import CloseConnection
 from .iotlb import IOTLB_MISS, PERM_RO, PERM_WO
 from .message import (VRING_IDX_MASK, VRING_NOFD_FLAG, BackendRequest,
                       IotlbMsg, Payload, VirtioFeature, VringArea,
                       feature_names)
 from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
                       Records, RingEvent)
-from .session import Session
+from .session import Held, Outcome, Session
 from .state import DeviceState, Vring
 from .trace import Event, Trace
 from .waits import BackendWaits
@@ -131,6 +134,10 @@ class VhostUserBackend(BackendWaits):
         #: the state of the current (or last) connection
         self.state = DeviceState()
         self._session: Optional[Session] = None
+        self._conn: Optional[Connection] = None
+        #: a message a HOLD fault keeps, and until when (monotonic)
+        self._held: Optional[Held] = None
+        self._held_until = 0.0
         self._work = False
         self._waiters = 0
         self._cond = threading.Condition(threading.RLock())
@@ -227,10 +234,10 @@ class VhostUserBackend(BackendWaits):
         self.runstate = Runstate.STOPPING
         for fault in list(self.faults):  # a held answer must not delay this
             fault.release.set()
-        session = self._session
-        if session is not None:
+        conn = self._conn
+        if conn is not None:
             try:  # ends a select() on it at once; the thread closes it
-                session.conn.sock.shutdown(socket.SHUT_RDWR)
+                conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         self._wake()
@@ -310,15 +317,16 @@ class VhostUserBackend(BackendWaits):
                 with self._cond:
                     if self.stopping:
                         return
+                    self._resume_if_released()
                     watch, kicks = self._between_polls()
+                    timeout = self._poll_timeout(bool(kicks))
                 if watch != registered:
                     for fd in registered:
                         poller.unregister(fd)
                     for fd in watch:
                         poller.register(fd, select.POLLIN)
                     registered = watch
-                # Started rings are watched for stalls twice a second.
-                for fd, _ in poller.poll(_STALL_POLL_MS if kicks else None):
+                for fd, _ in poller.poll(timeout):
                     self._ready(fd, kicks)
                 # after the kicks that were waiting: those are progress
                 if kicks and self.device is not None:
@@ -349,8 +357,9 @@ class VhostUserBackend(BackendWaits):
             self.device.process_all()
         watch = [self._wake_r]
         kicks: Dict[int, int] = {}
-        if self._session is not None:
-            watch.append(self._session.conn.fileno())
+        if self._conn is not None:
+            if self._held is None:  # a held message holds only its socket
+                watch.append(self._conn.fileno())
             if self.device is not None:
                 kicks = {r.kick_fd: r.index
                          for r in self.state.vrings.values()
@@ -360,9 +369,20 @@ class VhostUserBackend(BackendWaits):
             watch.append(self._listener.fileno())
         return watch, kicks
 
+    def _poll_timeout(self, kicks: bool) -> Optional[int]:
+        """How long the poll may wait (ms; None: for ever): started rings
+        are looked at for stalls twice a second, and a held message is
+        let go at its fault's timeout."""
+        timeout: Optional[int] = _STALL_POLL_MS if kicks else None
+        if self._held is not None:
+            left = max(0, int((self._held_until - time.monotonic()) * 1000)
+                       + 1)
+            timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
     def _ready(self, fd: int, kicks: Dict[int, int]) -> None:
         """One fd the poll found readable."""
-        session = self._session
+        session, conn = self._session, self._conn
         if fd == self._wake_r:
             try:
                 os.read(self._wake_r, 4096)
@@ -373,8 +393,9 @@ class VhostUserBackend(BackendWaits):
             conn = self._listener.accept(self.config.message_timeout)
             with self._cond:
                 self._open(conn)
-        elif session is not None and fd == session.conn.fileno():
-            self._serve_one(session)
+        elif (session is not None and conn is not None
+              and fd == conn.fileno()):
+            self._serve_one(session, conn)
         elif fd in kicks:
             self._kicked(fd, kicks[fd])
 
@@ -403,8 +424,8 @@ class VhostUserBackend(BackendWaits):
             offered_features=self.config.features,
             offered_protocol_features=self.config.protocol_features,
             config=bytearray(self.config.config))
-        self._session = Session(self.connections, conn, self.state, self,
-                                self._cond)
+        self._session = Session(self.connections, self.state, self)
+        self._conn = conn
         self.runstate = Runstate.CONNECTED
         self.trace.event(self.connections, Event.CONNECTED)
         self._notify()
@@ -412,9 +433,17 @@ class VhostUserBackend(BackendWaits):
     def _close_connection(self, cause: DisconnectCause, detail: str) -> None:
         with self._cond:
             session, self._session = self._session, None
-            if session is None:
+            conn, self._conn = self._conn, None
+            if session is None or conn is None:
                 return
-            session.conn.close()
+            held, self._held = self._held, None
+            if held is not None:
+                close_fds(held.fds)
+                held.fault.release.wakers.remove(self._wake)
+                if cause is DisconnectCause.STOPPED:
+                    detail = ("back-end stopped while holding "
+                              f"{held.request.name}")
+            conn.close()
             session.handlers.stop_rings("disconnect")
             if self.device is not None:
                 self.device.reset()
@@ -436,10 +465,10 @@ class VhostUserBackend(BackendWaits):
             self.trace.event(self.connections, Event.RECONNECT_FAILED,
                              f"{path}: {exc}")
 
-    def _serve_one(self, session: Session) -> None:
-        session.conn.message_timeout = self.config.message_timeout
+    def _serve_one(self, session: Session, conn: Connection) -> None:
+        conn.message_timeout = self.config.message_timeout
         try:
-            header, raw, fds = session.conn.recv()
+            header, raw, fds = conn.recv()
         except ConnectionClosed as exc:
             if exc.partial:
                 self.record_error(f"{exc} (message cut short)")
@@ -452,13 +481,51 @@ class VhostUserBackend(BackendWaits):
             self._close_connection(DisconnectCause.MALFORMED, str(exc))
             return
         with self._cond:
-            try:
-                session.handle(header, raw, fds)
-            except CloseConnection as exc:
-                self._close_connection(exc.cause, exc.detail)
-            except ConnectionClosed as exc:  # while answering
-                self._close_connection(_cause(exc), str(exc))
+            self._carry_out(conn, session.handle(header, raw, fds,
+                                                 conn.late_fds))
             self._notify()
+
+    def _carry_out(self, conn: Connection, outcome: Outcome) -> None:
+        """Write what the session answered, then close or hold as it says
+        (call with the lock held)."""
+        sends = list(outcome.sends)
+        try:
+            while sends:
+                send = sends.pop(0)
+                try:
+                    conn.send(send.data, send.fds)
+                finally:
+                    if send.close_fds_after:
+                        close_fds(send.fds)
+        except ConnectionClosed as exc:  # while answering
+            for send in sends:
+                if send.close_fds_after:
+                    close_fds(send.fds)
+            self._close_connection(_cause(exc), str(exc))
+            return
+        if outcome.close is not None:
+            self._close_connection(outcome.close.cause, outcome.close.detail)
+        elif outcome.held is not None:
+            self._held = outcome.held
+            self._held_until = (time.monotonic()
+                                + outcome.held.fault.hold_timeout)
+            outcome.held.fault.release.wakers.append(self._wake)
+            outcome.held.fault.reached.set()  # the test acts meanwhile
+
+    def _resume_if_released(self) -> None:
+        """Answer the held message once the test released it or its
+        fault's time is up (call with the lock held)."""
+        held, session, conn = self._held, self._session, self._conn
+        if held is None or session is None or conn is None:
+            return
+        timed_out = time.monotonic() >= self._held_until
+        if not (held.fault.release.is_set() or timed_out):
+            return
+        self._held = None
+        held.fault.release.wakers.remove(self._wake)
+        self._carry_out(conn, session.resume(
+            held, timed_out and not held.fault.release.is_set()))
+        self._notify()
 
     # --- records (the session's and the device's host interface) ---------
     def record(self, problem: Problem, always: bool = False) -> None:

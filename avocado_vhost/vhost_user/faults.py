@@ -5,8 +5,10 @@ A :class:`Fault` picks messages (by request, by number on the connection,
 by any predicate) and does one :class:`FaultAction` to them: drop the
 connection before or after answering (a back-end that dies at a chosen
 message), answer with other bytes, fail the request, or hold the answer
-until the test releases it (a back-end that answers, and applies, late).  The session applies them
-(:mod:`.session`); nothing else in the back-end knows about faults.
+until the test releases it (a back-end that answers, and applies, late).
+The session picks the fault and says what it does (:mod:`.session`); the
+server carries it out: a held message only stops the reading of its socket,
+while kicks, calls and the test's requests are served on.
 """
 
 from __future__ import annotations
@@ -14,11 +16,27 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from .message import Payload, Request
 
-__all__ = ["FaultAction", "Fault"]
+__all__ = ["FaultAction", "Fault", "Release"]
+
+
+class Release(threading.Event):
+    """The test's "go on" for a held message: an event whose ``set()``
+    also wakes the back-end that holds on it, whose loop waits on its
+    sockets and not on this event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: called after every set(): the holder's wake-up
+        self.wakers: List[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for wake in list(self.wakers):
+            wake()
 
 
 class FaultAction(str, enum.Enum):
@@ -59,7 +77,7 @@ class Fault:
     connection: Optional[int] = None
     times: int = 1
     reply_bytes: Optional[Callable[[Request, Payload], bytes]] = None
-    release: threading.Event = field(default_factory=threading.Event)
+    release: Release = field(default_factory=Release)
     #: Set when a ``hold`` fault starts holding (the test may act then).
     reached: threading.Event = field(default_factory=threading.Event)
     hold_timeout: float = 30.0

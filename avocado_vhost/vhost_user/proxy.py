@@ -14,9 +14,10 @@ rings live in shared memory, so the data path never touches the proxy.
 Both sides are judged:
 
 * the front-end by the same conformance rules as the in-process back-end:
-  a *judge* (a :class:`VhostUserBackend` without a device) is fed a copy of
-  every request, after the real back-end's answers to GET_FEATURES and
-  friends have told it what to offer; its violations are the front-end's;
+  a :class:`.judge.Judge` -- the protocol core, fed directly in the relay's
+  thread -- gets a copy of every request, after the real back-end's
+  answers to GET_FEATURES and friends have told it what to offer; its
+  violations are the front-end's;
 * the back-end by the reply rules of the spec: a reply for every request
   that needs one (REPLY_BODY, or NEED_REPLY with REPLY_ACK), with the
   REPLY flag and the version bits, the request's number and the payload
@@ -38,16 +39,14 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from typing import (Any, Callable, Deque, Dict, List, Optional, Set,
+from typing import (Callable, Deque, Dict, List, Optional, Set,
                     Tuple)
 
-from .backend import VhostUserBackend
-from .config import BackendConfig
 from .connection import (Connection, Listener, close_fds, connect)
 from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
                     WaitTimeout)
-from .frontend import FrontEnd
-from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY, U64,
+from .judge import Judge
+from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY,
                       VERSION, BackendRequest, Header, ProtocolFeature,
                       Request, VirtioFeature, VringState, decode_payload,
                       decode_reply, request_name)
@@ -57,10 +56,8 @@ from .trace import Event, Trace, TraceKind
 __all__ = ["Proxy"]
 
 #: Replies whose value tells the judge what the back-end offers.
-_OFFERS = {Request.GET_FEATURES: "features",
-           Request.GET_PROTOCOL_FEATURES: "protocol_features",
-           Request.GET_QUEUE_NUM: "queue_num",
-           Request.GET_MAX_MEM_SLOTS: "max_mem_slots"}
+_OFFERS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+                     Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS})
 
 
 
@@ -91,7 +88,7 @@ class Proxy:
         self.trace = Trace(name)
         self._violations: List[Problem] = []
         #: one per front-end connection: the front-end's conformance
-        self._judges: List[VhostUserBackend] = []
+        self._judges: List[Judge] = []
         self.errors: List[Problem] = []
         self.connections = 0
         self.backend_path = backend
@@ -150,17 +147,14 @@ class Proxy:
                     f"{self.trace.tail(15)}")
 
     def wait_violations(self, count: int, timeout: float) -> None:
-        """Until ``count`` violations in all were recorded (the front-end's
-        are judged in the judge's thread, a moment after the message).
+        """Until ``count`` violations in all were recorded (both sides are
+        judged in the relay's thread, before the message is counted as
+        relayed).
 
         :raise WaitTimeout: not within ``timeout`` s; says what was seen.
         """
-        with self._lock:
-            judge = self._judges[-1] if self._judges else None
-        if judge is None:
-            raise WaitTimeout(f"no front-end ever connected to {self.name}")
-        judge.wait_for(lambda: len(self.violations) >= count,
-                       f"{count} violation(s) through {self.name}", timeout)
+        self.wait_for(lambda: len(self.violations) >= count,
+                      f"{count} violation(s) through {self.name}", timeout)
 
     def describe(self) -> str:
         return (f"proxy {self.name}: {self.connections} connection(s), "
@@ -243,32 +237,14 @@ class _Pair:
         #: back-end last reported; rings kicked since (started)
         self.bases: Dict[int, int] = {}
         self.started: Set[int] = set()
-        self.judge = VhostUserBackend(f"{proxy.name}-judge", BackendConfig(
-            features=0, protocol_features=0, max_mem_slots=32, judge=True))
+        self.judge = Judge(f"{proxy.name}-judge", self.cid,
+                           proxy.message_timeout)
         with proxy._lock:
             proxy._judges.append(self.judge)
-        self.judge_fe, conn = FrontEnd.pair(proxy.message_timeout)
-        self.judge.adopt(conn)
-        self.judge.start()
+        #: requests not yet judged: one that asks what the back-end offers
+        #: waits for the back-end's answer, and those after it with it
         self.judge_queue: Deque[Tuple[Header, bytes, List[int],
                                       Optional[Request]]] = collections.deque()
-        self._judge_closed = False
-        #: messages passed to the judge so far (it handles them in its own
-        #: thread, a moment later)
-        self.judge_fed = 0
-        self._drainer = threading.Thread(target=self._drain_judge,
-                                         daemon=True)
-        self._drainer.start()
-
-    def _drain_judge(self) -> None:
-        """The judge answers like a back-end; nobody needs its answers."""
-        while not self._judge_closed:
-            try:
-                self.judge_fe.recv()
-            except TimeoutError:
-                continue
-            except Exception:  # closed (by us or by the judge)
-                return
 
     def relay(self) -> None:
         proxy = self.proxy
@@ -279,7 +255,7 @@ class _Pair:
             self.proxy._error(f"cannot reach the back-end at "
                               f"{self.proxy.backend_path}: {exc}")
             self.front.close()
-            self._close_judge()
+            self.judge.close()
             return
         proxy._event(self.cid, Event.BACK_END_CONNECTED)
         why = "stopped"
@@ -293,17 +269,7 @@ class _Pair:
                     conn.close()
             for _, _, fds, _ in self.judge_queue:
                 close_fds(fds)
-            self._close_judge()
-
-    def _close_judge(self) -> None:
-        self._judge_closed = True
-        try:
-            self.judge_fe.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.judge.stop()
-        self._drainer.join(5)
-        self.judge_fe.close()
+            self.judge.close()
 
     def _loop(self) -> str:
         assert self.back is not None
@@ -399,16 +365,9 @@ class _Pair:
                                          for p in self.pending):
                 return
             self.judge_queue.popleft()
-            try:
-                # as sent: the flags are judged too (NEED_REPLY without
-                # REPLY_ACK); the judge's answers are drained
-                self.judge_fe.send_raw(HEADER.pack(
-                    header.request, header.flags, header.size) + raw, fds)
-                self.judge_fed += 1
-            except OSError:
-                pass  # the judge hung up on a malformed message
-            finally:
-                close_fds(fds)
+            # as sent: the flags are judged too (NEED_REPLY without
+            # REPLY_ACK)
+            self.judge.feed(header, raw, fds)
 
     # --- back-end -> front-end ------------------------------------------------
     def _from_back(self, header: Header, raw: bytes, fds: List[int]) -> None:
@@ -449,13 +408,7 @@ class _Pair:
             proxy._violation("back-end", f"{where} has version bits "
                              f"{header.version}, not {VERSION}")
         if want.request in _OFFERS and payload is not None:
-            value = int(getattr(payload, "value", 0))
-            with self.judge.lock():  # what the judge offers from now on
-                setattr(self.judge.config, _OFFERS[want.request], value)
-                if want.request is Request.GET_FEATURES:
-                    self.judge.state.offered_features = value
-                elif want.request is Request.GET_PROTOCOL_FEATURES:
-                    self.judge.state.offered_protocol_features = value
+            self.judge.offer(want.request, int(getattr(payload, "value", 0)))
         if want.request is Request.GET_VRING_BASE and isinstance(
                 payload, VringState) and isinstance(want.payload,
                                                     VringState):
@@ -475,24 +428,6 @@ class _Pair:
             self.started.discard(ring)
             self.bases[ring] = payload.num
 
-    def _judge_caught_up(self) -> bool:
-        """Wait (bounded) until the judge has handled every message passed
-        to it: the rings' addresses and the memory table are read from its
-        state, which lags the relay by a thread switch -- on a busy machine
-        by the whole of a short conversation.  A judge that cannot catch up
-        is an error of the proxy's, never a silent pass."""
-        judge = self.judge
-        try:
-            judge.wait_for(lambda: judge.messages >= self.judge_fed
-                           or not judge.connected,
-                           f"the judge to handle the {self.judge_fed} "
-                           "message(s) passed to it",
-                           self.proxy.message_timeout, errors_end_it=False)
-        except WaitTimeout as exc:
-            self.proxy._error(f"a stop not judged: {exc}")
-            return False
-        return judge.connected
-
     def _judge_stop_with_requests_taken(self, where: str, ring: int,
                                         base: int) -> None:
         """A split ring stopped by GET_VRING_BASE must have every request
@@ -502,23 +437,18 @@ class _Pair:
         The used index is read from guest memory through the judge's own
         mapping; a ring the judge cannot locate is not judged.
         """
-        judge = self.judge
-        if not self._judge_caught_up():
+        state = self.judge.state  # judged up to this reply's request
+        vring = state.vrings.get(ring)
+        if (vring is None or vring.addr is None
+                or state.feature_acked(VirtioFeature.RING_PACKED)
+                or state.protocol_negotiated(
+                    ProtocolFeature.GET_VRING_BASE_INFLIGHT)):
             return
-        with judge.lock():
-            state = judge.state
-            vring = state.vrings.get(ring)
-            if (vring is None or vring.addr is None
-                    or state.feature_acked(VirtioFeature.RING_PACKED)
-                    or state.protocol_negotiated(
-                        ProtocolFeature.GET_VRING_BASE_INFLIGHT)):
-                return
-            try:
-                gpa = state.memory.uva_to_gpa(vring.addr.used)
-                used = int.from_bytes(state.memory.read(gpa + 2, 2),
-                                      "little")
-            except (LookupError, ValueError):
-                return
+        try:
+            gpa = state.memory.uva_to_gpa(vring.addr.used)
+            used = int.from_bytes(state.memory.read(gpa + 2, 2), "little")
+        except (LookupError, ValueError):
+            return
         taken = (base - used) & 0xFFFF
         if taken:
             self.proxy._violation(

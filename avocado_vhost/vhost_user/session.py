@@ -1,8 +1,12 @@
 """
 One connection's conversation: a message in, what to do about it out.
 
-:class:`Session` takes one received message (header, raw payload, fds) and
-carries it through the same steps every time:
+:class:`Session` is the protocol core.  It does no I/O, starts no thread and
+takes no lock: it is handed one received message (header, raw payload, fds)
+and returns an :class:`Outcome` -- the answers to send, whether to close
+the connection, or a message to hold.  The back-end's event loop
+(:mod:`.backend`), the proxy's judge (:mod:`.proxy`) and the unit tests all
+feed it the same way.  Every message goes through the same steps:
 
 1. **decode** -- header version and REPLY bit, payload size, fd count
    (:mod:`.message`); a failure is an error, and the connection survives
@@ -14,19 +18,19 @@ carries it through the same steps every time:
 4. **handle** -- the request's typed method (:mod:`.handlers`);
 5. **answer** -- the reply payload, or a REPLY_ACK when one is asked for.
 
-It ends the connection by raising :class:`.handlers.CloseConnection`; the
-server (:mod:`.backend`) closes and records why.  The session runs with the
-back-end's lock held, and lets go of it only while a fault holds an answer.
+A held message (a HOLD fault) comes back as :attr:`Outcome.held`; the
+caller resumes it with :meth:`Session.resume` once the test released it,
+and meanwhile reads nothing more from that connection.
 """
 
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from .conformance import check as conformance_check
 from .conformance import observe as conformance_observe
-from .connection import Connection, close_fds
+from .connection import close_fds
 from .error import (FdCountError, MalformedMessage, ProtocolError,
                     UnknownRequest)
 from .faults import Fault, FaultAction
@@ -55,38 +59,94 @@ if TYPE_CHECKING:
 
         def record(self, problem: Problem) -> None: ...
 
-        @property
-        def stopping(self) -> bool: ...
+__all__ = ["Session", "Outcome", "Send", "Held"]
 
-__all__ = ["Session"]
+
+@dataclass
+class Send:
+    """One answer to write, in order, with the fds to pass along."""
+
+    data: bytes
+    fds: Sequence[int] = ()
+    #: the fds are the handler's own temporary ones: close them once sent
+    close_fds_after: bool = False
+
+
+@dataclass
+class Held:
+    """A message a HOLD fault keeps unanswered (and unapplied)."""
+
+    fault: Fault
+    header: Header
+    request: Request
+    payload: Payload
+    fds: List[int]
+    msgno: int
+
+
+@dataclass
+class Outcome:
+    """What the caller does once a message was handled: write
+    :attr:`sends` in order, then close the connection if :attr:`close`
+    says so; or, with :attr:`held`, read no more of this connection until
+    the fault's release (and then :meth:`Session.resume`)."""
+
+    sends: List[Send] = field(default_factory=list)
+    close: Optional[CloseConnection] = None
+    held: Optional[Held] = None
 
 
 class Session:
-    """The conversation on connection number ``number``.
+    """The conversation on connection number ``number``; call
+    :meth:`handle` with the back-end's lock held, if it has one."""
 
-    :param lock: the back-end's lock, held while :meth:`handle` runs.
-    """
-
-    def __init__(self, number: int, conn: Connection, state: DeviceState,
-                 host: "SessionHost", lock: threading.Condition):
+    def __init__(self, number: int, state: DeviceState,
+                 host: "SessionHost"):
         self.number = number
-        self.conn = conn
         self.state = state
         self.host = host
         self.handlers = RequestHandlers(state, host, number)
         self.messages = 0
-        self._lock = lock
+        self._out: List[Send] = []
 
     # --- the steps --------------------------------------------------------
-    def handle(self, header: Header, raw: bytes, fds: List[int]) -> None:
+    def handle(self, header: Header, raw: bytes, fds: List[int],
+               late_fds: int = 0) -> Outcome:
         """Decode, judge, apply faults, handle and answer one message.
 
-        :raise CloseConnection: the connection must end.
+        :param late_fds: fds that came after the message's first byte.
         """
+        self._out = []
+        try:
+            held = self._handle(header, raw, fds, late_fds)
+        except CloseConnection as exc:
+            return Outcome(self._take(), close=exc)
+        return Outcome(self._take(), held=held)
+
+    def resume(self, held: Held, timed_out: bool = False) -> Outcome:
+        """Go on with a held message: handle and answer it."""
+        self._out = []
+        if timed_out:
+            self.host.trace.event(self.number, Event.HOLD_TIMEOUT,
+                                  f"{held.request.name} held "
+                                  f"{held.fault.hold_timeout}s")
+        try:
+            self._answer(held.header, held.request, held.payload, held.fds,
+                         held.msgno, held.fault)
+        except CloseConnection as exc:
+            return Outcome(self._take(), close=exc)
+        return Outcome(self._take())
+
+    def _take(self) -> List[Send]:
+        out, self._out = self._out, []
+        return out
+
+    def _handle(self, header: Header, raw: bytes, fds: List[int],
+                late_fds: int) -> Optional[Held]:
         self.messages += 1
         msgno = self.messages
         if self._postcopy_ack(header, raw, fds):
-            return
+            return None
         try:
             req, payload = self._decode(header, raw, fds)
         except ProtocolError as exc:
@@ -98,14 +158,14 @@ class Session:
             self._problem(ProblemKind.ERROR, f"message {msgno}: {exc}",
                           msgno)
             self._after_bad_message(header, exc)
-            return
+            return None
         self.host.trace.add(self.number, TraceKind.RX, req.name,
                             header.flags, header.size, len(fds), payload)
         violations = conformance_check(req, payload, header, self.state,
                                        self.host.config.max_rings)
-        if self.conn.late_fds:
+        if late_fds:
             violations.append(
-                f"{self.conn.late_fds} fd(s) arrived after the first read of "
+                f"{late_fds} fd(s) arrived after the first read of "
                 "the message: the front-end should send them with the "
                 "header's first byte")
         conformance_observe(req, payload, self.state)
@@ -115,10 +175,21 @@ class Session:
                           msgno, req)
         fault = self._fault_for(msgno, req, payload)
         if fault is not None:
-            self._before(fault, msgno, req, fds)
+            if fault.action is FaultAction.DISCONNECT:
+                close_fds(fds)
+                raise CloseConnection(DisconnectCause.FAULT, f"disconnect at"
+                                      f" message {msgno} ({req.name})")
+            if fault.action is FaultAction.HOLD:
+                return Held(fault, header, req, payload, fds, msgno)
             if fault.action is FaultAction.FAIL:
                 self._fail(header, req, fds, msgno)
-                return
+                return None
+        self._answer(header, req, payload, fds, msgno, fault)
+        return None
+
+    def _answer(self, header: Header, req: Request, payload: Payload,
+                fds: List[int], msgno: int, fault: Optional[Fault]) -> None:
+        """Handle the request and queue its answer."""
         answer = self._call(header, req, payload, fds, msgno)
         if answer is None:
             return  # refused, and the refusal was the answer
@@ -128,13 +199,9 @@ class Session:
             data = fault.reply_bytes(req, payload)
             self.host.trace.add(self.number, TraceKind.TX, req.name, 0,
                                 len(data), 0, f"fault reply {data.hex()}")
-            self.conn.send(data)
+            self._out.append(Send(data))
         elif isinstance(reply, WithFds):
-            try:
-                self.send(req, reply.payload, reply.fds)
-            finally:
-                if reply.close_after:
-                    close_fds(reply.fds)
+            self.send(req, reply.payload, reply.fds, reply.close_after)
         elif reply is not None:
             self.send(req, reply)
         elif header.need_reply and self._reply_ack:
@@ -251,14 +318,15 @@ class Session:
     def _reply_ack(self) -> bool:
         return self.state.protocol_negotiated(ProtocolFeature.REPLY_ACK)
 
-    def send(self, req: Request, payload: Payload,
-             fds: Sequence[int] = ()) -> None:
+    def send(self, req: Request, payload: Payload, fds: Sequence[int] = (),
+             close_fds_after: bool = False) -> None:
+        """Queue the answer ``payload`` to ``req``."""
         data = encode(req, payload, VERSION | FLAG_REPLY)
         # Traced first: once sent, the peer (and the test) may act on it.
         self.host.trace.add(self.number, TraceKind.TX, req.name,
                             VERSION | FLAG_REPLY, len(data) - 12, len(fds),
                             payload)
-        self.conn.send(data, fds)
+        self._out.append(Send(data, fds, close_fds_after))
 
     # --- faults -----------------------------------------------------------
     def _fault_for(self, msgno: int, req: Request,
@@ -272,30 +340,6 @@ class Session:
                 return fault
         return None
 
-    def _before(self, fault: Fault, msgno: int, req: Request,
-                fds: List[int]) -> None:
-        """What a fault does before the request is handled."""
-        if fault.action is FaultAction.DISCONNECT:
-            close_fds(fds)
-            raise CloseConnection(DisconnectCause.FAULT, f"disconnect at "
-                                  f"message {msgno} ({req.name})")
-        if fault.action is not FaultAction.HOLD:
-            return
-        fault.reached.set()
-        self._lock.release()  # the test acts meanwhile, under this lock
-        try:
-            released = fault.release.wait(fault.hold_timeout)
-        finally:
-            self._lock.acquire()
-        if not released:
-            self.host.trace.event(self.number, Event.HOLD_TIMEOUT,
-                                  f"{req.name} held {fault.hold_timeout}s")
-        if self.host.stopping:
-            close_fds(fds)
-            raise CloseConnection(DisconnectCause.STOPPED, "back-end "
-                                  f"stopped while holding {req.name}")
-
     def _problem(self, kind: ProblemKind, text: str, msgno: int,
                  req: Optional[Request] = None) -> None:
         self.host.record(Problem(kind, text, self.number, msgno, req))
-

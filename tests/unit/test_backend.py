@@ -732,6 +732,31 @@ class FaultsAndWaits(BackendTestCase):
         self.assertFalse(stopper.is_alive())
         self.assertTrue(self.fe.closed_by_peer())
 
+    def test_a_held_message_holds_only_its_socket(self):
+        """While an answer is held, the back-end's loop serves on: the
+        test's drop of the connection is carried out at once, not after
+        the hold, and the held message's fds go with the connection."""
+        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=60)
+        self.backend.faults.append(hold)
+        self.fe.send(Request.GET_FEATURES)
+        self.assertTrue(hold.reached.wait(2))
+        self.backend.disconnect()
+        self.assertTrue(self.fe.closed_by_peer(timeout=5),
+                        "the drop waited for the held answer")
+        self.backend.wait_for(lambda: 1 in self.backend.disconnects,
+                              "the end of connection 1", timeout=5)
+        self.assertIs(self.backend.disconnects[1].cause,
+                      DisconnectCause.DROPPED)
+
+    def test_a_hold_that_times_out_is_answered_and_traced(self):
+        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=0.2)
+        self.backend.faults.append(hold)
+        self.fe.send(Request.GET_FEATURES)
+        self.fe.recv()  # answered once the hold's time was up
+        events = [e.detail for e in self.backend.trace.select("event")
+                  if e.request == "HOLD-TIMEOUT"]
+        self.assertEqual(events, ["GET_FEATURES held 0.2s"])
+
     def test_wait_timeout_says_what_it_saw(self):
         with self.assertRaises(WaitTimeout) as ctx:
             self.backend.wait_rings_started(2, timeout=0.1)
