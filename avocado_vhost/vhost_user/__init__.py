@@ -17,10 +17,15 @@ Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 ``message``      wire format: request and reply payloads, flags, fd rules
 ``connection``   transport: UNIX socket, SCM_RIGHTS fds, framing
 ``config``       what a back-end offers (BackendConfig)
-``backend``      the server: thread, accept/reconnect, kicks, records
+``backend``      the server: one event loop (accept/reconnect, messages,
+                 kicks, holds), writes the answers, keeps the records
 ``waits``        the test's side: bounded waits and the verdict (check)
-``session``      one connection: decode, judge, fault, handle, answer
-``handlers``     one typed method per request, and the ring lifecycle
+``session``      the protocol core, no I/O: a message in, an Outcome out
+                 (decode, judge, fault, handle, answer)
+``handlers``     one typed method per request, in one explicit table built
+                 from a group per concern (negotiation, rings, mappings,
+                 carried state, objects)
+``judge``        the session fed by the proxy to judge a front-end
 ``conformance``  rules the front-end must follow
 ``faults``       scripted misbehaviour (Fault, FaultAction)
 ``records``      typed records: problems, disconnects, ring events

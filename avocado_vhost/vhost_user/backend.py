@@ -14,15 +14,7 @@ it reads the state and blocks on conditions with
 :meth:`~VhostUserBackend.wait_for` and its named variants, each bounded and
 each reporting what it saw on timeout.
 
-The layers, from the socket up::
-
-    connection.Connection     bytes + SCM_RIGHTS fds, framing, timeouts
-    backend.VhostUserBackend  thread, poll loop, accept/reconnect, kicks,
-                              writes the answers, holds
-    session.Session           decode -> judge -> fault -> handle -> Outcome
-    handlers.RequestHandlers  one typed method per request
-    state.DeviceState         what the connection negotiated
-    device.Device             the hosted data path (net.NetDevice)
+Where it sits among the package's layers: :mod:`avocado_vhost.vhost_user`.
 
 What goes wrong goes into :attr:`~VhostUserBackend.records` as typed
 :class:`.records.Problem` s, never into a silent thread death:
