@@ -17,8 +17,12 @@ Layers, one concern each (after rust-vmm's ``vhost::vhost_user``):
 ``message``      wire format: request and reply payloads, flags, fd rules
 ``connection``   transport: UNIX socket, SCM_RIGHTS fds, framing
 ``config``       what a back-end offers (BackendConfig)
-``backend``      the server: one event loop (accept/reconnect, messages,
-                 kicks, holds), writes the answers, keeps the records
+``server``       the thread: one poll loop (accept/reconnect, messages,
+                 kicks, holds), one connection at a time
+``conversation`` one connection: its socket, session and held message;
+                 writes the answers
+``backend``      the device's host on a server: records, trace, ring
+                 events, signals; what tests read
 ``waits``        the test's side: bounded waits and the verdict (check)
 ``session``      the protocol core, no I/O: a message in, an Outcome out
                  (decode, judge, fault, handle, answer)

@@ -56,11 +56,9 @@ class BackendWaits:
 
     # --- waits ------------------------------------------------------------
     def wait_for(self, predicate: Callable[[], object], what: str,
-                 timeout: float = 10.0, errors_end_it: bool = True) -> None:
+                 timeout: float = 10.0) -> None:
         """Block until ``predicate()`` holds (evaluated under the lock).
 
-        :param errors_end_it: False where the back-end's errors are not the
-            waiter's business (the proxy waiting for its judge to catch up).
         :raise WaitTimeout: after ``timeout`` seconds, naming ``what`` and
             the state seen.
         :raise BackendFailure: the back-end recorded an error meanwhile.
@@ -69,7 +67,7 @@ class BackendWaits:
         with self._cond:
             errors_before = self.records.errors_total
             while not predicate():
-                if errors_end_it and self.records.errors_total > errors_before:
+                if self.records.errors_total > errors_before:
                     raise BackendFailure(self._failure_text(
                         f"while waiting for {what}"))
                 left = deadline - time.monotonic()

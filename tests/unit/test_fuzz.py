@@ -178,7 +178,7 @@ class Fuzz(unittest.TestCase):
         elapsed = time.monotonic() - start
         # The thread survived everything and still answers.
         self.assertTrue(self.barrier())
-        self.assertTrue(self.backend._thread.is_alive())
+        self.assertTrue(self.backend.thread_alive)
         self.assertFalse(any("crashed" in e.text for e in self.backend.errors),
                          [e for e in self.backend.errors if "crashed" in e.text])
         print(f"fuzz: {MESSAGES} messages in {elapsed:.1f}s, "
