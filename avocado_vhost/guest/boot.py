@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List
 
-from ..vhost_user import BackendConfig, VirtioFeature
+from ..vhost_user import BackendConfig
 from .assets import GuestAssets
 from .console import console_args
 
@@ -50,22 +50,11 @@ class GuestOptions:
 def backend_config(options: GuestOptions) -> BackendConfig:
     """What the back-end offers for ``options`` (QEMU offers the guest the
     features both it and the back-end have, and its own switches)."""
-    config = BackendConfig(queue_num=options.queues,
-                           max_rings=2 * options.queues)
     # STATUS: QEMU then shows the guest the link going down when the
     # back-end goes away (DPDK's back-end offers it too).
-    config.features |= int(VirtioFeature.RING_INDIRECT_DESC
-                           | VirtioFeature.NET_F_STATUS)
-    if options.packed:
-        config.features |= int(VirtioFeature.RING_PACKED)
-    if options.mrg_rxbuf:
-        config.features |= int(VirtioFeature.NET_F_MRG_RXBUF)
-    if options.event_idx:
-        config.features |= int(VirtioFeature.RING_EVENT_IDX)
-    if options.queues > 1:
-        config.features |= int(VirtioFeature.NET_F_MQ
-                               | VirtioFeature.NET_F_CTRL_VQ)
-    return config
+    return BackendConfig.net(options.queues, packed=options.packed,
+                             mrg_rxbuf=options.mrg_rxbuf,
+                             event_idx=options.event_idx, status=True)
 
 
 def device_opts(options: GuestOptions) -> List[str]:

@@ -9,7 +9,7 @@ thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..virtio.features import VirtioFeature
 from .message import ProtocolFeature
@@ -104,6 +104,29 @@ class BackendConfig:
     max_records: int = MAX_RECORDS
     max_trace: int = MAX_ENTRIES
     max_mapped: int = MAX_MAPPED
+
+    @classmethod
+    def net(cls, pairs: int = 1, *, indirect: bool = True,
+            packed: bool = False, event_idx: bool = False,
+            mrg_rxbuf: bool = False, status: bool = False,
+            **options: Any) -> "BackendConfig":
+        """A virtio-net offer for ``pairs`` queue pairs: its two rings per
+        pair, MQ and CTRL_VQ with more than one pair (virtio: MQ needs the
+        control queue), and the ring and net features asked for;
+        ``options`` are other fields (``unmap_replaced_log=True``)."""
+        features = int(NET_FEATURES)
+        for wanted, bits in (
+                (indirect, VirtioFeature.RING_INDIRECT_DESC),
+                (packed, VirtioFeature.RING_PACKED),
+                (event_idx, VirtioFeature.RING_EVENT_IDX),
+                (mrg_rxbuf, VirtioFeature.NET_F_MRG_RXBUF),
+                (status, VirtioFeature.NET_F_STATUS),
+                (pairs > 1, VirtioFeature.NET_F_MQ
+                 | VirtioFeature.NET_F_CTRL_VQ)):
+            if wanted:
+                features |= int(bits)
+        return cls(features=features, queue_num=pairs, max_rings=2 * pairs,
+                   **options)
 
     @property
     def ring_limit(self) -> int:

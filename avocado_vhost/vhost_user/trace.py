@@ -22,11 +22,9 @@ import itertools
 import threading
 import time
 import time as _time
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, Optional,
-                    Tuple, Union)
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
-if TYPE_CHECKING:
-    from .message import Request
+from .message import Request
 
 __all__ = ["TraceKind", "Event", "TraceEntry", "Trace", "describe_payload"]
 
@@ -235,9 +233,13 @@ class Trace:
         a test compares, field by field (``p.index``, ``p.num``)."""
         return [e.payload for e in self.select(TraceKind.RX, request, conn)]
 
-    def received(self, conn: Optional[int] = None) -> List[str]:
-        """Names of the requests received, in order."""
-        return [e.request for e in self.select(TraceKind.RX, conn=conn)]
+    def received(self, conn: Optional[int] = None) -> List[Request]:
+        """The front-end requests received, in order (a message whose
+        request number is not one is left out: ``select(TraceKind.RX)``
+        has it, as ``UNKNOWN(n)``)."""
+        return [Request[e.request]
+                for e in self.select(TraceKind.RX, conn=conn)
+                if e.request in Request.__members__]
 
     def format(self, entries: Optional[Iterable[TraceEntry]] = None) -> str:
         return "\n".join(str(e) for e in (

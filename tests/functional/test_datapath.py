@@ -27,17 +27,6 @@ from avocado_vhost.vhost_user.virtq import packed_base
 QUEUE_SIZE = 64
 
 
-def datapath_config(pairs=1, event_idx=False):
-    config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
-    config.features |= int(VirtioFeature.RING_INDIRECT_DESC)
-    if event_idx:
-        config.features |= int(VirtioFeature.RING_EVENT_IDX)
-    if pairs > 1:
-        config.features |= int(VirtioFeature.NET_F_MQ
-                               | VirtioFeature.NET_F_CTRL_VQ)
-    return config
-
-
 class Datapath(VhostUserTest):
     """
     :avocado: enable
@@ -47,13 +36,14 @@ class Datapath(VhostUserTest):
     def start(self, pairs=1, port=None, event_idx=False):
         port = port or Port()
         backend = self.make_backend("backend",
-                                    datapath_config(pairs, event_idx),
+                                    BackendConfig.net(pairs,
+                                                      event_idx=event_idx),
                                     device=NetDevice(port))
         vm = self.make_vm("vm", backend.listener_path, queues=pairs)
         vm.launch()
         want = VirtioFeature.RING_INDIRECT_DESC | (VirtioFeature.RING_EVENT_IDX if event_idx else 0)
         if pairs > 1:
-            want |= (1 << 22) | (1 << 17)
+            want |= VirtioFeature.NET_F_MQ | VirtioFeature.NET_F_CTRL_VQ
         vm.drive_device(features=want, queues=2 * pairs + (pairs > 1),
                         queue_size=QUEUE_SIZE)
         backend.wait_rings_started(2 * pairs, timeout=self.scaled(10))
@@ -101,7 +91,7 @@ class Datapath(VhostUserTest):
         VIRTIO_F_RING_PACKED): every layout, wrap-around both ways, and the
         ring's packed base (positions and wrap counters) matches the
         driver's."""
-        config = datapath_config()
+        config = BackendConfig.net()
         config.features |= int(VirtioFeature.RING_PACKED)
         port = Port()
         backend = self.make_backend("backend", config, device=NetDevice(port))
@@ -187,7 +177,7 @@ class ReconnectUnderTraffic(Datapath):
         port = Port()
         device = NetDevice(port)
         vm, backend = launch_server_mode(self, device=device,
-                                         config=datapath_config())
+                                         config=BackendConfig.net())
         vm.drive_device(features=VirtioFeature.RING_INDIRECT_DESC, queues=2,
                         queue_size=QUEUE_SIZE)
         backend.wait_rings_started(2, timeout=self.scaled(10))

@@ -85,7 +85,7 @@ class DeviceState(VhostUserTest):
         migration.migrate(self, pair.src, pair.dst, pair.uri)
         outcome = migration.wait_outcome(self, pair.src, pair.dst)
         self.log.info("outcome: %s", outcome)
-        self.assertIn("CHECK_DEVICE_STATE",
+        self.assertIn(Request.CHECK_DEVICE_STATE,
                       pair.src_backend.trace.received(),
                       "QEMU never asked CHECK_DEVICE_STATE")
         self.assertTrue(outcome.failed_cleanly, f"a failed save: {outcome}")

@@ -35,7 +35,7 @@ class Devices(VhostUserTest):
         # QEMU 10.0's vhost-user-base devices (gpio) fetch it only when the
         # guest reads it.  Both are right: what matters is that the guest's
         # read is answered from the back-end, checked in config_from_backend.
-        self.realize_fetch = "GET_CONFIG" in backend.trace.received()
+        self.realize_fetch = Request.GET_CONFIG in backend.trace.received()
         self.log.info("GET_CONFIG before the guest read the configuration: "
                       "%s (QEMU %s)", self.realize_fetch, self.caps.version)
         driver = vm.drive_device(features=want_features, queues=rings)
@@ -50,7 +50,7 @@ class Devices(VhostUserTest):
         reach the back-end (GET_CONFIG), now or when QEMU realized the
         device."""
         value = driver.config_read(offset, size)
-        self.assertIn("GET_CONFIG", self.backend.trace.received(),
+        self.assertIn(Request.GET_CONFIG, self.backend.trace.received(),
                       "the guest read the device configuration, but QEMU "
                       "never asked the back-end for it (no GET_CONFIG): the "
                       "value did not come from the back-end")

@@ -20,8 +20,7 @@ import re
 from avocado_vhost import dpdk
 from avocado_vhost.dpdk import SERVER_WAITING
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause,
-                                      VirtioFeature)
+from avocado_vhost.vhost_user import BackendConfig, DisconnectCause
 from avocado_vhost.vhost_user.net import NetDevice, Port
 
 #: DPDK 22.11 virtio-user's known deviations: pattern -> why tolerated.
@@ -62,12 +61,7 @@ class VirtioUserTest(VhostUserTest):
     # --- set-up -------------------------------------------------------------
     def backend_for(self, pairs=1, packed=False, port=None, name="backend",
                     listen=True):
-        config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
-        if packed:
-            config.features |= int(VirtioFeature.RING_PACKED)
-        if pairs > 1:
-            config.features |= int(VirtioFeature.NET_F_MQ
-                                   | VirtioFeature.NET_F_CTRL_VQ)
+        config = BackendConfig.net(pairs, indirect=False, packed=packed)
         return self.make_backend(name, config, listen=listen,
                                  device=NetDevice(port or Port()))
 

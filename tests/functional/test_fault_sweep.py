@@ -23,7 +23,7 @@ import os
 
 from avocado_vhost.scenarios.server_mode import launch_server_mode
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import Fault, WaitTimeout
+from avocado_vhost.vhost_user import Fault, FaultAction, WaitTimeout
 
 RINGS = 2
 
@@ -50,7 +50,7 @@ class FaultSweep(VhostUserTest):
         name = f"k{k}"
         vm, backend = launch_server_mode(
             self, name=name, backend_name=name,
-            faults=[Fault("disconnect", nth=k, connection=1)])
+            faults=[Fault(FaultAction.DISCONNECT, nth=k, connection=1)])
         vm.drive_device(queues=RINGS)
         try:
             backend.wait_for(
@@ -94,11 +94,11 @@ class FaultSweep(VhostUserTest):
     def test_fault_sweep(self):
         sequence = self.startup_sequence()
         self.log.info("start-up sequence (%d messages): %s", len(sequence),
-                      " ".join(sequence))
+                      " ".join(r.name for r in sequence))
         rows, bad = [], []
         for k, request in enumerate(sequence, 1):
             text, ok = self.run_step(k, request)
-            rows.append(f"{k:3d}  {request:24s} {text}")
+            rows.append(f"{k:3d}  {request.name:24s} {text}")
             if not ok:
                 bad.append(rows[-1])
         table = "\n".join(rows)

@@ -19,7 +19,6 @@ from avocado_vhost.qemu import hotplug
 from avocado_vhost import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
-from avocado_vhost.virtio import VirtioFeature
 
 SLOT = 5
 
@@ -101,9 +100,7 @@ class Hotplug(VhostUserTest):
         self.require_protocol(ProtocolFeature.BACKEND_REQ, "host notifiers "
                               "are offered on the back-end channel")
         pairs = 2
-        config = BackendConfig(queue_num=pairs, max_rings=2 * pairs)
-        config.features |= int(VirtioFeature.NET_F_MQ
-                               | VirtioFeature.NET_F_CTRL_VQ)
+        config = BackendConfig.net(pairs, indirect=False)
         config.protocol_features |= int(ProtocolFeature.BACKEND_REQ
                                         | ProtocolFeature.HOST_NOTIFIER)
         backend = self.make_backend("backend", config)

@@ -86,7 +86,7 @@ class Inflight(VhostUserTest):
         self.start_vm(vm, backend, rings=BLK_QUEUES,
                       features=VirtioFeature.RING_PACKED if packed else 0)
         self.assertEqual(vm.device.packed, packed)
-        self.assertIn("GET_INFLIGHT_FD", backend.trace.received(),
+        self.assertIn(Request.GET_INFLIGHT_FD, backend.trace.received(),
                       "QEMU never asked for an in-flight area although "
                       "INFLIGHT_SHMFD was negotiated")
         return vm, backend, device
@@ -101,7 +101,7 @@ class Inflight(VhostUserTest):
                                       device=device)
         successor.listen(path)
         successor.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
-        self.assertIn("SET_INFLIGHT_FD", successor.trace.received(),
+        self.assertIn(Request.SET_INFLIGHT_FD, successor.trace.received(),
                       "QEMU did not hand the in-flight area to the new "
                       "back-end")
         return successor, device
@@ -233,7 +233,7 @@ class Inflight(VhostUserTest):
         # "stop" returns once QEMU has the answer to GET_VRING_BASE, which
         # the proxy judged before passing it on
         vm.qmp("stop")
-        self.assertIn("GET_VRING_BASE", backend.trace.received())
+        self.assertIn(Request.GET_VRING_BASE, backend.trace.received())
         return proxy, queue.reap(strict=False)
 
     def test_stopping_a_ring_completes_what_it_took(self):
@@ -321,7 +321,7 @@ class InflightMigration(VhostUserTest):
                          "finished held requests although it may suspend "
                          "them")
         dst_be.wait_rings_started(BLK_QUEUES, timeout=self.scaled(10))
-        self.assertIn("SET_INFLIGHT_FD", dst_be.trace.received(),
+        self.assertIn(Request.SET_INFLIGHT_FD, dst_be.trace.received(),
                       "the destination's back-end got no in-flight area")
         queue.move_to(dst.qtest)
         if resubmit:

@@ -77,7 +77,7 @@ class MemoryHotplug(VhostUserTest):
         vm, backend = self.start()
         for dimm in ("dimm1", "dimm2"):
             self.plug(vm, backend, dimm)
-        self.assertNotIn("SET_MEM_TABLE", backend.trace.received(),
+        self.assertNotIn(Request.SET_MEM_TABLE, backend.trace.received(),
                          "QEMU resent the whole table despite memory slots")
         assert_guest_memory_agrees(self, vm, backend,
                                    ("mem0", "dimm1-mem", "dimm2-mem"))
@@ -221,7 +221,7 @@ class VirtioMemHotplug(VhostUserTest):
         self.assertNotEqual(first.guest_addr, last.guest_addr,
                             "both ends of the region in one memslot")
         self.assertEqual(mem.config().plugged_size, 3 * config.block_size)
-        self.assertNotIn("SET_MEM_TABLE", backend.trace.received())
+        self.assertNotIn(Request.SET_MEM_TABLE, backend.trace.received())
         for addr in (config.addr, config.addr + config.block_size,
                      config.addr + config.region_size - config.block_size):
             self.assert_block_agrees(vm, backend, addr, config.block_size)

@@ -18,7 +18,7 @@ MQ = VirtioFeature.NET_F_MQ | VirtioFeature.NET_F_CTRL_VQ
 
 #: Device-wide requests that QEMU sends for the first queue pair only
 #: (and the memory table: SET_MEM_TABLE, or the first ADD_MEM_REG).
-ONCE = ("SET_OWNER", "GET_QUEUE_NUM")
+ONCE = (Request.SET_OWNER, Request.GET_QUEUE_NUM)
 
 
 class Multiqueue(VhostUserTest):
@@ -29,8 +29,7 @@ class Multiqueue(VhostUserTest):
 
     def run_pairs(self, pairs):
         rings = 2 * pairs
-        config = BackendConfig(queue_num=pairs, max_rings=rings)
-        config.features |= int(MQ)
+        config = BackendConfig.net(pairs, indirect=False)
         backend = self.make_backend("backend", config)
         vm = self.make_vm("vm", backend.listener_path, queues=pairs)
         vm.launch()
@@ -48,17 +47,17 @@ class Multiqueue(VhostUserTest):
         self.assertEqual(set(range(rings)) - enabled, set(),
                          "rings that saw no SET_VRING_ENABLE")
         regions = len(backend.state.memory)
-        memory = backend.state.memory_request.name
+        memory = backend.state.memory_request
         self.assertEqual(received.count(memory),
-                         1 if memory == "SET_MEM_TABLE" else regions,
-                         f"{memory} sent {received.count(memory)} times for "
+                         1 if memory is Request.SET_MEM_TABLE else regions,
+                         f"{memory.name} sent {received.count(memory)} times for "
                          f"{regions} regions and {pairs} queue pairs: the "
                          f"memory table is device-wide")
         for request in ONCE:
             self.assertEqual(received.count(request), 1,
-                             f"{request} sent {received.count(request)} times "
+                             f"{request.name} sent {received.count(request)} times "
                              f"for {pairs} queue pairs; once is the rule")
-        self.assertGreaterEqual(received.count("SET_FEATURES"), pairs,
+        self.assertGreaterEqual(received.count(Request.SET_FEATURES), pairs,
                                 "feature negotiation not repeated per pair")
 
     def test_migration_hands_over_the_log_once(self):
@@ -68,16 +67,15 @@ class Multiqueue(VhostUserTest):
         SET_LOG_BASE unmaps the log in use), which a repeat while logging
         would crash (QEMU fix 7c211eb078)."""
         pairs, rings = 2, 4
-        config = BackendConfig(queue_num=pairs, max_rings=rings,
-                               unmap_replaced_log=True)
-        config.features |= int(MQ)
+        config = BackendConfig.net(pairs, indirect=False,
+                                   unmap_replaced_log=True)
         pair = migration.start_pair(self, rings=rings, config=config,
                                     features=MQ, driver_queues=rings + 1,
                                     queues=pairs)
         migration.migrate(self, pair.src, pair.dst, pair.uri)
         outcome = migration.wait_outcome(self, pair.src, pair.dst)
         log_bases = pair.src_backend.trace.received(conn=1).count(
-            "SET_LOG_BASE")
+            Request.SET_LOG_BASE)
         self.assertEqual(log_bases, 1, f"SET_LOG_BASE sent {log_bases} "
                          f"times on one socket for {pairs} queue pairs "
                          "during one migration; once is the rule")

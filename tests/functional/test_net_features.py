@@ -65,7 +65,7 @@ class NetFeatures(VhostUserTest):
                           device_opts=[f"host_mtu={MTU}"])
         vm.launch()
         vm.drive_device(queues=2, features=VirtioFeature.NET_F_MTU)
-        self.assertIn("NET_SET_MTU", backend.trace.received(),
+        self.assertIn(Request.NET_SET_MTU, backend.trace.received(),
                       "QEMU never sent the MTU")
         # The start is synchronous in the guest's DRIVER_OK write.
         self.assertIn("MTU not supported by the backend", vm.log_text())

@@ -35,7 +35,7 @@ from avocado_vhost.qemu.driver import NET_HDR
 from avocado_vhost.qemu.platform import SCRATCH_WINDOW
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
-from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.virtio import NET_HDR_LEN
 
@@ -160,8 +160,8 @@ class Postcopy(VhostUserTest):
         self.assertGreater(faults, 0, "the destination back-end never met a "
                            "missing page: the check proved nothing")
         received_by_dst = dst_be.trace.received()
-        for request in ("POSTCOPY_ADVISE", "POSTCOPY_LISTEN",
-                        "POSTCOPY_END"):
+        for request in (Request.POSTCOPY_ADVISE, Request.POSTCOPY_LISTEN,
+                        Request.POSTCOPY_END):
             self.assertIn(request, received_by_dst)
         self.check_backends()
 

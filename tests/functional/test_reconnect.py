@@ -32,11 +32,10 @@ class Reconnect(VhostUserTest):
         backend.wait_connected(connection, timeout=self.scaled(10))
         backend.wait_rings_started(rings, timeout=self.scaled(10))
         received = backend.trace.received(conn=connection)
-        memory = backend.state.memory_request.name
-        for request in ("GET_FEATURES", "SET_FEATURES", memory,
-                        "SET_VRING_KICK"):
+        for request in (Request.GET_FEATURES, Request.SET_FEATURES,
+                        backend.state.memory_request, Request.SET_VRING_KICK):
             self.assertIn(request, received,
-                          f"connection {connection} never saw {request}")
+                          f"connection {connection} never saw {request.name}")
 
     def test_reconnect(self):
         """The back-end drops a running device several times; each time
@@ -52,11 +51,11 @@ class Reconnect(VhostUserTest):
     def test_connect_fail(self):
         """The back-end drops the connection at the very first request."""
         vm, backend = launch_server_mode(
-            self, faults=[Fault("disconnect", nth=1, connection=1)])
+            self, faults=[Fault(FaultAction.DISCONNECT, nth=1, connection=1)])
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 2)
         first = backend.trace.received(conn=1)
-        self.assertEqual(first, ["GET_FEATURES"], "connection 1 should have "
+        self.assertEqual(first, [Request.GET_FEATURES], "connection 1 should have "
                          "ended at its first request")
 
     def test_flags_mismatch(self):
@@ -67,14 +66,14 @@ class Reconnect(VhostUserTest):
         def per_connection(number, config):
             config.features = 0 if number == 2 else good
         vm, backend = launch_server_mode(
-            self, faults=[Fault("disconnect-after", request=Request.SET_FEATURES,
-                          connection=1)],
+            self, faults=[Fault(FaultAction.DISCONNECT_AFTER,
+                                request=Request.SET_FEATURES, connection=1)],
             on_connect=per_connection)
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 3)
         second = backend.trace.received(conn=2)
         self.log.info("connection 2 (no features offered): %s", second)
-        for memory in ("SET_MEM_TABLE", "ADD_MEM_REG"):
+        for memory in (Request.SET_MEM_TABLE, Request.ADD_MEM_REG):
             self.assertNotIn(memory, second,
                              "QEMU used a back-end that offers no features")
         self.assertIs(backend.disconnects[2].cause,

@@ -89,7 +89,8 @@ class SharedObjects(VhostUserTest):
                                      BackendRequest.SHARED_OBJECT_LOOKUP,
                                      fds), 0)
         self.assertEqual(fds, [])
-        self.assertNotIn("GET_SHARED_OBJECT", self.exporter.trace.received())
+        self.assertNotIn(Request.GET_SHARED_OBJECT,
+                         self.exporter.trace.received())
         self.check_backends(self.exporter, self.importer)
 
     def test_qemu_asks_the_exporter_for_the_object_by_its_uuid(self):

@@ -73,9 +73,9 @@ class Status(VhostUserTest):
         before SET_STATUS 0 resets the device."""
         _, backend = self.started_then_reset()
         received = backend.trace.received()
-        reset = len(received) - 1 - received[::-1].index("SET_STATUS")
-        late = [i for i, name in enumerate(received)
-                if name == "GET_VRING_BASE" and i > reset]
+        reset = len(received) - 1 - received[::-1].index(Request.SET_STATUS)
+        late = [i for i, request in enumerate(received)
+                if request is Request.GET_VRING_BASE and i > reset]
         self.assertEqual(late, [], "GET_VRING_BASE after SET_STATUS 0: the "
                          "status write reset the device before QEMU fetched "
                          f"the ring positions (messages {late}, reset at "
@@ -91,8 +91,8 @@ class Status(VhostUserTest):
                           "vhost devices\")")
         vm, backend = self.started_then_reset()
         received = backend.trace.received()
-        reset = len(received) - 1 - received[::-1].index("SET_STATUS")
-        backend.wait_for(lambda: "RESET_DEVICE" in
+        reset = len(received) - 1 - received[::-1].index(Request.SET_STATUS)
+        backend.wait_for(lambda: Request.RESET_DEVICE in
                          backend.trace.received()[reset:],
                          "RESET_DEVICE after the driver's reset",
                          timeout=self.scaled(10))

@@ -15,7 +15,7 @@ import time
 import unittest
 
 from avocado_vhost.vhost_user import (BackendConfig, BackendFailure,
-                                      DisconnectCause, Fault,
+                                      DisconnectCause, Fault, FaultAction,
                                       Request, RingEvent, VhostUserBackend,
                                       WaitTimeout)
 from avocado_vhost.vhost_user.connection import close_fds
@@ -683,7 +683,7 @@ class Postcopy(BackendTestCase):
 class FaultsAndWaits(BackendTestCase):
 
     def test_disconnect_at_request(self):
-        self.backend.faults.append(Fault("disconnect",
+        self.backend.faults.append(Fault(FaultAction.DISCONNECT,
                                          request=Request.SET_OWNER))
         self.fe.call(Request.GET_FEATURES)
         self.fe.send(Request.SET_OWNER)
@@ -691,7 +691,7 @@ class FaultsAndWaits(BackendTestCase):
         self.backend.wait_disconnected(2)
 
     def test_disconnect_at_nth_message(self):
-        self.backend.faults.append(Fault("disconnect", nth=3))
+        self.backend.faults.append(Fault(FaultAction.DISCONNECT, nth=3))
         self.fe.call(Request.GET_FEATURES)
         self.fe.call(Request.GET_FEATURES)
         self.fe.send(Request.GET_FEATURES)
@@ -699,7 +699,7 @@ class FaultsAndWaits(BackendTestCase):
 
     def test_wrong_reply(self):
         self.backend.faults.append(Fault(
-            "reply", request=Request.GET_FEATURES,
+            FaultAction.REPLY, request=Request.GET_FEATURES,
             reply_bytes=lambda req, p: encode(req, U64(0), 0x5)))
         _, _, payload = self.fe.call(Request.GET_FEATURES)
         self.assertEqual(U64.unpack(payload).value, 0)
@@ -713,7 +713,7 @@ class FaultsAndWaits(BackendTestCase):
             Fault("reply", request=Request.GET_FEATURES)
 
     def test_hold_and_release(self):
-        hold = Fault("hold", request=Request.GET_FEATURES)
+        hold = Fault(FaultAction.HOLD, request=Request.GET_FEATURES)
         self.backend.faults.append(hold)
         self.fe.send(Request.GET_FEATURES)
         self.assertTrue(hold.reached.wait(2))
@@ -722,7 +722,7 @@ class FaultsAndWaits(BackendTestCase):
         self.fe.recv()
 
     def test_stop_while_front_end_waits(self):
-        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=60)
+        hold = Fault(FaultAction.HOLD, request=Request.GET_FEATURES, hold_timeout=60)
         self.backend.faults.append(hold)
         self.fe.send(Request.GET_FEATURES)
         self.assertTrue(hold.reached.wait(2))
@@ -736,7 +736,7 @@ class FaultsAndWaits(BackendTestCase):
         """While an answer is held, the back-end's loop serves on: the
         test's drop of the connection is carried out at once, not after
         the hold, and the held message's fds go with the connection."""
-        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=60)
+        hold = Fault(FaultAction.HOLD, request=Request.GET_FEATURES, hold_timeout=60)
         self.backend.faults.append(hold)
         self.fe.send(Request.GET_FEATURES)
         self.assertTrue(hold.reached.wait(2))
@@ -749,7 +749,7 @@ class FaultsAndWaits(BackendTestCase):
                       DisconnectCause.DROPPED)
 
     def test_a_hold_that_times_out_is_answered_and_traced(self):
-        hold = Fault("hold", request=Request.GET_FEATURES, hold_timeout=0.2)
+        hold = Fault(FaultAction.HOLD, request=Request.GET_FEATURES, hold_timeout=0.2)
         self.backend.faults.append(hold)
         self.fe.send(Request.GET_FEATURES)
         self.fe.recv()  # answered once the hold's time was up

@@ -3,7 +3,7 @@ as their names say, and say what a test's back-end cannot have."""
 
 import unittest
 
-from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, VirtioFeature
 from avocado_vhost.vhost_user.offers import (MODERN_EXTRAS, OFFERS,
                                              asked_on_purpose, names)
 
@@ -49,6 +49,29 @@ class Offers(unittest.TestCase):
     def test_names(self):
         self.assertEqual(names(int(P.MQ | P.REPLY_ACK)), "MQ|REPLY_ACK")
         self.assertEqual(names(0), "none")
+
+
+
+class NetOffer(unittest.TestCase):
+    """BackendConfig.net: the one spelling of a virtio-net offer."""
+
+    def test_one_pair_has_no_multiqueue(self):
+        config = BackendConfig.net()
+        self.assertEqual((config.queue_num, config.max_rings), (1, 2))
+        self.assertFalse(config.features & VirtioFeature.NET_F_MQ)
+        self.assertTrue(config.features & VirtioFeature.RING_INDIRECT_DESC)
+
+    def test_pairs_bring_mq_and_the_control_queue(self):
+        config = BackendConfig.net(3, indirect=False, packed=True,
+                                   unmap_replaced_log=True)
+        mq = VirtioFeature.NET_F_MQ | VirtioFeature.NET_F_CTRL_VQ
+        self.assertEqual(config.features & mq, mq)
+        self.assertTrue(config.features & VirtioFeature.RING_PACKED)
+        self.assertFalse(config.features & VirtioFeature.RING_INDIRECT_DESC)
+        self.assertEqual((config.queue_num, config.max_rings), (3, 6))
+        self.assertTrue(config.unmap_replaced_log)
+        # what every back-end offers stays: logging for migration
+        self.assertTrue(config.features & VirtioFeature.LOG_ALL)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class ProxyTest(unittest.TestCase):
                          self.backend.config.features)
         self.assertEqual([e.request for e in self.proxy.trace.select("tx")],
                          ["GET_FEATURES"])
-        self.assertEqual(self.backend.trace.received(), ["GET_FEATURES"])
+        self.assertEqual(self.backend.trace.received(), [Request.GET_FEATURES])
         self.assertEqual(self.proxy.violations, [])
 
     def test_front_end_acking_what_was_not_offered_is_judged(self):
