@@ -5,23 +5,37 @@ An external back-end is judged through the proxy, and every rule it breaks
 fails its scenario -- unless the user lists the deviation as known: one
 line per deviation in a text file given with ``-p backend_allow=FILE``::
 
-    # side      | text the violation contains     | why (the spec sentence)
-    back-end    | reply to message 3 GET_FEATURES | an old back-end ...
+    # side      | rule                   | why (the spec sentence)
+    back-end    | reply-names-request    | an old back-end ...
 
-``side`` is ``front-end`` or ``back-end`` (the proxy writes it before each
-violation); an entry matches a violation of that side whose text contains
-``text``.  Blank lines and ``#`` comments are ignored; an entry without a
-reason is an error, so an allow-list always says why.
+``side`` is ``front-end`` or ``back-end``; ``rule`` the identifier of a
+rule that side can break (a front-end's: :data:`.conformance.FRONT_END_RULES`;
+a back-end's: :data:`.proxy.REPLY_RULES`).  An entry accepts every
+violation of that rule by that side.  Blank lines and ``#`` comments are
+ignored; an entry without a reason, or naming a rule that does not exist,
+is an error: an allow-list always says why, and never silently accepts
+nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
+
+from .vhost_user.conformance import FRONT_END_RULES
+from .vhost_user.proxy import REPLY_RULES
+from .vhost_user.records import Problem, Side
 
 __all__ = ["Allowed", "AllowListError", "load", "parse", "allowed"]
 
-SIDES = ("front-end", "back-end")
+#: the rules each side can break, by identifier
+RULES_OF: Dict[Side, Dict[str, str]] = {
+    Side.FRONT_END: {**FRONT_END_RULES,
+                     **{k: v for k, v in REPLY_RULES.items()
+                        if k in ("readable-message", "request-payload")}},
+    Side.BACK_END: {k: v for k, v in REPLY_RULES.items()
+                    if k != "request-payload"},
+}
 
 
 class AllowListError(ValueError):
@@ -32,29 +46,35 @@ class AllowListError(ValueError):
 class Allowed:
     """One accepted deviation."""
 
-    side: str
-    text: str
+    side: Side
+    rule: str
     why: str
 
-    def matches(self, violation: str) -> bool:
-        prefix = f"{self.side}: "
-        return violation.startswith(prefix) and self.text in violation
+    def matches(self, violation: Problem) -> bool:
+        return violation.side is self.side and violation.rule == self.rule
 
 
 def parse(text: str, origin: str = "<allow-list>") -> List[Allowed]:
     entries = []
+    sides = {side.value: side for side in Side}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = [p.strip() for p in line.split("|")]
+        where = f"{origin}:{number}"
         if len(parts) != 3 or not all(parts):
-            raise AllowListError(f"{origin}:{number}: want 'side | text | "
-                                 f"why', got {line!r}")
-        if parts[0] not in SIDES:
-            raise AllowListError(f"{origin}:{number}: side {parts[0]!r} is "
-                                 f"not one of {', '.join(SIDES)}")
-        entries.append(Allowed(*parts))
+            raise AllowListError(f"{where}: want 'side | rule | why', got "
+                                 f"{line!r}")
+        side = sides.get(parts[0])
+        if side is None:
+            raise AllowListError(f"{where}: side {parts[0]!r} is not one of "
+                                 f"{', '.join(sides)}")
+        if parts[1] not in RULES_OF[side]:
+            raise AllowListError(
+                f"{where}: {side.value} rule {parts[1]!r} does not exist; "
+                f"its rules: {', '.join(sorted(RULES_OF[side]))}")
+        entries.append(Allowed(side, parts[1], parts[2]))
     return entries
 
 
@@ -67,6 +87,7 @@ def load(path: str) -> List[Allowed]:
                              f"{exc.strerror}") from None
 
 
-def allowed(violation: str, entries: Sequence[Allowed]) -> Optional[Allowed]:
+def allowed(violation: Problem,
+            entries: Sequence[Allowed]) -> Optional[Allowed]:
     """The entry that accepts ``violation``, if any."""
     return next((e for e in entries if e.matches(violation)), None)

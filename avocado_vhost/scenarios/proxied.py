@@ -56,7 +56,7 @@ def check_proxy(test: "Harness", proxy: Proxy) -> List[str]:
         test.error(str(exc))
     accepted, broken = [], []
     for violation in proxy.violations:
-        entry = allowlist.allowed(violation.text, entries)
+        entry = allowlist.allowed(violation, entries)
         if entry is not None:
             accepted.append(f"{violation} (allowed: {entry.why})")
         elif triage.known_in_passing(test, violation):

@@ -56,12 +56,12 @@ from .message import (BackendRequest, MemoryRegion, ProtocolFeature, Request,
                       VirtioFeature)
 from .faults import Fault, FaultAction
 from .records import (Disconnect, DisconnectCause, Problem, ProblemKind,
-                      RingEvent)
+                      RingEvent, Side)
 from .trace import Event, Trace, TraceEntry, TraceKind
 
 __all__ = [
     "VhostUserBackend", "Runstate", "BackendConfig", "Fault", "FaultAction",
-    "Problem", "ProblemKind", "Disconnect", "DisconnectCause", "RingEvent",
+    "Problem", "ProblemKind", "Side", "Disconnect", "DisconnectCause", "RingEvent",
     "Event", "TraceKind", "NET_FEATURES",
     "NET_PROTOCOL_FEATURES", "Request", "BackendRequest", "VirtioFeature",
     "ProtocolFeature", "MemoryRegion", "GuestMemory", "DirtyLog", "Trace",

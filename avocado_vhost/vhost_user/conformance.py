@@ -3,8 +3,10 @@ Conformance rules: the front-end's conduct judged against the vhost-user spec.
 
 Each rule looks at one decoded request and the device state *before* the
 request is applied, and returns a description of the violation or ``None``.
-The back-end records every violation with the message that caused it; tests
-assert that a trace has none (or exactly those a scenario provokes).
+A rule is known by its identifier, its function's name spelt with hyphens
+(``features-subset``): the back-end records every violation with the rule
+and the message that caused it, and tests and allow-lists name the rule
+they expect, never its text.
 
 Rules only flag what the spec forbids, not what QEMU happens to do
 differently from other front-ends: QEMU sends GET_FEATURES, protocol
@@ -15,7 +17,7 @@ and with multiqueue net it repeats feature negotiation per queue pair.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, FrozenSet, List, Optional
+from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional
 
 from .message import (FLAG_NEED_REPLY, MAX_MEM_REGIONS, VRING_IDX_MASK, Header, MemoryTable,
                       Payload, ProtocolFeature, Request, U64, VirtioFeature,
@@ -23,6 +25,7 @@ from .message import (FLAG_NEED_REPLY, MAX_MEM_REGIONS, VRING_IDX_MASK, Header, 
 from .state import DeviceState
 
 __all__ = ["Rule", "RULES", "RULE_SCOPE", "REQUIRED_PROTOCOL_FEATURE",
+           "Breach", "rule_id", "FRONT_END_RULES", "FDS_WITH_THE_HEADER",
            "check"]
 
 Rule = Callable[[Request, Payload, Header, DeviceState], Optional[str]]
@@ -140,6 +143,8 @@ def protocol_feature_needs(req: Request, payload: Payload, header: Header,
 
 def iotlb_needs_platform(req: Request, payload: Payload, header: Header,
                          state: DeviceState) -> Optional[str]:
+    """IOTLB messages only for a device behind an IOMMU
+    (VIRTIO_F_IOMMU_PLATFORM negotiated)."""
     if req is Request.IOTLB_MSG and not state.feature_acked(
             VirtioFeature.ACCESS_PLATFORM):
         return "IOTLB_MSG without VIRTIO_F_IOMMU_PLATFORM negotiated"
@@ -160,6 +165,7 @@ def need_reply_needs_ack(req: Request, payload: Payload, header: Header,
 def ring_index_valid(req: Request, payload: Payload, header: Header,
                      state: DeviceState, max_rings: int = 0
                      ) -> Optional[str]:
+    """A ring request names a ring the device has."""
     index = _ring_index(req, payload)
     if index is not None and max_rings and index >= max_rings:
         return f"{req.name} for ring {index}, but the device has {max_rings}"
@@ -234,6 +240,7 @@ def packed_base_has_used_half(req: Request, payload: Payload,
 
 def mem_regions_disjoint(req: Request, payload: Payload, header: Header,
                          state: DeviceState) -> Optional[str]:
+    """The regions of a memory table do not overlap in guest memory."""
     if req is Request.SET_MEM_TABLE and isinstance(payload, MemoryTable):
         regions = sorted(payload.regions, key=lambda r: r.guest_addr)
         for a, b in zip(regions, regions[1:]):
@@ -370,22 +377,45 @@ _BY_REQUEST: Dict[Request, List[Rule]] = {
     for req in Request}
 
 
+def rule_id(rule: Callable[..., Optional[str]]) -> str:
+    """A rule's identifier: its name, with hyphens."""
+    return rule.__name__.replace("_", "-")
+
+
+#: fds that arrive after a message's first byte (the connection's finding)
+FDS_WITH_THE_HEADER = "fds-with-the-header"
+
+#: every rule a front-end can break, by identifier, with what it says
+FRONT_END_RULES: Dict[str, str] = {
+    rule_id(rule): " ".join((rule.__doc__ or "").split("\n\n")[0].split())
+    for rule in RULES + [ring_index_valid]}
+FRONT_END_RULES[FDS_WITH_THE_HEADER] = (
+    "fds travel with the first byte of the message that carries them")
+
+
+class Breach(NamedTuple):
+    """One rule broken by one request."""
+
+    rule: str
+    text: str
+
+
 def check(req: Request, payload: Payload, header: Header, state: DeviceState,
-          max_rings: int = 0) -> List[str]:
+          max_rings: int = 0) -> List[Breach]:
     """Every violation one request commits."""
     found = []
     for rule in _BY_REQUEST[req]:
         msg = rule(req, payload, header, state)
         if msg is not None:
-            found.append(msg)
+            found.append(Breach(rule_id(rule), msg))
     if header.flags & FLAG_NEED_REPLY:
         msg = need_reply_needs_ack(req, payload, header, state)
         if msg is not None:
-            found.append(msg)
+            found.append(Breach(rule_id(need_reply_needs_ack), msg))
     if max_rings and req in _RING_REQUESTS:
         msg = ring_index_valid(req, payload, header, state, max_rings)
         if msg is not None:
-            found.append(msg)
+            found.append(Breach(rule_id(ring_index_valid), msg))
     return found
 
 

@@ -38,7 +38,6 @@ import select
 import socket
 import threading
 import time
-from dataclasses import replace
 from typing import (Callable, Deque, Dict, List, Optional, Set,
                     Tuple)
 
@@ -50,10 +49,35 @@ from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY,
                       VERSION, BackendRequest, Header, ProtocolFeature,
                       Request, VirtioFeature, VringState, decode_payload,
                       decode_reply, request_name)
-from .records import Problem, ProblemKind
+from .conformance import FDS_WITH_THE_HEADER, FRONT_END_RULES
+from .records import Problem, ProblemKind, Side
 from .trace import Event, Trace, TraceKind
 
-__all__ = ["Proxy"]
+__all__ = ["Proxy", "REPLY_RULES"]
+
+#: The rules the proxy judges itself, by identifier: the back-end's
+#: replies and channel, and the framing of either side.  (The front-end's
+#: requests are judged by the session's rules, :data:`.conformance.RULES`.)
+REPLY_RULES: Dict[str, str] = {
+    "reply-owed": "a reply answers a request that expects one (REPLY_BODY, "
+                  "or NEED_REPLY with REPLY_ACK), and only such a request",
+    "reply-payload": "a reply carries its request's payload type",
+    "reply-names-request": "a reply names the request it answers",
+    "reply-flag": "a reply has the REPLY flag set",
+    "reply-version": "a reply has the version bits 1",
+    "vring-base-of-the-ring-asked": "GET_VRING_BASE's reply names the "
+                                    "ring asked for",
+    "unstarted-ring-keeps-its-base": "a ring that never started reports "
+                                     "the base it was given",
+    "stop-completes-inflight": "\"By default, the back-end must complete "
+                               "all inflight I/O requests for the "
+                               "specified vring before stopping it\"",
+    "channel-requests-known": "only back-end requests travel on the "
+                              "back-end channel",
+    "readable-message": "every message can be framed: a header and the "
+                        "payload size it gives",
+    "request-payload": "a request carries its payload type",
+}
 
 #: Replies whose value tells the judge what the back-end offers.
 _OFFERS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
@@ -129,8 +153,7 @@ class Proxy:
         with self._lock:
             own = list(self._violations)
             judges = list(self._judges)
-        return own + [replace(v, text=f"front-end: {v.text}")
-                      for j in judges for v in list(j.violations)]
+        return own + [v for j in judges for v in list(j.violations)]
 
     def wait_for(self, predicate: Callable[[], bool], what: str,
                  timeout: float) -> None:
@@ -162,11 +185,13 @@ class Proxy:
                 f"{len(self.errors)} error(s)")
 
     # --- records ------------------------------------------------------------
-    def _violation(self, side: str, text: str) -> None:
+    def _violation(self, side: Side, rule: str, text: str) -> None:
+        assert rule in REPLY_RULES or rule in FRONT_END_RULES, rule
         with self._lock:
             self._violations.append(Problem(
-                ProblemKind.VIOLATION, f"{side}: {text}", self.connections))
-        self.trace.add(self.connections, TraceKind.VIOLATION, side,
+                ProblemKind.VIOLATION, text, self.connections, rule=rule,
+                side=side))
+        self.trace.add(self.connections, TraceKind.VIOLATION, side.value,
                        detail=text)
 
     def _error(self, text: str) -> None:
@@ -290,12 +315,15 @@ class _Pair:
                             "the back-end closed" if conn is self.back else
                             "a back-end channel end closed")
                 except (MalformedMessage, ProtocolError, OSError) as exc:
-                    side = "front-end" if conn is self.front else "back-end"
-                    self.proxy._violation(side, f"unreadable message: {exc}")
-                    return f"{side} sent an unreadable message"
+                    side = (Side.FRONT_END if conn is self.front
+                            else Side.BACK_END)
+                    self.proxy._violation(side, "readable-message",
+                                          f"unreadable message: {exc}")
+                    return f"{side.value} sent an unreadable message"
                 if conn is self.front and conn.late_fds:
                     self.proxy._violation(
-                        "front-end", f"message {self.msgno + 1}: "
+                        Side.FRONT_END, FDS_WITH_THE_HEADER,
+                        f"message {self.msgno + 1}: "
                         f"{conn.late_fds} fd(s) arrived after the first read"
                         " of the message (they should come with the "
                         "header's first byte)")
@@ -320,7 +348,8 @@ class _Pair:
             req, payload = decode_payload(header.request, raw)
         except ProtocolError as exc:
             req, payload = None, None
-            self.proxy._violation("front-end", f"message {self.msgno}: {exc}")
+            self.proxy._violation(Side.FRONT_END, "request-payload",
+                                  f"message {self.msgno}: {exc}")
         name = req.name if req is not None else request_name(header.request)
         self.proxy.trace.add(self.cid, TraceKind.RX, name, header.flags,
                              header.size,
@@ -386,7 +415,8 @@ class _Pair:
         if not self.pending:
             proxy.trace.add(self.cid, TraceKind.TX, name, header.flags, header.size,
                             len(fds), raw[:32].hex())
-            proxy._violation("back-end", f"reply {name} to no request "
+            proxy._violation(Side.BACK_END, "reply-owed",
+                             f"reply {name} to no request "
                              "that expects one")
             return
         want = self.pending.popleft()
@@ -395,17 +425,21 @@ class _Pair:
         try:
             payload = decode_reply(want.request, raw)
         except ProtocolError as exc:
-            proxy._violation("back-end", f"{where}: {exc}")
+            proxy._violation(Side.BACK_END, "reply-payload",
+                             f"{where}: {exc}")
         proxy.trace.add(self.cid, TraceKind.TX, name, header.flags,
                         header.size, len(fds), payload if payload is not None
                         else raw[:32].hex())
         if header.request != want.request:
-            proxy._violation("back-end", f"{where} names request {name}")
+            proxy._violation(Side.BACK_END, "reply-names-request",
+                             f"{where} names request {name}")
         if not header.flags & FLAG_REPLY:
-            proxy._violation("back-end", f"{where} lacks the REPLY flag "
+            proxy._violation(Side.BACK_END, "reply-flag",
+                             f"{where} lacks the REPLY flag "
                              f"(flags 0x{header.flags:x})")
         if header.version != VERSION:
-            proxy._violation("back-end", f"{where} has version bits "
+            proxy._violation(Side.BACK_END, "reply-version",
+                             f"{where} has version bits "
                              f"{header.version}, not {VERSION}")
         if want.request in _OFFERS and payload is not None:
             self.judge.offer(want.request, int(getattr(payload, "value", 0)))
@@ -414,13 +448,16 @@ class _Pair:
                                                     VringState):
             ring = want.payload.index
             if payload.index != ring:
-                proxy._violation("back-end", f"{where} names ring "
+                proxy._violation(Side.BACK_END,
+                                 "vring-base-of-the-ring-asked",
+                                 f"{where} names ring "
                                  f"{payload.index}, asked for ring {ring}")
             elif ring not in self.started and ring in self.bases \
                     and payload.num != self.bases[ring]:
                 # a ring that never ran cannot have moved
                 proxy._violation(
-                    "back-end", f"{where}: ring {ring} never started since "
+                    Side.BACK_END, "unstarted-ring-keeps-its-base",
+                    f"{where}: ring {ring} never started since "
                     f"its base was {self.bases[ring]}, the reply says "
                     f"{payload.num}")
             elif ring in self.started:
@@ -452,7 +489,8 @@ class _Pair:
         taken = (base - used) & 0xFFFF
         if taken:
             self.proxy._violation(
-                "back-end", f"{where}: ring {ring} stopped with {taken} "
+                Side.BACK_END, "stop-completes-inflight",
+                f"{where}: ring {ring} stopped with {taken} "
                 f"request(s) taken and not completed (base {base}, used idx "
                 f"{used}); vhost-user: \"By default, the back-end must "
                 "complete all inflight I/O requests for the specified vring "
@@ -467,8 +505,8 @@ class _Pair:
         if (to_front and not header.flags & FLAG_REPLY
                 and header.request not in _BACKEND_REQUESTS):
             self.proxy._violation(
-                "back-end", f"unknown request {header.request} on the "
-                "back-end channel")
+                Side.BACK_END, "channel-requests-known",
+                f"unknown request {header.request} on the back-end channel")
         name = request_name(header.request, BackendRequest)
         self.proxy.trace.add(self.cid, kind, name, header.flags, header.size,
                              len(fds), raw[:32].hex())

@@ -6,7 +6,8 @@ grep text.  The text is still there (``str(record)``) for logs and
 failure messages.
 
 * :class:`Problem` -- one error, violation or refusal (:class:`ProblemKind`),
-  with the connection, message number and request it belongs to;
+  with the connection, message number and request it belongs to, and for
+  a violation the rule broken and the :class:`Side` that broke it;
 * :class:`Disconnect` -- why a connection ended (:class:`DisconnectCause`);
 * :class:`RingEvent` -- what happened to a ring, for ring listeners;
 * :class:`Records` -- the lists a back-end keeps; the owner guards them
@@ -21,8 +22,8 @@ from typing import Dict, List, Optional
 
 from .message import Request
 
-__all__ = ["ProblemKind", "Problem", "DisconnectCause", "Disconnect",
-           "RingEvent", "Records"]
+__all__ = ["ProblemKind", "Problem", "Side", "DisconnectCause",
+           "Disconnect", "RingEvent", "Records"]
 
 
 class ProblemKind(enum.Enum):
@@ -36,9 +37,19 @@ class ProblemKind(enum.Enum):
     REFUSAL = "refused"
 
 
+class Side(enum.Enum):
+    """Who broke a rule: the two ends of a vhost-user connection."""
+
+    FRONT_END = "front-end"
+    BACK_END = "back-end"
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One recorded problem; ``text`` says it in a sentence."""
+    """One recorded problem; ``text`` says it in a sentence.  A violation
+    names its ``rule`` (an identifier of :data:`.conformance.RULES` or of
+    the proxy's reply rules, :data:`.proxy.REPLY_RULES`) and its ``side``:
+    what tests and allow-lists match."""
 
     kind: ProblemKind
     text: str
@@ -46,9 +57,12 @@ class Problem:
     #: the message's number on its connection (1-based), if one caused it
     msgno: Optional[int] = None
     request: Optional[Request] = None
+    rule: Optional[str] = None
+    side: Optional[Side] = None
 
     def __str__(self) -> str:
-        return self.text
+        return (self.text if self.side is None
+                else f"{self.side.value}: {self.text}")
 
 
 class DisconnectCause(enum.Enum):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
+from .conformance import FDS_WITH_THE_HEADER, Breach
 from .conformance import check as conformance_check
 from .conformance import observe as conformance_observe
 from .connection import close_fds
@@ -39,7 +40,7 @@ from .postcopy import FaultIn
 from .message import (FLAG_REPLY, REPLY_BODY, VERSION, Header, Payload,
                       ProtocolFeature, Request, U64, decode_payload, encode,
                       fd_rule, request_name)
-from .records import DisconnectCause, Problem, ProblemKind
+from .records import DisconnectCause, Problem, ProblemKind, Side
 from .state import DeviceState
 from .trace import Event, TraceKind
 
@@ -161,18 +162,19 @@ class Session:
             return None
         self.host.trace.add(self.number, TraceKind.RX, req.name,
                             header.flags, header.size, len(fds), payload)
-        violations = conformance_check(req, payload, header, self.state,
-                                       self.host.config.max_rings)
+        breaches = conformance_check(req, payload, header, self.state,
+                                     self.host.config.max_rings)
         if late_fds:
-            violations.append(
-                f"{late_fds} fd(s) arrived after the first read of "
-                "the message: the front-end should send them with the "
-                "header's first byte")
+            breaches.append(Breach(
+                FDS_WITH_THE_HEADER, f"{late_fds} fd(s) arrived after the "
+                "first read of the message: the front-end should send them "
+                "with the header's first byte"))
         conformance_observe(req, payload, self.state)
-        for violation in violations:
-            self._problem(ProblemKind.VIOLATION,
-                          f"message {msgno} {req.name}: {violation}",
-                          msgno, req)
+        for breach in breaches:
+            self.host.record(Problem(
+                ProblemKind.VIOLATION, f"message {msgno} {req.name}: "
+                f"{breach.text}", self.number, msgno, req, rule=breach.rule,
+                side=Side.FRONT_END))
         fault = self._fault_for(msgno, req, payload)
         if fault is not None:
             if fault.action is FaultAction.DISCONNECT:

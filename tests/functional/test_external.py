@@ -164,15 +164,15 @@ class Verdict(ExternalScenarios):
         self.serve("--misname-ring")
         with self.assertRaisesRegex(AssertionError, "rules broken"):
             self.migrate_between_two(rings=2)
-        self.assertTrue(any("names ring" in str(v)
-                            for p in self.proxies for v in p.violations))
+        self.assertIn("vring-base-of-the-ring-asked",
+                      [v.rule for p in self.proxies for v in p.violations])
 
     def test_an_allowed_deviation_passes_and_is_reported(self):
         self.serve("--misname-ring")
         allow = os.path.join(self.workdir_short, "allow.txt")
         with open(allow, "w") as f:
-            f.write("back-end | names ring | the planted deviation of "
-                    "this test\n")
+            f.write("back-end | vring-base-of-the-ring-asked | the planted "
+                    "deviation of this test\n")
         self.allow_list = allow
         self.migrate_between_two(rings=2)
         self.assertTrue(self.found.accepted_deviations)

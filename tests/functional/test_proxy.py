@@ -40,11 +40,11 @@ class Proxy(VhostUserTest):
     def test_a_backend_that_answers_wrongly_is_judged(self):
         """Negative control: a back-end that replies to GET_FEATURES with
         another request number is caught by the proxy's reply rules."""
-        from avocado_vhost.vhost_user import Fault, Request
+        from avocado_vhost.vhost_user import Fault, FaultAction, Request, Side
         from avocado_vhost.vhost_user.message import HEADER, VERSION
         backend = self.make_backend("backend")
         backend.faults.append(Fault(
-            "reply", request=Request.GET_FEATURES,
+            FaultAction.REPLY, request=Request.GET_FEATURES,
             reply_bytes=lambda r, p: HEADER.pack(
                 int(Request.GET_PROTOCOL_FEATURES), VERSION | 0x4, 8)
             + bytes(8)))
@@ -54,8 +54,10 @@ class Proxy(VhostUserTest):
         backend.wait_for(lambda: len(proxy.violations) > 0,
                          "the proxy to judge the wrong reply",
                          self.scaled(10))
-        self.assertIn("back-end: reply to message 1 GET_FEATURES names "
-                      "request GET_PROTOCOL_FEATURES", proxy.violations[0].text)
+        first = proxy.violations[0]
+        self.assertEqual((first.side, first.rule),
+                         (Side.BACK_END, "reply-names-request"), str(first))
+        self.assertIn("GET_PROTOCOL_FEATURES", first.text)
         # ... and the verdict the external scenarios assert fails on it
         with self.assertRaises(AssertionError) as ctx:
             check_proxy(self, proxy)

@@ -75,6 +75,10 @@ class BackendTestCase(unittest.TestCase):
         """A GET_FEATURES round trip: everything before it is handled."""
         self.fe.call(Request.GET_FEATURES)
 
+    def rules(self):
+        """The rules the front-end broke so far, in order."""
+        return [v.rule for v in self.backend.violations]
+
     def mem_table(self, size=1 << 20, gpa=0, uva=0x7F0000000000):
         from avocado_vhost.vhost_user.message import MemoryTable
         fd = memfd(size)

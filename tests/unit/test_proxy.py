@@ -7,7 +7,7 @@ import tempfile
 import unittest
 
 from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature, Request,
-                                      VhostUserBackend)
+                                      Side, VhostUserBackend)
 from avocado_vhost.vhost_user.frontend import FrontEnd
 from avocado_vhost.vhost_user.message import (U64,
                                               VirtioFeature, VringState)
@@ -60,8 +60,10 @@ class ProxyTest(unittest.TestCase):
             self.backend.config.features | int(VirtioFeature.RING_PACKED)))
         self.fe.call(Request.GET_FEATURES)
         self.proxy.wait_violations(1, 5)
-        self.assertIn("front-end: ", self.proxy.violations[0].text)
-        self.assertIn("RING_PACKED", self.proxy.violations[0].text)
+        violation = self.proxy.violations[0]
+        self.assertEqual((violation.side, violation.rule),
+                         (Side.FRONT_END, "features-subset"))
+        self.assertIn("RING_PACKED", violation.text)
 
     def test_the_judge_leaves_the_device_state_pipe_alone(self):
         """SET_DEVICE_STATE_FD through the proxy: the pipe carries exactly
