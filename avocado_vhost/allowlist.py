@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from .errors import SetupError
 from .vhost_user.conformance import FRONT_END_RULES
 from .vhost_user.proxy import REPLY_RULES
 from .vhost_user.records import Problem, Side
@@ -38,7 +39,7 @@ RULES_OF: Dict[Side, Dict[str, str]] = {
 }
 
 
-class AllowListError(ValueError):
+class AllowListError(SetupError, ValueError):
     """The allow-list cannot be read (the line and why in the text)."""
 
 

@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
+from .errors import Misbehaved, NotAvailable
 from .qemu.launcher import call_in_launcher, die_with_parent
 from .phases import phase
 from .tmpdirs import dpdk_runtime_base
@@ -32,7 +33,7 @@ from .tmpdirs import dpdk_runtime_base
 if TYPE_CHECKING:
     from .harness import Harness
 
-__all__ = ["Testpmd", "TestpmdError", "PortStats", "find_testpmd",
+__all__ = ["Testpmd", "TestpmdError", "NoTestpmd", "PortStats", "find_testpmd",
            "start_testpmd",
            "TESTPMD_PACKAGE", "SERVER_WAITING"]
 
@@ -45,8 +46,12 @@ _PROMPT = "testpmd> "
 SERVER_WAITING = r"waiting for client connection"
 
 
-class TestpmdError(Exception):
+class TestpmdError(Misbehaved):
     """testpmd did not start, answer, or stay alive."""
+
+
+class NoTestpmd(NotAvailable):
+    """This host has no dpdk-testpmd."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +259,7 @@ def start_testpmd(test: "Harness", name: str, vdev: str,
     """
     binary = find_testpmd(test.param("testpmd"))
     if binary is None:
-        test.cancel(f"no dpdk-testpmd (Debian package {TESTPMD_PACKAGE}, "
+        raise NoTestpmd(f"no dpdk-testpmd (Debian package {TESTPMD_PACKAGE}, "
                     "which ./setup.sh installs; or -p testpmd=PATH)")
     prefix = f"{os.path.basename(test.workdir_short)}-{name}"
     testpmd = Testpmd(binary, prefix, vdev,

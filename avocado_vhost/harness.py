@@ -45,16 +45,16 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
 
 from . import params, triage
 from .chart import write_chart
+from .errors import NotAvailable, Outcome, SetupError, outcome_of
 from .found import Found
-from .qemu.binary import Capabilities, QemuBinaryError, find_binary, probe
-from .qemu.membackend import Unavailable, memory_path
+from .qemu.binary import Capabilities, find_binary, probe
+from .qemu.membackend import memory_path
 from .qemu.platform import Platform, platform_for
 from .qemu.vm import VMSpec, VhostVM, default_tmpdir
 from .phases import CLOCK, phase
 from .tmpdirs import make_private_tmpdir, remove_all_orphans
 from .watchdog import start_watchdog
-from .vhost_user import (BackendConfig, BackendFailure, ProtocolFeature,
-                         VhostUserBackend)
+from .vhost_user import BackendConfig, ProtocolFeature, VhostUserBackend
 from .vhost_user.offers import DEFAULT_OFFER, OFFERS, asked_on_purpose, names
 from .vhost_user.device import Device
 from .vhost_user.proxy import Proxy
@@ -82,10 +82,14 @@ class Harness(_Base):
         # Every test method ends with the back-end check, inside the test
         # (a problem is the test's FAIL, with its traceback, and is not
         # reported when the test failed already): a test cannot forget it.
+        # What it raises ends it as errors.outcome_of says.
         name = getattr(self, "_testMethodName", "")
         method = getattr(self, name, None)
         if name.startswith("test") and callable(method):
-            setattr(self, name, self._then_check_backends(method))
+            setattr(self, name, self._mapped(method, check=True))
+        # the set-up too, the test class's own included (a require_*
+        # there, or a helper that finds something missing)
+        setattr(self, "setUp", self._mapped(self.setUp))
         self._violations_expected: List[str] = []
         self._failure_expected: List[str] = []
         #: what the test found beyond its verdict (the result plugin's)
@@ -93,18 +97,37 @@ class Harness(_Base):
         #: an allow-list file of the test's own (else -p backend_allow=)
         self.allow_list: Optional[str] = None
 
-    def _then_check_backends(self, method: Callable[[], Any]
-                             ) -> Callable[[], Any]:
+    def _mapped(self, method: Callable[[], Any],
+                check: bool = False) -> Callable[[], Any]:
+        """``method``, then (``check``) the back-ends' check; whatever
+        either raises ends the test through :meth:`_end_as`."""
         @functools.wraps(method)
-        def checked() -> Any:
+        def mapped() -> Any:
             try:
                 result = method()
-                self.check_backends()
-            except (AssertionError, BackendFailure) as exc:
-                triage.report_if_known(self, str(exc))
-                raise
+                if check:
+                    self.check_backends()
+            except Exception as exc:
+                self._end_as(exc)
             return result
-        return checked
+        return mapped
+
+    def _end_as(self, exc: Exception) -> NoReturn:
+        """End the test as ``exc`` means (:func:`.errors.outcome_of`): the
+        one place where an exception becomes CANCEL, ERROR or FAIL.  A
+        failure that is a known QEMU defect of the QEMU under test becomes
+        a CANCEL that names it (:mod:`.triage`)."""
+        outcome = outcome_of(exc)
+        if outcome is Outcome.CANCEL:
+            self.cancel(str(exc))
+        if outcome is Outcome.FAIL:
+            triage.report_if_known(self, str(exc))
+            if isinstance(exc, AssertionError):
+                raise exc
+            raise self.failureException(str(exc)) from exc
+        if isinstance(exc, SetupError):
+            self.error(str(exc))
+        raise exc  # a bug of the test or of the framework: its traceback
 
     def _runner_param(self, name: str) -> Optional[object]:
         raise NotImplementedError
@@ -137,10 +160,7 @@ class Harness(_Base):
     def param(self, name: str) -> Optional[str]:
         """Parameter ``name`` (see :mod:`avocado_vhost.params`); a broken
         value ends the test as a configuration error."""
-        try:
-            return params.resolve(name, self._runner_param(name))
-        except params.ParamError as exc:
-            self.error(str(exc))
+        return params.resolve(name, self._runner_param(name))
 
     qemu_bin: str
     caps: Capabilities
@@ -161,13 +181,11 @@ class Harness(_Base):
         self.vms: List[VhostVM] = []
         strange = params.unknown(self._runner_param_names())
         if strange:
-            self.error(f"unknown parameter(s) {', '.join(strange)}; the "
-                       f"suite's parameters are {', '.join(params.PARAMS)}")
-        try:
-            self.qemu_bin = find_binary(self.param("qemu_bin"))
-            self.caps = probe(self.qemu_bin)
-        except QemuBinaryError as exc:
-            self.error(str(exc))
+            raise SetupError(f"unknown parameter(s) {', '.join(strange)}; "
+                             "the suite's parameters are "
+                             f"{', '.join(params.PARAMS)}")
+        self.qemu_bin = find_binary(self.param("qemu_bin"))
+        self.caps = probe(self.qemu_bin)
         self.platform: Platform = platform_for(self.caps.arch)
         self.accel = self._choose_accel()
         self.log.info("QEMU under test: %s (version %s, %s, accel %s)",
@@ -236,21 +254,22 @@ class Harness(_Base):
         if wanted is None:
             return "qtest" if self.caps.has_accel("qtest") else "tcg"
         if not self.caps.has_accel(wanted):
-            self.cancel(f"accelerator '{wanted}' does not start with "
-                        f"{self.qemu_bin}: {self.caps.accel_error(wanted)}")
+            raise NotAvailable(f"accelerator '{wanted}' does not start "
+                               f"with {self.qemu_bin}: "
+                               f"{self.caps.accel_error(wanted)}")
         return str(wanted)
 
     def require_arch(self, *arches: str) -> None:
         """Cancel unless the QEMU under test is a system emulator of one of
         ``arches``."""
         if self.caps.arch not in arches:
-            self.cancel(f"needs a {' or '.join(arches)} QEMU; "
-                        f"{self.qemu_bin} is {self.caps.arch}")
+            raise NotAvailable(f"needs a {' or '.join(arches)} QEMU; "
+                               f"{self.qemu_bin} is {self.caps.arch}")
 
     def require_device(self, name: str) -> None:
         """Cancel unless the QEMU under test has device ``name``."""
         if not self.caps.has_device(name):
-            self.cancel(f"{self.qemu_bin} has no device '{name}'")
+            raise NotAvailable(f"{self.qemu_bin} has no device '{name}'")
 
     def require_membackend(self, backend: str) -> Optional[str]:
         """Cancel unless memory backend ``backend`` can be used here.
@@ -262,9 +281,7 @@ class Harness(_Base):
                                self.param("hugetlbfs_path"),
                                int(self.param("mem_mb") or 256))
         except KeyError as exc:
-            self.error(str(exc.args[0]))
-        except Unavailable as exc:
-            self.cancel(str(exc))
+            raise SetupError(str(exc.args[0])) from None
 
     def require_qemu(self, version: Tuple[int, int, int], why: str) -> None:
         """Cancel when the QEMU under test is older than ``version``, for
@@ -272,15 +289,16 @@ class Harness(_Base):
         used to excuse a defect, which is a failure (see
         :mod:`.known_defects`)."""
         if self.caps.version_tuple < version:
-            self.cancel(f"QEMU {self.caps.version} is older than "
-                        f"{'.'.join(map(str, version))}: {why}")
+            raise NotAvailable(f"QEMU {self.caps.version} is older than "
+                               f"{'.'.join(map(str, version))}: {why}")
 
     def require_protocol(self, wanted: int, why: str) -> None:
         """Cancel when the run's offer (``-p offer=``) takes away a protocol
         feature of ``wanted``; ``why`` says what the test needs it for."""
         lacking = self.offer.lacks(wanted)
         if lacking:
-            self.cancel(f"offer={self.offer.name} lacks {names(lacking)}: {why}")
+            raise NotAvailable(f"offer={self.offer.name} lacks "
+                               f"{names(lacking)}: {why}")
 
     def scaled(self, seconds: float) -> float:
         """A wait bound, scaled by ``-p timeout_scale=``."""

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
+from .errors import SetupError
 from .qemu.membackend import MEM_BACKENDS
 from .vhost_user.offers import DEFAULT_OFFER, OFFERS
 
@@ -25,7 +26,7 @@ __all__ = ["Param", "PARAMS", "ParamError", "resolve", "unknown",
            "AVOCADO_OWN"]
 
 
-class ParamError(ValueError):
+class ParamError(SetupError, ValueError):
     """A parameter is unknown or has an invalid value."""
 
 

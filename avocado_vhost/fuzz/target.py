@@ -22,6 +22,7 @@ import subprocess
 import time
 from typing import IO, Optional
 
+from ..errors import SetupError
 from ..kit.backends import cleanup, ended, fill, listening
 from ..qemu.launcher import die_with_parent
 from ..qemu.watch import FolderWatch
@@ -29,7 +30,7 @@ from ..qemu.watch import FolderWatch
 __all__ = ["Target", "TargetError"]
 
 
-class TargetError(RuntimeError):
+class TargetError(SetupError):
     """The back-end could not be started or reached (set-up, not a
     finding): the text says what was awaited and what was seen."""
 

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import NotAvailable
 from .initramfs import Initramfs
 from .vmlinux import pvh_elf
 
@@ -105,7 +106,7 @@ exec setsid cttyhack sh
 """
 
 
-class AssetsMissing(Exception):
+class AssetsMissing(NotAvailable):
     """The guest's kernel and initramfs are not there (and why)."""
 
 

@@ -17,13 +17,15 @@ import socket
 import threading
 from typing import List, Tuple
 
+from ..errors import Misbehaved
+
 __all__ = ["GuestConsole", "ConsoleTimeout", "console_args"]
 
 #: output kept in memory for pattern waits (the log file has all of it)
 _KEEP = 1 << 20
 
 
-class ConsoleTimeout(AssertionError):
+class ConsoleTimeout(Misbehaved):
     """The guest did not print what a test waited for (a test failure: the
     message has the console's tail)."""
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Tuple
 
+from ..errors import Misbehaved
 from ..phases import phase
 from ..qemu.vm import VhostVM
 from ..vhost_user import VhostUserBackend
@@ -26,7 +27,7 @@ PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 _RX = "/sys/class/net/eth0/statistics/rx_packets"
 
 
-class GuestFailure(AssertionError):
+class GuestFailure(Misbehaved):
     """The guest did not reach a state a test expected."""
 
 

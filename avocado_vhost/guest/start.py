@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from .. import triage
+from ..errors import NotAvailable
 from ..qemu.vm import VhostVM
 from ..vhost_user import VhostUserBackend
 from ..vhost_user.net import NetDevice, Port
@@ -36,12 +37,9 @@ def require_guest(test: "Harness") -> GuestAssets:
     missing or cannot run."""
     test.require_arch(*guest_assets.ARCHES)
     if not test.caps.has_accel("tcg"):
-        test.cancel(f"the real guest needs TCG: "
-                    f"{test.caps.accel_error('tcg')}")
-    try:
-        assets = guest_assets.load(test.caps.arch)
-    except guest_assets.AssetsMissing as exc:
-        test.cancel(str(exc))
+        raise NotAvailable(f"the real guest needs TCG: "
+                           f"{test.caps.accel_error('tcg')}")
+    assets = guest_assets.load(test.caps.arch)  # AssetsMissing: CANCEL
     test.log.info("guest made of %s", guest_assets.describe(assets))
     return assets
 

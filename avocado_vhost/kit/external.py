@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, List, Optional, Tuple
 
+from ..errors import NotAvailable, SetupError
 from ..qemu.launcher import call_in_launcher, die_with_parent
 from ..qemu.watch import FolderWatch
 from .backends import BACKENDS, cleanup, ended, fill, listening
@@ -25,7 +26,8 @@ from .backends import BACKENDS, cleanup, ended, fill, listening
 if TYPE_CHECKING:
     from ..harness import Harness
 
-__all__ = ["ExternalBackend", "choose", "start", "start_backend", "ended",
+__all__ = ["ExternalBackend", "NoExternalBackend", "ExternalBackendError",
+           "choose", "start", "start_backend", "ended",
            "deaths"]
 
 
@@ -39,6 +41,16 @@ class ExternalBackend:
     template: str
 
 
+class NoExternalBackend(NotAvailable):
+    """No external back-end was named, or it is not installed here, or it
+    serves another device than the scenario's."""
+
+
+class ExternalBackendError(SetupError):
+    """The back-end named is unknown, or would not start listening."""
+
+
+
 def choose(test: "Harness", device: str) -> ExternalBackend:
     """The back-end under test, if it serves ``device``; CANCEL (or ERROR
     for a name the kit does not know) otherwise."""
@@ -46,23 +58,25 @@ def choose(test: "Harness", device: str) -> ExternalBackend:
     if name:
         known = BACKENDS.get(name)
         if known is None:
-            test.error(f"-p backend={name}: the kit knows "
-                       f"{', '.join(sorted(BACKENDS))}")
+            raise ExternalBackendError(f"-p backend={name}: the kit knows "
+                                       f"{', '.join(sorted(BACKENDS))}")
         template = known.template()
         if template is None:
-            test.cancel(known.missing())
+            raise NoExternalBackend(known.missing())
         chosen = ExternalBackend(known.name, known.device, template)
     else:
         template = test.param("backend_cmd")
         if not template:
-            test.cancel("no external back-end: give -p backend=NAME ("
-                        f"{', '.join(sorted(BACKENDS))}) or -p "
-                        "backend_cmd='COMMAND ... {socket} ...'")
+            raise NoExternalBackend(
+                "no external back-end: give -p backend=NAME ("
+                f"{', '.join(sorted(BACKENDS))}) or -p "
+                "backend_cmd='COMMAND ... {socket} ...'")
         chosen = ExternalBackend("custom", test.param("backend_device")
                                  or "net", template)
     if chosen.device != device:
-        test.cancel(f"a {device} scenario; the back-end under test "
-                    f"({chosen.name}) serves {chosen.device}")
+        raise NoExternalBackend(f"a {device} scenario; the back-end under "
+                                f"test ({chosen.name}) serves "
+                                f"{chosen.device}")
     test.found.external_backend = chosen.name
     return chosen
 
@@ -112,14 +126,16 @@ def start(test: "Harness", backend: ExternalBackend, name: str,
     try:
         while not listening(sock) and proc.poll() is None:
             if time.monotonic() >= deadline:
-                test.error(f"{sock} exists but the external back-end does "
-                           f"not listen on it; see {name}.log")
+                raise ExternalBackendError(
+                    f"{sock} exists but the external back-end does not "
+                    f"listen on it; see {name}.log")
             select.select([pidfd], [], [], 0.002)
     finally:
         os.close(pidfd)
     if proc.poll() is not None:
-        test.error(f"the external back-end exited with {proc.returncode}"
-                   f" before it listened; see {name}.log")
+        raise ExternalBackendError(
+            f"the external back-end exited with {proc.returncode} before "
+            f"it listened; see {name}.log")
     return proc
 
 

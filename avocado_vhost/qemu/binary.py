@@ -33,6 +33,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
+from ..errors import SetupError
+
 __all__ = ["QemuBinaryError", "Capabilities", "find_binary", "probe",
            "ENV_BINARY", "DEFAULT_NAME"]
 
@@ -42,7 +44,7 @@ _PROBE_VERSION = 1  # bump when Capabilities changes shape
 _ACCELS_TRIED = ("qtest", "tcg", "kvm")
 
 
-class QemuBinaryError(Exception):
+class QemuBinaryError(SetupError):
     """The QEMU binary is missing or is not a system emulator of a target
     the suite knows (x86_64, aarch64)."""
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional
 
 from qemu.qmp import ExecuteError
 
+from ..errors import Misbehaved
 from .platform import Platform
 from .qtest import QtestLink
 from .vm import TRANSITIONAL, VhostVM
@@ -37,7 +38,7 @@ ACPI_MEMHP_BASE = 0xA00
 _MEMHP_EJECT = 8
 
 
-class HotplugError(Exception):
+class HotplugError(Misbehaved):
     """A plug or unplug did not happen (QEMU's answer is in the text)."""
 
 

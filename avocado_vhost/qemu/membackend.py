@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from ..errors import NotAvailable
 from .binary import Capabilities
 
 __all__ = ["MEM_BACKENDS", "Unavailable", "memory_path", "hugetlbfs_mounted",
@@ -26,7 +27,7 @@ MEM_BACKENDS = {
 }
 
 
-class Unavailable(Exception):
+class Unavailable(NotAvailable):
     """The memory backend cannot be used here (the reason is the text):
     a test CANCELs."""
 

@@ -23,13 +23,15 @@ import socket
 import time
 from typing import Callable, List, Optional
 
+from ..errors import Misbehaved
+
 __all__ = ["QtestError", "QtestLink", "SLICE"]
 
 #: how often a wait for an answer asks whether QEMU can still give one
 SLICE = 0.25
 
 
-class QtestError(Exception):
+class QtestError(Misbehaved):
     """A qtest command failed or QEMU did not answer it in time."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
+from ..errors import Misbehaved
 from ..virtio.features import VirtioFeature
 from ..virtio.ring import split_sizes
 from .platform import Platform
@@ -44,7 +45,7 @@ def modern_device_id(virtio_type: int) -> int:
     return 0x1040 + virtio_type
 
 
-class VirtioPciError(Exception):
+class VirtioPciError(Misbehaved):
     """The device did not behave as a virtio-pci device must."""
 
 

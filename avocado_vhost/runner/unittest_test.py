@@ -28,6 +28,7 @@ import unittest
 from types import FrameType
 from typing import Iterable, NoReturn, Optional
 
+from ..errors import SetupError
 from .. import params
 from ..harness import Harness
 from ..qemu.binary import QemuBinaryError, find_binary, probe
@@ -39,7 +40,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-class ConfigurationError(Exception):
+class ConfigurationError(SetupError):
     """The test cannot start: a parameter, the QEMU binary or the set-up is
     wrong (Avocado's ERROR, not a skip)."""
 
