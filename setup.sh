@@ -135,7 +135,7 @@ if [ "$(id -u)" -eq 0 ]; then
     fi
 fi
 
-"$venv/bin/python" -m avocado_vhost.guest.assets \
+"$venv/bin/python" -m avocado_vhost.peers.guest.assets \
     || say "error: the guest assets could not be made (above); the guest tests will CANCEL"
 
 # --- Avocado's settings for this machine -------------------------------------
@@ -146,11 +146,11 @@ fi
 # settings plugin; ~/.config/avocado/avocado.conf and
 # --max-parallel-tasks still win.
 mkdir -p "$venv/etc"
-printf '%s\n' "# written by ./setup.sh (avocado_vhost/avocado_settings.py reads it)" \
+printf '%s\n' "# written by ./setup.sh (avocado_vhost/runner/avocado_settings.py reads it)" \
     "[run]" "max_parallel_tasks = $(( 2 * $(nproc) ))" \
     > "$venv/etc/avocado-vhost.conf"
 
 # --- the QEMU under test -----------------------------------------------------
-"$venv/bin/python" -m avocado_vhost.qemu.binary --check \
+"$venv/bin/python" -m avocado_vhost.peers.qemu.binary --check \
     || die "the QEMU binary cannot be used (see above)"
 say "ready: run tests with $venv/bin/avocado run tests/functional"

@@ -1,18 +1,27 @@
 """
 avocado-vhost: Avocado functional tests of QEMU's vhost-user front-end.
 
-``avocado_vhost.vhost_user`` is the in-process back-end (and the
-conformance proxy); ``avocado_vhost.qemu`` builds, launches and drives QEMU;
-``avocado_vhost.guest`` is the real Linux guest (assets, console, the host
-on its wire); ``avocado_vhost.dpdk`` drives DPDK's testpmd as a peer;
-``avocado_vhost.chart`` draws message-sequence charts; ``python -m
-avocado_vhost`` (``cli``) serves, proxies and charts from the command line;
-``avocado_vhost.harness`` is the test harness and ``avocado_vhost.test`` the
-tests' base class for the runner at hand (Avocado, or unittest/TAP as QEMU
-runs tests).  The latter is
-deliberately not imported here: importing ``avocado.Test`` subclasses from a
-package ``__init__`` causes a circular import when Avocado loads plugins
-(and this package is an Avocado plugin).
+The layout is the architecture::
+
+    test.py harness.py       the test's life: the base class for the runner
+    params.py errors.py      at hand, parameters, how a test ends
+    vhost_user/ virtio/      the vhost-user library (back-end, protocol core,
+                             proxy) and virtio's numbers
+    peers/                   what tests run against or beside: qemu/,
+                             guest/, dpdk, external/ back-ends
+    checks/                  what judges results: guest memory, ring
+                             handoff, migration log, known QEMU defects
+    scenarios/               stories several tests share
+    fuzz/                    the hostile front-end, for back-end authors
+    runner/                  Avocado and unittest/TAP glue, plugins, the
+                             per-test plumbing (phases, temp dirs, watchdog)
+    tools/                   benchmarks' helper, charts, a standalone VM
+    cli.py                   ``python -m avocado_vhost``: serve, proxy,
+                             chart, fuzz
+
+``avocado_vhost.test`` is deliberately not imported here: importing
+``avocado.Test`` subclasses from a package ``__init__`` causes a circular
+import when Avocado loads plugins (and this package is an Avocado plugin).
 """
 
 __version__ = "0.4.0"

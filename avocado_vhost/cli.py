@@ -38,15 +38,15 @@ import sys
 import threading
 from typing import List, Optional, Sequence
 
-from .chart import write_chart
-from .devices import DEVICES, device_config
-from .fuzz import command as fuzz_command
-from .guest.boot import GuestOptions, backend_config
-from .vhost_user import Fault, FaultAction, Request, VhostUserBackend
-from .vhost_user.message import FLAG_REPLY, VERSION, VringState, encode
-from .vhost_user.net import NetDevice, Port, SentFrame
-from .vhost_user.proxy import Proxy
-from .vhost_user.trace import Trace
+from avocado_vhost.tools.chart import write_chart
+from avocado_vhost.vhost_user.device_offers import DEVICES, device_config
+from avocado_vhost.fuzz import command as fuzz_command
+from avocado_vhost.peers.guest.boot import GuestOptions, backend_config
+from avocado_vhost.vhost_user import Fault, FaultAction, Request, VhostUserBackend
+from avocado_vhost.vhost_user.message import FLAG_REPLY, VERSION, VringState, encode
+from avocado_vhost.vhost_user.net import NetDevice, Port, SentFrame
+from avocado_vhost.vhost_user.proxy import Proxy
+from avocado_vhost.vhost_user.trace import Trace
 
 __all__ = ["main"]
 

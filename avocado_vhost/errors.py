@@ -9,20 +9,21 @@ Three meanings, as a QEMU developer reads a result::
      +-- NotAvailable   CANCEL  this host or this QEMU lacks what the test
      |    |                     needs (a feature, a package, an asset);
      |    |                     the reason says which
-     |    +-- qemu.membackend.Unavailable, guest.assets.AssetsMissing,
-     |        dpdk.NoTestpmd, kit.external.NoExternalBackend
+     |    +-- peers.qemu.membackend.Unavailable,
+     |        peers.guest.assets.AssetsMissing,
+     |        peers.dpdk.NoTestpmd, peers.external.launch.NoExternalBackend
      +-- SetupError     ERROR   the test's own set-up is broken (a
      |    |                     parameter, the QEMU binary, an allow-list,
      |    |                     a helper that would not start)
-     |    +-- params.ParamError, qemu.binary.QemuBinaryError,
-     |        allowlist.AllowListError, fuzz.target.TargetError,
-     |        kit.external.ExternalBackendError
+     |    +-- params.ParamError, peers.qemu.binary.QemuBinaryError,
+     |        checks.allowlist.AllowListError, fuzz.target.TargetError,
+     |        peers.external.launch.ExternalBackendError
      +-- Misbehaved     FAIL    the thing under test -- QEMU, the guest, a
           |                     back-end -- did not do what the spec or
           |                     the test says (an AssertionError)
-          +-- qemu.qtest.QtestError, qemu.virtio_pci.VirtioPciError,
-              qemu.hotplug.HotplugError, guest.console.ConsoleTimeout,
-              guest.run.GuestFailure, dpdk.TestpmdError
+          +-- peers.qemu: qtest.QtestError, virtio_pci.VirtioPciError,
+              hotplug.HotplugError; peers.guest: console.ConsoleTimeout,
+              run.GuestFailure; peers.dpdk.TestpmdError
 
 Beside it: the back-end library's :class:`.vhost_user.error.VhostUserError`
 (usable on its own, so not a subclass), whose ``BackendFailure`` is an

@@ -20,7 +20,7 @@ the real guest (:mod:`.guest.start`), testpmd
 (:func:`.dpdk.start_testpmd`), a conformance proxy
 (:mod:`.scenarios.proxied`), QEMU as the socket's server
 (:mod:`.scenarios.server_mode`), the back-end under test
-(:func:`.kit.external.start_backend`).  What a QEMU failure means (a
+(:func:`.peers.external.launch.start_backend`).  What a QEMU failure means (a
 known defect's report, or a FAIL) is decided in :mod:`.triage`; what a
 test found beyond its verdict is :class:`.found.Found`.
 
@@ -43,22 +43,24 @@ from contextlib import ExitStack
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn,
                     Optional, Tuple)
 
-from . import params, triage
-from .chart import write_chart
-from .errors import NotAvailable, Outcome, SetupError, outcome_of
-from .found import Found
-from .qemu.binary import Capabilities, find_binary, probe
-from .qemu.membackend import memory_path
-from .qemu.platform import Platform, platform_for
-from .qemu.vm import VMSpec, VhostVM, default_tmpdir
-from .phases import CLOCK, phase
-from .tmpdirs import make_private_tmpdir, remove_all_orphans
-from .watchdog import start_watchdog
-from .vhost_user import BackendConfig, ProtocolFeature, VhostUserBackend
-from .vhost_user.offers import DEFAULT_OFFER, OFFERS, asked_on_purpose, names
-from .vhost_user.device import Device
-from .vhost_user.proxy import Proxy
-from .vhost_user.trace import Trace
+from avocado_vhost import params
+
+from avocado_vhost.checks import triage
+from avocado_vhost.tools.chart import write_chart
+from avocado_vhost.errors import NotAvailable, Outcome, SetupError, outcome_of
+from avocado_vhost.checks.found import Found
+from avocado_vhost.peers.qemu.binary import Capabilities, find_binary, probe
+from avocado_vhost.peers.qemu.membackend import memory_path
+from avocado_vhost.peers.qemu.platform import Platform, platform_for
+from avocado_vhost.peers.qemu.vm import VMSpec, VhostVM, default_tmpdir
+from avocado_vhost.runner.phases import CLOCK, phase
+from avocado_vhost.runner.tmpdirs import make_private_tmpdir, remove_all_orphans
+from avocado_vhost.runner.watchdog import start_watchdog
+from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, VhostUserBackend
+from avocado_vhost.vhost_user.offers import DEFAULT_OFFER, OFFERS, asked_on_purpose, names
+from avocado_vhost.vhost_user.device import Device
+from avocado_vhost.vhost_user.proxy import Proxy
+from avocado_vhost.vhost_user.trace import Trace
 
 __all__ = ["Harness"]
 

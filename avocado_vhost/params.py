@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
-from .errors import SetupError
-from .qemu.membackend import MEM_BACKENDS
-from .vhost_user.offers import DEFAULT_OFFER, OFFERS
+from avocado_vhost.errors import SetupError
+from avocado_vhost.peers.qemu.membackend import MEM_BACKENDS
+from avocado_vhost.vhost_user.offers import DEFAULT_OFFER, OFFERS
 
 __all__ = ["Param", "PARAMS", "ParamError", "resolve", "unknown",
            "AVOCADO_OWN"]
@@ -80,7 +80,7 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     Param("backend", "AVOCADO_VHOST_BACKEND", None,
           "a real back-end of the conformance kit to put under test (tags "
           "external, fuzz): dpdk, qsd, vhost-user-blk, vhost-user-bridge "
-          "(avocado_vhost.kit.backends)"),
+          "(avocado_vhost.peers.external.backends)"),
     Param("backend_cmd", "AVOCADO_VHOST_BACKEND_CMD", None,
           "an external back-end of your own to put under test (tags "
           "external, fuzz): a command with {socket} (where it must "
@@ -96,7 +96,7 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     Param("backend_allow", "AVOCADO_VHOST_BACKEND_ALLOW", None,
           "a file of the external back-end's known deviations, one "
           "'side | text | why' per line; any other violation fails the "
-          "scenario (avocado_vhost.allowlist)"),
+          "scenario (avocado_vhost.checks.allowlist)"),
     Param("offer", "AVOCADO_VHOST_OFFER", DEFAULT_OFFER,
           "what the suite's back-ends offer (the capability matrix): "
           + "; ".join(f"{o.name}: {o.summary}" for o in OFFERS.values()),

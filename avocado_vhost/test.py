@@ -26,7 +26,7 @@ __all__ = ["VhostUserTest", "main", "UNDER_AVOCADO"]
 UNDER_AVOCADO = "avocado.plugins.runners.avocado_instrumented" in sys.modules
 
 if UNDER_AVOCADO:
-    from .runner.avocado_test import VhostUserTest
-    from .runner.unittest_test import main
+    from avocado_vhost.runner.avocado_test import VhostUserTest
+    from avocado_vhost.runner.unittest_test import main
 else:
-    from .runner.unittest_test import VhostUserTest, main  # type: ignore[assignment]
+    from avocado_vhost.runner.unittest_test import VhostUserTest, main  # type: ignore[assignment]

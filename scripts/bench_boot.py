@@ -10,7 +10,7 @@ From QEMU's start to the line ``/init`` prints once the virtio-net driver
 is loaded (``AVH-GUEST-READY``), with the suite's assets, one vCPU, 256
 MiB, a virtio-net device (no back-end: the driver probes it all the same).
 On x86_64 the baseline is Debian's bzImage through SeaBIOS; the suite
-boots the ELF inside it through PVH (``avocado_vhost/guest/vmlinux.py``).
+boots the ELF inside it through PVH (``avocado_vhost/peers/guest/vmlinux.py``).
 The two alternate, run by run; medians and their ratio.  aarch64 has one
 way (its Image is decompressed by QEMU on the host).
 """
@@ -27,9 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
-from avocado_vhost.guest import assets as guest_assets  # noqa: E402
-from avocado_vhost.guest.assets import READY  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.peers.guest import assets as guest_assets  # noqa: E402
+from avocado_vhost.peers.guest.assets import READY  # noqa: E402
 
 MACHINE = {"x86_64": ["-M", "pc"],
            "aarch64": ["-M", "virt", "-cpu", "cortex-a57"]}

@@ -25,16 +25,16 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
 from avocado_vhost.vhost_user.message import (  # noqa: E402
     MemoryRegion, MemoryTable, ProtocolFeature, Request, U64, VirtioFeature,
     VringAddr, VringState)
-from avocado_vhost.qemu.driver import NET_HDR, DriverQueue  # noqa: E402
-from avocado_vhost.qemu.platform import BUFFER_WINDOW  # noqa: E402
-from avocado_vhost.qemu.virtio_pci import GuestAllocator  # noqa: E402
-from avocado_vhost.standalone import standalone_vm  # noqa: E402
+from avocado_vhost.peers.qemu.driver import NET_HDR, DriverQueue  # noqa: E402
+from avocado_vhost.peers.qemu.platform import BUFFER_WINDOW  # noqa: E402
+from avocado_vhost.peers.qemu.virtio_pci import GuestAllocator  # noqa: E402
+from avocado_vhost.tools.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402
 
 NUM = 1024

@@ -33,8 +33,8 @@ from typing import Callable, Dict
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
-from avocado_vhost.dpdk import Testpmd, find_testpmd  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.peers.dpdk import Testpmd, find_testpmd  # noqa: E402
 from avocado_vhost.vhost_user import (  # noqa: E402
     BackendConfig, VhostUserBackend)
 from avocado_vhost.vhost_user.net import NetDevice, Port  # noqa: E402

@@ -11,11 +11,12 @@ round:
 
 - ``pass``: as written;
 - ``assertion``: the check compares against a wrong count (FAIL);
-- ``qemu-killed``: QEMU is SIGKILLed before the check (ERROR: the driver's
-  next qtest command finds it gone);
+- ``qemu-killed``: QEMU is SIGKILLed before the check (FAIL: the driver's
+  next qtest command finds it gone -- QEMU, the thing under test, died);
 - ``qemu-stopped``: QEMU is SIGSTOPped before the check, the hang a test
-  can see (ERROR: the qtest answer never comes; the link asks between
-  slices whether QEMU can still answer, :data:`avocado_vhost.qemu.qtest.SLICE`).
+  can see (FAIL: the qtest answer never comes; the link asks between
+  slices whether QEMU can still answer,
+  :data:`avocado_vhost.peers.qemu.qtest.SLICE`).
 
 Prints, per way, the median of the test's own time and of the job's wall
 time, and the difference to ``pass`` measured in the same run.  The goal
@@ -37,17 +38,17 @@ from typing import Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 
 KINDS = ("pass", "assertion", "qemu-killed", "qemu-stopped")
-EXPECTED = {"pass": "PASS", "assertion": "FAIL", "qemu-killed": "ERROR",
-            "qemu-stopped": "ERROR"}
+EXPECTED = {"pass": "PASS", "assertion": "FAIL", "qemu-killed": "FAIL",
+            "qemu-stopped": "FAIL"}
 
 TEST = textwrap.dedent('''
     import os
     import signal
 
-    from avocado_vhost.qemu.driver import NET_HDR
+    from avocado_vhost.peers.qemu.driver import NET_HDR
     from avocado_vhost.test import VhostUserTest, main
     from avocado_vhost.vhost_user.net import NetDevice, Port
 

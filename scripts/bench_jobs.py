@@ -28,7 +28,7 @@ from typing import Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 PROFILES = {
     "quick": ["--filter-by-tags=-guest,-dpdk,-fault-sweep",
               "--filter-by-tags-include-empty"],

@@ -28,8 +28,8 @@ from typing import Iterator, Optional, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
-from avocado_vhost.dpdk import Testpmd, find_testpmd  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.peers.dpdk import Testpmd, find_testpmd  # noqa: E402
 from avocado_vhost.vhost_user import (  # noqa: E402
     BackendConfig, Request, VhostUserBackend)
 from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 from avocado_vhost.vhost_user.frontend import FrontEnd  # noqa: E402
 from avocado_vhost.vhost_user.message import (HEADER, Request,  # noqa: E402

@@ -20,9 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
-from avocado_vhost.qemu.binary import find_binary  # noqa: E402
-from avocado_vhost.standalone import standalone_vm  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.peers.qemu.binary import find_binary  # noqa: E402
+from avocado_vhost.tools.standalone import standalone_vm  # noqa: E402
 from avocado_vhost.vhost_user import VhostUserBackend  # noqa: E402
 
 

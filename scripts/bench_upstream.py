@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from avocado_vhost.bench import Samples, rounds  # noqa: E402
+from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 
 _NET = ("/x86_64/pc/i440FX-pcihost/pci-bus-pc/pci-bus/virtio-net-pci/"
         "virtio-net/virtio-net-tests/vhost-user/")

@@ -19,9 +19,9 @@ failing run is cut down to a short reproducer file that plays again.
     command   ``python -m avocado_vhost fuzz``
 """
 
-from .campaign import Budget, Finding, Report, replay, run
-from .step import Step, load
-from .target import Target, TargetError
+from avocado_vhost.fuzz.campaign import Budget, Finding, Report, replay, run
+from avocado_vhost.fuzz.step import Step, load
+from avocado_vhost.fuzz.target import Target, TargetError
 
 __all__ = ["Budget", "Finding", "Report", "Step", "Target", "TargetError",
            "load", "replay", "run"]

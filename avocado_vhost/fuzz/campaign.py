@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..vhost_user.message import HEADER, VERSION, Request, request_name
-from .generate import Generator
-from .minimise import ddmin
-from .step import Step, dump
-from .target import Target, TargetError
-from .wire import ANSWERED, ENDED, GREW, SILENT, SharedMemory, Wire
+from avocado_vhost.vhost_user.message import HEADER, VERSION, Request, request_name
+from avocado_vhost.fuzz.generate import Generator
+from avocado_vhost.fuzz.minimise import ddmin
+from avocado_vhost.fuzz.step import Step, dump
+from avocado_vhost.fuzz.target import Target, TargetError
+from avocado_vhost.fuzz.wire import ANSWERED, ENDED, GREW, SILENT, SharedMemory, Wire
 
 __all__ = ["Budget", "Finding", "Report", "run", "replay", "discover",
            "FINDINGS"]
@@ -80,7 +80,7 @@ class Finding:
     @property
     def signature(self) -> Tuple[str, str, str]:
         """(kind, detail, the last message's request) of the cut-down
-        run: what :mod:`avocado_vhost.kit.findings` matches."""
+        run: what :mod:`avocado_vhost.fuzz.findings` matches."""
         outcome = self.minimal_outcome or self.outcome
         last = next((s for s in reversed(self.minimal)
                      if s.kind in ("msg", "hangup")), None)

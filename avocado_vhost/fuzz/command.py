@@ -30,11 +30,11 @@ import sys
 import tempfile
 from typing import Optional
 
-from ..kit import findings
-from ..kit.backends import BACKENDS
-from .campaign import Budget, replay, run
-from .step import load
-from .target import Target, TargetError
+from avocado_vhost.fuzz import findings
+from avocado_vhost.peers.external.backends import BACKENDS
+from avocado_vhost.fuzz.campaign import Budget, replay, run
+from avocado_vhost.fuzz.step import load
+from avocado_vhost.fuzz.target import Target, TargetError
 
 __all__ = ["add_parser"]
 

@@ -23,9 +23,9 @@ import random
 import struct
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY,
+from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY,
                                   VRING_NOFD_FLAG, VERSION, Request)
-from .step import FdSpec, Step
+from avocado_vhost.fuzz.step import FdSpec, Step
 
 __all__ = ["Generator", "REGION_SIZES", "region_gpa", "region_uva",
            "ring_layout"]

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..vhost_user.message import HEADER, VERSION, request_name
+from avocado_vhost.vhost_user.message import HEADER, VERSION, request_name
 
 __all__ = ["FdSpec", "Step", "dump", "load", "FORMAT"]
 

@@ -22,10 +22,10 @@ import subprocess
 import time
 from typing import IO, Optional
 
-from ..errors import SetupError
-from ..kit.backends import cleanup, ended, fill, listening
-from ..qemu.launcher import die_with_parent
-from ..qemu.watch import FolderWatch
+from avocado_vhost.errors import SetupError
+from avocado_vhost.peers.external.backends import cleanup, ended, fill, listening
+from avocado_vhost.peers.qemu.launcher import die_with_parent
+from avocado_vhost.peers.qemu.watch import FolderWatch
 
 __all__ = ["Target", "TargetError"]
 
@@ -39,7 +39,7 @@ class Target:
     """A back-end listening at ``socket_path``.
 
     :param command: a template, started with its placeholders replaced
-        (:func:`avocado_vhost.kit.backends.fill`: ``{socket}``, ``{dir}``,
+        (:func:`avocado_vhost.peers.external.backends.fill`: ``{socket}``, ``{dir}``,
         ``{name}``, ``{disk}``, ``{port}``); ``None`` for a back-end run by someone
         else (``pid`` then names it, if known).
     :param log: the started process's stdout and stderr go here.

@@ -29,10 +29,10 @@ import struct
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER,
+from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER,
                                   HEADER_SIZE, VERSION, Request)
-from .generate import REGION_SIZES
-from .step import FdSpec, Step
+from avocado_vhost.fuzz.generate import REGION_SIZES
+from avocado_vhost.fuzz.step import FdSpec, Step
 
 __all__ = ["Wire", "SharedMemory", "ANSWERED", "CLOSED", "SILENT", "ENDED",
            "GREW"]

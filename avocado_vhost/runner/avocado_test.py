@@ -18,8 +18,8 @@ from typing import Iterable, Optional
 
 from avocado import Test
 
-from ..harness import Harness
-from ..params import PARAMS
+from avocado_vhost.harness import Harness
+from avocado_vhost.params import PARAMS
 
 __all__ = ["VhostUserTest"]
 

@@ -28,11 +28,11 @@ import unittest
 from types import FrameType
 from typing import Iterable, NoReturn, Optional
 
-from ..errors import SetupError
-from .. import params
-from ..harness import Harness
-from ..qemu.binary import QemuBinaryError, find_binary, probe
-from .tap import TapRunner
+from avocado_vhost.errors import SetupError
+from avocado_vhost import params
+from avocado_vhost.harness import Harness
+from avocado_vhost.peers.qemu.binary import QemuBinaryError, find_binary, probe
+from avocado_vhost.runner.tap import TapRunner
 
 __all__ = ["VhostUserTest", "ConfigurationError", "main", "results_root"]
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, List
 
-from ..qemu.driver import NET_HDR, DriverQueue
-from ..vhost_user import VhostUserBackend
-from ..vhost_user.net import Port
-from ..virtio import NET_HDR_LEN
+from avocado_vhost.peers.qemu.driver import NET_HDR, DriverQueue
+from avocado_vhost.vhost_user import VhostUserBackend
+from avocado_vhost.vhost_user.net import Port
+from avocado_vhost.virtio import NET_HDR_LEN
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["frames", "transmit", "receive"]
 

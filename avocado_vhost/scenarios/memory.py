@@ -20,14 +20,14 @@ import random
 import shutil
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
-from ..guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
+from avocado_vhost.checks.guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
                         pattern)
-from ..qemu.vm import VhostVM
-from ..tmpdirs import DUMP_PREFIX, dump_base, make_private_tmpdir
-from ..vhost_user import VhostUserBackend
+from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.runner.tmpdirs import DUMP_PREFIX, dump_base, make_private_tmpdir
+from avocado_vhost.vhost_user import VhostUserBackend
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["assert_guest_memory_agrees", "dump_guest_memory"]
 

@@ -20,16 +20,16 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from ..handoff import RingHandoffMonitor
-from ..phases import phase
-from ..qemu import hotplug
-from ..qemu.platform import RING_WINDOW, SCRATCH_WINDOW
-from ..qemu.vm import VhostVM
-from ..vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
+from avocado_vhost.checks.handoff import RingHandoffMonitor
+from avocado_vhost.runner.phases import phase
+from avocado_vhost.peers.qemu import hotplug
+from avocado_vhost.peers.qemu.platform import RING_WINDOW, SCRATCH_WINDOW
+from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
                           Request, VhostUserBackend)
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["MigrationPair", "start_pair", "migrate", "wait_migration",
            "MigrationOutcome", "wait_outcome",

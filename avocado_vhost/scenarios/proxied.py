@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List
 
-from .. import allowlist, triage
-from ..kit import external
-from ..vhost_user.proxy import Proxy
+from avocado_vhost.checks import allowlist, triage
+from avocado_vhost.peers.external import launch as external
+from avocado_vhost.vhost_user.proxy import Proxy
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["make_proxy", "check_proxy"]
 

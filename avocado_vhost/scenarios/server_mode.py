@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
-from ..qemu.vm import VhostVM
-from ..vhost_user import BackendConfig, Fault, VhostUserBackend
-from ..vhost_user.device import Device
+from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.vhost_user import BackendConfig, Fault, VhostUserBackend
+from avocado_vhost.vhost_user.device import Device
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["launch_server_mode"]
 

@@ -23,15 +23,15 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Set
 
-from ..handoff import RingHandoffMonitor
-from ..qemu.driver import NET_HDR
-from ..vhost_user import BackendConfig, RingEvent, VhostUserBackend
-from ..vhost_user.net import NetDevice, Port
-from ..virtio import NET_HDR_LEN, VirtioFeature
-from . import migration
+from avocado_vhost.checks.handoff import RingHandoffMonitor
+from avocado_vhost.peers.qemu.driver import NET_HDR
+from avocado_vhost.vhost_user import BackendConfig, RingEvent, VhostUserBackend
+from avocado_vhost.vhost_user.net import NetDevice, Port
+from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
+from avocado_vhost.scenarios import migration
 
 if TYPE_CHECKING:
-    from ..harness import Harness
+    from avocado_vhost.harness import Harness
 
 __all__ = ["Finding", "TrafficProblem", "TrafficReport", "TrafficOptions",
            "migrate_under_traffic", "QUEUE_SIZE"]

@@ -2,7 +2,7 @@
 What a back-end offers the front-end: :class:`BackendConfig`.
 
 Kept apart from the back-end so that the proxy's judge, the CLI and the
-device catalogue (:mod:`avocado_vhost.devices`) can build one without the
+device catalogue (:mod:`avocado_vhost.vhost_user.device_offers`) can build one without the
 thread.
 """
 

@@ -7,7 +7,7 @@ Like libvhost-user's ``VuDevIface``: the device is a plug-in.
   rings started and stopped, the memory table changed, a kick arrived,
   the connection reset, and twice a second a look for stalled rings.  The
   virtio-net data path (:class:`.net.NetDevice`) implements it; a device
-  without a data path (gpio, blk and scmi in :mod:`avocado_vhost.devices`)
+  without a data path (gpio, blk and scmi in :mod:`avocado_vhost.vhost_user.device_offers`)
   simply has none, and its rings are configured but never processed;
   :class:`.blk.BlkDevice` serves virtio-blk with in-flight tracking.
 * :class:`DeviceHost` -- all a device may use of its back-end: its name

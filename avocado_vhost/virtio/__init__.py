@@ -3,7 +3,7 @@ Virtio's own vocabulary, written once: feature bits, ring layouts and
 flags, the net header.
 
 The back-end (:mod:`avocado_vhost.vhost_user`), the test-side driver
-(:mod:`avocado_vhost.qemu`) and the tests all speak virtio; each used to
+(:mod:`avocado_vhost.peers.qemu`) and the tests all speak virtio; each used to
 spell these numbers itself.  Nothing here does I/O or keeps state, so any
 layer may import it.
 

@@ -13,7 +13,7 @@ Packed ring: ``num x {u64 addr, u32 len, u16 id, u16 flags}`` and two
 event suppression structures ``{u16 off_wrap, u16 flags}``.
 
 Both the device side (:mod:`avocado_vhost.vhost_user.virtq`) and the
-driver side (:mod:`avocado_vhost.qemu.driver`) read these from here.
+driver side (:mod:`avocado_vhost.peers.qemu.driver`) read these from here.
 """
 
 from __future__ import annotations

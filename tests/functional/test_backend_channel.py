@@ -21,11 +21,11 @@ import os
 import struct
 import time
 
-from avocado_vhost.devices import (BLK_CAPACITY, BLK_F_BLK_SIZE, BLK_QUEUES,
+from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY, BLK_F_BLK_SIZE, BLK_QUEUES,
                                    device_config)
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
-from avocado_vhost.qemu.qtest import QtestError
+from avocado_vhost.peers.qemu.qtest import QtestError
 from avocado_vhost.vhost_user.error import ConnectionClosed
 from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, HEADER,
                                               VERSION, BackendRequest, Empty)

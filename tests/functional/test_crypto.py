@@ -23,7 +23,7 @@ bytes; the back-end tells the two apart by size.)
 
 import struct
 
-from avocado_vhost.devices import BASE_FEATURES
+from avocado_vhost.vhost_user.device_offers import BASE_FEATURES
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 

@@ -13,7 +13,7 @@ import random
 import struct
 import time
 
-from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.driver import NET_HDR
 from avocado_vhost.scenarios import loopback
 from avocado_vhost.scenarios.loopback import frames
 from avocado_vhost.scenarios.server_mode import launch_server_mode

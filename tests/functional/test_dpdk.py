@@ -17,8 +17,8 @@ and fails on any other.
 import os
 import re
 
-from avocado_vhost import dpdk
-from avocado_vhost.dpdk import SERVER_WAITING
+from avocado_vhost.peers import dpdk
+from avocado_vhost.peers.dpdk import SERVER_WAITING
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, DisconnectCause
 from avocado_vhost.vhost_user.net import NetDevice, Port

@@ -3,7 +3,7 @@ The suite's scenarios against an external back-end, through the
 conformance proxy: the conformance kit's verdicts.
 
 ``-p backend=NAME`` names a real back-end of the kit (dpdk, qsd,
-vhost-user-blk, vhost-user-bridge: ``avocado_vhost/kit/backends.py``);
+vhost-user-blk, vhost-user-bridge: ``avocado_vhost/peers/external/backends.py``);
 ``-p backend_cmd='COMMAND ... {socket} ...'`` one of your own (with ``-p
 backend_device=net|blk``).  Without either these tests CANCEL, and so do
 the scenarios of the other device type.  The proxy sits between QEMU and
@@ -22,9 +22,9 @@ import os
 import sys
 import time
 
-from avocado_vhost.kit import external
-from avocado_vhost.kit.backends import DISK_SIZE
-from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.peers.external import launch as external
+from avocado_vhost.peers.external.backends import DISK_SIZE
+from avocado_vhost.peers.qemu.driver import NET_HDR
 from avocado_vhost.scenarios.migration import migrate, wait_migration
 from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main

@@ -15,7 +15,7 @@ end in one of two ways:
 A QEMU that stops answering QMP (hung), dies of a signal (crashed), or gives
 up on the device without a word fails the test.  A step where QEMU sent an
 event before its ``qmp_capabilities`` reply (QEMU 10, see
-``avocado_vhost.qemu.machine``) says so in its row.  The table of outcomes is
+``avocado_vhost.peers.qemu.machine``) says so in its row.  The table of outcomes is
 logged and written to ``fault_sweep.txt`` in the test's log directory.
 """
 

@@ -7,9 +7,9 @@ run as its own process with ``serve --crash-on`` / ``--hang-on`` -- and
 the fuzzer must find it and cut its run down to that one message; the
 same back-end without a planted bug must come through a campaign with no
 finding.  With ``-p backend=NAME`` (a back-end of the kit:
-``avocado_vhost/kit/backends.py``) or ``-p backend_cmd=``, a campaign runs
+``avocado_vhost/peers/external/backends.py``) or ``-p backend_cmd=``, a campaign runs
 against that back-end: a finding the kit knows
-(``avocado_vhost/kit/findings.py``) is reported as found, any other fails
+(``avocado_vhost/fuzz/findings.py``) is reported as found, any other fails
 the test with its reproducer; and every known reproducer for that back-end
 is played again.
 """
@@ -19,8 +19,8 @@ import sys
 
 from avocado_vhost.fuzz import Budget, Target, load, replay, run
 from avocado_vhost.fuzz.campaign import FINDINGS
-from avocado_vhost.kit import findings
-from avocado_vhost.kit.backends import BACKENDS
+from avocado_vhost.fuzz import findings
+from avocado_vhost.peers.external.backends import BACKENDS
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import Request
 from avocado_vhost.vhost_user.message import request_name
@@ -167,7 +167,7 @@ class RealBackend(FuzzTest):
             if carried:
                 self.assertIsNotNone(outcome, f"{carried[0].id} no longer "
                                      f"shows ({name}): fixed? update "
-                                     "avocado_vhost/kit/findings.py")
+                                     "avocado_vhost/fuzz/findings.py")
                 self.assertEqual(outcome.kind, header["outcome"], name)
                 self.found.backend_defects.extend(d.id for d in carried)
             elif outcome is not None and outcome.kind in FINDINGS:

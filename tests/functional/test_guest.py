@@ -5,19 +5,19 @@ The qtest-driven tests play the guest themselves, one access at a time
 with the vCPUs halted.  Here Linux's virtio-net driver runs (TCG), with
 its interrupts, event suppression and buffer refills, concurrently with
 the back-end's thread.  The back-end's host answers ARP and ICMP echo
-(:mod:`avocado_vhost.guest.netstack`), so traffic is counted on both
+(:mod:`avocado_vhost.peers.guest.netstack`), so traffic is counted on both
 sides: what the guest's ping says, what the host saw, what the guest's
 interface counted.
 """
 
-from avocado_vhost.guest.boot import GuestOptions, backend_config
-from avocado_vhost.guest.run import GuestFailure, GuestRun
-from avocado_vhost.handoff import RingHandoffMonitor
-from avocado_vhost.known_defects import DEFECTS
+from avocado_vhost.peers.guest.boot import GuestOptions, backend_config
+from avocado_vhost.peers.guest.run import GuestFailure, GuestRun
+from avocado_vhost.checks.handoff import RingHandoffMonitor
+from avocado_vhost.checks.known_defects import DEFECTS
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.scenarios import migration
 from avocado_vhost.scenarios.migration import migrate, wait_migration
-from avocado_vhost.guest.start import launch_guest_vm, start_guest
+from avocado_vhost.peers.guest.start import launch_guest_vm, start_guest
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 

@@ -8,15 +8,15 @@ device can be plugged again on the same back-end and started afresh.
 
 The test is the guest: it drives each device to DRIVER_OK over qtest and
 ejects it through the pc machine's ACPI PCI hot-plug register
-(``avocado_vhost.qemu.hotplug``), which is x86-only.
+(``avocado_vhost.peers.qemu.hotplug``), which is x86-only.
 """
 
 import mmap
 import os
 
-from avocado_vhost.devices import BLK_QUEUES, device_config
-from avocado_vhost.qemu import hotplug
-from avocado_vhost import triage
+from avocado_vhost.vhost_user.device_offers import BLK_QUEUES, device_config
+from avocado_vhost.peers.qemu import hotplug
+from avocado_vhost.checks import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 

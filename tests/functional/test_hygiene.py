@@ -13,13 +13,13 @@ import subprocess
 import sys
 import textwrap
 
-from avocado_vhost.dpdk import find_testpmd
+from avocado_vhost.peers.dpdk import find_testpmd
 from avocado_vhost.test import UNDER_AVOCADO, VhostUserTest, main
-from avocado_vhost.tmpdirs import dpdk_runtime_base, remove_orphans
+from avocado_vhost.runner.tmpdirs import dpdk_runtime_base, remove_orphans
 
 CHILD = textwrap.dedent("""
     import sys
-    from avocado_vhost.standalone import standalone_vm
+    from avocado_vhost.tools.standalone import standalone_vm
     from avocado_vhost.vhost_user import VhostUserBackend
     with standalone_vm(VhostUserBackend("child"), sys.argv[1]) as vm:
         print(vm.pid, flush=True)
@@ -28,9 +28,9 @@ CHILD = textwrap.dedent("""
 
 TESTPMD_CHILD = textwrap.dedent("""
     import os, sys
-    from avocado_vhost.dpdk import Testpmd, find_testpmd
-    from avocado_vhost.qemu.vm import default_tmpdir
-    from avocado_vhost.tmpdirs import make_private_tmpdir
+    from avocado_vhost.peers.dpdk import Testpmd, find_testpmd
+    from avocado_vhost.peers.qemu.vm import default_tmpdir
+    from avocado_vhost.runner.tmpdirs import make_private_tmpdir
     d = make_private_tmpdir(default_tmpdir())
     t = Testpmd(find_testpmd(), os.path.basename(d) + "-testpmd",
                 f"net_vhost0,iface={d}/vhost.sock", os.path.join(d, "t.log"))

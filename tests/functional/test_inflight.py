@@ -19,11 +19,11 @@ index alone it takes the odd requests again and never sees requests 0 and
 
 from collections import Counter
 
-from avocado_vhost.devices import BLK_CAPACITY, BLK_QUEUES, device_config
-from avocado_vhost.guest.boot import GuestOptions
-from avocado_vhost.known_defects import DEFECTS
+from avocado_vhost.vhost_user.device_offers import BLK_CAPACITY, BLK_QUEUES, device_config
+from avocado_vhost.peers.guest.boot import GuestOptions
+from avocado_vhost.checks.known_defects import DEFECTS
 from avocado_vhost.scenarios import migration
-from avocado_vhost.guest.start import start_guest
+from avocado_vhost.peers.guest.start import start_guest
 from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request, Side

@@ -11,7 +11,7 @@ status register (``vectors`` unused, MSI-X left disabled).
 Negative controls: before any signal no vector has fired and the ISR reads
 0; a signal on one ring fires that ring's vector and no other.
 
-**Known QEMU defects** (``avocado_vhost/known_defects.py``).  QEMU 7.2
+**Known QEMU defects** (``avocado_vhost/checks/known_defects.py``).  QEMU 7.2
 dies of SIGSEGV when a vhost-user virtio-net device starts with MSI-X
 enabled and no KVM irqfd (TCG): ``virtio_pci_set_guest_notifiers``
 installs MSI-X vector notifiers whenever the device class has
@@ -28,9 +28,9 @@ ends as that defect's report; anywhere else it FAILs.
 import threading
 import time
 
-from avocado_vhost.devices import FS_OPTIONS, FS_QUEUES, device_config
-from avocado_vhost.qemu.qtest import QtestError
-from avocado_vhost import triage
+from avocado_vhost.vhost_user.device_offers import FS_OPTIONS, FS_QUEUES, device_config
+from avocado_vhost.peers.qemu.qtest import QtestError
+from avocado_vhost.checks import triage
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
                                       ProtocolFeature, Request, RingEvent,

@@ -17,9 +17,9 @@ import random
 
 from qemu.qmp import ExecuteError
 
-from avocado_vhost.qemu import hotplug
-from avocado_vhost.qemu.virtio_mem import VirtioMem
-from avocado_vhost.guestmem import first_difference
+from avocado_vhost.peers.qemu import hotplug
+from avocado_vhost.peers.qemu.virtio_mem import VirtioMem
+from avocado_vhost.checks.guestmem import first_difference
 from avocado_vhost.scenarios.memory import (assert_guest_memory_agrees,
                                             dump_guest_memory)
 from avocado_vhost.test import VhostUserTest, main

@@ -9,14 +9,14 @@ answer to the first GET_VRING_BASE, and meanwhile writes two pages through
 its own mapping and logs only one.
 
 ``test_logging_messages`` judges the messages that make logging possible,
-each against its spec sentence (``avocado_vhost.migration_log``): LOG_ALL in
+each against its spec sentence (``avocado_vhost.checks.migration_log``): LOG_ALL in
 SET_FEATURES, VHOST_VRING_F_LOG and a ``log_guest_addr`` equal to the used
 ring's guest address in every ring's SET_VRING_ADDR, and a log that covers
 all of guest RAM.  Its negative controls feed the same checks QEMU's real
 messages, each broken one way, and require a finding.
 """
 
-from avocado_vhost import migration_log
+from avocado_vhost.checks import migration_log
 from avocado_vhost.scenarios import migration
 from avocado_vhost.scenarios.migration import NEW, OLD
 from avocado_vhost.test import VhostUserTest, main

@@ -12,7 +12,7 @@ VM and each ring (GET_VRING_BASE), and the ring positions it gets are what
 the destination resumes from.
 """
 
-from avocado_vhost.devices import BLK_QUEUES, device_config
+from avocado_vhost.vhost_user.device_offers import BLK_QUEUES, device_config
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (Fault, FaultAction, ProtocolFeature,

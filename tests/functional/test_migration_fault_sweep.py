@@ -16,7 +16,7 @@ Each step is a fresh pair of VMs.  A fault must fail the migration with
 the reason and the VM running on the source; a stall must delay it, not
 fail it.  A crash, a hang, or a migration that completes although the
 back-end failed is a finding; where the QEMU under test is a release known
-to carry the defect (``avocado_vhost.known_defects``), the row says so, and
+to carry the defect (``avocado_vhost.checks.known_defects``), the row says so, and
 a sweep whose only findings are known defects ends as their report
 (CANCEL "KNOWN QEMU DEFECT"), never as a pass.  The table is logged and written to
 ``migration_fault_sweep.txt`` in the test's log directory.
@@ -27,7 +27,7 @@ import signal
 
 from qemu.machine.machine import AbnormalShutdown
 
-from avocado_vhost import known_defects
+from avocado_vhost.checks import known_defects
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,

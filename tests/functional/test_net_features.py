@@ -17,7 +17,7 @@ virtio-net's own vhost-user requests: NET_SET_MTU and SEND_RARP.
   only: the back-end is never told (an open defect).
 """
 
-from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.driver import NET_HDR
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,

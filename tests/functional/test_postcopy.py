@@ -31,8 +31,8 @@ import random
 import time
 from dataclasses import replace
 
-from avocado_vhost.qemu.driver import NET_HDR
-from avocado_vhost.qemu.platform import SCRATCH_WINDOW
+from avocado_vhost.peers.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.platform import SCRATCH_WINDOW
 from avocado_vhost.scenarios import migration
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request

@@ -5,7 +5,7 @@ guest memory included), both directions are decoded and both sides judged.
 """
 
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
-from avocado_vhost.dpdk import start_testpmd
+from avocado_vhost.peers.dpdk import start_testpmd
 from avocado_vhost.scenarios.proxied import check_proxy, make_proxy
 from avocado_vhost.test import VhostUserTest, main
 

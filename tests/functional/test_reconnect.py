@@ -11,7 +11,7 @@ QEMU's chardev is ``server=on``: the back-end connects, and reconnects the
 moment a connection ends (``reconnect_path``), so no delay is involved.
 """
 
-from avocado_vhost.devices import BLK_QUEUES, device_config
+from avocado_vhost.vhost_user.device_offers import BLK_QUEUES, device_config
 from avocado_vhost.scenarios.server_mode import launch_server_mode
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import (BackendConfig, DisconnectCause, Fault,

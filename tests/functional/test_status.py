@@ -15,7 +15,7 @@ purpose, over qtest: the test writes the device status as a guest driver
 would.
 """
 
-from avocado_vhost.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.driver import NET_HDR
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import ProtocolFeature, Request
 from avocado_vhost.vhost_user.net import NetDevice, Port

@@ -21,11 +21,11 @@ turns this on only for a back-end with BACKEND_REQ and REPLY_ACK.
 
 import random
 
-from avocado_vhost.qemu.driver import NET_HDR
-from avocado_vhost.qemu.iommu import IntelIommu
-from avocado_vhost.qemu.platform import (BUFFER_WINDOW, IOMMU_WINDOW,
+from avocado_vhost.peers.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.iommu import IntelIommu
+from avocado_vhost.peers.qemu.platform import (BUFFER_WINDOW, IOMMU_WINDOW,
                                          RING_WINDOW)
-from avocado_vhost.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator,
+from avocado_vhost.peers.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator,
                                            config_space, find_function,
                                            modern_device_id)
 from avocado_vhost.scenarios import loopback

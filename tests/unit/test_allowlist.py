@@ -4,7 +4,7 @@ entry can never silently accept nothing."""
 
 import unittest
 
-from avocado_vhost.allowlist import AllowListError, allowed, parse
+from avocado_vhost.checks.allowlist import AllowListError, allowed, parse
 from avocado_vhost.vhost_user import Problem, ProblemKind, Side
 
 TEXT = """

@@ -3,7 +3,7 @@ medians, ratios and differences that refuse a case never measured."""
 
 import unittest
 
-from avocado_vhost.bench import Samples, rounds
+from avocado_vhost.tools.bench import Samples, rounds
 
 
 class Rounds(unittest.TestCase):

@@ -5,7 +5,7 @@ import os
 import tempfile
 import unittest
 
-from avocado_vhost.chart import render_files
+from avocado_vhost.tools.chart import render_files
 from avocado_vhost.vhost_user.trace import Trace
 
 

@@ -4,20 +4,20 @@ test misbehaved), decided by errors.outcome_of alone."""
 
 import unittest
 
-from avocado_vhost.allowlist import AllowListError
-from avocado_vhost.dpdk import NoTestpmd, TestpmdError
+from avocado_vhost.checks.allowlist import AllowListError
+from avocado_vhost.peers.dpdk import NoTestpmd, TestpmdError
 from avocado_vhost.errors import Outcome, outcome_of
 from avocado_vhost.fuzz.target import TargetError
-from avocado_vhost.guest.assets import AssetsMissing
-from avocado_vhost.guest.console import ConsoleTimeout
-from avocado_vhost.guest.run import GuestFailure
-from avocado_vhost.kit.external import ExternalBackendError, NoExternalBackend
+from avocado_vhost.peers.guest.assets import AssetsMissing
+from avocado_vhost.peers.guest.console import ConsoleTimeout
+from avocado_vhost.peers.guest.run import GuestFailure
+from avocado_vhost.peers.external.launch import ExternalBackendError, NoExternalBackend
 from avocado_vhost.params import ParamError
-from avocado_vhost.qemu.binary import QemuBinaryError
-from avocado_vhost.qemu.hotplug import HotplugError
-from avocado_vhost.qemu.membackend import Unavailable
-from avocado_vhost.qemu.qtest import QtestError
-from avocado_vhost.qemu.virtio_pci import VirtioPciError
+from avocado_vhost.peers.qemu.binary import QemuBinaryError
+from avocado_vhost.peers.qemu.hotplug import HotplugError
+from avocado_vhost.peers.qemu.membackend import Unavailable
+from avocado_vhost.peers.qemu.qtest import QtestError
+from avocado_vhost.peers.qemu.virtio_pci import VirtioPciError
 from avocado_vhost.vhost_user import BackendFailure, WaitTimeout
 
 MEANING = {

@@ -10,8 +10,8 @@ from avocado_vhost.fuzz.campaign import FINDINGS
 from avocado_vhost.fuzz.generate import Generator
 from avocado_vhost.fuzz.minimise import ddmin
 from avocado_vhost.fuzz.step import FdSpec, Step, dump, load
-from avocado_vhost.kit import findings
-from avocado_vhost.kit.backends import BACKENDS, DISK_SIZE, fill
+from avocado_vhost.fuzz import findings
+from avocado_vhost.peers.external.backends import BACKENDS, DISK_SIZE, fill
 from avocado_vhost.vhost_user.message import Request
 
 RING_REQUESTS = {Request.SET_VRING_NUM, Request.SET_VRING_BASE,

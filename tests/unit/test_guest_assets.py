@@ -12,7 +12,7 @@ import unittest
 from typing import List
 from unittest import mock
 
-from avocado_vhost.guest import assets
+from avocado_vhost.peers.guest import assets
 
 DEPENDS = """linux-image-amd64
   Depends: linux-image-6.1.0-57-amd64

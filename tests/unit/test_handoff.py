@@ -4,7 +4,7 @@ used idx that did not migrate."""
 import unittest
 from unittest import mock
 
-from avocado_vhost.handoff import RingHandoffMonitor
+from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.vhost_user import RingEvent, VhostUserBackend
 from avocado_vhost.vhost_user.state import Vring
 
@@ -54,7 +54,7 @@ class HandoffTest(unittest.TestCase):
         """The destination's memory holds another used idx than the source
         left: the source's last used-ring writes were not carried."""
         used = {"src": 7, "dst": 5}
-        with mock.patch("avocado_vhost.handoff.used_idx_in_memory",
+        with mock.patch("avocado_vhost.checks.handoff.used_idx_in_memory",
                         lambda backend, ring: used[backend.name]):
             self.event(self.src, 0, RingEvent.STARTED)
             self.event(self.src, 0, RingEvent.STOPPED, base=7)
@@ -65,7 +65,7 @@ class HandoffTest(unittest.TestCase):
                       "stopped, 5 in the destination's", problems[0])
 
     def test_the_same_used_idx_on_both_sides_is_clean(self):
-        with mock.patch("avocado_vhost.handoff.used_idx_in_memory",
+        with mock.patch("avocado_vhost.checks.handoff.used_idx_in_memory",
                         lambda backend, ring: 7):
             self.event(self.src, 0, RingEvent.STARTED)
             self.event(self.src, 0, RingEvent.STOPPED, base=7)

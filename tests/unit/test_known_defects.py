@@ -7,7 +7,7 @@ carry it; the same failure on a QEMU with the fix stays a failure.
 import re
 import unittest
 
-from avocado_vhost.known_defects import DEFECTS, defects_for_test, match
+from avocado_vhost.checks.known_defects import DEFECTS, defects_for_test, match
 
 ABORT = ("the back-end refused to start logging: expected the migration to "
          "fail with the source VM running; migration source died; source "

@@ -4,7 +4,7 @@ wrong, and nothing in a front-end that gets it right."""
 import dataclasses
 import unittest
 
-from avocado_vhost import migration_log as ml
+from avocado_vhost.checks import migration_log as ml
 from avocado_vhost.vhost_user.message import (LogDescription, U64,
                                               VirtioFeature, VringAddr)
 from avocado_vhost.virtio.ring import split_sizes

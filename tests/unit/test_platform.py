@@ -4,7 +4,7 @@ import struct
 import tempfile
 import unittest
 
-from avocado_vhost.qemu.platform import PLATFORMS, platform_for
+from avocado_vhost.peers.qemu.platform import PLATFORMS, platform_for
 
 
 class PlatformTest(unittest.TestCase):

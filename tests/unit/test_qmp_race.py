@@ -10,7 +10,7 @@ import unittest
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from avocado_vhost.qemu.machine import tolerate_early_events
+from avocado_vhost.peers.qemu.machine import tolerate_early_events
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 13, "minor": 0,
                                          "major": 10}, "package": ""},

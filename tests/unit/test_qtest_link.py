@@ -10,7 +10,7 @@ import threading
 import time
 import unittest
 
-from avocado_vhost.qemu.qtest import SLICE, QtestError, QtestLink
+from avocado_vhost.peers.qemu.qtest import SLICE, QtestError, QtestLink
 
 
 class QtestLinkTest(unittest.TestCase):

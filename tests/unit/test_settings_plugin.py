@@ -7,7 +7,7 @@ import tempfile
 import unittest
 from unittest import mock
 
-from avocado_vhost.avocado_settings import VhostSettings, machine_config
+from avocado_vhost.runner.avocado_settings import VhostSettings, machine_config
 
 
 class MachineSettings(unittest.TestCase):
