@@ -52,7 +52,8 @@ from avocado_vhost.checks.found import Found
 from avocado_vhost.peers.qemu.binary import Capabilities, find_binary, probe
 from avocado_vhost.peers.qemu.membackend import memory_path
 from avocado_vhost.peers.qemu.platform import Platform, platform_for
-from avocado_vhost.peers.qemu.vm import VMSpec, VhostVM, default_tmpdir
+from avocado_vhost.peers.qemu.vm import (VMOptions, VMSpec, VhostVM,
+                                         default_tmpdir)
 from avocado_vhost.runner.phases import CLOCK, phase
 from avocado_vhost.runner.tmpdirs import make_private_tmpdir, remove_all_orphans
 from avocado_vhost.runner.watchdog import start_watchdog
@@ -66,6 +67,8 @@ __all__ = ["Harness"]
 
 if TYPE_CHECKING:  # the flavours are TestCases: their assert* methods
     import unittest
+
+    from typing_extensions import Unpack
     _Base = unittest.TestCase
 else:
     _Base = object
@@ -359,24 +362,23 @@ class Harness(_Base):
     def socket_path(self, name: str) -> str:
         return os.path.join(self.workdir_short, f"{name}.sock")
 
-    def make_vm(self, name: str, vhost_socket: str, **spec: object
-                ) -> VhostVM:
+    def make_vm(self, name: str, vhost_socket: str,
+                **options: Unpack[VMOptions]) -> VhostVM:
         """A VM (not launched yet) whose vhost-user chardev uses
         ``vhost_socket``; shut down at tear-down.
 
-        Memory backend and size default to the test parameters.
+        Accelerator, memory backend and size default to the run's.
         """
-        membackend = str(spec.pop("mem_backend", self.param("membackend")))
-        mem_path = self.require_membackend(membackend)
-        spec.setdefault("mem_mb", int(self.param("mem_mb") or 256))
-        spec.setdefault("accel", self.accel)
+        chosen: VMOptions = {
+            "accel": self.accel,
+            "mem_backend": str(self.param("membackend") or "memfd"),
+            "mem_mb": int(self.param("mem_mb") or 256), **options}
+        mem_path = self.require_membackend(chosen["mem_backend"])
         vm_spec = VMSpec(name=name, binary=self.qemu_bin,
                          workdir=self.workdir_short,
-                         vhost_socket=vhost_socket,
-                         mem_backend=membackend, mem_path=mem_path,
+                         vhost_socket=vhost_socket, mem_path=mem_path,
                          reconnect_ms=self.caps.reconnect_ms,
-                         platform=self.platform,
-                         **spec)  # type: ignore[arg-type]
+                         platform=self.platform, **chosen)
         # The firmware drives the device itself; qtest is for the test's
         # own driver.
         vm = VhostVM(vm_spec, self.logdir, qtest=not vm_spec.firmware)
@@ -385,12 +387,14 @@ class Harness(_Base):
         return vm
 
     def start_vm(self, vm: VhostVM, backend: VhostUserBackend,
-                 rings: int = 2, **drive: object) -> None:
-        """Launch ``vm``, drive its device to DRIVER_OK and wait until the
-        back-end has ``rings`` rings started."""
+                 rings: int = 2, features: int = 0,
+                 queues: Optional[int] = None) -> None:
+        """Launch ``vm``, drive its device to DRIVER_OK (asking
+        ``features``, with ``queues`` queues, default ``rings``) and wait
+        until the back-end has ``rings`` rings started."""
         vm.launch()
-        queues = drive.pop("queues", rings)
-        vm.drive_device(queues=queues, **drive)  # type: ignore[arg-type]
+        vm.drive_device(features=features,
+                        queues=rings if queues is None else queues)
         with phase("rings-start"):
             backend.wait_rings_started(rings, timeout=self.scaled(10))
 

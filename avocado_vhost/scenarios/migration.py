@@ -24,11 +24,13 @@ from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.runner.phases import phase
 from avocado_vhost.peers.qemu import hotplug
 from avocado_vhost.peers.qemu.platform import RING_WINDOW, SCRATCH_WINDOW
-from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
                           Request, VhostUserBackend)
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from avocado_vhost.harness import Harness
 
 __all__ = ["MigrationPair", "start_pair", "migrate", "wait_migration",
@@ -70,7 +72,7 @@ def start_pair(test: "Harness", rings: int = 2,
                config: Optional[BackendConfig] = None, features: int = 0,
                driver_queues: Optional[int] = None, prefix: str = "",
                dst_extra: Sequence[str] = (),
-               **spec: Any) -> MigrationPair:
+               **spec: Unpack[VMOptions]) -> MigrationPair:
     """The source launched with ``rings`` rings started (the test's driver
     asks for ``features`` and sets up ``driver_queues`` queues, default
     ``rings``); the destination launched with ``-incoming`` (and
@@ -83,10 +85,9 @@ def start_pair(test: "Harness", rings: int = 2,
     dst_be = test.make_backend(f"{prefix}dst", copy.deepcopy(config))
     src = test.make_vm(f"{prefix}src", src_be.listener_path, **spec)
     uri = "unix:" + test.socket_path(f"{prefix}migration")
-    dst_spec = dict(spec)
-    dst_spec["extra"] = list(spec.get("extra", [])) + list(dst_extra)
-    dst = test.make_vm(f"{prefix}dst", dst_be.listener_path, incoming=uri,
-                       **dst_spec)
+    dst_spec: VMOptions = {**spec, "incoming": uri,
+                           "extra": spec.get("extra", []) + list(dst_extra)}
+    dst = test.make_vm(f"{prefix}dst", dst_be.listener_path, **dst_spec)
     test.start_vm(src, src_be, rings=rings, features=features,
                   queues=rings if driver_queues is None else driver_queues)
     dst.launch()
@@ -379,7 +380,7 @@ def dirty_log_handoff(test: "Harness", unlogged_edges: Sequence[int] = (),
         source first -- its region's edges are written too -- and start
         the destination with it, as a migration after a hot-plug does.
     """
-    spec: Dict[str, Any] = {}
+    spec: VMOptions = {}
     dst_extra: List[str] = []
     if dimm:
         mem_mb = int(test.param("mem_mb") or 256)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
-from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
 from avocado_vhost.vhost_user import BackendConfig, Fault, VhostUserBackend
 from avocado_vhost.vhost_user.device import Device
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from avocado_vhost.harness import Harness
 
 __all__ = ["launch_server_mode"]
@@ -23,17 +25,20 @@ def launch_server_mode(test: "Harness", name: str = "vm",
                        faults: Sequence[Fault] = (),
                        on_connect: Optional[Callable[..., None]] = None,
                        config: Optional[BackendConfig] = None,
-                       device: Optional[Device] = None,
-                       **spec: object) -> Tuple[VhostVM, VhostUserBackend]:
+                       data_path: Optional[Device] = None,
+                       **spec: Unpack[VMOptions]
+                       ) -> Tuple[VhostVM, VhostUserBackend]:
     """A launched VM whose chardev listens, and the back-end connected to
     it.  ``faults`` and the per-connection hook ``on_connect`` are in
-    place before QEMU's first message."""
+    place before QEMU's first message; ``data_path`` is the back-end's
+    device (``spec``'s ``device`` is QEMU's)."""
     backend = test.make_backend(backend_name, config, listen=False,
-                                device=device)
+                                device=data_path)
     backend.faults.extend(faults)
     backend.on_connect = on_connect
     path = test.socket_path(f"{name}-vhost")
-    vm = test.make_vm(name, path, vhost_server=True, **spec)
+    server: VMOptions = {**spec, "vhost_server": True}
+    vm = test.make_vm(name, path, **server)
     backend.reconnect_path = path
     vm.launch(connect=backend.connect, timeout=test.scaled(30))
     return vm, backend

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, List, Optional, Set
 
 from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.peers.qemu.driver import NET_HDR
+from avocado_vhost.peers.qemu.vm import VMOptions
 from avocado_vhost.vhost_user import BackendConfig, RingEvent, VhostUserBackend
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature
@@ -104,7 +105,7 @@ def migrate_under_traffic(test: "Harness",
     port = Port()
     config = BackendConfig()
     config.features |= int(VirtioFeature.RING_INDIRECT_DESC)
-    spec = {}
+    spec: VMOptions = {}
     if options.packed:
         config.features |= int(VirtioFeature.RING_PACKED)
         spec["device_opts"] = ["packed=on"]
@@ -114,7 +115,8 @@ def migrate_under_traffic(test: "Harness",
                                device=dst_dev)
     src = test.make_vm("src", src_be.listener_path, **spec)
     uri = "unix:" + test.socket_path("migration")
-    dst = test.make_vm("dst", dst_be.listener_path, incoming=uri, **spec)
+    dst_spec: VMOptions = {**spec, "incoming": uri}
+    dst = test.make_vm("dst", dst_be.listener_path, **dst_spec)
     src.launch()
     device = src.drive_device(
         features=VirtioFeature.RING_PACKED if options.packed else 0,

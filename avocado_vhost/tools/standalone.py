@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from avocado_vhost.peers.qemu.binary import find_binary, probe
 from avocado_vhost.peers.qemu.platform import platform_for
-from avocado_vhost.peers.qemu.vm import VMSpec, VhostVM, default_tmpdir
+from avocado_vhost.peers.qemu.vm import VMOptions, VMSpec, VhostVM, default_tmpdir
 from avocado_vhost.runner.tmpdirs import make_private_tmpdir
 from avocado_vhost.vhost_user import VhostUserBackend
+
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["standalone_vm"]
 
@@ -26,7 +30,7 @@ __all__ = ["standalone_vm"]
 @contextlib.contextmanager
 def standalone_vm(backend: VhostUserBackend, qemu_bin: Optional[str] = None,
                   name: str = "vm", qtest: bool = True, launch: bool = True,
-                  **spec: object) -> Iterator[VhostVM]:
+                  **spec: Unpack[VMOptions]) -> Iterator[VhostVM]:
     """A VM served by ``backend`` (started here, stopped on exit).
 
     :param launch: launch it here (else the caller calls ``vm.launch()``,
@@ -40,10 +44,9 @@ def standalone_vm(backend: VhostUserBackend, qemu_bin: Optional[str] = None,
         backend.listen(sock)
         backend.start()
         binary = find_binary(qemu_bin)
-        spec.setdefault("platform", platform_for(probe(binary).arch))
         vm = VhostVM(VMSpec(name, binary, workdir, sock,
-                            **spec),  # type: ignore[arg-type]
-                     workdir, qtest=qtest)
+                            platform=platform_for(probe(binary).arch),
+                            **spec), workdir, qtest=qtest)
         if launch:
             vm.launch()
         yield vm

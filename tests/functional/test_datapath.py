@@ -176,7 +176,7 @@ class ReconnectUnderTraffic(Datapath):
         """
         port = Port()
         device = NetDevice(port)
-        vm, backend = launch_server_mode(self, device=device,
+        vm, backend = launch_server_mode(self, data_path=device,
                                          config=BackendConfig.net())
         vm.drive_device(features=VirtioFeature.RING_INDIRECT_DESC, queues=2,
                         queue_size=QUEUE_SIZE)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from avocado_vhost.checks import triage
 from avocado_vhost.errors import NotAvailable
-from avocado_vhost.peers.qemu.vm import VhostVM
+from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
 from avocado_vhost.vhost_user import VhostUserBackend
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.peers.guest import assets as guest_assets
@@ -26,6 +26,8 @@ from avocado_vhost.peers.guest.netstack import Responder
 from avocado_vhost.peers.guest.run import GuestFailure, GuestRun
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from avocado_vhost.harness import Harness
 
 __all__ = ["require_guest", "launch_guest_vm", "start_guest"]
@@ -45,20 +47,19 @@ def require_guest(test: "Harness") -> GuestAssets:
 
 
 def launch_guest_vm(test: "Harness", name: str, backend: VhostUserBackend,
-                    options: GuestOptions, **spec: object
+                    options: GuestOptions, **spec: Unpack[VMOptions]
                     ) -> Tuple[VhostVM, GuestConsole]:
     """Launch a VM that boots the real guest (or, with ``incoming=``,
     waits for one), with its console connected; ``extra`` arguments (more
     devices) come after the guest's own."""
     assets = require_guest(test)
     console_sock = os.path.join(test.workdir_short, f"{name}.con")
-    extra = list(spec.pop("extra", []))  # type: ignore[call-overload]
-    vm = test.make_vm(name, backend.listener_path, firmware=True,
-                      accel="tcg", queues=options.queues,
-                      device_opts=device_opts(options),
-                      extra=guest_spec_args(assets, options,
-                                            console_sock) + extra,
-                      **spec)
+    chosen: VMOptions = {
+        **spec, "firmware": True, "accel": "tcg", "queues": options.queues,
+        "device_opts": device_opts(options),
+        "extra": guest_spec_args(assets, options, console_sock)
+        + spec.get("extra", [])}
+    vm = test.make_vm(name, backend.listener_path, **chosen)
     vm.launch()
     log = "console.log" if name == "guest" else f"{name}-console.log"
     console = GuestConsole(console_sock, os.path.join(test.logdir, log))
@@ -68,7 +69,7 @@ def launch_guest_vm(test: "Harness", name: str, backend: VhostUserBackend,
 
 def start_guest(test: "Harness", options: GuestOptions, name: str = "guest",
                 backend_name: str = "backend", port: Optional[Port] = None,
-                **spec: object) -> GuestRun:
+                **spec: Unpack[VMOptions]) -> GuestRun:
     """Boot the real guest on a vhost-user virtio-net served by a new
     back-end with a responder on its wire (``port``: shared with other
     back-ends, e.g. a migration destination); returns once eth0 is up.

@@ -19,7 +19,8 @@ import subprocess
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    TypedDict)
 
 from qemu.machine.machine import AbnormalShutdown
 from qemu.qmp.protocol import StateError
@@ -38,7 +39,7 @@ from avocado_vhost.peers.qemu.virtio_pci import (GuestAllocator, VirtioPciDevice
                          config_space, find_function, modern_device_id)
 from avocado_vhost.peers.qemu.watch import FolderWatch
 
-__all__ = ["VMSpec", "VhostVM", "DEVICE_TYPES", "TRANSITIONAL",
+__all__ = ["VMSpec", "VMOptions", "VhostVM", "DEVICE_TYPES", "TRANSITIONAL",
            "default_tmpdir"]
 
 _MTREE_RAM = re.compile(
@@ -64,6 +65,30 @@ def default_tmpdir() -> str:
     """Where private temp dirs (sockets, memory files) go: short enough for
     108-byte UNIX socket paths.  ``AVOCADO_VHOST_TMPDIR`` moves it."""
     return os.environ.get("AVOCADO_VHOST_TMPDIR", "/tmp")
+
+
+class VMOptions(TypedDict, total=False):
+    """What a test chooses of a VM -- the keyword arguments of
+    ``make_vm`` and of every helper that makes VMs (the scenarios, the
+    guest, a standalone VM); the rest of a :class:`VMSpec` (binary, work
+    dir, platform) comes from the run.  Each key is the VMSpec field of
+    the same name."""
+
+    accel: str
+    mem_backend: str
+    mem_mb: int
+    mem_slots: int
+    maxmem_mb: int
+    vhost_server: bool
+    reconnect: Optional[int]
+    queues: int
+    device: str
+    device_opts: List[str]
+    firmware: bool
+    bios: Optional[str]
+    incoming: Optional[str]
+    extra: List[str]
+    iommu: bool
 
 
 @dataclass
