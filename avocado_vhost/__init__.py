@@ -13,8 +13,9 @@ The layout is the architecture::
                              handoff, migration log, known QEMU defects
     scenarios/               stories several tests share
     fuzz/                    the hostile front-end, for back-end authors
-    runner/                  Avocado and unittest/TAP glue, plugins, the
-                             per-test plumbing (phases, temp dirs, watchdog)
+    runner/                  Avocado and unittest/TAP glue, the plugins
+    plumbing/                what every test process needs: temp dirs, a
+                             watchdog, the clock of its phases
     tools/                   benchmarks' helper, charts, a standalone VM
     cli.py                   ``python -m avocado_vhost``: serve, proxy,
                              chart, fuzz

@@ -42,8 +42,10 @@ from avocado_vhost.tools.chart import write_chart
 from avocado_vhost.vhost_user.device_offers import DEVICES, device_config
 from avocado_vhost.fuzz import command as fuzz_command
 from avocado_vhost.peers.guest.boot import GuestOptions, backend_config
-from avocado_vhost.vhost_user import Fault, FaultAction, Request, VhostUserBackend
-from avocado_vhost.vhost_user.message import FLAG_REPLY, VERSION, VringState, encode
+from avocado_vhost.vhost_user import (Fault, FaultAction, Request,
+                                      VhostUserBackend)
+from avocado_vhost.vhost_user.message import (FLAG_REPLY, VERSION, VringState,
+                                              encode)
 from avocado_vhost.vhost_user.net import NetDevice, Port, SentFrame
 from avocado_vhost.vhost_user.proxy import Proxy
 from avocado_vhost.vhost_user.trace import Trace

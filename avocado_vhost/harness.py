@@ -54,11 +54,14 @@ from avocado_vhost.peers.qemu.membackend import memory_path
 from avocado_vhost.peers.qemu.platform import Platform, platform_for
 from avocado_vhost.peers.qemu.vm import (VMOptions, VMSpec, VhostVM,
                                          default_tmpdir)
-from avocado_vhost.runner.phases import CLOCK, phase
-from avocado_vhost.runner.tmpdirs import make_private_tmpdir, remove_all_orphans
-from avocado_vhost.runner.watchdog import start_watchdog
-from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, VhostUserBackend
-from avocado_vhost.vhost_user.offers import DEFAULT_OFFER, OFFERS, asked_on_purpose, names
+from avocado_vhost.plumbing.phases import CLOCK, phase
+from avocado_vhost.plumbing.tmpdirs import (make_private_tmpdir,
+                                            remove_all_orphans)
+from avocado_vhost.plumbing.watchdog import start_watchdog
+from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature,
+                                      VhostUserBackend)
+from avocado_vhost.vhost_user.offers import (DEFAULT_OFFER, OFFERS,
+                                             asked_on_purpose, names)
 from avocado_vhost.vhost_user.device import Device
 from avocado_vhost.vhost_user.proxy import Proxy
 from avocado_vhost.vhost_user.trace import Trace

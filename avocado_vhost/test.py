@@ -29,4 +29,6 @@ if UNDER_AVOCADO:
     from avocado_vhost.runner.avocado_test import VhostUserTest
     from avocado_vhost.runner.unittest_test import main
 else:
-    from avocado_vhost.runner.unittest_test import VhostUserTest, main  # type: ignore[assignment]
+    from avocado_vhost.runner.unittest_test import main
+    from avocado_vhost.runner.unittest_test import (  # type: ignore
+        VhostUserTest)

@@ -51,7 +51,7 @@ def concurrency(spans: List[Tuple[float, float]]
 
 def phase_lines(tests: List[Dict[str, Any]], total: float) -> List[str]:
     """The job's test time split by phase, from each test's
-    ``phases.json`` (``avocado_vhost/runner/phases.py``); what Avocado's runner
+    ``phases.json`` (``avocado_vhost/plumbing/phases.py``); what Avocado's runner
     spent inside a test's time (its process, logging) is the rest."""
     spent: Dict[str, float] = defaultdict(float)
     counted = 0

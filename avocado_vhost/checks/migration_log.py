@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from avocado_vhost.vhost_user.message import (VHOST_LOG_PAGE, VRING_F_LOG, LogDescription,
-                                 U64, VirtioFeature, VringAddr)
+from avocado_vhost.vhost_user.message import (VHOST_LOG_PAGE, VRING_F_LOG,
+                                              LogDescription, U64,
+                                              VirtioFeature, VringAddr)
 from avocado_vhost.vhost_user.trace import TraceEntry
 
 __all__ = ["Messages", "check_logging", "SPEC_LOG_ALL", "SPEC_LOG_ADDR",

@@ -26,12 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from avocado_vhost.vhost_user.message import HEADER, VERSION, Request, request_name
+from avocado_vhost.vhost_user.message import (HEADER, VERSION, Request,
+                                              request_name)
 from avocado_vhost.fuzz.generate import Generator
 from avocado_vhost.fuzz.minimise import ddmin
 from avocado_vhost.fuzz.step import Step, dump
 from avocado_vhost.fuzz.target import Target, TargetError
-from avocado_vhost.fuzz.wire import ANSWERED, ENDED, GREW, SILENT, SharedMemory, Wire
+from avocado_vhost.fuzz.wire import (ANSWERED, ENDED, GREW, SILENT,
+                                     SharedMemory, Wire)
 
 __all__ = ["Budget", "Finding", "Report", "run", "replay", "discover",
            "FINDINGS"]

@@ -23,7 +23,8 @@ import time
 from typing import IO, Optional
 
 from avocado_vhost.errors import SetupError
-from avocado_vhost.peers.external.backends import cleanup, ended, fill, listening
+from avocado_vhost.peers.external.backends import (cleanup, ended, fill,
+                                                   listening)
 from avocado_vhost.peers.qemu.launcher import die_with_parent
 from avocado_vhost.peers.qemu.watch import FolderWatch
 

@@ -29,8 +29,9 @@ import struct
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER,
-                                  HEADER_SIZE, VERSION, Request)
+from avocado_vhost.vhost_user.message import (FLAG_NEED_REPLY, FLAG_REPLY,
+                                              HEADER, HEADER_SIZE, VERSION,
+                                              Request)
 from avocado_vhost.fuzz.generate import REGION_SIZES
 from avocado_vhost.fuzz.step import FdSpec, Step
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from avocado_vhost.errors import Misbehaved, NotAvailable
 from avocado_vhost.peers.qemu.launcher import call_in_launcher, die_with_parent
-from avocado_vhost.runner.phases import phase
-from avocado_vhost.runner.tmpdirs import dpdk_runtime_base
+from avocado_vhost.plumbing.phases import phase
+from avocado_vhost.plumbing.tmpdirs import dpdk_runtime_base
 
 if TYPE_CHECKING:
     from avocado_vhost.harness import Harness

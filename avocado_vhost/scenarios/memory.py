@@ -20,10 +20,11 @@ import random
 import shutil
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
-from avocado_vhost.checks.guestmem import (PAGE, compare_dump, fill_pattern, first_difference,
-                        pattern)
+from avocado_vhost.checks.guestmem import (PAGE, compare_dump, fill_pattern,
+                                           first_difference, pattern)
 from avocado_vhost.peers.qemu.vm import VhostVM
-from avocado_vhost.runner.tmpdirs import DUMP_PREFIX, dump_base, make_private_tmpdir
+from avocado_vhost.plumbing.tmpdirs import (DUMP_PREFIX, dump_base,
+                                            make_private_tmpdir)
 from avocado_vhost.vhost_user import VhostUserBackend
 
 if TYPE_CHECKING:

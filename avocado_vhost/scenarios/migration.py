@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from avocado_vhost.checks.handoff import RingHandoffMonitor
-from avocado_vhost.runner.phases import phase
+from avocado_vhost.plumbing.phases import phase
 from avocado_vhost.peers.qemu import hotplug
 from avocado_vhost.peers.qemu.platform import RING_WINDOW, SCRATCH_WINDOW
 from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
-from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction, ProtocolFeature,
-                          Request, VhostUserBackend)
+from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
+                                      ProtocolFeature, Request,
+                                      VhostUserBackend)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional
 
-from .message import (FLAG_NEED_REPLY, MAX_MEM_REGIONS, VRING_IDX_MASK, Header, MemoryTable,
-                      Payload, ProtocolFeature, Request, U64, VirtioFeature,
-                      VringAddr, VringState, LogDescription, feature_names)
+from .message import (FLAG_NEED_REPLY, MAX_MEM_REGIONS, VRING_IDX_MASK, Header,
+                      MemoryTable, Payload, ProtocolFeature, Request, U64,
+                      VirtioFeature, VringAddr, VringState, LogDescription,
+                      feature_names)
 from .state import DeviceState
 
 __all__ = ["Rule", "RULES", "RULE_SCOPE", "REQUIRED_PROTOCOL_FEATURE",

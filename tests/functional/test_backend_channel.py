@@ -21,8 +21,9 @@ import os
 import struct
 import time
 
-from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY, BLK_F_BLK_SIZE, BLK_QUEUES,
-                                   device_config)
+from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY,
+                                                    BLK_F_BLK_SIZE, BLK_QUEUES,
+                                                    device_config)
 from avocado_vhost.test import VhostUserTest, main
 from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, Request
 from avocado_vhost.peers.qemu.qtest import QtestError

@@ -8,10 +8,12 @@ driver -- sees exactly those values: the configuration really travelled
 from the back-end through QEMU.
 """
 
-from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY, BLK_F_BLK_SIZE,
-                                   BLK_F_CONFIG_WCE, BLK_WCE_OFFSET,
-                                   BLK_QUEUES, BLK_SIZE, GPIO_LINES,
-                                   device_config)
+from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY,
+                                                    BLK_F_BLK_SIZE,
+                                                    BLK_F_CONFIG_WCE,
+                                                    BLK_WCE_OFFSET, BLK_QUEUES,
+                                                    BLK_SIZE, GPIO_LINES,
+                                                    device_config)
 from avocado_vhost.scenarios.memory import assert_guest_memory_agrees
 from avocado_vhost.checks import triage
 from avocado_vhost.test import VhostUserTest, main

@@ -15,7 +15,7 @@ import textwrap
 
 from avocado_vhost.peers.dpdk import find_testpmd
 from avocado_vhost.test import UNDER_AVOCADO, VhostUserTest, main
-from avocado_vhost.runner.tmpdirs import dpdk_runtime_base, remove_orphans
+from avocado_vhost.plumbing.tmpdirs import dpdk_runtime_base, remove_orphans
 
 CHILD = textwrap.dedent("""
     import sys
@@ -30,7 +30,7 @@ TESTPMD_CHILD = textwrap.dedent("""
     import os, sys
     from avocado_vhost.peers.dpdk import Testpmd, find_testpmd
     from avocado_vhost.peers.qemu.vm import default_tmpdir
-    from avocado_vhost.runner.tmpdirs import make_private_tmpdir
+    from avocado_vhost.plumbing.tmpdirs import make_private_tmpdir
     d = make_private_tmpdir(default_tmpdir())
     t = Testpmd(find_testpmd(), os.path.basename(d) + "-testpmd",
                 f"net_vhost0,iface={d}/vhost.sock", os.path.join(d, "t.log"))

@@ -19,7 +19,8 @@ index alone it takes the odd requests again and never sees requests 0 and
 
 from collections import Counter
 
-from avocado_vhost.vhost_user.device_offers import BLK_CAPACITY, BLK_QUEUES, device_config
+from avocado_vhost.vhost_user.device_offers import (BLK_CAPACITY, BLK_QUEUES,
+                                                    device_config)
 from avocado_vhost.peers.guest.boot import GuestOptions
 from avocado_vhost.checks.known_defects import DEFECTS
 from avocado_vhost.scenarios import migration

@@ -28,7 +28,8 @@ ends as that defect's report; anywhere else it FAILs.
 import threading
 import time
 
-from avocado_vhost.vhost_user.device_offers import FS_OPTIONS, FS_QUEUES, device_config
+from avocado_vhost.vhost_user.device_offers import (FS_OPTIONS, FS_QUEUES,
+                                                    device_config)
 from avocado_vhost.peers.qemu.qtest import QtestError
 from avocado_vhost.checks import triage
 from avocado_vhost.test import VhostUserTest, main

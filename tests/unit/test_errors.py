@@ -11,7 +11,8 @@ from avocado_vhost.fuzz.target import TargetError
 from avocado_vhost.peers.guest.assets import AssetsMissing
 from avocado_vhost.peers.guest.console import ConsoleTimeout
 from avocado_vhost.peers.guest.run import GuestFailure
-from avocado_vhost.peers.external.launch import ExternalBackendError, NoExternalBackend
+from avocado_vhost.peers.external.launch import (ExternalBackendError,
+                                                 NoExternalBackend)
 from avocado_vhost.params import ParamError
 from avocado_vhost.peers.qemu.binary import QemuBinaryError
 from avocado_vhost.peers.qemu.hotplug import HotplugError

@@ -3,7 +3,8 @@ as their names say, and say what a test's back-end cannot have."""
 
 import unittest
 
-from avocado_vhost.vhost_user import BackendConfig, ProtocolFeature, VirtioFeature
+from avocado_vhost.vhost_user import (BackendConfig, ProtocolFeature,
+                                      VirtioFeature)
 from avocado_vhost.vhost_user.offers import (MODERN_EXTRAS, OFFERS,
                                              asked_on_purpose, names)
 

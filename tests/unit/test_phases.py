@@ -7,7 +7,7 @@ import tempfile
 import time
 import unittest
 
-from avocado_vhost.runner.phases import CHECK, PhaseClock
+from avocado_vhost.plumbing.phases import CHECK, PhaseClock
 
 
 class PhaseClockTest(unittest.TestCase):

@@ -11,7 +11,7 @@ from unittest import mock
 
 from avocado_vhost import params
 from avocado_vhost.runner.tap import TapRunner
-from avocado_vhost.runner.tmpdirs import make_private_tmpdir, remove_orphans
+from avocado_vhost.plumbing.tmpdirs import make_private_tmpdir, remove_orphans
 
 
 class Params(unittest.TestCase):
@@ -72,7 +72,7 @@ class OrphanedTmpdirs(unittest.TestCase):
             mine = make_private_tmpdir(base)
             child = subprocess.run(
                 [sys.executable, "-c",
-                 "import sys; from avocado_vhost.runner.tmpdirs import "
+                 "import sys; from avocado_vhost.plumbing.tmpdirs import "
                  "make_private_tmpdir; print(make_private_tmpdir(sys.argv[1]))",
                  base], capture_output=True, text=True, check=True)
             dead = child.stdout.strip()

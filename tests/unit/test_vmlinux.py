@@ -7,7 +7,8 @@ import lzma
 import struct
 import unittest
 
-from avocado_vhost.peers.guest.vmlinux import PHYS32_ENTRY, has_pvh_entry, pvh_elf
+from avocado_vhost.peers.guest.vmlinux import (PHYS32_ENTRY, has_pvh_entry,
+                                               pvh_elf)
 
 
 def elf_with_note(name: bytes, ntype: int) -> bytes:

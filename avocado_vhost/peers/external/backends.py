@@ -39,7 +39,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from avocado_vhost.runner.tmpdirs import dpdk_runtime_base
+from avocado_vhost.plumbing.tmpdirs import dpdk_runtime_base
 
 __all__ = ["KnownBackend", "BACKENDS", "backends_build", "fill", "cleanup",
            "listening", "ended", "DISK_SIZE"]

@@ -21,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Callable, List, Optional, Tuple
 from avocado_vhost.errors import NotAvailable, SetupError
 from avocado_vhost.peers.qemu.launcher import call_in_launcher, die_with_parent
 from avocado_vhost.peers.qemu.watch import FolderWatch
-from avocado_vhost.peers.external.backends import BACKENDS, cleanup, ended, fill, listening
+from avocado_vhost.peers.external.backends import (BACKENDS, cleanup, ended,
+                                                   fill, listening)
 
 if TYPE_CHECKING:
     from avocado_vhost.harness import Harness

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from avocado_vhost.errors import Misbehaved
-from avocado_vhost.runner.phases import phase
+from avocado_vhost.plumbing.phases import phase
 from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.vhost_user import VhostUserBackend
 from avocado_vhost.vhost_user.net import Port

@@ -20,7 +20,8 @@ from avocado_vhost.vhost_user import VhostUserBackend
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.peers.guest import assets as guest_assets
 from avocado_vhost.peers.guest.assets import GuestAssets
-from avocado_vhost.peers.guest.boot import GuestOptions, backend_config, device_opts, guest_spec_args
+from avocado_vhost.peers.guest.boot import (GuestOptions, backend_config,
+                                            device_opts, guest_spec_args)
 from avocado_vhost.peers.guest.console import GuestConsole
 from avocado_vhost.peers.guest.netstack import Responder
 from avocado_vhost.peers.guest.run import GuestFailure, GuestRun

@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from avocado_vhost.virtio.net import net_header
-from avocado_vhost.virtio.ring import (DESC, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
-                           PACKED_DESC, PACKED_DESC_F_AVAIL,
-                           PACKED_DESC_F_USED, USED_ELEM)
+from avocado_vhost.virtio.ring import (DESC, DESC_F_INDIRECT, DESC_F_NEXT,
+                                       DESC_F_WRITE, PACKED_DESC,
+                                       PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
+                                       USED_ELEM)
 from avocado_vhost.peers.qemu.qtest import QtestLink
 from avocado_vhost.peers.qemu.virtio_pci import GuestAllocator, VirtQueue
 

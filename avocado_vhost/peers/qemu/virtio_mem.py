@@ -24,9 +24,11 @@ from typing import Tuple
 from avocado_vhost.peers.qemu.driver import DriverQueue
 from avocado_vhost.peers.qemu.platform import Platform
 from avocado_vhost.peers.qemu.qtest import QtestLink
-from avocado_vhost.peers.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator, VirtioPciDevice,
-                         VirtioPciError, config_space, find_function,
-                         modern_device_id)
+from avocado_vhost.peers.qemu.virtio_pci import (VIRTIO_VENDOR, GuestAllocator,
+                                                 VirtioPciDevice,
+                                                 VirtioPciError, config_space,
+                                                 find_function,
+                                                 modern_device_id)
 
 __all__ = ["VirtioMem", "MemConfig", "VIRTIO_MEM"]
 

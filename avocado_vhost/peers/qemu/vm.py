@@ -26,17 +26,22 @@ from qemu.machine.machine import AbnormalShutdown
 from qemu.qmp.protocol import StateError
 from qemu.qmp.qmp_client import ExecInterruptedError
 
-from avocado_vhost.runner.phases import phase
+from avocado_vhost.plumbing.phases import phase
 from avocado_vhost.vhost_user.connection import check_socket_path
 from avocado_vhost.peers.qemu.driver import DriverQueue, PackedDriverQueue
-from avocado_vhost.peers.qemu.launcher import (call_in_launcher, die_with_parent,
-                       submit_to_launcher)
+from avocado_vhost.peers.qemu.launcher import (call_in_launcher,
+                                               die_with_parent,
+                                               submit_to_launcher)
 from avocado_vhost.peers.qemu.machine import VhostMachine, early_events
 from avocado_vhost.peers.qemu.membackend import MEM_BACKENDS
-from avocado_vhost.peers.qemu.platform import BUFFER_WINDOW, PLATFORMS, RING_WINDOW, Platform
+from avocado_vhost.peers.qemu.platform import (BUFFER_WINDOW, PLATFORMS,
+                                               RING_WINDOW, Platform)
 from avocado_vhost.peers.qemu.qtest import QtestLink
-from avocado_vhost.peers.qemu.virtio_pci import (GuestAllocator, VirtioPciDevice, VIRTIO_VENDOR,
-                         config_space, find_function, modern_device_id)
+from avocado_vhost.peers.qemu.virtio_pci import (GuestAllocator,
+                                                 VirtioPciDevice,
+                                                 VIRTIO_VENDOR, config_space,
+                                                 find_function,
+                                                 modern_device_id)
 from avocado_vhost.peers.qemu.watch import FolderWatch
 
 __all__ = ["VMSpec", "VMOptions", "VhostVM", "DEVICE_TYPES", "TRANSITIONAL",

@@ -4,8 +4,8 @@ A watchdog process that outlives a killed test process and cleans up.
 A test process killed by SIGKILL runs no tear-down.  QEMU dies with it
 (``setpriv --pdeathsig``), but its temp dir would stay until the next test
 removes it.  So each test starts a small watchdog (``python -m
-avocado_vhost.runner.watchdog``) holding a pidfd of the test process and the read
-end of a pipe.  At a normal end the test writes to the pipe and the
+avocado_vhost.plumbing.watchdog``) holding a pidfd of the test process and
+the read end of a pipe.  At a normal end the test writes to the pipe and the
 watchdog leaves.  If the pidfd fires first, the test process died: the
 watchdog removes the temp dirs it owned, at once.
 
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from typing import Callable, List, Optional
 
-from avocado_vhost.runner.tmpdirs import remove_all_orphans
+from avocado_vhost.plumbing.tmpdirs import remove_all_orphans
 
 __all__ = ["start_watchdog"]
 
@@ -42,7 +42,7 @@ def start_watchdog(tmp_base: str, result_fd: Optional[int] = None
     :param result_fd: the write end of Avocado's result queue, if any.
     """
     read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "avocado_vhost.runner.watchdog",
+    command = [sys.executable, "-m", "avocado_vhost.plumbing.watchdog",
                "--pid", str(os.getpid()), "--fd", str(read_end)]
     fds = [read_end]
     if result_fd is not None:
