@@ -52,8 +52,8 @@ from avocado_vhost.checks.found import Found
 from avocado_vhost.peers.qemu.binary import Capabilities, find_binary, probe
 from avocado_vhost.peers.qemu.membackend import memory_path
 from avocado_vhost.peers.qemu.platform import Platform, platform_for
-from avocado_vhost.peers.qemu.vm import (VMOptions, VMSpec, VhostVM,
-                                         default_tmpdir)
+from avocado_vhost.peers.qemu.spec import VMOptions, VMSpec, default_tmpdir
+from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.plumbing.phases import CLOCK, phase
 from avocado_vhost.plumbing.tmpdirs import (make_private_tmpdir,
                                             remove_all_orphans)

@@ -10,7 +10,7 @@ line per deviation in a text file given with ``-p backend_allow=FILE``::
 
 ``side`` is ``front-end`` or ``back-end``; ``rule`` the identifier of a
 rule that side can break (a front-end's: :data:`.conformance.FRONT_END_RULES`;
-a back-end's: :data:`.proxy.REPLY_RULES`).  An entry accepts every
+a back-end's: :data:`avocado_vhost.vhost_user.reply_rules.REPLY_RULES`).  An entry accepts every
 violation of that rule by that side.  Blank lines and ``#`` comments are
 ignored; an entry without a reason, or naming a rule that does not exist,
 is an error: an allow-list always says why, and never silently accepts
@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 from avocado_vhost.errors import SetupError
 from avocado_vhost.vhost_user.conformance import FRONT_END_RULES
-from avocado_vhost.vhost_user.proxy import REPLY_RULES
+from avocado_vhost.vhost_user.reply_rules import REPLY_RULES
 from avocado_vhost.vhost_user.records import Problem, Side
 
 __all__ = ["Allowed", "AllowListError", "load", "parse", "allowed"]

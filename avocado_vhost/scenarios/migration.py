@@ -24,7 +24,8 @@ from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.plumbing.phases import phase
 from avocado_vhost.peers.qemu import hotplug
 from avocado_vhost.peers.qemu.platform import RING_WINDOW, SCRATCH_WINDOW
-from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
+from avocado_vhost.peers.qemu.spec import VMOptions
+from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
                                       ProtocolFeature, Request,
                                       VhostUserBackend)

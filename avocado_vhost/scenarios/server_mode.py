@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
-from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
+from avocado_vhost.peers.qemu.spec import VMOptions
+from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.vhost_user import BackendConfig, Fault, VhostUserBackend
 from avocado_vhost.vhost_user.device import Device
 

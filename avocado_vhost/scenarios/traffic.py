@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, List, Optional, Set
 
 from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.peers.qemu.driver import NET_HDR
-from avocado_vhost.peers.qemu.vm import VMOptions
+from avocado_vhost.peers.qemu.spec import VMOptions
 from avocado_vhost.vhost_user import BackendConfig, RingEvent, VhostUserBackend
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.virtio import NET_HDR_LEN, VirtioFeature

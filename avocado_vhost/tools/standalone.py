@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from avocado_vhost.peers.qemu.binary import find_binary, probe
 from avocado_vhost.peers.qemu.platform import platform_for
-from avocado_vhost.peers.qemu.vm import (VMOptions, VMSpec, VhostVM,
-                                         default_tmpdir)
+from avocado_vhost.peers.qemu.spec import VMOptions, VMSpec, default_tmpdir
+from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.plumbing.tmpdirs import make_private_tmpdir
 from avocado_vhost.vhost_user import VhostUserBackend
 

@@ -48,7 +48,7 @@ class Side(enum.Enum):
 class Problem:
     """One recorded problem; ``text`` says it in a sentence.  A violation
     names its ``rule`` (an identifier of :data:`.conformance.RULES` or of
-    the proxy's reply rules, :data:`.proxy.REPLY_RULES`) and its ``side``:
+    the proxy's reply rules, :data:`.reply_rules.REPLY_RULES`) and its ``side``:
     what tests and allow-lists match."""
 
     kind: ProblemKind

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from avocado_vhost.checks import triage
 from avocado_vhost.errors import NotAvailable
-from avocado_vhost.peers.qemu.vm import VMOptions, VhostVM
+from avocado_vhost.peers.qemu.spec import VMOptions
+from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.vhost_user import VhostUserBackend
 from avocado_vhost.vhost_user.net import NetDevice, Port
 from avocado_vhost.peers.guest import assets as guest_assets

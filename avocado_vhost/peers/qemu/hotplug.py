@@ -21,7 +21,8 @@ from qemu.qmp import ExecuteError
 from avocado_vhost.errors import Misbehaved
 from avocado_vhost.peers.qemu.platform import Platform
 from avocado_vhost.peers.qemu.qtest import QtestLink
-from avocado_vhost.peers.qemu.vm import TRANSITIONAL, VhostVM
+from avocado_vhost.peers.qemu.spec import TRANSITIONAL
+from avocado_vhost.peers.qemu.vm import VhostVM
 
 __all__ = ["HotplugError", "ACPI_PCIHP_EJECT", "ACPI_MEMHP_BASE", "unplug",
            "plug", "can_unplug", "drain_rcu", "plug_dimm", "unplug_dimm"]
