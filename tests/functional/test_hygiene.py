@@ -29,7 +29,7 @@ CHILD = textwrap.dedent("""
 TESTPMD_CHILD = textwrap.dedent("""
     import os, sys
     from avocado_vhost.peers.dpdk import Testpmd, find_testpmd
-    from avocado_vhost.peers.qemu.vm import default_tmpdir
+    from avocado_vhost.peers.qemu.spec import default_tmpdir
     from avocado_vhost.plumbing.tmpdirs import make_private_tmpdir
     d = make_private_tmpdir(default_tmpdir())
     t = Testpmd(find_testpmd(), os.path.basename(d) + "-testpmd",
