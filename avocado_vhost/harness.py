@@ -16,13 +16,13 @@ tests share live in :mod:`avocado_vhost.scenarios`.
 
 The harness keeps the test's life only.  The peers a test may add are
 functions of the test beside it, each registering its own clean-up here:
-the real guest (:mod:`.guest.start`), testpmd
-(:func:`.dpdk.start_testpmd`), a conformance proxy
+the real guest (:mod:`.peers.guest.start`), testpmd
+(:func:`.peers.dpdk.start_testpmd`), a conformance proxy
 (:mod:`.scenarios.proxied`), QEMU as the socket's server
 (:mod:`.scenarios.server_mode`), the back-end under test
 (:func:`.peers.external.launch.start_backend`).  What a QEMU failure means (a
-known defect's report, or a FAIL) is decided in :mod:`.triage`; what a
-test found beyond its verdict is :class:`.found.Found`.
+known defect's report, or a FAIL) is decided in :mod:`.checks.triage`; what a
+test found beyond its verdict is :class:`.checks.found.Found`.
 
 A runner flavour mixes it into its own test class and supplies four things
 (see :mod:`avocado_vhost.test`): ``logdir``, ``log``, the runner's own
@@ -124,7 +124,7 @@ class Harness(_Base):
         """End the test as ``exc`` means (:func:`.errors.outcome_of`): the
         one place where an exception becomes CANCEL, ERROR or FAIL.  A
         failure that is a known QEMU defect of the QEMU under test becomes
-        a CANCEL that names it (:mod:`.triage`)."""
+        a CANCEL that names it (:mod:`.checks.triage`)."""
         outcome = outcome_of(exc)
         if outcome is Outcome.CANCEL:
             self.cancel(str(exc))
@@ -295,7 +295,7 @@ class Harness(_Base):
         """Cancel when the QEMU under test is older than ``version``, for
         a behaviour QEMU only gained then (``why`` names the commit); never
         used to excuse a defect, which is a failure (see
-        :mod:`.known_defects`)."""
+        :mod:`.checks.known_defects`)."""
         if self.caps.version_tuple < version:
             raise NotAvailable(f"QEMU {self.caps.version} is older than "
                                f"{'.'.join(map(str, version))}: {why}")

@@ -9,9 +9,10 @@ line per deviation in a text file given with ``-p backend_allow=FILE``::
     back-end    | reply-names-request    | an old back-end ...
 
 ``side`` is ``front-end`` or ``back-end``; ``rule`` the identifier of a
-rule that side can break (a front-end's: :data:`.conformance.FRONT_END_RULES`;
-a back-end's: :data:`avocado_vhost.vhost_user.reply_rules.REPLY_RULES`).  An entry accepts every
-violation of that rule by that side.  Blank lines and ``#`` comments are
+rule that side can break (a front-end's:
+:data:`avocado_vhost.vhost_user.conformance.FRONT_END_RULES`; a
+back-end's: :data:`avocado_vhost.vhost_user.reply_rules.REPLY_RULES`).  An
+entry accepts every violation of that rule by that side.  Blank lines and ``#`` comments are
 ignored; an entry without a reason, or naming a rule that does not exist,
 is an error: an allow-list always says why, and never silently accepts
 nothing.
