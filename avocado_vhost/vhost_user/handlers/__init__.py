@@ -2,8 +2,9 @@
 One typed method per front-end request: what the back-end does with it.
 
 :class:`RequestHandlers` applies a decoded request to one connection's
-:class:`..state.DeviceState` through an explicit table -- request to
-method -- built from one group per concern:
+:class:`..state.DeviceState` through one table -- request to method --
+built from one group per concern; each handler is marked with its request
+right above it (``@handles(Request.SET_VRING_NUM)``):
 
 ==================  =======================================================
 ``negotiation``     features, protocol features, owner, reset, status,

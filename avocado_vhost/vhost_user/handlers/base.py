@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from typing import (TYPE_CHECKING, Callable, Dict, List, NamedTuple,
-                    Optional, Union)
+                    Optional, TypeVar, Union)
 
 from ..connection import close_fds
 from ..error import MalformedMessage, ProtocolError
@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
         def signal(self, ring: Vring) -> None: ...
 
-__all__ = ["Fds", "WithFds", "Handler", "Reply", "Table", "Refused", "CloseConnection",
+__all__ = ["Fds", "WithFds", "Handler", "Reply", "Table", "handles",
+           "Refused", "CloseConnection",
            "Group", "require_kind", "replace_fd", "fd_kind", "is_eventfd"]
 
 #: The fds that came with a request; the handler owns them.
@@ -91,6 +92,21 @@ class CloseConnection(Exception):
         self.detail = detail
 
 
+#: the attribute :func:`handles` puts on a handler
+_HANDLES = "handles_request"
+
+_Method = TypeVar("_Method", bound=Callable[..., Reply])
+
+
+def handles(request: Request) -> Callable[[_Method], _Method]:
+    """Mark a method as the handler of ``request``: the table is written
+    where the handlers are, one line above each."""
+    def mark(method: _Method) -> _Method:
+        setattr(method, _HANDLES, request)
+        return method
+    return mark
+
+
 class Group:
     """The handlers of one concern, for one connection's device state."""
 
@@ -102,8 +118,14 @@ class Group:
         self.number = number
 
     def table(self) -> Table:
-        """The requests this group handles, each with its method."""
-        raise NotImplementedError
+        """The requests this group handles, each with its method: those
+        marked :func:`handles`."""
+        table: Table = {}
+        for name in dir(type(self)):
+            request = getattr(getattr(type(self), name), _HANDLES, None)
+            if isinstance(request, Request):
+                table[request] = getattr(self, name)
+        return table
 
     def _within_mapping_limit(self, size: int, what: str) -> None:
         """Refuse to map more than ``max_mapped`` bytes in all (guest

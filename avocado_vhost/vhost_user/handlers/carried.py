@@ -15,7 +15,7 @@ from ..inflight import InflightArea, region_size
 from ..message import (DeviceStateParams, Empty, InflightDescription,
                        Request, U64)
 from ..trace import Event
-from .base import Fds, Group, Table, WithFds, require_kind
+from .base import Fds, Group, WithFds, handles, require_kind
 
 __all__ = ["CarriedStateRequests"]
 
@@ -23,14 +23,7 @@ __all__ = ["CarriedStateRequests"]
 class CarriedStateRequests(Group):
     """GET/SET_INFLIGHT_FD, SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE."""
 
-    def table(self) -> Table:
-        return {
-            Request.GET_INFLIGHT_FD: self.get_inflight_fd,
-            Request.SET_INFLIGHT_FD: self.set_inflight_fd,
-            Request.SET_DEVICE_STATE_FD: self.set_device_state_fd,
-            Request.CHECK_DEVICE_STATE: self.check_device_state,
-        }
-
+    @handles(Request.GET_INFLIGHT_FD)
     def get_inflight_fd(self, payload: InflightDescription,
                         fds: Fds) -> "WithFds":
         """A new in-flight area for ``num_queues`` rings of
@@ -55,6 +48,7 @@ class CarriedStateRequests(Group):
         self.host.trace_event(Event.INFLIGHT, f"new area: {area.desc}")
         return WithFds(area.desc, [area.fd])
 
+    @handles(Request.SET_INFLIGHT_FD)
     def set_inflight_fd(self, payload: InflightDescription,
                         fds: Fds) -> None:
         """The area the front-end kept: map it; rings that start now
@@ -72,6 +66,7 @@ class CarriedStateRequests(Group):
             self.state.feature_acked(VirtioFeature.RING_PACKED)))
         self.host.trace_event(Event.INFLIGHT, f"area handed over: {payload}")
 
+    @handles(Request.SET_DEVICE_STATE_FD)
     def set_device_state_fd(self, payload: DeviceStateParams,
                             fds: Fds) -> U64:
         """Start the transfer on a thread of its own and answer at once:
@@ -112,6 +107,7 @@ class CarriedStateRequests(Group):
             limit=config.max_mapped, timeout=config.message_timeout).start()
         return U64(INVALID_FD)  # success, no fd of our own
 
+    @handles(Request.CHECK_DEVICE_STATE)
     def check_device_state(self, payload: Empty, fds: Fds) -> U64:
         """Whether the transfer succeeded; a loaded state must be one whole,
         intact frame (a garbled or truncated state is refused, as a real

@@ -19,7 +19,7 @@ from ..message import (Empty, IotlbMsg, LogDescription, MemoryTable,
                        Request, SingleRegion, U64)
 from ..postcopy import Userfault
 from ..trace import Event
-from .base import Fds, Group, Table, WithFds, replace_fd, require_kind
+from .base import Fds, Group, WithFds, handles, replace_fd, require_kind
 
 __all__ = ["MappingRequests"]
 
@@ -27,20 +27,7 @@ __all__ = ["MappingRequests"]
 class MappingRequests(Group):
     """The memory table, the dirty log, the IOTLB and postcopy."""
 
-    def table(self) -> Table:
-        return {
-            Request.SET_MEM_TABLE: self.set_mem_table,
-            Request.ADD_MEM_REG: self.add_mem_reg,
-            Request.REM_MEM_REG: self.rem_mem_reg,
-            Request.GET_MAX_MEM_SLOTS: self.get_max_mem_slots,
-            Request.SET_LOG_BASE: self.set_log_base,
-            Request.SET_LOG_FD: self.set_log_fd,
-            Request.IOTLB_MSG: self.iotlb_msg,
-            Request.POSTCOPY_ADVISE: self.postcopy_advise,
-            Request.POSTCOPY_LISTEN: self.postcopy_listen,
-            Request.POSTCOPY_END: self.postcopy_end,
-        }
-
+    @handles(Request.SET_MEM_TABLE)
     def set_mem_table(self, payload: MemoryTable,
                       fds: Fds) -> Optional[MemoryTable]:
         mem = self.state.memory
@@ -72,6 +59,7 @@ class MappingRequests(Group):
                 replace(r, user_addr=local[r]) for r in payload.regions))
         return None
 
+    @handles(Request.ADD_MEM_REG)
     def add_mem_reg(self, payload: SingleRegion,
                     fds: Fds) -> Optional[SingleRegion]:
         slots = self.host.config.max_mem_slots
@@ -95,6 +83,7 @@ class MappingRequests(Group):
                                         user_addr=added.local_address))
         return None
 
+    @handles(Request.REM_MEM_REG)
     def rem_mem_reg(self, payload: SingleRegion, fds: Fds) -> None:
         close_fds(fds)
         if not self.state.memory.remove(payload.region):
@@ -102,9 +91,11 @@ class MappingRequests(Group):
                 f"REM_MEM_REG of a region not mapped: {payload.region}")
         self._memory_changed()
 
+    @handles(Request.GET_MAX_MEM_SLOTS)
     def get_max_mem_slots(self, payload: Empty, fds: Fds) -> U64:
         return U64(self.host.config.max_mem_slots)
 
+    @handles(Request.SET_LOG_BASE)
     def set_log_base(self, payload: LogDescription, fds: Fds) -> U64:
         if not fds:
             raise MalformedMessage("SET_LOG_BASE without a log fd "
@@ -138,11 +129,13 @@ class MappingRequests(Group):
         # QEMU blocks until this reply when LOG_SHMFD is negotiated.
         return U64(0)
 
+    @handles(Request.SET_LOG_FD)
     def set_log_fd(self, payload: Empty, fds: Fds) -> None:
         require_kind(fds, "eventfd", "log fd")
         os.set_blocking(fds[0], False)
         self.state.log_fd = replace_fd(self.state.log_fd, fds[0])
 
+    @handles(Request.IOTLB_MSG)
     def iotlb_msg(self, payload: IotlbMsg, fds: Fds) -> U64:
         """An IOTLB update or invalidation (IOMMU support): the rings are
         located again through the new table, and those that waited for a
@@ -170,6 +163,7 @@ class MappingRequests(Group):
         self._memory_changed()
         return U64(0)
 
+    @handles(Request.POSTCOPY_ADVISE)
     def postcopy_advise(self, payload: Empty, fds: Fds) -> WithFds:
         """A userfaultfd for the migration to come, sent with the answer;
         without one (the kernel refused) the answer carries no fd, which
@@ -185,12 +179,14 @@ class MappingRequests(Group):
             return WithFds(Empty(), [])
         return WithFds(Empty(), [self.state.userfault.fd])
 
+    @handles(Request.POSTCOPY_LISTEN)
     def postcopy_listen(self, payload: Empty, fds: Fds) -> None:
         """The memory table that follows is registered for faults."""
         if self.state.userfault is None:
             raise MalformedMessage("POSTCOPY_LISTEN without a userfaultfd "
                                    "(no POSTCOPY_ADVISE answered)")
 
+    @handles(Request.POSTCOPY_END)
     def postcopy_end(self, payload: Empty, fds: Fds) -> U64:
         """Every page arrived: no more faults; the userfaultfd goes."""
         self.state.memory.fault_in = None

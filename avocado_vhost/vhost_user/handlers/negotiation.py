@@ -13,7 +13,7 @@ from ..error import MalformedMessage
 from ..records import DisconnectCause
 from ..state import DeviceState
 from ..trace import Event
-from .base import CloseConnection, Fds, Group, Table
+from .base import CloseConnection, Fds, Group, handles
 from .rings import RingRequests
 
 if TYPE_CHECKING:
@@ -31,31 +31,16 @@ class NegotiationRequests(Group):
         super().__init__(state, host, number)
         self.rings = rings
 
-    def table(self) -> Table:
-        return {
-            Request.GET_FEATURES: self.get_features,
-            Request.SET_FEATURES: self.set_features,
-            Request.GET_PROTOCOL_FEATURES: self.get_protocol_features,
-            Request.SET_PROTOCOL_FEATURES: self.set_protocol_features,
-            Request.GET_QUEUE_NUM: self.get_queue_num,
-            Request.SET_OWNER: self.set_owner,
-            Request.RESET_OWNER: self.reset_owner,
-            Request.RESET_DEVICE: self.reset_device,
-            Request.SET_STATUS: self.set_status,
-            Request.GET_STATUS: self.get_status,
-            Request.GET_CONFIG: self.get_config,
-            Request.SET_CONFIG: self.set_config,
-            Request.SEND_RARP: self.send_rarp,
-            Request.NET_SET_MTU: self.net_set_mtu,
-        }
 
     def reset_rings(self) -> None:
         self.rings.reset_rings()
 
+    @handles(Request.GET_FEATURES)
     def get_features(self, payload: Empty, fds: Fds) -> U64:
         self.state.get_features_seen = True
         return U64(self.state.offered_features)
 
+    @handles(Request.SET_FEATURES)
     def set_features(self, payload: U64, fds: Fds) -> None:
         old = self.state.acked_features
         self.state.acked_features = payload.value
@@ -67,9 +52,11 @@ class NegotiationRequests(Group):
             self.host.trace_event(Event.LOG_ALL, "on" if payload.value
                                   & VirtioFeature.LOG_ALL else "off")
 
+    @handles(Request.GET_PROTOCOL_FEATURES)
     def get_protocol_features(self, payload: Empty, fds: Fds) -> U64:
         return U64(self.state.offered_protocol_features)
 
+    @handles(Request.SET_PROTOCOL_FEATURES)
     def set_protocol_features(self, payload: U64, fds: Fds) -> None:
         self.state.acked_protocol_features = payload.value
         need = ProtocolFeature.BACKEND_REQ | ProtocolFeature.REPLY_ACK
@@ -79,27 +66,34 @@ class NegotiationRequests(Group):
                 DisconnectCause.PROTOCOL, "INBAND_NOTIFICATIONS without "
                 "BACKEND_REQ and REPLY_ACK: the spec says to close")
 
+    @handles(Request.GET_QUEUE_NUM)
     def get_queue_num(self, payload: Empty, fds: Fds) -> U64:
         return U64(self.host.config.queue_num)
 
+    @handles(Request.SET_OWNER)
     def set_owner(self, payload: Empty, fds: Fds) -> None:
         self.state.owner = True
 
+    @handles(Request.RESET_OWNER)
     def reset_owner(self, payload: Empty, fds: Fds) -> None:
         self.reset_rings()
         self.state.owner = False
 
+    @handles(Request.RESET_DEVICE)
     def reset_device(self, payload: Empty, fds: Fds) -> None:
         self.reset_rings()
         self.state.acked_features = None
         self.state.status = 0
 
+    @handles(Request.SET_STATUS)
     def set_status(self, payload: U64, fds: Fds) -> None:
         self.state.status = payload.value
 
+    @handles(Request.GET_STATUS)
     def get_status(self, payload: Empty, fds: Fds) -> U64:
         return U64(self.state.status)
 
+    @handles(Request.GET_CONFIG)
     def get_config(self, payload: ConfigSpace, fds: Fds) -> ConfigSpace:
         cfg = self.state.config
         if payload.offset + payload.size > len(cfg):
@@ -111,6 +105,7 @@ class NegotiationRequests(Group):
         data = bytes(cfg[payload.offset:payload.offset + payload.size])
         return ConfigSpace(payload.offset, payload.size, payload.flags, data)
 
+    @handles(Request.SET_CONFIG)
     def set_config(self, payload: ConfigSpace, fds: Fds) -> None:
         end = payload.offset + payload.size
         if end > len(self.state.config):
@@ -118,8 +113,10 @@ class NegotiationRequests(Group):
                                    f"{payload.size} beyond the config space")
         self.state.config[payload.offset:end] = payload.data
 
+    @handles(Request.SEND_RARP)
     def send_rarp(self, payload: U64, fds: Fds) -> None:
         self.state.rarp.append(payload.value)
 
+    @handles(Request.NET_SET_MTU)
     def net_set_mtu(self, payload: U64, fds: Fds) -> None:
         self.state.mtu = payload.value

@@ -12,7 +12,7 @@ from ..channel import BackendChannel
 from ..connection import close_fds
 from ..error import MalformedMessage
 from ..message import Empty, Opaque, Request, SharedObject, U64
-from .base import Fds, Group, Table, WithFds, require_kind
+from .base import Fds, Group, WithFds, handles, require_kind
 
 __all__ = ["ObjectRequests"]
 
@@ -23,14 +23,7 @@ _CRYPTO_SESSION_UP_TO_8_0 = 632
 class ObjectRequests(Group):
     """The back-end channel, shared objects and crypto sessions."""
 
-    def table(self) -> Table:
-        return {
-            Request.SET_BACKEND_REQ_FD: self.set_backend_req_fd,
-            Request.GET_SHARED_OBJECT: self.get_shared_object,
-            Request.CREATE_CRYPTO_SESSION: self.create_crypto_session,
-            Request.CLOSE_CRYPTO_SESSION: self.close_crypto_session,
-        }
-
+    @handles(Request.SET_BACKEND_REQ_FD)
     def set_backend_req_fd(self, payload: Empty, fds: Fds) -> None:
         require_kind(fds, "socket", "back-end channel fd")
         if self.state.backend_channel is not None:
@@ -39,6 +32,7 @@ class ObjectRequests(Group):
             fds[0], self.host.trace, self.number,
             self.host.config.message_timeout)
 
+    @handles(Request.GET_SHARED_OBJECT)
     def get_shared_object(self, payload: SharedObject, fds: Fds) -> WithFds:
         """An object this back-end exports, as an fd with the answer; no fd
         for a UUID it does not export (spec: "or no fd otherwise").  A
@@ -61,6 +55,7 @@ class ObjectRequests(Group):
         os.write(fd, content)
         return WithFds(U64(0), [fd], close_after=True)
 
+    @handles(Request.CREATE_CRYPTO_SESSION)
     def create_crypto_session(self, payload: Opaque, fds: Fds) -> Opaque:
         """A session for QEMU's VhostUserCryptoSession; the answer is the
         same with the id this back-end assigns.
@@ -89,6 +84,7 @@ class ObjectRequests(Group):
         return Opaque(data[:at] + struct.pack("<q", session)
                       + data[at + 8:])
 
+    @handles(Request.CLOSE_CRYPTO_SESSION)
     def close_crypto_session(self, payload: U64, fds: Fds) -> None:
         """Close a session this back-end opened."""
         close_fds(fds)

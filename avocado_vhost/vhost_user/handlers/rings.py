@@ -16,7 +16,7 @@ from ..message import (VRING_IDX_MASK, VRING_NOFD_FLAG, Request, U64,
 from ..records import RingEvent
 from ..state import Vring
 from ..trace import Event
-from .base import Fds, Group, Table, fd_kind, is_eventfd, replace_fd
+from .base import Fds, Group, fd_kind, handles, is_eventfd, replace_fd
 
 __all__ = ["RingRequests"]
 
@@ -24,29 +24,19 @@ __all__ = ["RingRequests"]
 class RingRequests(Group):
     """SET_VRING_* and GET_VRING_BASE, and the ring lifecycle."""
 
-    def table(self) -> Table:
-        return {
-            Request.SET_VRING_NUM: self.set_vring_num,
-            Request.SET_VRING_ADDR: self.set_vring_addr,
-            Request.SET_VRING_BASE: self.set_vring_base,
-            Request.GET_VRING_BASE: self.get_vring_base,
-            Request.SET_VRING_KICK: self.set_vring_kick,
-            Request.SET_VRING_CALL: self.set_vring_call,
-            Request.SET_VRING_ERR: self.set_vring_err,
-            Request.SET_VRING_ENABLE: self.set_vring_enable,
-            Request.VRING_KICK: self.vring_kick,
-            Request.SET_VRING_ENDIAN: self.set_vring_endian,
-        }
-
+    @handles(Request.SET_VRING_NUM)
     def set_vring_num(self, payload: VringState, fds: Fds) -> None:
         self.vring(payload.index).num = payload.num
 
+    @handles(Request.SET_VRING_ADDR)
     def set_vring_addr(self, payload: VringAddr, fds: Fds) -> None:
         self.vring(payload.index).addr = payload
 
+    @handles(Request.SET_VRING_BASE)
     def set_vring_base(self, payload: VringState, fds: Fds) -> None:
         self.vring(payload.index).base = payload.num
 
+    @handles(Request.GET_VRING_BASE)
     def get_vring_base(self, payload: VringState, fds: Fds) -> VringState:
         ring = self.vring(payload.index)
         device = self.host.device
@@ -60,11 +50,13 @@ class RingRequests(Group):
         ring.kick_fd = replace_fd(ring.kick_fd, None)
         return VringState(payload.index, ring.reported_base)
 
+    @handles(Request.SET_VRING_KICK)
     def set_vring_kick(self, payload: U64, fds: Fds) -> None:
         ring = self._ring_fd(payload, fds, "kick")
         ring.polling = bool(payload.value & VRING_NOFD_FLAG)
         self.ring_started(ring)
 
+    @handles(Request.SET_VRING_CALL)
     def set_vring_call(self, payload: U64, fds: Fds) -> None:
         ring = self._ring_fd(payload, fds, "call")
         # QEMU starts a ring (SET_VRING_KICK) before it hands over the
@@ -81,18 +73,22 @@ class RingRequests(Group):
                                   "again on its new call fd")
             self.host.signal(ring)
 
+    @handles(Request.SET_VRING_ERR)
     def set_vring_err(self, payload: U64, fds: Fds) -> None:
         self._ring_fd(payload, fds, "err")
 
+    @handles(Request.SET_VRING_ENABLE)
     def set_vring_enable(self, payload: VringState, fds: Fds) -> None:
         ring = self.vring(payload.index)
         ring.enabled = bool(payload.num)
         self.host.ring_event(ring, RingEvent.ENABLED if ring.enabled
                              else RingEvent.DISABLED)
 
+    @handles(Request.VRING_KICK)
     def vring_kick(self, payload: VringState, fds: Fds) -> None:
         self.ring_started(self.vring(payload.index))
 
+    @handles(Request.SET_VRING_ENDIAN)
     def set_vring_endian(self, payload: VringState, fds: Fds) -> None:
         self.vring(payload.index).big_endian = bool(payload.num)
 
