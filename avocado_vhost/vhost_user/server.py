@@ -7,8 +7,10 @@ socket or the current connection, and the kick eventfds of started rings.
 knows nothing of devices or records.  What a connection means is the
 subclass's (:class:`.backend.VhostUserBackend`): it makes each
 connection's session, hears when one ends, names the kick fds to watch and
-serves their kicks.  Every hook runs in the thread, with the lock held,
-except :meth:`Server._kicked`, which takes it itself.
+serves their kicks.  The hooks run in the thread; those that read or
+change the state (``_new_session``, ``_connection_ended``, ``_kick_fds``,
+``_between_polls``, ``_check_stalls``, ``_reconnect_failed``) with the
+lock held, :meth:`Server._kicked` takes it itself.
 
 Nothing in the loop waits on a peer: sockets and eventfds are read and
 written without blocking, each message within ``message_timeout``; a
