@@ -27,7 +27,13 @@ from .session import Session
 from .state import DeviceState, Vring
 from .trace import Event, Trace
 
-__all__ = ["Judge"]
+__all__ = ["Judge", "OFFER_REQUESTS"]
+
+#: The requests whose real answer tells the judge what the back-end
+#: offers (:meth:`Judge.offer`).
+OFFER_REQUESTS = frozenset({
+    Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
+    Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS})
 
 
 class Judge:
@@ -57,10 +63,6 @@ class Judge:
     def violations(self) -> List[Problem]:
         return self.records.violations
 
-    @property
-    def messages(self) -> int:
-        return self._session.messages
-
     def feed(self, header: Header, raw: bytes, fds: List[int]) -> None:
         """Judge one request; the judge owns ``fds`` from then on."""
         if self.ended is not None:
@@ -75,8 +77,9 @@ class Judge:
             self.trace.event(self.number, Event.DISCONNECTED, self.ended)
 
     def offer(self, request: Request, value: int) -> None:
-        """The real back-end answered ``request`` with ``value``: offer
-        the same from now on."""
+        """The real back-end answered ``request`` (one of
+        :data:`OFFER_REQUESTS`) with ``value``: offer the same from now
+        on."""
         if request is Request.GET_FEATURES:
             self.config.features = self.state.offered_features = value
         elif request is Request.GET_PROTOCOL_FEATURES:

@@ -44,7 +44,7 @@ from typing import (Callable, Deque, Dict, List, Optional, Set,
 from .connection import (Connection, Listener, close_fds, connect)
 from .error import (ConnectionClosed, MalformedMessage, ProtocolError,
                     WaitTimeout)
-from .judge import Judge
+from .judge import OFFER_REQUESTS, Judge
 from .message import (FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLY_BODY,
                       VERSION, BackendRequest, Header, ProtocolFeature,
                       Request, VirtioFeature, VringState, decode_payload,
@@ -57,14 +57,9 @@ from .trace import Event, Trace, TraceKind
 __all__ = ["Proxy"]
 
 
-#: Replies whose value tells the judge what the back-end offers.
-_OFFERS = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES,
-                     Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS})
-
-
-
 #: request numbers a back-end may send on its channel
 _BACKEND_REQUESTS = frozenset(int(r) for r in BackendRequest)
+
 
 class _Pending:
     """A request the back-end owes an answer to."""
@@ -360,7 +355,7 @@ class _Pair:
         finally:
             close_fds(fds)  # the receiver has its own copies now
         self.judge_queue.append((header, raw, judge_fds,
-                                 req if req in _OFFERS else None))
+                                 req if req in OFFER_REQUESTS else None))
         self._feed_judge()
 
     def _feed_judge(self) -> None:
@@ -419,7 +414,7 @@ class _Pair:
             proxy._violation(Side.BACK_END, "reply-version",
                              f"{where} has version bits "
                              f"{header.version}, not {VERSION}")
-        if want.request in _OFFERS and payload is not None:
+        if want.request in OFFER_REQUESTS and payload is not None:
             self.judge.offer(want.request, int(getattr(payload, "value", 0)))
         if want.request is Request.GET_VRING_BASE and isinstance(
                 payload, VringState) and isinstance(want.payload,
