@@ -11,8 +11,10 @@ is loaded (``AVH-GUEST-READY``), with the suite's assets, one vCPU, 256
 MiB, a virtio-net device (no back-end: the driver probes it all the same).
 On x86_64 the baseline is Debian's bzImage through SeaBIOS; the suite
 boots the ELF inside it through PVH (``avocado_vhost/peers/guest/vmlinux.py``).
-The two alternate, run by run; medians and their ratio.  aarch64 has one
-way (its Image is decompressed by QEMU on the host).
+Both with and without ``cryptomgr.notests`` (the kernel's crypto
+self-tests, which the suite skips: ``avocado_vhost/peers/guest/boot.py``).
+They alternate, run by run; medians and their ratio.  aarch64 has no
+bzImage (its Image is decompressed by QEMU on the host).
 """
 
 from __future__ import annotations
@@ -30,20 +32,23 @@ sys.path.insert(0, ROOT)
 from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 from avocado_vhost.peers.guest import assets as guest_assets  # noqa: E402
 from avocado_vhost.peers.guest.assets import READY  # noqa: E402
+from avocado_vhost.peers.guest.boot import KERNEL_ARGS  # noqa: E402
 
+#: the command line before the crypto self-tests were skipped
+WITH_SELF_TESTS = KERNEL_ARGS.replace(" cryptomgr.notests", "")
 MACHINE = {"x86_64": ["-M", "pc"],
            "aarch64": ["-M", "virt", "-cpu", "cortex-a57"]}
 
 
 def boot(qemu: str, arch: str, kernel: str, initrd: str, console: str,
-         timeout: float = 120.0) -> float:
+         args: str = KERNEL_ARGS, timeout: float = 120.0) -> float:
     """Seconds from QEMU's start to the ready marker."""
     start = time.monotonic()
     proc = subprocess.Popen(
         [qemu, *MACHINE[arch], "-accel", "tcg", "-m", "256", "-smp", "1",
          "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
          "-kernel", kernel, "-initrd", initrd,
-         "-append", f"console={console} quiet loglevel=3 panic=-1",
+         "-append", f"console={console} {args}",
          "-device", "virtio-net-pci,romfile="],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT)
@@ -74,15 +79,18 @@ def main() -> int:
     if not qemu:
         raise SystemExit(f"no qemu-system-{args.arch}")
     made = guest_assets.load(args.arch)
-    kernels = {"suite": made.kernel}
+    # name -> (kernel, command line)
+    kernels = {"suite": (made.kernel, KERNEL_ARGS),
+               "with self-tests": (made.kernel, WITH_SELF_TESTS)}
     debian = os.path.join(os.path.dirname(made.kernel), "vmlinuz")
     if debian != made.kernel:
-        kernels["debian bzImage"] = debian
+        kernels["debian bzImage"] = (debian, WITH_SELF_TESTS)
     samples = Samples()
     for number, order in rounds(args.runs, list(kernels)):
         for name in order:
-            samples.add(name, boot(qemu, args.arch, kernels[name],
-                                   made.initrd, made.target.console))
+            kernel, append = kernels[name]
+            samples.add(name, boot(qemu, args.arch, kernel, made.initrd,
+                                   made.target.console, append))
         print(samples.progress(number, "{:.2f} s"), flush=True)
     print(f"\n{args.arch}, {guest_assets.describe(made)}, {qemu}, "
           f"median of {args.runs}:")

@@ -1,17 +1,30 @@
 #!/usr/bin/env python3
 """
-How the suite's wall time grows with parallel tasks and with tests.
+How the suite's wall time grows with tests and with parallel tasks.
 
     .venv/bin/python scripts/bench_jobs.py [--rounds N] [--tasks 1,2,4]
-        [--profile quick|main|smoke]
+        [--profiles smoke,quick,protocol,main] [--orders longest-first,given]
 
-Runs the chosen profile (``quick``: the protocol tests, without the real
-guest, DPDK and the fault sweep, as README.rst names it; ``main``: the
-whole of ``tests/functional``) once per task count per round, the counts
-alternated within each round so that a machine that slows down slows them
-all; prints the median wall time per count, its ratio to one task
-measured in the same run, the number of tests, and seconds per test.
-Every job must pass (a failing job is not a measurement).
+Runs each chosen profile with each task count (and each order Avocado can
+start the tests in) once per round, the cases alternated within each round
+so that a machine that slows down slows them all; prints per case the
+median wall time, its ratio to the first task count (and the first order)
+of the same profile measured in the same run, the number of tests and
+seconds per test.  The profiles, from two tests to all of them:
+
+``smoke``     two tests (what ``scripts/bench-check`` runs to see that this
+              still runs);
+``quick``     the tests tagged ``quick``, one or a few per capability, as
+              README.rst names it for the edit-compile-test loop;
+``protocol``  every test without the real guest, DPDK and the fault sweeps;
+``main``      the whole of ``tests/functional`` (the main job).
+
+The orders: ``longest-first`` (the suite's plugin,
+``avocado_vhost/runner/avocado_order.py``) and ``given`` (Avocado's own,
+alphabetical).  Every job must end without ERROR or FAIL (a failing job is
+not a measurement).  Its results go to a temporary directory, so a
+benchmark neither reads nor leaves the history the longest-first order
+learns from -- each job of it orders by the tags' priors alone.
 """
 
 from __future__ import annotations
@@ -23,28 +36,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from avocado_vhost.tools.bench import Samples, rounds  # noqa: E402
 PROFILES = {
-    "quick": ["--filter-by-tags=-guest,-dpdk,-fault-sweep",
-              "--filter-by-tags-include-empty"],
-    "main": [],
-    # two tests: what scripts/bench-check runs to see that this still runs
     "smoke": ["--filter-by-tags=smoke"],
+    "quick": ["--filter-by-tags=quick"],
+    "protocol": ["--filter-by-tags=-guest,-dpdk,-fault-sweep",
+                 "--filter-by-tags-include-empty"],
+    "main": [],
 }
+ORDERS = ("longest-first", "given")
 
 
-def job(profile: str, tasks: int) -> Tuple[float, int]:
+def job(profile: str, tasks: int, order: str) -> Tuple[float, int]:
     """One job: (wall seconds, number of tests)."""
     with tempfile.TemporaryDirectory(prefix="avh-jobs-") as results:
+        config = os.path.join(results, "order.conf")
+        with open(config, "w", encoding="utf-8") as out:
+            out.write(f"[vhost]\norder = {order}\n")
         start = time.monotonic()
         proc = subprocess.run(
-            [os.path.join(ROOT, ".venv/bin/avocado"), "run",
-             "--job-results-dir", results, "--max-parallel-tasks",
+            [os.path.join(ROOT, ".venv/bin/avocado"), "--config", config,
+             "run", "--job-results-dir", results, "--max-parallel-tasks",
              str(tasks), os.path.join(ROOT, "tests/functional"),
              *PROFILES[profile]],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800,
@@ -63,25 +80,43 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", default="1,2,4")
-    parser.add_argument("--profile", choices=sorted(PROFILES),
-                        default="quick")
+    parser.add_argument("--profiles", default="quick",
+                        help=f"comma-separated, of {', '.join(PROFILES)}")
+    parser.add_argument("--orders", default="longest-first",
+                        help=f"comma-separated, of {', '.join(ORDERS)}")
     args = parser.parse_args()
     counts = [int(t) for t in args.tasks.split(",")]
+    profiles = args.profiles.split(",")
+    orders = args.orders.split(",")
+    for name in profiles:
+        if name not in PROFILES:
+            parser.error(f"no profile {name!r}")
+    for name in orders:
+        if name not in ORDERS:
+            parser.error(f"no order {name!r}")
+    cases = [(p, t, o) for p in profiles for t in counts for o in orders]
     samples = Samples()
-    tests = 0
-    for number, order in rounds(args.rounds, counts):
-        for tasks in order:
-            wall, tests = job(args.profile, tasks)
-            samples.add(f"{tasks} task(s)", wall)
+    tests: Dict[str, int] = {}
+    for number, order in rounds(args.rounds, cases):
+        for profile, tasks, how in order:
+            wall, tests[profile] = job(profile, tasks, how)
+            samples.add(f"{profile} {tasks} {how}", wall)
         print(samples.progress(number, "{:.1f} s"), flush=True)
-    base = f"{counts[0]} task(s)"
-    print(f"\n{args.profile} profile, {tests} tests, {os.cpu_count()} CPUs,"
-          f" median of {args.rounds}:")
-    for tasks in counts:
-        med = samples.median(f"{tasks} task(s)")
-        print(f"  {tasks} task(s): {med:6.1f} s  "
-              f"({samples.ratio(f'{tasks} task(s)', base):.2f}x of {base}; "
-              f"{med / tests:.2f} s per test)")
+    print(f"\n{os.cpu_count()} CPUs, median of {args.rounds}:")
+    lines: List[str] = []
+    for profile in profiles:
+        base = f"{profile} {counts[0]} {orders[0]}"
+        for tasks in counts:
+            for how in orders:
+                case = f"{profile} {tasks} {how}"
+                med = samples.median(case)
+                lines.append(
+                    f"  {profile:8} {tests[profile]:4d} tests  {tasks} "
+                    f"task(s)  {how:13} {med:6.1f} s  "
+                    f"({samples.ratio(case, base):.2f}x of {counts[0]} "
+                    f"task(s) {orders[0]}; "
+                    f"{med / tests[profile]:.2f} s per test)")
+    print("\n".join(lines))
     return 0
 
 

@@ -5,7 +5,8 @@ Avocado plugins of the suite, loaded through entry points (``pyproject.toml``).
     registers a ``vhost.<name>`` setting for every parameter of
     :mod:`avocado_vhost.params`, with its default, its environment variable
     and what is valid, so ``avocado config reference`` documents them and an
-    Avocado config file can set them (``[vhost]`` section).
+    Avocado config file can set them (``[vhost]`` section); and
+    ``vhost.order``, read by :mod:`.avocado_order`.
 
 ``VhostResult`` (``avocado.plugins.result``)
     after a job, adds to every test of ``results.json`` the QEMU it ran
@@ -55,6 +56,13 @@ class VhostInit(Init):
                           f"environment variable {param.env}; the order of "
                           "precedence is -p, the environment, this setting, "
                           "the default"))
+        settings.register_option(
+            section=SECTION, key="order", default="longest-first",
+            help_msg=("the order a job starts its tests in: longest-first "
+                      "(each test's time in this machine's recent jobs, "
+                      "else a prior from its tags; see "
+                      "avocado_vhost.runner.avocado_order) or given "
+                      "(Avocado's own, alphabetical)"))
 
 
 def _whiteboard(test: Dict[str, Any]) -> Dict[str, Any]:

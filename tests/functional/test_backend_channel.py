@@ -105,7 +105,10 @@ class BackendChannel(BackendChannelTest):
     def test_a_resize_reaches_the_guest(self):
         """CONFIG_CHANGE_MSG: QEMU acknowledges it, fetches the new
         configuration (GET_CONFIG) and raises the configuration interrupt;
-        the guest reads the new capacity."""
+        the guest reads the new capacity.
+
+        :avocado: tags=quick
+        """
         backend, driver = self.start_blk()
         self.assertEqual(self.capacity(driver), BLK_CAPACITY)
         self.assertFalse(driver.isr_status() & ISR_CONFIG,
@@ -127,7 +130,10 @@ class BackendChannel(BackendChannelTest):
         """A resize that also changes the disk's geometry: the guest reads
         the new geometry with the new capacity (the protocol puts no limit
         on what a change may change; QEMU took only the capacity until
-        f67d296b6e, 9.0)."""
+        f67d296b6e, 9.0).
+
+        :avocado: tags=quick
+        """
         backend, driver = self.start_blk()
         geometry = struct.pack("<HBB", 1234, 16, 63)
         with backend.lock():
@@ -144,7 +150,10 @@ class BackendChannel(BackendChannelTest):
         maps the back-end's page as the ring's doorbell, and the guest's
         kick -- the ring's index written to its notify address -- lands in
         that page; after the notifier is removed (no fd), the page sees
-        kicks no more."""
+        kicks no more.
+
+        :avocado: tags=quick
+        """
         config = BackendConfig()
         config.protocol_features |= int(ProtocolFeature.HOST_NOTIFIER)
         backend = self.make_backend("backend", config)

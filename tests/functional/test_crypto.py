@@ -106,6 +106,13 @@ class CryptoSessions(VhostUserTest):
                          f"value): {[(o, hex(v)) for o, v in leaked]}")
 
     def test_a_session_is_created_and_closed_through_the_back_end(self):
+        """A session the guest's driver creates reaches the back-end
+        (CREATE_CRYPTO_SESSION) with its key, the guest gets the id the
+        back-end assigned, and closing it reaches the back-end too
+        (CLOSE_CRYPTO_SESSION).
+
+        :avocado: tags=quick
+        """
         backend, ctrl = self.backend, self.ctrl
         session, status = self.create_session()
         asked = backend.trace.payloads(Request.CREATE_CRYPTO_SESSION)

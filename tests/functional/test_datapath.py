@@ -53,7 +53,10 @@ class Datapath(VhostUserTest):
     def test_event_idx(self):
         """VIRTIO_F_EVENT_IDX: after each pass the device tells the driver
         where to kick next (used->avail_event, as the guest reads it) --
-        without it a Linux guest stops kicking after one frame."""
+        without it a Linux guest stops kicking after one frame.
+
+        :avocado: tags=quick
+        """
         vm, backend, port, queues = self.start(event_idx=True)
         self.assertTrue(vm.device.features & VirtioFeature.RING_EVENT_IDX,
                         "EVENT_IDX was not negotiated")
@@ -74,7 +77,10 @@ class Datapath(VhostUserTest):
                          "used->avail_event of the receive ring")
 
     def test_tx_rx_one_pair(self):
-        """Every layout, more frames than the ring holds (wrap-around)."""
+        """Every layout, more frames than the ring holds (wrap-around).
+
+        :avocado: tags=quick
+        """
         vm, backend, port, queues = self.start()
         rng = random.Random(1)
         rxq, txq = queues[0], queues[1]
@@ -90,7 +96,10 @@ class Datapath(VhostUserTest):
         """Packed virtqueues (``packed=on``; the back-end offers
         VIRTIO_F_RING_PACKED): every layout, wrap-around both ways, and the
         ring's packed base (positions and wrap counters) matches the
-        driver's."""
+        driver's.
+
+        :avocado: tags=quick
+        """
         config = BackendConfig.net()
         config.features |= int(VirtioFeature.RING_PACKED)
         port = Port()

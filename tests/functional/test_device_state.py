@@ -55,7 +55,10 @@ class DeviceState(VhostUserTest):
     def test_the_state_arrives_intact(self):
         """The destination back-end loads exactly the source's state; each
         side saw one SET_DEVICE_STATE_FD (save, load) and one successful
-        CHECK_DEVICE_STATE, while its rings were stopped."""
+        CHECK_DEVICE_STATE, while its rings were stopped.
+
+        :avocado: tags=quick
+        """
         pair = self.migrate()
         failure = migration.wait_migration(self, pair.src, pair.dst)
         self.assertIsNone(failure, failure)
@@ -110,7 +113,10 @@ class DeviceState(VhostUserTest):
 
     def test_garbage_is_refused(self):
         """A source that writes garbage: the destination refuses the
-        state, and the migration fails cleanly."""
+        state, and the migration fails cleanly.
+
+        :avocado: tags=quick
+        """
         self.damaged(lambda framed: bytes(len(framed)), "garbage")
 
     def test_a_truncated_state_is_refused(self):

@@ -65,7 +65,7 @@ class FuzzTest(VhostUserTest):
 class PlantedBugs(FuzzTest):
     """
     :avocado: enable
-    :avocado: tags=vhost-user,fuzz,quick
+    :avocado: tags=vhost-user,fuzz
     """
 
     def test_a_planted_crash_is_found_and_cut_down_to_its_message(self):

@@ -84,7 +84,10 @@ class Hotplug(VhostUserTest):
         self.unplug_and_plug_again("vhost-user-gpio-pci", "gpio", rings=2)
 
     def test_blk_unplug_stops_the_device_and_it_plugs_again(self):
-        """vhost-user-blk, unplugged twice and plugged again in between."""
+        """vhost-user-blk, unplugged twice and plugged again in between.
+
+        :avocado: tags=quick
+        """
         self.unplug_and_plug_again("vhost-user-blk-pci", "blk",
                                    rings=BLK_QUEUES,
                                    **{"num-queues": BLK_QUEUES})

@@ -184,7 +184,10 @@ class Inflight(VhostUserTest):
     def test_requests_in_flight_complete_exactly_once(self):
         """Requests in flight when the back-end died are resubmitted by its
         successor from the in-flight area, in the order they were taken:
-        each completes once, its data written once, and reads back."""
+        each completes once, its data written once, and reads back.
+
+        :avocado: tags=quick
+        """
         self.assert_resubmitted_once(packed=False)
 
     def test_packed_requests_in_flight_complete_exactly_once(self):
@@ -207,7 +210,10 @@ class Inflight(VhostUserTest):
     def test_negative_control_without_resubmission(self):
         """Negative control: a successor that ignores the in-flight area
         resumes at the used index, completes requests twice and loses
-        others -- the check above must say so."""
+        others -- the check above must say so.
+
+        :avocado: tags=quick
+        """
         problems, _, _ = self.cut_and_restart(resubmit=False)
         self.log.info("problems found, as they must be: %s", problems)
         self.assertTrue(any("never completed" in p for p in problems),

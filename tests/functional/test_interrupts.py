@@ -106,7 +106,10 @@ class Interrupts(VhostUserTest):
                   f"{what}; it never came")
 
     def test_msix(self):
-        """A call signalled on ring r arrives as MSI-X vector 1 + r, alone."""
+        """A call signalled on ring r arrives as MSI-X vector 1 + r, alone.
+
+        :avocado: tags=quick
+        """
         _, backend, device = self.start(msix=True)
         vectors = device.vectors
         self.log.info("MSI-X: %d vectors; queue vectors %s", len(vectors),
@@ -128,7 +131,10 @@ class Interrupts(VhostUserTest):
 
     def test_intx(self):
         """Without MSI-X, a signalled call sets the ISR's queue bit, which
-        reading clears."""
+        reading clears.
+
+        :avocado: tags=quick
+        """
         _, backend, device = self.start(msix=False)
         self.assertEqual(device.vectors, [])
         self.assertEqual(device.isr_status(), 0,

@@ -106,7 +106,10 @@ class MemoryHotplug(VhostUserTest):
         """A back-end that reports one slot more than the start-up table
         needs: the first DIMM fills it, the second is refused by QEMU
         (device_add fails, the VM runs on) and never reaches the back-end,
-        which records an error if QEMU goes beyond its slots."""
+        which records an error if QEMU goes beyond its slots.
+
+        :avocado: tags=quick
+        """
         probe, probed = self.start(name="probe")
         regions = len(probed.state.memory)
         probe.shutdown()

@@ -47,7 +47,10 @@ class Migrate(VhostUserTest):
 
     def test_a_logged_page_reaches_the_destination(self):
         """A page the back-end writes and logs after migration sent it
-        arrives: QEMU honours the dirty log."""
+        arrives: QEMU honours the dirty log.
+
+        :avocado: tags=quick
+        """
         report = self.migrated()
         self.assertEqual(report.logged_on_dst, bytes([NEW]) * 4096,
                          f"page 0x{report.logged_page:x}, written and "
@@ -60,7 +63,10 @@ class Migrate(VhostUserTest):
     def test_an_unlogged_page_stays_stale(self):
         """Negative control: the same write without a log bit does not
         arrive, so the test above can tell a working log from a broken
-        one."""
+        one.
+
+        :avocado: tags=quick
+        """
         report = self.migrated()
         self.assertEqual(report.unlogged_on_dst, bytes([OLD]) * 4096,
                          f"page 0x{report.unlogged_page:x}, written but not "
@@ -112,14 +118,20 @@ class Migrate(VhostUserTest):
 
     def test_no_ring_runs_on_both_sides(self):
         """The destination starts a ring only after the source stopped it
-        (judged at every start and stop, on either side)."""
+        (judged at every start and stop, on either side).
+
+        :avocado: tags=quick
+        """
         report = self.migrated()
         self.assertEqual(report.monitor.problems(), [],
                          report.monitor.timeline())
 
     def test_every_ring_is_handed_over(self):
         """The source stops both rings and the destination starts both,
-        each where the source's GET_VRING_BASE said."""
+        each where the source's GET_VRING_BASE said.
+
+        :avocado: tags=quick
+        """
         report = self.migrated()
         events = report.monitor.events
         stopped = sorted(e.ring for e in events if e.side == "source"
@@ -132,7 +144,10 @@ class Migrate(VhostUserTest):
     def test_logging_messages(self):
         """While migrating, the front-end turns logging on as the spec says:
         VHOST_F_LOG_ALL, VHOST_VRING_F_LOG with the used ring's guest
-        address, and a log covering all guest RAM."""
+        address, and a log covering all guest RAM.
+
+        :avocado: tags=quick
+        """
         pair = migration.start_pair(self)
         migration.migrate(self, pair.src, pair.dst, pair.uri)
         failure = migration.wait_migration(self, pair.src, pair.dst)

@@ -41,7 +41,10 @@ class MigrateFaults(VhostUserTest):
     def test_refused_logging_fails_the_migration(self):
         """A back-end that refuses to start logging (a failed REPLY_ACK to
         SET_FEATURES with VHOST_F_LOG_ALL) fails the migration; the source
-        VM keeps running (QEMU fix c1997099dc: before it, QEMU aborted)."""
+        VM keeps running (QEMU fix c1997099dc: before it, QEMU aborted).
+
+        :avocado: tags=quick
+        """
         self.require_protocol(ProtocolFeature.REPLY_ACK, "a back-end "
                               "refuses SET_FEATURES only in a REPLY_ACK")
         pair, outcome = self.migrate_with_fault(

@@ -29,7 +29,10 @@ class MigrateUnderTraffic(VhostUserTest):
 
     def test_every_frame_crosses_exactly_once(self):
         """Every frame the guest sent came out once, every frame sent to
-        the guest arrived intact, and the handoff broke no rule."""
+        the guest arrived intact, and the handoff broke no rule.
+
+        :avocado: tags=quick
+        """
         report = migrate_under_traffic(self)
         self.assertEqual(report.problems, [])
 
@@ -73,7 +76,10 @@ class MigrateUnderTraffic(VhostUserTest):
 
     def test_negative_control_no_logging(self):
         """A source that does not log its writes: frames it wrote after
-        their pages were sent are lost, and the checks must say so."""
+        their pages were sent are lost, and the checks must say so.
+
+        :avocado: tags=quick
+        """
         report = migrate_under_traffic(
             self, TrafficOptions(src_skips_logging=True))
         self.log.info("negative control found: %s", report.problems)

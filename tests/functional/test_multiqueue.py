@@ -82,6 +82,12 @@ class Multiqueue(VhostUserTest):
         self.assertEqual(outcome.status, "completed", str(outcome))
 
     def test_two_pairs(self):
+        """Two queue pairs: every ring is enabled and started, and the
+        device-wide messages (the memory table, ...) come once, not once
+        per pair.
+
+        :avocado: tags=quick
+        """
         self.run_pairs(2)
 
     def test_four_pairs(self):

@@ -43,7 +43,10 @@ class NetFeatures(VhostUserTest):
 
     def test_the_guest_mtu_reaches_the_back_end(self):
         """host_mtu=9000 and NET_F_MTU acked: the back-end gets
-        NET_SET_MTU 9000, and the guest reads 9000 in its config space."""
+        NET_SET_MTU 9000, and the guest reads 9000 in its config space.
+
+        :avocado: tags=quick
+        """
         backend = self.make_backend("backend", self.mtu_config())
         vm = self.make_vm("vm", backend.listener_path,
                           device_opts=[f"host_mtu={MTU}"])
@@ -55,7 +58,10 @@ class NetFeatures(VhostUserTest):
 
     def test_an_mtu_the_back_end_refuses_stops_the_device(self):
         """A back-end that refuses the MTU (a failed REPLY_ACK): QEMU says
-        so and does not start its rings -- the guest's MTU would be a lie."""
+        so and does not start its rings -- the guest's MTU would be a lie.
+
+        :avocado: tags=quick
+        """
         self.require_protocol(ProtocolFeature.REPLY_ACK, "a back-end refuses "
                               "NET_SET_MTU in a REPLY_ACK")
         backend = self.make_backend("backend", self.mtu_config())

@@ -39,7 +39,10 @@ class Proxy(VhostUserTest):
 
     def test_a_backend_that_answers_wrongly_is_judged(self):
         """Negative control: a back-end that replies to GET_FEATURES with
-        another request number is caught by the proxy's reply rules."""
+        another request number is caught by the proxy's reply rules.
+
+        :avocado: tags=quick
+        """
         from avocado_vhost.vhost_user import Fault, FaultAction, Request, Side
         from avocado_vhost.vhost_user.message import HEADER, VERSION
         backend = self.make_backend("backend")

@@ -27,7 +27,10 @@ class ReadGuestMem(VhostUserTest):
         assert_guest_memory_agrees(self, vm, backend)
 
     def test_read_guest_mem(self):
-        """Memory backend from ``-p membackend=`` (memfd by default)."""
+        """Memory backend from ``-p membackend=`` (memfd by default).
+
+        :avocado: tags=quick
+        """
         self._read_guest_mem()
 
     def test_memfile(self):

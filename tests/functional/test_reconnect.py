@@ -39,7 +39,10 @@ class Reconnect(VhostUserTest):
 
     def test_reconnect(self):
         """The back-end drops a running device several times; each time
-        QEMU renegotiates and restarts every ring."""
+        QEMU renegotiates and restarts every ring.
+
+        :avocado: tags=quick
+        """
         vm, backend = launch_server_mode(self, )
         vm.drive_device(queues=2)
         self.wait_restarted(backend, 1)
@@ -49,7 +52,10 @@ class Reconnect(VhostUserTest):
         self.assertEqual(backend.connections, DROPS + 1)
 
     def test_connect_fail(self):
-        """The back-end drops the connection at the very first request."""
+        """The back-end drops the connection at the very first request.
+
+        :avocado: tags=quick
+        """
         vm, backend = launch_server_mode(
             self, faults=[Fault(FaultAction.DISCONNECT, nth=1, connection=1)])
         vm.drive_device(queues=2)
@@ -60,7 +66,10 @@ class Reconnect(VhostUserTest):
 
     def test_flags_mismatch(self):
         """Dropped after SET_FEATURES; then no features at all are offered,
-        which QEMU must refuse; then with the right features it starts."""
+        which QEMU must refuse; then with the right features it starts.
+
+        :avocado: tags=quick
+        """
         good = BackendConfig().features
 
         def per_connection(number, config):

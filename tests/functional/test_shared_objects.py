@@ -107,7 +107,10 @@ class SharedObjects(VhostUserTest):
 
     def test_a_lookup_brings_the_exporters_object(self):
         """With an exporter that answers whatever QEMU asks, QEMU's answer
-        on the importer's channel is 0 and carries the object's fd."""
+        on the importer's channel is 0 and carries the object's fd.
+
+        :avocado: tags=quick
+        """
         self.start(lenient=True)
         self.expect_violations(self.exporter)  # the other defect, judged above
         self.assertEqual(self.ask(self.exporter,

@@ -13,7 +13,10 @@ class StartUp(VhostUserTest):
     def test_startup_sequence(self):
         """QEMU negotiates, sends its memory table (SET_MEM_TABLE, or an
         ADD_MEM_REG per region with CONFIGURE_MEM_SLOTS) and starts both
-        rings, and breaks no rule of the spec while doing so."""
+        rings, and breaks no rule of the spec while doing so.
+
+        :avocado: tags=quick
+        """
         backend = self.make_backend("backend")
         vm = self.make_vm("vm", backend.listener_path)
         self.start_vm(vm, backend, rings=2)
@@ -37,7 +40,10 @@ class StartUp(VhostUserTest):
     def test_backend_without_protocol_features(self):
         """A back-end that does not offer VHOST_USER_F_PROTOCOL_FEATURES is
         legal: "the ring starts directly in the enabled state".  QEMU must
-        start its rings."""
+        start its rings.
+
+        :avocado: tags=quick
+        """
         config = BackendConfig()
         config.features &= ~int(VirtioFeature.PROTOCOL_FEATURES)
         # built by hand: the run's offer (-p offer=) changes only what

@@ -52,7 +52,10 @@ class Status(VhostUserTest):
 
     def test_status_follows_the_driver(self):
         """The back-end sees FEATURES_OK, then DRIVER_OK (with
-        FEATURES_OK), then 0 when the driver resets the device."""
+        FEATURES_OK), then 0 when the driver resets the device.
+
+        :avocado: tags=quick
+        """
         _, backend = self.started_then_reset()
         written = [p.value for p in backend.trace.payloads(Request.SET_STATUS)]
         self.log.info("SET_STATUS values: %s", [hex(v) for v in written])
@@ -70,7 +73,10 @@ class Status(VhostUserTest):
 
     def test_rings_stop_before_the_status_reset(self):
         """Every started ring's position is fetched (GET_VRING_BASE)
-        before SET_STATUS 0 resets the device."""
+        before SET_STATUS 0 resets the device.
+
+        :avocado: tags=quick
+        """
         _, backend = self.started_then_reset()
         received = backend.trace.received()
         reset = len(received) - 1 - received[::-1].index(Request.SET_STATUS)
@@ -83,7 +89,10 @@ class Status(VhostUserTest):
 
     def test_reset_reaches_the_back_end_and_the_device_starts_again(self):
         """A driver reset sends RESET_DEVICE; the device, driven again,
-        restarts both rings from position 0 and carries traffic."""
+        restarts both rings from position 0 and carries traffic.
+
+        :avocado: tags=quick
+        """
         self.require_protocol(ProtocolFeature.RESET_DEVICE,
                               "the test is about RESET_DEVICE")
         self.require_qemu((9, 1, 0), "QEMU sends RESET_DEVICE on a virtio "

@@ -124,7 +124,10 @@ class ViommuTranslation(ViommuTest):
     def test_frames_cross_through_the_guest_page_tables(self):
         """Every IOVA is 4 GiB above its guest address: frames cross both
         ways only through the IOTLB, and every entry QEMU handed over
-        translates as the test's page tables say."""
+        translates as the test's page tables say.
+
+        :avocado: tags=quick
+        """
         vm, backend, port, queues = self.start_translated()
         self.cross(backend, port, queues, seed=8, dma_offset=DMA_OFFSET)
 
@@ -176,7 +179,10 @@ class ViommuTranslation(ViommuTest):
 
     def test_negative_control_a_stale_entry_reads_the_old_page(self):
         """A back-end that keeps the entry the invalidation named reads the
-        page the guest took away -- the check above can fail."""
+        page the guest took away -- the check above can fail.
+
+        :avocado: tags=quick
+        """
         config = BackendConfig(iotlb_invalidate=False)
         got, fresh = self.moved_page(config)
         self.assertTrue(got != fresh and got.startswith(b"old"),
