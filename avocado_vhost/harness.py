@@ -50,7 +50,7 @@ from avocado_vhost.tools.chart import write_chart
 from avocado_vhost.errors import NotAvailable, Outcome, SetupError, outcome_of
 from avocado_vhost.checks.found import Found
 from avocado_vhost.peers.qemu.binary import Capabilities, find_binary, probe
-from avocado_vhost.peers.qemu.membackend import memory_path
+from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB, memory_path
 from avocado_vhost.peers.qemu.platform import Platform, platform_for
 from avocado_vhost.peers.qemu.spec import VMOptions, VMSpec, default_tmpdir
 from avocado_vhost.peers.qemu.vm import VhostVM
@@ -287,7 +287,7 @@ class Harness(_Base):
         try:
             return memory_path(backend, self.caps, self.qemu_bin,
                                self.param("hugetlbfs_path"),
-                               int(self.param("mem_mb") or 256))
+                               int(self.param("mem_mb") or DEFAULT_MEM_MB))
         except KeyError as exc:
             raise SetupError(str(exc.args[0])) from None
 
@@ -375,7 +375,7 @@ class Harness(_Base):
         chosen: VMOptions = {
             "accel": self.accel,
             "mem_backend": str(self.param("membackend") or "memfd"),
-            "mem_mb": int(self.param("mem_mb") or 256), **options}
+            "mem_mb": int(self.param("mem_mb") or DEFAULT_MEM_MB), **options}
         mem_path = self.require_membackend(chosen["mem_backend"])
         vm_spec = VMSpec(name=name, binary=self.qemu_bin,
                          workdir=self.workdir_short,

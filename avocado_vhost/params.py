@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
 from avocado_vhost.errors import SetupError
-from avocado_vhost.peers.qemu.membackend import MEM_BACKENDS
+from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB, MEM_BACKENDS
 from avocado_vhost.vhost_user.offers import DEFAULT_OFFER, OFFERS
 
 __all__ = ["Param", "PARAMS", "ParamError", "resolve", "unknown",
@@ -73,7 +73,7 @@ PARAMS: Dict[str, Param] = {p.name: p for p in (
     Param("hugetlbfs_path", "QTEST_HUGETLBFS_PATH", None,
           "a hugetlbfs mount, for membackend=hugetlbfs (default: the "
           "first one mounted)"),
-    Param("mem_mb", "AVOCADO_VHOST_MEM_MB", "256",
+    Param("mem_mb", "AVOCADO_VHOST_MEM_MB", str(DEFAULT_MEM_MB),
           "guest RAM in MiB", _positive(int)),
     Param("testpmd", "AVOCADO_VHOST_TESTPMD", None,
           "DPDK's dpdk-testpmd for the interop tests (default: on PATH)"),

@@ -37,7 +37,7 @@ class Migrate(VhostUserTest):
 
     def test_the_dirty_log_has_one_bit_per_page(self):
         """"The log ... one bit per page of guest memory": a log of
-        8192 bytes for 256 MiB from address 0."""
+        4096 bytes for 128 MiB from address 0."""
         report = self.migrated()
         expected = migration.expected_log_size(report.ram_top)
         self.assertEqual(report.log_size, expected,

@@ -15,10 +15,18 @@ from typing import List, Optional
 from avocado_vhost.errors import NotAvailable
 from avocado_vhost.peers.qemu.binary import Capabilities
 
-__all__ = ["MEM_BACKENDS", "Unavailable", "memory_path", "hugetlbfs_mounted",
+__all__ = ["MEM_BACKENDS", "DEFAULT_MEM_MB", "Unavailable", "memory_path", "hugetlbfs_mounted",
            "hugetlbfs_mounts", "huge_pages_free"]
 
 #: memory backend name -> QEMU object type
+#: Guest RAM in MiB unless ``-p mem_mb=`` says otherwise.  128: every check
+#: that covers all of RAM (read-guest-mem's byte-for-byte comparison, a
+#: migration's RAM) costs in proportion to it, and a PC's or virt's RAM
+#: below 4 GiB has the same layout (the low regions, one region above
+#: 1 MiB) at 128 MiB as at 256; the real guest boots in it (upstream's
+#: read-guest-mem used 256, its migration test 512).
+DEFAULT_MEM_MB = 128
+
 MEM_BACKENDS = {
     "memfd": "memory-backend-memfd",
     "memfile": "memory-backend-file",

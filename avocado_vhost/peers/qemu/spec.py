@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, TypedDict
 
-from avocado_vhost.peers.qemu.membackend import MEM_BACKENDS
+from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB, MEM_BACKENDS
 from avocado_vhost.peers.qemu.platform import PLATFORMS, Platform
 
 __all__ = ["VMSpec", "VMOptions", "DEVICE_TYPES", "TRANSITIONAL",
@@ -83,7 +83,7 @@ class VMSpec:
     vhost_socket: str
     accel: str = "tcg"
     mem_backend: str = "memfd"
-    mem_mb: int = 256
+    mem_mb: int = DEFAULT_MEM_MB
     #: DIMM slots and the RAM ceiling for memory hot-plug (0: none)
     mem_slots: int = 0
     maxmem_mb: int = 0
