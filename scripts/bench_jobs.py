@@ -4,6 +4,7 @@ How the suite's wall time grows with tests and with parallel tasks.
 
     .venv/bin/python scripts/bench_jobs.py [--rounds N] [--tasks 1,2,4]
         [--profiles smoke,quick,protocol,main] [--orders longest-first,given]
+        [--baseline CHECKOUT]
 
 Runs each chosen profile with each task count (and each order Avocado can
 start the tests in) once per round, the cases alternated within each round
@@ -18,6 +19,12 @@ seconds per test.  The profiles, from two tests to all of them:
               README.rst names it for the edit-compile-test loop;
 ``protocol``  every test without the real guest, DPDK and the fault sweeps;
 ``main``      the whole of ``tests/functional`` (the main job).
+
+``--baseline`` names another checkout of the suite, set up with its own
+``./setup.sh`` (say, ``git worktree add /tmp/before <commit>``): each of
+its profiles runs too, alternated with this checkout's, in Avocado's order
+and its own settings, so that "before" and "after" are measured in the
+same run (a profile the baseline lacks fails the job).
 
 The orders: ``longest-first`` (the suite's plugin,
 ``avocado_vhost/runner/avocado_order.py``) and ``given`` (Avocado's own,
@@ -52,17 +59,20 @@ PROFILES = {
 ORDERS = ("longest-first", "given")
 
 
-def job(profile: str, tasks: int, order: str) -> Tuple[float, int]:
-    """One job: (wall seconds, number of tests)."""
+def job(profile: str, tasks: int, order: str, root: str = ROOT
+        ) -> Tuple[float, int]:
+    """One job of the checkout at ``root`` (``order``: None for a
+    baseline, which may not know the setting): (wall seconds, tests)."""
     with tempfile.TemporaryDirectory(prefix="avh-jobs-") as results:
         config = os.path.join(results, "order.conf")
         with open(config, "w", encoding="utf-8") as out:
             out.write(f"[vhost]\norder = {order}\n")
         start = time.monotonic()
         proc = subprocess.run(
-            [os.path.join(ROOT, ".venv/bin/avocado"), "--config", config,
+            [os.path.join(root, ".venv/bin/avocado"),
+             *(["--config", config] if root == ROOT else []),
              "run", "--job-results-dir", results, "--max-parallel-tasks",
-             str(tasks), os.path.join(ROOT, "tests/functional"),
+             str(tasks), os.path.join(root, "tests/functional"),
              *PROFILES[profile]],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800,
             check=False)
@@ -84,6 +94,8 @@ def main() -> int:
                         help=f"comma-separated, of {', '.join(PROFILES)}")
     parser.add_argument("--orders", default="longest-first",
                         help=f"comma-separated, of {', '.join(ORDERS)}")
+    parser.add_argument("--baseline", default=None,
+                        help="another checkout, set up, to compare with")
     args = parser.parse_args()
     counts = [int(t) for t in args.tasks.split(",")]
     profiles = args.profiles.split(",")
@@ -94,12 +106,18 @@ def main() -> int:
     for name in orders:
         if name not in ORDERS:
             parser.error(f"no order {name!r}")
+    if args.baseline:
+        orders.append("baseline")
     cases = [(p, t, o) for p in profiles for t in counts for o in orders]
     samples = Samples()
     tests: Dict[str, int] = {}
     for number, order in rounds(args.rounds, cases):
         for profile, tasks, how in order:
-            wall, tests[profile] = job(profile, tasks, how)
+            if how == "baseline":
+                wall, count = job(profile, tasks, how, args.baseline)
+                tests[f"{profile} baseline"] = count
+            else:
+                wall, tests[profile] = job(profile, tasks, how)
             samples.add(f"{profile} {tasks} {how}", wall)
         print(samples.progress(number, "{:.1f} s"), flush=True)
     print(f"\n{os.cpu_count()} CPUs, median of {args.rounds}:")
@@ -110,12 +128,14 @@ def main() -> int:
             for how in orders:
                 case = f"{profile} {tasks} {how}"
                 med = samples.median(case)
+                count = tests[f"{profile} baseline" if how == "baseline"
+                             else profile]
                 lines.append(
-                    f"  {profile:8} {tests[profile]:4d} tests  {tasks} "
+                    f"  {profile:8} {count:4d} tests  {tasks} "
                     f"task(s)  {how:13} {med:6.1f} s  "
                     f"({samples.ratio(case, base):.2f}x of {counts[0]} "
                     f"task(s) {orders[0]}; "
-                    f"{med / tests[profile]:.2f} s per test)")
+                    f"{med / count:.2f} s per test)")
     print("\n".join(lines))
     return 0
 
