@@ -15,10 +15,9 @@ from typing import List, Optional
 from avocado_vhost.errors import NotAvailable
 from avocado_vhost.peers.qemu.binary import Capabilities
 
-__all__ = ["MEM_BACKENDS", "DEFAULT_MEM_MB", "Unavailable", "memory_path", "hugetlbfs_mounted",
-           "hugetlbfs_mounts", "huge_pages_free"]
+__all__ = ["MEM_BACKENDS", "DEFAULT_MEM_MB", "Unavailable", "memory_path",
+           "hugetlbfs_mounted", "hugetlbfs_mounts", "huge_pages_free"]
 
-#: memory backend name -> QEMU object type
 #: Guest RAM in MiB unless ``-p mem_mb=`` says otherwise.  128: every check
 #: that covers all of RAM (read-guest-mem's byte-for-byte comparison, a
 #: migration's RAM) costs in proportion to it, and a PC's or virt's RAM
@@ -27,6 +26,7 @@ __all__ = ["MEM_BACKENDS", "DEFAULT_MEM_MB", "Unavailable", "memory_path", "huge
 #: read-guest-mem used 256, its migration test 512).
 DEFAULT_MEM_MB = 128
 
+#: memory backend name -> QEMU object type
 MEM_BACKENDS = {
     "memfd": "memory-backend-memfd",
     "memfile": "memory-backend-file",
