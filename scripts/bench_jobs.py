@@ -3,7 +3,8 @@
 How the suite's wall time grows with tests and with parallel tasks.
 
     .venv/bin/python scripts/bench_jobs.py [--rounds N] [--tasks 1,2,4]
-        [--profiles smoke,quick,protocol,main] [--orders longest-first,given]
+        [--profiles smoke,quick,protocol,main,all]
+        [--orders longest-first,given]
         [--baseline CHECKOUT]
 
 Runs each chosen profile with each task count (and each order Avocado can
@@ -18,7 +19,9 @@ seconds per test.  The profiles, from two tests to all of them:
 ``quick``     the tests tagged ``quick``, one or a few per capability, as
               README.rst names it for the edit-compile-test loop;
 ``protocol``  every test without the real guest, DPDK and the fault sweeps;
-``main``      the whole of ``tests/functional`` (the main job).
+``main``      the whole of ``tests/functional`` (the main job);
+``all``       ``tests/functional`` and ``tests/kit`` (the conformance kit's
+              own tests, and its scenarios, which CANCEL without a back-end).
 
 ``--baseline`` names another checkout of the suite, set up with its own
 ``./setup.sh`` (say, ``git worktree add /tmp/before <commit>``): each of
@@ -55,6 +58,7 @@ PROFILES = {
     "protocol": ["--filter-by-tags=-guest,-dpdk,-fault-sweep",
                  "--filter-by-tags-include-empty"],
     "main": [],
+    "all": ["tests/kit"],
 }
 ORDERS = ("longest-first", "given")
 
@@ -73,7 +77,8 @@ def job(profile: str, tasks: int, order: str, root: str = ROOT
              *(["--config", config] if root == ROOT else []),
              "run", "--job-results-dir", results, "--max-parallel-tasks",
              str(tasks), os.path.join(root, "tests/functional"),
-             *PROFILES[profile]],
+             *[os.path.join(root, arg) if arg.startswith("tests/") else arg
+               for arg in PROFILES[profile]]],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800,
             check=False)
         wall = time.monotonic() - start
