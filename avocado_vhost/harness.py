@@ -50,7 +50,7 @@ from avocado_vhost.tools.chart import write_chart
 from avocado_vhost.errors import NotAvailable, Outcome, SetupError, outcome_of
 from avocado_vhost.checks.found import Found
 from avocado_vhost.peers.qemu.binary import Capabilities, find_binary, probe
-from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB, memory_path
+from avocado_vhost.peers.qemu.membackend import memory_path
 from avocado_vhost.peers.qemu.platform import Platform, platform_for
 from avocado_vhost.peers.qemu.spec import VMOptions, VMSpec, default_tmpdir
 from avocado_vhost.peers.qemu.vm import VhostVM
@@ -170,6 +170,11 @@ class Harness(_Base):
         value ends the test as a configuration error."""
         return params.resolve(name, self._runner_param(name))
 
+    def mem_mb(self) -> int:
+        """The guest RAM in MiB (``-p mem_mb=``; its default and check are
+        the parameter's, so it is always a positive number)."""
+        return int(self.param("mem_mb") or 0)
+
     qemu_bin: str
     caps: Capabilities
     accel: str
@@ -287,7 +292,7 @@ class Harness(_Base):
         try:
             return memory_path(backend, self.caps, self.qemu_bin,
                                self.param("hugetlbfs_path"),
-                               int(self.param("mem_mb") or DEFAULT_MEM_MB))
+                               self.mem_mb())
         except KeyError as exc:
             raise SetupError(str(exc.args[0])) from None
 
@@ -375,7 +380,7 @@ class Harness(_Base):
         chosen: VMOptions = {
             "accel": self.accel,
             "mem_backend": str(self.param("membackend") or "memfd"),
-            "mem_mb": int(self.param("mem_mb") or DEFAULT_MEM_MB), **options}
+            "mem_mb": self.mem_mb(), **options}
         mem_path = self.require_membackend(chosen["mem_backend"])
         vm_spec = VMSpec(name=name, binary=self.qemu_bin,
                          workdir=self.workdir_short,

@@ -95,7 +95,8 @@ class VhostOrder(ResultEvents):
     description = "avocado-vhost: start the longest tests first"
 
     def __init__(self, config: Any = None) -> None:
-        self.config = config or {}
+        """Avocado hands every result_events plugin the job's config; this
+        one reads it from the job in :meth:`pre_tests` instead."""
 
     def pre_tests(self, job: Any) -> None:
         config = job.config

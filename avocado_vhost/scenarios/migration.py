@@ -24,7 +24,6 @@ from avocado_vhost.checks.handoff import RingHandoffMonitor
 from avocado_vhost.plumbing.phases import phase
 from avocado_vhost.peers.qemu import hotplug
 from avocado_vhost.peers.qemu.platform import RING_WINDOW, SCRATCH_WINDOW
-from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB
 from avocado_vhost.peers.qemu.spec import VMOptions
 from avocado_vhost.peers.qemu.vm import VhostVM
 from avocado_vhost.vhost_user import (BackendConfig, Fault, FaultAction,
@@ -386,7 +385,7 @@ def dirty_log_handoff(test: "Harness", unlogged_edges: Sequence[int] = (),
     spec: VMOptions = {}
     dst_extra: List[str] = []
     if dimm:
-        mem_mb = int(test.param("mem_mb") or DEFAULT_MEM_MB)
+        mem_mb = test.mem_mb()
         spec = {"mem_slots": 1, "maxmem_mb": mem_mb + (DIMM_SIZE >> 20)}
         dst_extra = ["-object", f"memory-backend-memfd,id={DIMM_ID}-mem,"
                      f"size={DIMM_SIZE},share=on",

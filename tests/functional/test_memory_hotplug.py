@@ -18,7 +18,6 @@ import random
 from qemu.qmp import ExecuteError
 
 from avocado_vhost.peers.qemu import hotplug
-from avocado_vhost.peers.qemu.membackend import DEFAULT_MEM_MB
 from avocado_vhost.peers.qemu.virtio_mem import VirtioMem
 from avocado_vhost.checks.guestmem import first_difference
 from avocado_vhost.scenarios.memory import (assert_guest_memory_agrees,
@@ -52,7 +51,7 @@ class MemoryHotplug(VhostUserTest):
     def start(self, max_mem_slots=32, name="vm"):
         backend = self.make_backend(
             f"{name}-backend", BackendConfig(max_mem_slots=max_mem_slots))
-        mem_mb = int(self.param("mem_mb") or DEFAULT_MEM_MB)
+        mem_mb = self.mem_mb()
         vm = self.make_vm(name, backend.listener_path, mem_slots=SLOTS,
                           maxmem_mb=mem_mb + SLOTS * (DIMM >> 20))
         self.start_vm(vm, backend, rings=2)
@@ -164,7 +163,7 @@ class VirtioMemHotplug(VhostUserTest):
     def start(self):
         backend = self.make_backend("backend",
                                     BackendConfig(max_mem_slots=MANY_SLOTS))
-        mem_mb = int(self.param("mem_mb") or DEFAULT_MEM_MB)
+        mem_mb = self.mem_mb()
         vm = self.make_vm(
             "vm", backend.listener_path, mem_slots=1,
             maxmem_mb=mem_mb + VMEM_MB,
