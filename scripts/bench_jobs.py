@@ -66,16 +66,17 @@ ORDERS = ("longest-first", "given")
 
 def job(profile: str, tasks: int, order: str, root: str = ROOT
         ) -> Tuple[float, int]:
-    """One job of the checkout at ``root`` (``order``: None for a
-    baseline, which may not know the setting): (wall seconds, tests)."""
+    """One job of the checkout at ``root``: (wall seconds, tests).  A
+    baseline runs in its own order (it may not know the setting)."""
     with tempfile.TemporaryDirectory(prefix="avh-jobs-") as results:
-        config = os.path.join(results, "order.conf")
-        with open(config, "w", encoding="utf-8") as out:
-            out.write(f"[vhost]\norder = {order}\n")
+        config: List[str] = []
+        if root == ROOT:
+            config = ["--config", os.path.join(results, "order.conf")]
+            with open(config[1], "w", encoding="utf-8") as out:
+                out.write(f"[vhost]\norder = {order}\n")
         start = time.monotonic()
         proc = subprocess.run(
-            [os.path.join(root, ".venv/bin/avocado"),
-             *(["--config", config] if root == ROOT else []),
+            [os.path.join(root, ".venv/bin/avocado"), *config,
              "run", "--job-results-dir", results, "--max-parallel-tasks",
              str(tasks), os.path.join(root, "tests/functional"),
              *[os.path.join(root, arg) if arg.startswith("tests/") else arg
@@ -114,6 +115,7 @@ def main() -> int:
             parser.error(f"no order {name!r}")
     if args.baseline:
         orders.append("baseline")
+
     def runs_there(profile: str, how: str) -> bool:
         """A baseline older than a profile's directories skips it."""
         return how != "baseline" or all(
